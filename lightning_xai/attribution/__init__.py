@@ -1,0 +1,45 @@
+"""Attribution methods over ``(model, inputs, target)``. No Lightning import here.
+
+Every explainer holds configuration only and is called as ``explainer(model, inputs, target)``.
+"""
+
+from lightning_xai.attribution.base import (
+    ExplainContext,
+    Explainer,
+    TargetType,
+    available_explainers,
+    get_explainer,
+    get_layer,
+    last_conv_layer_name,
+    observe,
+    register_explainer,
+    resolve_target,
+)
+from lightning_xai.attribution.cam import CAM, FullGrad, GradCAM, GradCAMPlusPlus, GuidedGradCAM, ScoreCAM
+from lightning_xai.attribution.gradient import Deconvnet, GuidedBackprop, InputXGradient, NoiseTunnel, Saliency
+from lightning_xai.attribution.path import IntegratedGradients
+
+__all__ = [
+    "CAM",
+    "Deconvnet",
+    "ExplainContext",
+    "Explainer",
+    "FullGrad",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "InputXGradient",
+    "IntegratedGradients",
+    "NoiseTunnel",
+    "Saliency",
+    "ScoreCAM",
+    "TargetType",
+    "available_explainers",
+    "get_explainer",
+    "get_layer",
+    "last_conv_layer_name",
+    "observe",
+    "register_explainer",
+    "resolve_target",
+]
