@@ -332,6 +332,14 @@ class Explainer(ABC):
             A detached tensor on the model's device: input-shaped for pixel methods,
             ``[B, 1, H, W]`` for region methods.
         """
+        return self._run(model, inputs, lambda x, ctx: self._attribute(model, x, target, ctx))
+
+    def _run(self, model: nn.Module, inputs: Tensor, compute: Callable[[Tensor, ExplainContext], Any]) -> Any:
+        """Validate ``inputs``, run ``compute(leaf_inputs, ctx)`` inside :func:`observe` with the
+        error wrapping of :meth:`__call__`, and detach the result (a tensor or a tuple of tensors).
+
+        For public entry points besides :meth:`__call__` (``IntegratedGradients.with_delta``).
+        """
         if not isinstance(inputs, Tensor):
             raise TypeError(f"{type(self).__name__}: expected `inputs` to be a Tensor, got {type(inputs).__name__}.")
         if inputs.ndim < 2:
@@ -344,13 +352,15 @@ class Explainer(ABC):
         with observe(model) as ctx:
             x = ctx.prepare(inputs)
             try:
-                result = self._attribute(model, x, target, ctx)
+                result = compute(x, ctx)
             except (ValueError, TypeError, LightningXAIError):
                 raise
             except RuntimeError as err:
                 raise LightningXAIError(
                     f"{type(self).__name__} failed on inputs of shape {tuple(inputs.shape)}{self._where()}: {err}"
                 ) from err
+        if isinstance(result, tuple):
+            return tuple(r.detach() if isinstance(r, Tensor) else r for r in result)
         return result.detach()
 
     def check(self, model: nn.Module) -> None:

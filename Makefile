@@ -1,0 +1,37 @@
+# The quick start: `make demo` (train the demo with the monitors, write TensorBoard logs) and `make test`.
+# Each target creates/updates the local virtual environment .venv and installs what it needs with pip.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test venv bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# torch/torchvision are installed first with the pair that resolves from this machine's disk; on other
+# machines pip resolves the same pins from PyPI (pyproject.toml itself only declares ranges).
+$(VENV)/.installed-core: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
+	$(BIN)/python -m pip install --quiet -e ".[wandb,cli]"
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-core
+	$(BIN)/python -m pip install --quiet -e ".[wandb,cli,test]"
+	touch $@
+
+venv: $(VENV)/.installed-core
+
+demo: $(VENV)/.installed-core
+	$(BIN)/lightning-xai demo $(ARGS)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(ARGS)
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/bench_attribution.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) demo_logs lightning_logs .pytest_cache

@@ -1,0 +1,166 @@
+"""Command line: ``lightning-xai demo`` and ``lightning-xai fit|validate ...`` (LightningCLI).
+
+``lightning-xai demo`` trains the small demo CNN on the generated shapes data with the monitors
+attached and writes TensorBoard (or W&B) logs. ``lightning-xai fit --config config.yaml`` is
+Lightning's own CLI over :class:`~lightning_xai.demo.ShapesClassifier` and
+:class:`~lightning_xai.data.ShapesDataModule` (or any ``class_path``), so callbacks are configured
+in YAML::
+
+    trainer:
+      callbacks:
+        - class_path: lightning_xai.callbacks.SaliencyMonitor
+          init_args:
+            explainers:
+              - class_path: lightning_xai.attribution.GradCAM
+              - class_path: lightning_xai.attribution.IntegratedGradients
+                init_args: {n_steps: 16}
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "run_demo", "lightning_cli"]
+
+
+def _demo_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lightning-xai demo",
+        description="Train a small CNN on generated shapes with lightning_xai monitors attached and log the "
+        "explanations to TensorBoard (default) or Weights & Biases.",
+    )
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs (default: 6)")
+    parser.add_argument("--logger", choices=["tensorboard", "wandb"], default="tensorboard")
+    parser.add_argument("--log-dir", default="demo_logs", help="where logs and the summary PNG go (default: demo_logs)")
+    parser.add_argument(
+        "--shortcut",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add a spurious marker correlated with the label in training (a 'Clever Hans' shortcut; default: on)",
+    )
+    parser.add_argument("--num-train", type=int, default=2048, help="training images (default: 2048)")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--num-samples", type=int, default=8, help="probe images explained every epoch")
+    parser.add_argument("--no-monitors", action="store_true", help="train without any monitor (for timing)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
+    """Run the demo; returns a dict with the log directory, timings and final metrics."""
+    args = _demo_parser().parse_args(argv)
+    os.environ.setdefault("PL_DISABLE_FORK", "1")
+    import pytorch_lightning as pl
+    import torch
+
+    from lightning_xai.data import ShapesDataModule, ShapesDataset
+    from lightning_xai.demo import ShapesClassifier
+
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    log_dir = Path(args.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    dm = ShapesDataModule(
+        batch_size=64, num_train=args.num_train, num_val=256, image_size=args.image_size, shortcut=args.shortcut, seed=args.seed
+    )
+    model = ShapesClassifier(num_classes=dm.num_classes)
+    callbacks: list[pl.Callback] = []
+    monitor = None
+    if not args.no_monitors:
+        from lightning_xai.attribution import GradCAM, IntegratedGradients
+        from lightning_xai.callbacks import SaliencyMonitor
+
+        probe = None
+        if args.shortcut:
+            # Explain images that carry the marker as in training, so the maps can show it.
+            shortcut_set = ShapesDataset(
+                num_samples=64, image_size=args.image_size, num_classes=dm.num_classes, shortcut=True, seed=args.seed + 1000
+            )
+            probe = (shortcut_set.images, shortcut_set.labels, shortcut_set.masks)
+        monitor = SaliencyMonitor(
+            [GradCAM(), IntegratedGradients(n_steps=16)], num_samples=args.num_samples, probe=probe, class_names=None
+        )
+        callbacks.append(monitor)
+    if args.logger == "wandb":
+        from pytorch_lightning.loggers import WandbLogger
+
+        logger = WandbLogger(project="lightning-xai-demo", save_dir=str(log_dir), offline=os.environ.get("WANDB_MODE") != "online")
+    else:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        logger = TensorBoardLogger(str(log_dir), name="shapes")
+    trainer = pl.Trainer(
+        max_epochs=args.epochs,
+        accelerator="auto",
+        devices=1,
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        deterministic=True,
+    )
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    seconds = time.perf_counter() - start
+    logger.finalize("success")
+    result: dict[str, object] = {
+        "log_dir": str(Path(logger.log_dir) if getattr(logger, "log_dir", None) else log_dir),
+        "seconds": seconds,
+        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+    }
+    if monitor is not None:
+        summary = log_dir / "saliency_evolution.png"
+        monitor.save_evolution_png(summary, name=monitor.names[0], max_images=4)
+        result["summary_png"] = str(summary)
+    print(f"\nTrained {args.epochs} epochs in {seconds:.1f} s; val/acc = {result['metrics'].get('val/acc', float('nan')):.3f}")
+    if args.logger == "tensorboard":
+        print(f"TensorBoard logs: {result['log_dir']}")
+        print(f"Open them with:   tensorboard --logdir {log_dir}")
+    else:
+        print(f"W&B run files under {log_dir}/wandb (sync with `wandb sync {log_dir}/wandb/offline-run-*`)")
+    if "summary_png" in result:
+        print(f"Summary picture:  {result['summary_png']}")
+    return result
+
+
+def lightning_cli(args: Sequence[str] | None = None) -> object:
+    """Lightning's ``LightningCLI`` over the demo model and datamodule (any ``class_path`` works)."""
+    from pytorch_lightning.cli import LightningCLI
+
+    from lightning_xai.data import ShapesDataModule
+    from lightning_xai.demo import ShapesClassifier
+
+    return LightningCLI(
+        ShapesClassifier,
+        ShapesDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=list(args) if args is not None else None,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lightning-xai`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(
+            "usage: lightning-xai demo [options]    train the demo with monitors, log to TensorBoard/W&B\n"
+            "       lightning-xai fit|validate ...  LightningCLI over the demo model/data (see --help of each)"
+        )
+        return 0
+    if argv[0] == "demo":
+        run_demo(argv[1:])
+        return 0
+    lightning_cli(argv)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,463 @@
+"""Turn attribution maps into images and figures: pure tensor / numpy / matplotlib, no Lightning.
+
+Conventions: image batches are ``[B, C, H, W]``, maps ``[B, 1, H, W]``, and every function that
+returns something to display returns float RGB in ``[0, 1]`` (``[B, 3, H, W]`` or ``[3, H, W]``).
+Signed maps (positive and negative evidence) use a diverging colour map centred at zero
+(:data:`DEFAULT_SIGNED_CMAP`: red positive, blue negative, white zero); unsigned maps use a
+sequential one (:data:`DEFAULT_UNSIGNED_CMAP`). Figures are drawn on a bare
+``matplotlib.figure.Figure`` with the Agg canvas, never through ``pyplot``, so nothing global is
+touched and nothing is left open.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_SIGNED_CMAP",
+    "DEFAULT_UNSIGNED_CMAP",
+    "reduce_channels",
+    "normalize_maps",
+    "colormap_lut",
+    "heatmap_to_rgb",
+    "to_display",
+    "overlay",
+    "image_grid",
+    "annotated_grid",
+    "evolution_strip",
+    "to_uint8_hwc",
+    "save_png",
+]
+
+DEFAULT_SIGNED_CMAP = "bwr"
+"""Diverging colour map for signed maps: blue negative, white zero, red positive."""
+DEFAULT_UNSIGNED_CMAP = "inferno"
+"""Sequential colour map for unsigned maps: black low, yellow high."""
+
+_LUT_SIZE = 257  # odd, so that the middle entry is exactly 0.5 (zero of a signed map)
+_EPS = 1e-12
+
+
+def _check_batch(name: str, tensor: object, channels: int | None = None) -> Tensor:
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"Expected `{name}` to be a tensor, but got {type(tensor).__name__}.")
+    if tensor.ndim != 4 or (channels is not None and tensor.shape[1] != channels):
+        expected = f"[B, {channels}, H, W]" if channels is not None else "[B, C, H, W]"
+        raise ValueError(f"Expected `{name}` of shape {expected}, but got {tuple(tensor.shape)}.")
+    return tensor
+
+
+def reduce_channels(attr: Tensor, signed: bool) -> Tensor:
+    """Collapse an input-shaped attribution ``[B, C, H, W]`` to one map per input ``[B, 1, H, W]``.
+
+    Args:
+        attr: Attribution with one value per input element.
+        signed: Sum the channels (keeps the sign); otherwise sum their absolute values.
+
+    Returns:
+        ``[B, 1, H, W]`` float maps.
+
+    Raises:
+        TypeError: ``attr`` is not a tensor.
+        ValueError: ``attr`` is not 4-D.
+
+    Example:
+        >>> reduce_channels(torch.ones(2, 3, 4, 4), signed=True).shape
+        torch.Size([2, 1, 4, 4])
+    """
+    attr = _check_batch("attr", attr).detach().float()
+    return attr.sum(dim=1, keepdim=True) if signed else attr.abs().sum(dim=1, keepdim=True)
+
+
+def normalize_maps(maps: Tensor, signed: bool) -> Tensor:
+    """Scale each map for display.
+
+    Signed maps are divided by their largest absolute value (into ``[-1, 1]``, zero stays zero);
+    unsigned maps are min-max scaled into ``[0, 1]``. Constant or all-zero maps give zeros, and
+    NaN/inf values are replaced (0, and the finite extremes) so the result is always finite.
+
+    Args:
+        maps: ``[B, 1, H, W]`` maps (any channel count works; each map is scaled as a whole).
+        signed: Whether the maps carry a sign.
+
+    Returns:
+        Maps of the same shape, float, in ``[-1, 1]`` (signed) or ``[0, 1]`` (unsigned).
+
+    Raises:
+        TypeError: ``maps`` is not a tensor.
+        ValueError: ``maps`` is not 4-D.
+
+    Example:
+        >>> normalize_maps(torch.tensor([[[[-2.0, 1.0]]]]), signed=True).tolist()
+        [[[[-1.0, 0.5]]]]
+    """
+    maps = _check_batch("maps", maps).detach().float()
+    maps = torch.nan_to_num(maps, nan=0.0, posinf=torch.finfo(torch.float32).max, neginf=torch.finfo(torch.float32).min)
+    flat = maps.flatten(1)
+    if signed:
+        scale = flat.abs().amax(dim=1).clamp_min(_EPS).view(-1, 1, 1, 1)
+        return (maps / scale).clamp(-1.0, 1.0)
+    low = flat.amin(dim=1).view(-1, 1, 1, 1)
+    high = flat.amax(dim=1).view(-1, 1, 1, 1)
+    span = high - low
+    out = torch.where(span > _EPS, (maps - low) / span.clamp_min(_EPS), torch.zeros_like(maps))
+    return torch.nan_to_num(out, nan=0.0).clamp(0.0, 1.0)
+
+
+@lru_cache(maxsize=32)
+def _lut(cmap: str) -> Tensor:
+    import matplotlib
+
+    try:
+        colormap = matplotlib.colormaps[cmap]
+    except KeyError:
+        raise ValueError(f"Unknown matplotlib colour map {cmap!r}.") from None
+    return torch.from_numpy(np.asarray(colormap(np.linspace(0.0, 1.0, _LUT_SIZE))[:, :3], dtype=np.float32))
+
+
+def colormap_lut(cmap: str) -> Tensor:
+    """The ``[257, 3]`` RGB lookup table of a matplotlib colour map (entry 128 is the centre).
+
+    Raises:
+        ValueError: ``cmap`` is not a registered matplotlib colour map.
+    """
+    if not isinstance(cmap, str):
+        raise TypeError(f"Expected `cmap` to be a str, but got {type(cmap).__name__}.")
+    return _lut(cmap).clone()
+
+
+def heatmap_to_rgb(maps: Tensor, signed: bool, cmap: str | None = None, normalize: bool = True) -> Tensor:
+    """Colour maps with a matplotlib colour map, vectorised as a table lookup.
+
+    Args:
+        maps: ``[B, 1, H, W]`` maps.
+        signed: Signed maps are read in ``[-1, 1]`` and coloured with a diverging map whose centre
+            colour is zero; unsigned maps are read in ``[0, 1]``.
+        cmap: A matplotlib colour map name; default :data:`DEFAULT_SIGNED_CMAP` or
+            :data:`DEFAULT_UNSIGNED_CMAP`.
+        normalize: Scale each map first with :func:`normalize_maps`. Pass ``False`` for maps
+            already scaled (for example with a shared scale across epochs); values outside the
+            range are clipped.
+
+    Returns:
+        ``[B, 3, H, W]`` float RGB in ``[0, 1]``.
+
+    Raises:
+        TypeError: ``maps`` is not a tensor.
+        ValueError: ``maps`` is not ``[B, 1, H, W]`` or ``cmap`` is unknown.
+
+    Example:
+        >>> rgb = heatmap_to_rgb(torch.randn(2, 1, 8, 8), signed=True)
+        >>> rgb.shape, bool(rgb.min() >= 0 and rgb.max() <= 1)
+        (torch.Size([2, 3, 8, 8]), True)
+    """
+    maps = _check_batch("maps", maps, channels=1)
+    name = cmap if cmap is not None else (DEFAULT_SIGNED_CMAP if signed else DEFAULT_UNSIGNED_CMAP)
+    lut = colormap_lut(name).to(maps.device)
+    values = normalize_maps(maps, signed) if normalize else torch.nan_to_num(maps.detach().float())
+    unit = (values + 1.0) / 2.0 if signed else values
+    index = (unit.clamp(0.0, 1.0) * (_LUT_SIZE - 1)).round().long()  # [B, 1, H, W]
+    return lut[index[:, 0]].permute(0, 3, 1, 2).contiguous()
+
+
+def to_display(images: Tensor) -> Tensor:
+    """Make an input batch displayable: per-image min-max into ``[0, 1]``, RGB.
+
+    One channel becomes gray RGB, four channels drop the alpha, any other count is averaged to
+    gray. A constant image keeps its value clipped to ``[0, 1]``.
+
+    Args:
+        images: ``[B, C, H, W]`` inputs (normalised or not).
+
+    Returns:
+        ``[B, 3, H, W]`` float in ``[0, 1]``.
+
+    Raises:
+        TypeError: ``images`` is not a tensor.
+        ValueError: ``images`` is not 4-D.
+    """
+    images = _check_batch("images", images).detach().float()
+    images = torch.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)
+    channels = images.shape[1]
+    if channels == 1:
+        images = images.expand(-1, 3, -1, -1)
+    elif channels == 4:
+        images = images[:, :3]
+    elif channels != 3:
+        images = images.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    flat = images.flatten(1)
+    low = flat.amin(dim=1).view(-1, 1, 1, 1)
+    high = flat.amax(dim=1).view(-1, 1, 1, 1)
+    span = high - low
+    scaled = (images - low) / span.clamp_min(_EPS)
+    return torch.where(span > _EPS, scaled, images).clamp(0.0, 1.0).contiguous()
+
+
+def overlay(
+    images: Tensor,
+    maps: Tensor,
+    signed: bool,
+    alpha: float = 0.5,
+    cmap: str | None = None,
+    grayscale: bool = True,
+) -> Tensor:
+    """Blend coloured maps over their images.
+
+    Maps are resized (bilinear) to the image size when they differ. Unsigned maps are blended
+    with a uniform ``alpha``; signed maps with ``alpha * |value|`` per pixel, so a zero
+    attribution leaves the image as it is and only evidence is tinted (red for, blue against).
+    The image is shown in gray by default so that the heatmap's colours cannot be confused
+    with the image's own.
+
+    Args:
+        images: ``[B, C, H, W]`` inputs (displayed with :func:`to_display`).
+        maps: ``[B, 1, h, w]`` maps.
+        signed: Whether the maps carry a sign.
+        alpha: Opacity of the heatmap, in ``[0, 1]``.
+        cmap: Colour map name (see :func:`heatmap_to_rgb`).
+        grayscale: Show the image in gray under the heatmap (``False``: in its colours).
+
+    Returns:
+        ``[B, 3, H, W]`` float RGB in ``[0, 1]``.
+
+    Raises:
+        TypeError: ``images`` or ``maps`` is not a tensor.
+        ValueError: Bad shapes, batch sizes that differ, or ``alpha`` outside ``[0, 1]``.
+
+    Example:
+        >>> overlay(torch.rand(2, 3, 32, 32), torch.rand(2, 1, 8, 8), signed=False).shape
+        torch.Size([2, 3, 32, 32])
+    """
+    images = _check_batch("images", images)
+    maps = _check_batch("maps", maps, channels=1)
+    if images.shape[0] != maps.shape[0]:
+        raise ValueError(
+            f"Expected as many maps as images, but got {maps.shape[0]} maps for {images.shape[0]} images."
+        )
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"Expected argument `alpha` to be a float in the [0, 1] range, but got {alpha!r}.")
+    base = to_display(images)
+    if grayscale:
+        gray = (base * torch.tensor([0.299, 0.587, 0.114], device=base.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        base = gray.expand_as(base)
+    maps = maps.detach().float().to(base.device)
+    if maps.shape[-2:] != base.shape[-2:]:
+        maps = F.interpolate(maps, size=base.shape[-2:], mode="bilinear", align_corners=False)
+    values = normalize_maps(maps, signed)
+    heat = heatmap_to_rgb(values, signed, cmap, normalize=False)
+    weight = alpha * values.abs() if signed else torch.full_like(values, float(alpha))
+    return ((1.0 - weight) * base + weight * heat).clamp(0.0, 1.0)
+
+
+def image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> Tensor:
+    """Tile ``[N, 3, H, W]`` images into one ``[3, H', W']`` image (``torchvision.utils.make_grid``).
+
+    Args:
+        images: ``[N, 3, H, W]`` images in ``[0, 1]``.
+        nrow: Images per row.
+        padding: Pixels between tiles.
+        pad_value: Colour of the padding (white by default).
+
+    Raises:
+        TypeError: ``images`` is not a tensor.
+        ValueError: ``images`` is not ``[N, 3, H, W]`` with ``N >= 1`` or ``nrow < 1``.
+    """
+    from torchvision.utils import make_grid
+
+    images = _check_batch("images", images, channels=3)
+    if images.shape[0] == 0:
+        raise ValueError("Expected at least one image, but got an empty batch.")
+    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
+        raise ValueError(f"Expected argument `nrow` to be a positive int, but got {nrow!r}.")
+    return make_grid(images.detach().float().cpu(), nrow=nrow, padding=padding, pad_value=pad_value)
+
+
+def _figure_to_tensor(fig: object) -> Tensor:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # type: ignore[arg-type]
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255.0
+
+
+def annotated_grid(
+    images: Tensor,
+    captions: Sequence[str],
+    ncols: int = 4,
+    title: str | None = None,
+    scale: int | None = None,
+    fontsize: float = 9.0,
+) -> Tensor:
+    """A grid of images, each captioned below, rendered by matplotlib to an RGB tensor.
+
+    Tiles are upscaled with nearest-neighbour (by ``scale``; by default until a tile is at least
+    128 pixels wide) so that 32x32 inputs stay sharp and captions such as
+    ``"true: circle\\npred: square (0.93)"`` stay readable. The figure is laid out in pixels:
+    tiles are pasted pixel for pixel (``Figure.figimage``), never resampled.
+
+    Args:
+        images: ``[N, 3, H, W]`` images in ``[0, 1]``.
+        captions: One caption per image (``\\n`` for several lines; ``""`` for none).
+        ncols: Tiles per row.
+        title: Optional title over the grid.
+        scale: Integer upscaling factor of the tiles; ``None`` picks one.
+        fontsize: Caption font size in points (the title is 1.2x).
+
+    Returns:
+        ``[3, H', W']`` float RGB in ``[0, 1]``.
+
+    Raises:
+        TypeError: ``images`` is not a tensor or a caption is not a str.
+        ValueError: ``images`` is not ``[N, 3, H, W]`` with ``N >= 1``, the number of captions
+            differs from ``N``, or ``ncols``/``scale`` is not positive.
+
+    Example:
+        >>> grid = annotated_grid(torch.rand(2, 3, 32, 32), ["true: circle\\npred: square (0.93)", "b"])
+        >>> grid.shape[0]
+        3
+    """
+    from matplotlib.figure import Figure
+
+    images = _check_batch("images", images, channels=3)
+    n, _, h, w = images.shape
+    if n == 0:
+        raise ValueError("Expected at least one image, but got an empty batch.")
+    if isinstance(captions, str) or len(captions) != n:
+        raise ValueError(f"Expected {n} captions (one per image), but got {captions!r}.")
+    for caption in captions:
+        if not isinstance(caption, str):
+            raise TypeError(f"Expected every caption to be a str, but got {caption!r}.")
+    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
+        raise ValueError(f"Expected argument `ncols` to be a positive int, but got {ncols!r}.")
+    if scale is None:
+        scale = max(1, math.ceil(128 / max(h, w)))
+    elif isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"Expected argument `scale` to be a positive int or None, but got {scale!r}.")
+
+    tiles = images.detach().float().cpu().clamp(0.0, 1.0)
+    if scale > 1:
+        tiles = tiles.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    tile_h, tile_w = h * scale, w * scale
+
+    dpi = 100.0
+    line_px = fontsize * dpi / 72.0 * 1.3
+    lines = max((c.count("\n") + 1 if c else 0) for c in captions)
+    pad = 8
+    caption_px = int(math.ceil(lines * line_px)) + (4 if lines else 0)
+    title_px = int(math.ceil(1.2 * fontsize * dpi / 72.0 * 1.3 * (title.count("\n") + 1))) + pad if title else 0
+    cols = min(ncols, n)
+    rows = math.ceil(n / cols)
+    cell_w, cell_h = tile_w + 2 * pad, tile_h + caption_px + pad
+    width_px, height_px = cols * cell_w, rows * cell_h + title_px + pad
+
+    fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, facecolor="white")
+    if title:
+        fig.text(0.5, 1.0 - (pad / 2) / height_px, title, ha="center", va="top", fontsize=1.2 * fontsize)
+    array = (tiles * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # exact colours
+    for i in range(n):
+        r, c = divmod(i, cols)
+        left = c * cell_w + pad
+        top = title_px + pad + r * cell_h
+        # figimage places raw pixels at a pixel offset: no resampling, tiles stay sharp
+        fig.figimage(array[i], xo=left, yo=height_px - top - tile_h, origin="upper")
+        if captions[i]:
+            fig.text(
+                (left + tile_w / 2) / width_px,
+                1.0 - (top + tile_h + 3) / height_px,
+                captions[i],
+                ha="center",
+                va="top",
+                fontsize=fontsize,
+                linespacing=1.1,
+            )
+    return _figure_to_tensor(fig)
+
+
+def evolution_strip(
+    frames: Sequence[Tensor],
+    labels: Sequence[str],
+    title: str | None = None,
+    scale: int | None = None,
+) -> Tensor:
+    """One probe image's maps over time, side by side and labelled (e.g. ``"epoch 3"``).
+
+    Frames of different sizes are resized (nearest) to the first frame's size.
+
+    Args:
+        frames: ``[3, H, W]`` images in ``[0, 1]``, oldest first.
+        labels: One label per frame.
+        title: Optional title over the strip.
+        scale: Integer upscaling factor (see :func:`annotated_grid`).
+
+    Returns:
+        ``[3, H', W']`` float RGB in ``[0, 1]``.
+
+    Raises:
+        TypeError: A frame is not a tensor.
+        ValueError: No frames, a frame not ``[3, H, W]``, or ``len(labels) != len(frames)``.
+    """
+    if len(frames) == 0:
+        raise ValueError("Expected at least one frame, but got none.")
+    if len(labels) != len(frames):
+        raise ValueError(f"Expected one label per frame ({len(frames)}), but got {len(labels)} labels.")
+    size = None
+    batch = []
+    for frame in frames:
+        if not isinstance(frame, Tensor):
+            raise TypeError(f"Expected every frame to be a tensor, but got {type(frame).__name__}.")
+        if frame.ndim != 3 or frame.shape[0] != 3:
+            raise ValueError(f"Expected every frame of shape [3, H, W], but got {tuple(frame.shape)}.")
+        frame = frame.detach().float().cpu().unsqueeze(0)
+        if size is None:
+            size = frame.shape[-2:]
+        elif frame.shape[-2:] != size:
+            frame = F.interpolate(frame, size=size, mode="nearest")
+        batch.append(frame)
+    return annotated_grid(torch.cat(batch), list(labels), ncols=len(batch), title=title, scale=scale)
+
+
+def to_uint8_hwc(image: Tensor) -> np.ndarray:
+    """A ``[3, H, W]`` (or ``[1, H, W]``, ``[H, W]``) float image in ``[0, 1]`` as a ``[H, W, 3]``
+    ``uint8`` numpy array.
+
+    Raises:
+        TypeError: ``image`` is not a tensor.
+        ValueError: ``image`` has another shape.
+    """
+    if not isinstance(image, Tensor):
+        raise TypeError(f"Expected `image` to be a tensor, but got {type(image).__name__}.")
+    if image.ndim == 2:
+        image = image.unsqueeze(0)
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"Expected `image` of shape [3, H, W] (or [1, H, W]), but got {tuple(image.shape)}.")
+    image = torch.nan_to_num(image.detach().float().cpu(), nan=0.0).clamp(0.0, 1.0)
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    return (image * 255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def save_png(image: Tensor, path: str | Path) -> Path:
+    """Write a ``[3, H, W]`` float image in ``[0, 1]`` as a PNG, creating parent folders.
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError: ``image`` is not a tensor.
+        ValueError: ``image`` is not ``[3, H, W]`` / ``[1, H, W]`` / ``[H, W]``.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8_hwc(image)).save(path, format="PNG")
+    return path

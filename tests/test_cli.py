@@ -1,0 +1,110 @@
+"""The console script: LightningCLI YAML configuration, the demo, and a real TensorBoard server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from lightning_xai.cli import lightning_cli, main, run_demo
+from tests.callbacks.helpers import read_tensorboard
+
+CONFIG = """
+seed_everything: 0
+trainer:
+  max_epochs: 1
+  accelerator: cpu
+  devices: 1
+  enable_checkpointing: false
+  enable_progress_bar: false
+  logger:
+    class_path: pytorch_lightning.loggers.TensorBoardLogger
+    init_args:
+      save_dir: {root}
+      name: yaml
+  callbacks:
+    - class_path: lightning_xai.callbacks.SaliencyMonitor
+      init_args:
+        num_samples: 3
+        target: label
+        explainers:
+          - class_path: lightning_xai.attribution.GradCAM
+            init_args:
+              layer: features.7
+          - class_path: lightning_xai.attribution.IntegratedGradients
+            init_args:
+              n_steps: 4
+              baseline: blur
+          - saliency
+model:
+  class_path: lightning_xai.demo.ShapesClassifier
+  init_args:
+    num_classes: 3
+    width: 4
+data:
+  class_path: lightning_xai.data.ShapesDataModule
+  init_args:
+    batch_size: 16
+    num_train: 48
+    num_val: 24
+    image_size: 16
+    num_classes: 3
+"""
+
+
+def test_lightning_cli_yaml_configures_the_monitor(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(root=tmp_path))
+    cli = lightning_cli(["fit", "--config", str(config)])
+    monitor = next(c for c in cli.trainer.callbacks if type(c).__name__ == "SaliencyMonitor")
+    assert [type(e).__name__ for e in monitor.explainers] == ["GradCAM", "IntegratedGradients", "Saliency"]
+    assert monitor.explainers[0].layer == "features.7"
+    assert monitor.explainers[1].baseline == "blur"
+    assert monitor.target == "label"
+    tags = {t for acc in read_tensorboard(tmp_path / "yaml") for t in acc.Tags()["images"]}
+    assert {"xai/grad_cam/overlays", "xai/integrated_gradients/overlays", "xai/saliency/overlays"} <= tags
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_demo_logs_and_tensorboard_server_lists_them(tmp_path: Path) -> None:
+    result = run_demo(["--epochs", "2", "--num-train", "128", "--image-size", "24", "--num-samples", "4", "--log-dir", str(tmp_path)])
+    assert Path(result["summary_png"]).stat().st_size > 1000
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline, tags = time.time() + 90, None
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/images/tags", timeout=5) as r:
+                    tags = json.loads(r.read())
+                if tags:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert tags, "TensorBoard did not answer"
+        listed = {tag for run in tags.values() for tag in run}
+        assert {"xai/grad_cam/overlays", "xai/integrated_gradients/overlays", "xai/grad_cam/evolution/00"} <= listed
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_main_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "lightning-xai demo" in capsys.readouterr().out
