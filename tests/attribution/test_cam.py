@@ -12,6 +12,7 @@ rounding, tested below).
 from __future__ import annotations
 
 import copy
+import functools
 import pickle
 import warnings
 from collections.abc import Callable
@@ -48,9 +49,25 @@ TARGETS = {
 RTOL, ATOL = 1e-5, 1e-6
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """resnet18 runs ~20x slower with 2 intra-op threads than with 1 when the cores are shared
+    with other processes (OpenMP threads spin-wait); restore the setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@functools.lru_cache(maxsize=None)
+def _made(name: str) -> tuple[nn.Module, Tensor]:
+    return make(name)
+
+
 def _double(name: str) -> tuple[nn.Module, Tensor, Tensor]:
-    model, x = make(name)
-    return model.double(), x.double(), torch.tensor(TARGETS[name])
+    """A float64 copy of a shared test model, its input and targets with non-zero Grad-CAM maps."""
+    model, x = _made(name)
+    return copy.deepcopy(model).double(), x.double(), torch.tensor(TARGETS[name])
 
 
 def _no_inplace(model: nn.Module) -> nn.Module:
@@ -329,6 +346,8 @@ def test_unknown_layer_lists_valid_names(build: Callable[[str], object]) -> None
 def test_argument_validation() -> None:
     with pytest.raises(TypeError, match="layer"):
         GradCAM(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="non-empty"):
+        CAM(fc="")
     with pytest.raises(ValueError, match="interpolate_mode"):
         GradCAM(interpolate_mode="linear-ish")
     with pytest.raises(ValueError, match="internal_batch_size"):

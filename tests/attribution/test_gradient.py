@@ -27,6 +27,8 @@ def _double(name: str) -> tuple[nn.Module, Tensor, Tensor]:
     """A float64 copy of ``make(name)`` and a fixed per-sample target (explainers leave models as
     they found them, so the cache is safe)."""
     model, x = make(name)
+    if name == "resnet18":
+        x = x[..., :32, :32]  # the same network on a 32x32 crop: 4x cheaper, still 1x1 after layer4
     model = model.double()
     x = x.double()
     target = torch.arange(x.shape[0]) % 3 + 1
@@ -276,7 +278,7 @@ def test_noise_tunnel_around_guided_backprop_matches_captum(monkeypatch: pytest.
     assert_oracle(tunnel(model, x, target), ref)
 
 
-@pytest.mark.parametrize("internal_batch_size", [None, 1, 5])
+@pytest.mark.parametrize("internal_batch_size", [None, 3])
 def test_noise_tunnel_matches_the_definition(internal_batch_size: int | None) -> None:
     """Smilkov et al.: mean of maps over noisy copies; SmoothGrad^2: mean of squares; VarGrad
     (Adebayo et al.): their variance, with divisor n (captum's convention)."""
