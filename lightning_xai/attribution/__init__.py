@@ -15,9 +15,25 @@ from lightning_xai.attribution.base import (
     register_explainer,
     resolve_target,
 )
-from lightning_xai.attribution.cam import CAM, FullGrad, GradCAM, GradCAMPlusPlus, GuidedGradCAM, ScoreCAM
-from lightning_xai.attribution.gradient import Deconvnet, GuidedBackprop, InputXGradient, NoiseTunnel, Saliency
-from lightning_xai.attribution.path import IntegratedGradients
+from lightning_xai.attribution.cam import (
+    CAM,
+    FullGrad,
+    GradCAM,
+    GradCAMPlusPlus,
+    GuidedGradCAM,
+    ScoreCAM,
+    minmax_normalize,
+    upsample,
+)
+from lightning_xai.attribution.gradient import (
+    Deconvnet,
+    GuidedBackprop,
+    InputXGradient,
+    NoiseTunnel,
+    Saliency,
+    modified_relu,
+)
+from lightning_xai.attribution.path import IntegratedGradients, gaussian_blur, make_baseline
 
 __all__ = [
     "CAM",
@@ -37,9 +53,14 @@ __all__ = [
     "TargetType",
     "available_explainers",
     "get_explainer",
+    "gaussian_blur",
     "get_layer",
     "last_conv_layer_name",
+    "make_baseline",
+    "minmax_normalize",
+    "modified_relu",
     "observe",
     "register_explainer",
     "resolve_target",
+    "upsample",
 ]
