@@ -276,30 +276,6 @@ def _weighted_sum(weights: Tensor, activation: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # the layer-map family
 # --------------------------------------------------------------------------------------------
-class _LayerMap(Explainer):
-    """Runs an explainer's layer-resolution map through :meth:`Explainer.__call__`."""
-
-    def __init__(self, owner: _LayerCAMBase) -> None:
-        self._owner = owner
-
-    def check(self, model: nn.Module) -> None:
-        self._owner.check(model)
-
-    def _attribute(self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext) -> Tensor:
-        try:
-            return self._owner._layer_map(model, inputs, target, ctx)[0]
-        except (ValueError, TypeError, LightningXAIError):
-            raise
-        except RuntimeError as err:
-            raise LightningXAIError(
-                f"{type(self._owner).__name__}.attribute_layer failed on inputs of shape {tuple(inputs.shape)}"
-                f"{self._owner._where()}: {err}"
-            ) from err
-
-    def _where(self) -> str:
-        return self._owner._where()
-
-
 class _LayerCAMBase(Explainer):
     """Shared configuration of the maps computed at one layer and upsampled to the input."""
 
@@ -342,7 +318,7 @@ class _LayerCAMBase(Explainer):
 
         Same arguments, checks and cost as calling the explainer.
         """
-        return _LayerMap(self)(model, inputs, target)
+        return self._run(model, inputs, lambda x, ctx: self._layer_map(model, x, target, ctx)[0])
 
     def _attribute(self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext) -> Tensor:
         maps, _ = self._layer_map(model, inputs, target, ctx)

@@ -70,6 +70,8 @@ class SaliencyMonitor(XAIMonitor):
             dataset's ``classes`` attribute, else the indices).
         max_history: Most runs shown in an evolution strip (older runs are thinned out evenly).
         overlay_alpha: Opacity of the heatmap over the image.
+        clip_percentile: Percentile of each map's values shown at full colour (larger values
+            saturate), so sparse pixel maps stay visible; 100 scales by the maximum.
         log_evolution: Log the per-probe evolution strips.
         log_histograms: Log histograms of attribution values.
         seed: Seed of the probe selection.
@@ -91,6 +93,7 @@ class SaliencyMonitor(XAIMonitor):
         class_names: Optional[list[str]] = None,
         max_history: int = 16,
         overlay_alpha: float = 0.5,
+        clip_percentile: float = 99.0,
         log_evolution: bool = True,
         log_histograms: bool = True,
         seed: int = 0,
@@ -101,6 +104,8 @@ class SaliencyMonitor(XAIMonitor):
             raise ValueError(f"Expected argument `target` to be 'predicted' or 'label', but got {target!r}.")
         if not 0.0 <= overlay_alpha <= 1.0:
             raise ValueError(f"Expected argument `overlay_alpha` to be a float in the [0,1] range, but got {overlay_alpha}.")
+        if not 0.0 < clip_percentile <= 100.0:
+            raise ValueError(f"Expected argument `clip_percentile` to be a float in the (0,100] range, but got {clip_percentile}.")
         if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 2:
             raise ValueError(f"Expected argument `max_history` to be an int >= 2, but got {max_history!r}.")
         resolved = _default_explainers() if explainers is None else [self._resolve(e) for e in explainers]
@@ -112,6 +117,7 @@ class SaliencyMonitor(XAIMonitor):
         self.class_names = list(class_names) if class_names is not None else None
         self.max_history = max_history
         self.overlay_alpha = overlay_alpha
+        self.clip_percentile = clip_percentile
         self.log_evolution = log_evolution
         self.log_histograms = log_histograms
         self._history: dict[str, list[tuple[int, Tensor]]] = {name: [] for name in self.names}
@@ -229,7 +235,7 @@ class SaliencyMonitor(XAIMonitor):
                 self._warn(f"explainer {name!r} produced NaN/inf maps at epoch {epoch} (step {step}); skipped.")
                 continue
             signed = bool(explainer.signed and maps.min() < 0)
-            normalized = normalize_maps(maps, signed=signed)
+            normalized = normalize_maps(maps, signed=signed, clip_percentile=self.clip_percentile)
             overlays = overlay(images, normalized, signed=signed, alpha=self.overlay_alpha)
             table_maps[name] = overlays
             grid = annotated_grid(overlays, captions, ncols=min(4, len(probe)), title=f"{name} - epoch {epoch}")

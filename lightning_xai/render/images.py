@@ -77,16 +77,20 @@ def reduce_channels(attr: Tensor, signed: bool) -> Tensor:
     return attr.sum(dim=1, keepdim=True) if signed else attr.abs().sum(dim=1, keepdim=True)
 
 
-def normalize_maps(maps: Tensor, signed: bool) -> Tensor:
+def normalize_maps(maps: Tensor, signed: bool, clip_percentile: float = 100.0) -> Tensor:
     """Scale each map for display.
 
     Signed maps are divided by their largest absolute value (into ``[-1, 1]``, zero stays zero);
     unsigned maps are min-max scaled into ``[0, 1]``. Constant or all-zero maps give zeros, and
     NaN/inf values are replaced (0, and the finite extremes) so the result is always finite.
+    With ``clip_percentile < 100`` the top of the scale is that percentile of ``|value|`` (signed)
+    or of the values (unsigned) and larger values saturate, so a few extreme pixels do not wash
+    out the rest of a sparse map (captum's ``outlier_perc`` idea).
 
     Args:
         maps: ``[B, 1, H, W]`` maps (any channel count works; each map is scaled as a whole).
         signed: Whether the maps carry a sign.
+        clip_percentile: Percentile in ``(0, 100]`` used as the top of the scale.
 
     Returns:
         Maps of the same shape, float, in ``[-1, 1]`` (signed) or ``[0, 1]`` (unsigned).
@@ -99,14 +103,22 @@ def normalize_maps(maps: Tensor, signed: bool) -> Tensor:
         >>> normalize_maps(torch.tensor([[[[-2.0, 1.0]]]]), signed=True).tolist()
         [[[[-1.0, 0.5]]]]
     """
+    if not 0.0 < clip_percentile <= 100.0:
+        raise ValueError(f"Expected argument `clip_percentile` in (0, 100], but got {clip_percentile}.")
     maps = _check_batch("maps", maps).detach().float()
     maps = torch.nan_to_num(maps, nan=0.0, posinf=torch.finfo(torch.float32).max, neginf=torch.finfo(torch.float32).min)
     flat = maps.flatten(1)
+
+    def top(values: Tensor) -> Tensor:
+        if clip_percentile >= 100.0:
+            return values.amax(dim=1)
+        return torch.quantile(values, clip_percentile / 100.0, dim=1)
+
     if signed:
-        scale = flat.abs().amax(dim=1).clamp_min(_EPS).view(-1, 1, 1, 1)
+        scale = top(flat.abs()).clamp_min(_EPS).view(-1, 1, 1, 1)
         return (maps / scale).clamp(-1.0, 1.0)
     low = flat.amin(dim=1).view(-1, 1, 1, 1)
-    high = flat.amax(dim=1).view(-1, 1, 1, 1)
+    high = top(flat).view(-1, 1, 1, 1)
     span = high - low
     out = torch.where(span > _EPS, (maps - low) / span.clamp_min(_EPS), torch.zeros_like(maps))
     return torch.nan_to_num(out, nan=0.0).clamp(0.0, 1.0)

@@ -177,3 +177,17 @@ def test_save_png_round_trip(tmp_path):
     assert np.array_equal(array, to_uint8_hwc(image))
     with pytest.raises(ValueError, match=r"\(2, 4, 4\)"):
         save_png(torch.rand(2, 4, 4), tmp_path / "bad.png")
+
+
+def test_normalize_maps_clip_percentile_saturates_outliers() -> None:
+    maps = torch.full((1, 1, 10, 10), 0.1)
+    maps[0, 0, 0, 0] = 100.0  # one extreme pixel
+    plain = normalize_maps(maps, signed=True)
+    clipped = normalize_maps(maps, signed=True, clip_percentile=90.0)
+    assert plain[0, 0, 5, 5] < 0.01  # washed out by the outlier
+    assert clipped[0, 0, 5, 5] == pytest.approx(1.0)  # the typical value is now at full colour
+    assert clipped.max() == 1.0
+    unsigned = normalize_maps(maps - 0.1, signed=False, clip_percentile=99.0)
+    assert torch.isfinite(unsigned).all() and unsigned.max() <= 1.0
+    with pytest.raises(ValueError, match="clip_percentile"):
+        normalize_maps(maps, signed=True, clip_percentile=0.0)
