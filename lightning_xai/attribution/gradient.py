@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from lightning_xai._validation import check_float, check_int
 from lightning_xai.attribution.base import (
     ExplainContext,
     Explainer,
@@ -330,27 +331,6 @@ class Deconvnet(_ModifiedReluGradient):
 _NOISE_KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"Expected argument `{name}` to be a positive int, but got {value!r}.")
-
-
-def _check_optional_positive_int(name: str, value: Any) -> None:
-    if value is not None:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"Expected argument `{name}` to be None or a positive int, but got {value!r}.")
-
-
-def _check_non_negative_float(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"Expected argument `{name}` to be a finite float >= 0, but got {value!r}.")
-
-
-def _check_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"Expected argument `{name}` to be an int, but got {value!r}.")
-
-
 def _value_range(inputs: Tensor) -> Tensor:
     """Per-sample ``max - min`` over every non-batch dimension, shaped ``[B, 1, ..., 1]``."""
     flat = inputs.detach().flatten(1)
@@ -427,10 +407,10 @@ class NoiseTunnel(Explainer):
             )
         if kind not in _NOISE_KINDS:
             raise ValueError(f"Expected argument `kind` to be one of {list(_NOISE_KINDS)}, but got {kind!r}.")
-        _check_positive_int("n_samples", n_samples)
-        _check_non_negative_float("stdev", stdev)
-        _check_int("seed", seed)
-        _check_optional_positive_int("internal_batch_size", internal_batch_size)
+        check_int("n_samples", n_samples, 1)
+        check_float("stdev", stdev, 0.0)
+        check_int("seed", seed)
+        check_int("internal_batch_size", internal_batch_size, 1, allow_none=True)
         self.explainer = explainer
         self.kind = kind
         self.n_samples = n_samples

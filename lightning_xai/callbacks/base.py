@@ -18,17 +18,11 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_xai._validation import check_int
 from lightning_xai.data.probe import Probe, select_probe
 from lightning_xai.render.sinks import Sink, check_loggers, sinks_for
 
 __all__ = ["XAIMonitor"]
-
-
-def _validate_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected argument `{name}` to be a positive int{' or None' if allow_none else ''}, but got {value!r}.")
 
 
 class XAIMonitor(Callback):
@@ -59,9 +53,9 @@ class XAIMonitor(Callback):
         seed: int = 0,
         probe: Optional[Any] = None,
     ) -> None:
-        _validate_positive_int("num_samples", num_samples)
-        _validate_positive_int("every_n_epochs", every_n_epochs)
-        _validate_positive_int("every_n_steps", every_n_steps, allow_none=True)
+        check_int("num_samples", num_samples, 1)
+        check_int("every_n_epochs", every_n_epochs, 1)
+        check_int("every_n_steps", every_n_steps, 1, allow_none=True)
         self.num_samples = num_samples
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps

@@ -10,7 +10,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_xai.data.shapes import SHAPE_NAMES, ShapesDataset, _check_float, _check_int
+from lightning_xai._validation import check_float, check_int
+from lightning_xai.data.shapes import SHAPE_NAMES, ShapesDataset
 
 __all__ = ["ShapesDataModule"]
 
@@ -60,17 +61,17 @@ class ShapesDataModule(pl.LightningDataModule):
         shortcut_strength: float = 1.0,
     ) -> None:
         super().__init__()
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.num_train = _check_int("num_train", num_train, 1)
-        self.num_val = _check_int("num_val", num_val, 1)
-        self.image_size = _check_int("image_size", image_size, 16)
-        self.num_classes = _check_int("num_classes", num_classes, 2, len(SHAPE_NAMES))
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.num_train = check_int("num_train", num_train, 1)
+        self.num_val = check_int("num_val", num_val, 1)
+        self.image_size = check_int("image_size", image_size, 16)
+        self.num_classes = check_int("num_classes", num_classes, 2, len(SHAPE_NAMES))
         if not isinstance(shortcut, bool):
             raise TypeError(f"Expected argument `shortcut` to be a bool, but got {shortcut!r}.")
         self.shortcut = shortcut
-        self.num_workers = _check_int("num_workers", num_workers, 0)
-        self.seed = _check_int("seed", seed, 0)
-        self.shortcut_strength = _check_float("shortcut_strength", shortcut_strength, 0.0, 1.0)
+        self.num_workers = check_int("num_workers", num_workers, 0)
+        self.seed = check_int("seed", seed, 0)
+        self.shortcut_strength = check_float("shortcut_strength", shortcut_strength, 0.0, 1.0)
         self.save_hyperparameters()
         self.train_set: ShapesDataset | None = None
         self.val_set: ShapesDataset | None = None

@@ -18,6 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from lightning_xai._validation import check_float, check_int
 from torch.utils.data import Dataset
 
 __all__ = ["SHAPE_NAMES", "MARKER_COLORS", "ShapesDataset"]
@@ -37,25 +39,6 @@ MARKER_COLORS: tuple[tuple[float, float, float], ...] = (
 bottom-left, bottom-right)."""
 
 _MIN_IMAGE_SIZE = 16
-
-
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"Expected argument `{name}` to be an int, but got {value!r} of type {type(value).__name__}.")
-    if value < low or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"Expected argument `{name}` to be an int {bound}, but got {value}.")
-    return value
-
-
-def _check_float(name: str, value: object, low: float, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"Expected argument `{name}` to be a float, but got {value!r} of type {type(value).__name__}.")
-    value = float(value)
-    if not math.isfinite(value) or value < low or (high is not None and value > high):
-        bound = f"in the [{low}, {high}] range" if high is not None else f">= {low}"
-        raise ValueError(f"Expected argument `{name}` to be a float {bound}, but got {value}.")
-    return value
 
 
 def _hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
@@ -140,15 +123,15 @@ class ShapesDataset(Dataset[tuple[Tensor, Tensor, Tensor]]):
         noise: float = 0.05,
         seed: int = 0,
     ) -> None:
-        self.num_samples = _check_int("num_samples", num_samples, 1)
-        self.image_size = _check_int("image_size", image_size, _MIN_IMAGE_SIZE)
-        self.num_classes = _check_int("num_classes", num_classes, 2, len(SHAPE_NAMES))
+        self.num_samples = check_int("num_samples", num_samples, 1)
+        self.image_size = check_int("image_size", image_size, _MIN_IMAGE_SIZE)
+        self.num_classes = check_int("num_classes", num_classes, 2, len(SHAPE_NAMES))
         if not isinstance(shortcut, bool):
             raise TypeError(f"Expected argument `shortcut` to be a bool, but got {shortcut!r}.")
         self.shortcut = shortcut
-        self.shortcut_strength = _check_float("shortcut_strength", shortcut_strength, 0.0, 1.0)
-        self.noise = _check_float("noise", noise, 0.0)
-        self.seed = _check_int("seed", seed, 0)
+        self.shortcut_strength = check_float("shortcut_strength", shortcut_strength, 0.0, 1.0)
+        self.noise = check_float("noise", noise, 0.0)
+        self.seed = check_int("seed", seed, 0)
         self.classes: list[str] = list(SHAPE_NAMES[: self.num_classes])
         self.images: Tensor
         self.labels: Tensor

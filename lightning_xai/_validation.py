@@ -1,0 +1,45 @@
+"""Argument validation shared by every constructor: messages name the argument and the bad value."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+__all__ = ["check_float", "check_int"]
+
+
+def check_int(name: str, value: object, low: Optional[int] = None, high: Optional[int] = None, *, allow_none: bool = False) -> Optional[int]:
+    """Return ``value`` if it is an int in ``[low, high]`` (either bound optional; ``None`` allowed
+    with ``allow_none``).
+
+    Raises:
+        TypeError: ``value`` is not an int (a bool is not an int here).
+        ValueError: ``value`` is out of range.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        kind = "an int or None" if allow_none else "an int"
+        raise TypeError(f"Expected argument `{name}` to be {kind}, but got {value!r} of type {type(value).__name__}.")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if low is not None and high is not None else f">= {low}" if low is not None else f"<= {high}"
+        raise ValueError(f"Expected argument `{name}` to be an int {bound}, but got {value}.")
+    return value
+
+
+def check_float(name: str, value: object, low: Optional[float] = None, high: Optional[float] = None) -> float:
+    """Return ``float(value)`` if it is a finite real number in ``[low, high]`` (bounds optional).
+
+    Raises:
+        TypeError: ``value`` is not a real number.
+        ValueError: ``value`` is not finite or out of range.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"Expected argument `{name}` to be a float, but got {value!r} of type {type(value).__name__}.")
+    value = float(value)
+    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        bound = (
+            f"in the [{low}, {high}] range" if low is not None and high is not None else f">= {low}" if low is not None else f"<= {high}"
+        )
+        raise ValueError(f"Expected argument `{name}` to be a finite float {bound}, but got {value}.")
+    return value
