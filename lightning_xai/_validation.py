@@ -8,7 +8,9 @@ from typing import Optional
 __all__ = ["check_float", "check_int"]
 
 
-def check_int(name: str, value: object, low: Optional[int] = None, high: Optional[int] = None, *, allow_none: bool = False) -> Optional[int]:
+def check_int(
+    name: str, value: object, low: Optional[int] = None, high: Optional[int] = None, *, allow_none: bool = False
+) -> Optional[int]:
     """Return ``value`` if it is an int in ``[low, high]`` (either bound optional; ``None`` allowed
     with ``allow_none``).
 
@@ -22,7 +24,13 @@ def check_int(name: str, value: object, low: Optional[int] = None, high: Optiona
         kind = "an int or None" if allow_none else "an int"
         raise TypeError(f"Expected argument `{name}` to be {kind}, but got {value!r} of type {type(value).__name__}.")
     if (low is not None and value < low) or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if low is not None and high is not None else f">= {low}" if low is not None else f"<= {high}"
+        bound = (
+            f"in [{low}, {high}]"
+            if low is not None and high is not None
+            else f">= {low}"
+            if low is not None
+            else f"<= {high}"
+        )
         raise ValueError(f"Expected argument `{name}` to be an int {bound}, but got {value}.")
     return value
 
@@ -39,7 +47,11 @@ def check_float(name: str, value: object, low: Optional[float] = None, high: Opt
     value = float(value)
     if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
         bound = (
-            f"in the [{low}, {high}] range" if low is not None and high is not None else f">= {low}" if low is not None else f"<= {high}"
+            f"in the [{low}, {high}] range"
+            if low is not None and high is not None
+            else f">= {low}"
+            if low is not None
+            else f"<= {high}"
         )
         raise ValueError(f"Expected argument `{name}` to be a finite float {bound}, but got {value}.")
     return value

@@ -66,7 +66,12 @@ def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     dm = ShapesDataModule(
-        batch_size=64, num_train=args.num_train, num_val=256, image_size=args.image_size, shortcut=args.shortcut, seed=args.seed
+        batch_size=64,
+        num_train=args.num_train,
+        num_val=256,
+        image_size=args.image_size,
+        shortcut=args.shortcut,
+        seed=args.seed,
     )
     model = ShapesClassifier(num_classes=dm.num_classes)
     callbacks: list[pl.Callback] = []
@@ -79,7 +84,11 @@ def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
         if args.shortcut:
             # Explain images that carry the marker as in training, so the maps can show it.
             shortcut_set = ShapesDataset(
-                num_samples=64, image_size=args.image_size, num_classes=dm.num_classes, shortcut=True, seed=args.seed + 1000
+                num_samples=64,
+                image_size=args.image_size,
+                num_classes=dm.num_classes,
+                shortcut=True,
+                seed=args.seed + 1000,
             )
             probe = (shortcut_set.images, shortcut_set.labels, shortcut_set.masks)
         monitor = SaliencyMonitor(
@@ -89,7 +98,9 @@ def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
     if args.logger == "wandb":
         from pytorch_lightning.loggers import WandbLogger
 
-        logger = WandbLogger(project="lightning-xai-demo", save_dir=str(log_dir), offline=os.environ.get("WANDB_MODE") != "online")
+        logger = WandbLogger(
+            project="lightning-xai-demo", save_dir=str(log_dir), offline=os.environ.get("WANDB_MODE") != "online"
+        )
     else:
         from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -118,7 +129,9 @@ def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
         summary = log_dir / "saliency_evolution.png"
         monitor.save_evolution_png(summary, name=monitor.names[0], max_images=4)
         result["summary_png"] = str(summary)
-    print(f"\nTrained {args.epochs} epochs in {seconds:.1f} s; val/acc = {result['metrics'].get('val/acc', float('nan')):.3f}")
+    print(
+        f"\nTrained {args.epochs} epochs in {seconds:.1f} s; val/acc = {result['metrics'].get('val/acc', float('nan')):.3f}"
+    )
     if args.logger == "tensorboard":
         print(f"TensorBoard logs: {result['log_dir']}")
         print(f"Open them with:   tensorboard --logdir {log_dir}")

@@ -24,7 +24,9 @@ class ShapesClassifier(pl.LightningModule):
         dropout: Dropout before the linear head.
     """
 
-    def __init__(self, num_classes: int = 4, in_channels: int = 3, width: int = 16, lr: float = 3e-3, dropout: float = 0.1) -> None:
+    def __init__(
+        self, num_classes: int = 4, in_channels: int = 3, width: int = 16, lr: float = 3e-3, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.features = nn.Sequential(

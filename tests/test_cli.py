@@ -78,11 +78,23 @@ def _free_port() -> int:
 
 
 def test_demo_logs_and_tensorboard_server_lists_them(tmp_path: Path) -> None:
-    result = run_demo(["--epochs", "2", "--num-train", "128", "--image-size", "24", "--num-samples", "4", "--log-dir", str(tmp_path)])
+    result = run_demo(
+        ["--epochs", "2", "--num-train", "128", "--image-size", "24", "--num-samples", "4", "--log-dir", str(tmp_path)]
+    )
     assert Path(result["summary_png"]).stat().st_size > 1000
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path), "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(tmp_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -165,9 +165,7 @@ def resolve_target(target: TargetType, outputs: Tensor) -> Tensor:
         TypeError: ``target`` has an unsupported type.
     """
     if outputs.ndim != 2:
-        raise ValueError(
-            f"Expected the model to return [batch, classes] scores, but got shape {tuple(outputs.shape)}."
-        )
+        raise ValueError(f"Expected the model to return [batch, classes] scores, but got shape {tuple(outputs.shape)}.")
     batch, classes = outputs.shape
     if target is None:
         return outputs.detach().argmax(dim=1)
@@ -281,9 +279,7 @@ def get_explainer(name: str, **kwargs: Any) -> Explainer:
     try:
         cls = _REGISTRY[name]
     except KeyError:
-        raise ValueError(
-            f"Unknown explainer {name!r}. Known explainers: {', '.join(sorted(_REGISTRY))}."
-        ) from None
+        raise ValueError(f"Unknown explainer {name!r}. Known explainers: {', '.join(sorted(_REGISTRY))}.") from None
     return cls(**kwargs)
 
 
@@ -369,6 +365,7 @@ class Explainer(ABC):
         Called by callbacks at ``setup`` so bad configuration fails before training starts, and by
         :meth:`__call__`. Raises ``ValueError`` with the valid choices on a mismatch.
         """
+        return None
 
     # -- for subclasses -----------------------------------------------------------------------
     @abstractmethod

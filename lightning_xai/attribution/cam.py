@@ -515,9 +515,7 @@ class CAM(_LayerCAMBase):
         >>> cam = CAM()(resnet, images, target)  # layer4 -> avgpool -> fc
     """
 
-    def __init__(
-        self, layer: str | None = None, fc: str | None = None, *, interpolate_mode: str = "bilinear"
-    ) -> None:
+    def __init__(self, layer: str | None = None, fc: str | None = None, *, interpolate_mode: str = "bilinear") -> None:
         super().__init__(layer, interpolate_mode=interpolate_mode)
         _check_name("fc", fc)
         self.fc = fc
@@ -767,7 +765,7 @@ class FullGrad(Explainer):
         size = inputs.shape[-2:]
         input_grad = grads[0] if grads[0] is not None else torch.zeros_like(inputs)
         total = minmax_normalize((input_grad * inputs.detach()).abs()).sum(dim=1, keepdim=True)
-        for (module, z), grad in zip(terms, grads[1:]):
+        for (module, _z), grad in zip(terms, grads[1:]):
             if grad is None:
                 continue
             bias = self._bias(module).to(device=grad.device, dtype=grad.dtype)

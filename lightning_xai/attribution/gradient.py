@@ -14,7 +14,6 @@ Every method here differentiates the target class score ``S_c`` with respect to 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -451,9 +450,7 @@ class NoiseTunnel(Explainer):
     def _noise_factors(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         """``(z [n_samples, ...], scale [B, 1, ...])``: noise ``[k, i]`` is ``scale[i] * z[k]``."""
         gen = _private_generator(self.seed, inputs.device)
-        z = torch.randn(
-            (self.n_samples, *inputs.shape[1:]), generator=gen, device=inputs.device, dtype=inputs.dtype
-        )
+        z = torch.randn((self.n_samples, *inputs.shape[1:]), generator=gen, device=inputs.device, dtype=inputs.dtype)
         return z, self.stdev * _value_range(inputs)
 
     def _attribute(self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext) -> Tensor:
@@ -501,4 +498,3 @@ def _merge_moments(
     new_mean = mean + delta * weight
     new_m2 = m2 + m2_b + delta * delta * (count * n_b / n.clamp(min=1)).view(-1, *ones)
     return n, new_mean, new_m2
-

@@ -135,9 +135,7 @@ def gaussian_blur(inputs: Tensor, sigma: float, truncate: float = 4.0) -> Tensor
         torch.Size([1, 3, 8, 8])
     """
     if inputs.ndim < 3:
-        raise ValueError(
-            f"The blur baseline needs [B, C, *spatial] inputs, but got shape {tuple(inputs.shape)}."
-        )
+        raise ValueError(f"The blur baseline needs [B, C, *spatial] inputs, but got shape {tuple(inputs.shape)}.")
     if not math.isfinite(sigma) or sigma < 0:
         raise ValueError(f"Expected argument `sigma` to be a finite float >= 0, but got {sigma!r}.")
     out = inputs.detach().clone()
@@ -228,9 +226,7 @@ def make_baseline(
         if not isinstance(value, Tensor):
             raise TypeError(f"Expected the baseline callable to return a Tensor, but got {type(value).__name__}.")
     else:
-        raise TypeError(
-            f"Expected a baseline kind, a Tensor or a callable, but got {type(spec).__name__}."
-        )
+        raise TypeError(f"Expected a baseline kind, a Tensor or a callable, but got {type(spec).__name__}.")
     value = value.detach().to(device=x.device, dtype=x.dtype)
     try:
         return torch.broadcast_to(value, x.shape).clone()
@@ -324,7 +320,9 @@ class IntegratedGradients(Explainer):
         _check_method(method, n_steps)
         _check_baseline(baseline)
         if internal_batch_size is not None and (
-            isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, int) or internal_batch_size <= 0
+            isinstance(internal_batch_size, bool)
+            or not isinstance(internal_batch_size, int)
+            or internal_batch_size <= 0
         ):
             raise ValueError(
                 f"Expected argument `internal_batch_size` to be None or a positive int, but got {internal_batch_size!r}."
@@ -357,9 +355,7 @@ class IntegratedGradients(Explainer):
         specs = self.baseline if isinstance(self.baseline, list) else [self.baseline]
         return torch.stack(
             [
-                make_baseline(
-                    spec, inputs, blur_sigma=self.blur_sigma, noise_std=self.noise_std, seed=self.seed + j
-                )
+                make_baseline(spec, inputs, blur_sigma=self.blur_sigma, noise_std=self.noise_std, seed=self.seed + j)
                 for j, spec in enumerate(specs)
             ]
         )

@@ -73,11 +73,18 @@ class XAIMonitor(Callback):
         return self._generate_state_key(**self._state_key_fields())
 
     def _state_key_fields(self) -> dict[str, Any]:
-        return {"num_samples": self.num_samples, "every_n_epochs": self.every_n_epochs, "every_n_steps": self.every_n_steps}
+        return {
+            "num_samples": self.num_samples,
+            "every_n_epochs": self.every_n_epochs,
+            "every_n_steps": self.every_n_steps,
+        }
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"probe": None if self.probe is None else self.probe.state_dict(), "last_epoch_run": self._last_epoch_run}
+        return {
+            "probe": None if self.probe is None else self.probe.state_dict(),
+            "last_epoch_run": self._last_epoch_run,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -99,13 +99,19 @@ class SaliencyMonitor(XAIMonitor):
         seed: int = 0,
         probe: Optional[Any] = None,
     ) -> None:
-        super().__init__(num_samples=num_samples, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps, seed=seed, probe=probe)
+        super().__init__(
+            num_samples=num_samples, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps, seed=seed, probe=probe
+        )
         if target not in ("predicted", "label"):
             raise ValueError(f"Expected argument `target` to be 'predicted' or 'label', but got {target!r}.")
         if not 0.0 <= overlay_alpha <= 1.0:
-            raise ValueError(f"Expected argument `overlay_alpha` to be a float in the [0,1] range, but got {overlay_alpha}.")
+            raise ValueError(
+                f"Expected argument `overlay_alpha` to be a float in the [0,1] range, but got {overlay_alpha}."
+            )
         if not 0.0 < clip_percentile <= 100.0:
-            raise ValueError(f"Expected argument `clip_percentile` to be a float in the (0,100] range, but got {clip_percentile}.")
+            raise ValueError(
+                f"Expected argument `clip_percentile` to be a float in the (0,100] range, but got {clip_percentile}."
+            )
         if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 2:
             raise ValueError(f"Expected argument `max_history` to be an int >= 2, but got {max_history!r}.")
         resolved = _default_explainers() if explainers is None else [self._resolve(e) for e in explainers]
@@ -129,7 +135,9 @@ class SaliencyMonitor(XAIMonitor):
             return spec
         if isinstance(spec, str):
             return get_explainer(spec)
-        raise TypeError(f"Expected each explainer to be an Explainer or a registered name, but got {type(spec).__name__}.")
+        raise TypeError(
+            f"Expected each explainer to be an Explainer or a registered name, but got {type(spec).__name__}."
+        )
 
     @staticmethod
     def _unique_names(explainers: Sequence[Explainer]) -> list[str]:
@@ -220,7 +228,12 @@ class SaliencyMonitor(XAIMonitor):
 
     @override
     def publish(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: Probe, results: dict[str, Tensor], sinks: list[Sink]
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        probe: Probe,
+        results: dict[str, Tensor],
+        sinks: list[Sink],
     ) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch
         images = to_display(probe.inputs.float()).cpu()
@@ -275,13 +288,18 @@ class SaliencyMonitor(XAIMonitor):
         ``[(epoch, overlays [N, 3, H, W]), ...]`` (thinned to ``max_history``; rank zero only)."""
         return list(self._history[name or self.names[0]])
 
-    def save_evolution_png(self, path: Union[str, "os.PathLike[str]"], name: Optional[str] = None, max_images: int = 4) -> None:
+    def save_evolution_png(
+        self, path: Union[str, os.PathLike[str]], name: Optional[str] = None, max_images: int = 4
+    ) -> None:
         """Write one PNG: a row per probe image (up to ``max_images``), a column per run."""
         history = self.history(name)
         if not history:
             raise ValueError(f"SaliencyMonitor: nothing logged yet for {name or self.names[0]!r}.")
         labels = [f"epoch {e}" for e, _ in history]
-        rows = [evolution_strip([frames[i] for _, frames in history], labels) for i in range(min(max_images, history[0][1].shape[0]))]
+        rows = [
+            evolution_strip([frames[i] for _, frames in history], labels)
+            for i in range(min(max_images, history[0][1].shape[0]))
+        ]
         width = max(r.shape[-1] for r in rows)
         rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1]), value=1.0) for r in rows]
         save_png(torch.cat(rows, dim=1), path)
@@ -290,6 +308,9 @@ class SaliencyMonitor(XAIMonitor):
         self, images: Tensor, captions: list[str], maps: dict[str, Tensor], sinks: list[Sink], step: int
     ) -> None:
         columns = ["probe", "label", "input", *maps]
-        rows = [[i, captions[i].replace("\n", ", "), images[i], *(m[i] for m in maps.values())] for i in range(images.shape[0])]
+        rows = [
+            [i, captions[i].replace("\n", ", "), images[i], *(m[i] for m in maps.values())]
+            for i in range(images.shape[0])
+        ]
         for sink in sinks:
             sink.log_table("xai/probe_table", columns, rows, step)

@@ -13,14 +13,12 @@ images or pixels), from one seeded :class:`torch.Generator`, so a seed always gi
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from lightning_xai._validation import check_float, check_int
-from torch.utils.data import Dataset
 
 __all__ = ["SHAPE_NAMES", "MARKER_COLORS", "ShapesDataset"]
 

@@ -251,9 +251,7 @@ def overlay(
     images = _check_batch("images", images)
     maps = _check_batch("maps", maps, channels=1)
     if images.shape[0] != maps.shape[0]:
-        raise ValueError(
-            f"Expected as many maps as images, but got {maps.shape[0]} maps for {images.shape[0]} images."
-        )
+        raise ValueError(f"Expected as many maps as images, but got {maps.shape[0]} maps for {images.shape[0]} images.")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"Expected argument `alpha` to be a float in the [0, 1] range, but got {alpha!r}.")
     base = to_display(images)

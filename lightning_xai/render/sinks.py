@@ -76,7 +76,9 @@ def _row_of_images(images: Sequence[Tensor]) -> Tensor:
 def _check_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     for i, row in enumerate(rows):
         if len(row) != len(columns):
-            raise ValueError(f"Expected {len(columns)} cells per row (columns {list(columns)}), but row {i} has {len(row)}.")
+            raise ValueError(
+                f"Expected {len(columns)} cells per row (columns {list(columns)}), but row {i} has {len(row)}."
+            )
 
 
 class Sink(ABC):

@@ -59,7 +59,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _made(name: str) -> tuple[nn.Module, Tensor]:
     return make(name)
 
@@ -393,7 +393,7 @@ def test_contract(method: str, name: str) -> None:
     if name == "resnet18":
         x = x[:2, :, :32, :40]
     reference = explainer(model, x)  # type: ignore[operator]
-    region = getattr(explainer, "region")
+    region = explainer.region
     assert reference.shape == ((x.shape[0], 1, *x.shape[-2:]) if region else x.shape)
     assert reference.device == x.device and reference.dtype == x.dtype and not reference.requires_grad
     assert torch.isfinite(reference).all()

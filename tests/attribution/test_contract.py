@@ -53,18 +53,36 @@ OVERRIDES = {("score_cam", "vgg"): lambda: ScoreCAM(layer="features.6")}
 def build(name: str, model_name: str) -> Explainer:
     return OVERRIDES.get((name, model_name), EXPLAINERS[name])()
 
+
 MODELS = ["small", "vgg"]
 CASES = [(e, m) for m in MODELS for e in EXPLAINERS if not (e in NEEDS_GAP_HEAD and m == "vgg")]
-LAYER_EXPLAINERS = {"cam": CAM, "grad_cam": GradCAM, "guided_grad_cam": GuidedGradCAM, "grad_cam_plus_plus": GradCAMPlusPlus, "score_cam": ScoreCAM}
+LAYER_EXPLAINERS = {
+    "cam": CAM,
+    "grad_cam": GradCAM,
+    "guided_grad_cam": GuidedGradCAM,
+    "grad_cam_plus_plus": GradCAMPlusPlus,
+    "score_cam": ScoreCAM,
+}
 
 
 def _hook_count(model: nn.Module) -> int:
     count = 0
     for m in model.modules():
-        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks"):
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_state_dict_hooks",
+        ):
             count += len(getattr(m, attr, {}))
     g = torch.nn.modules.module
-    for attr in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"):
+    for attr in (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    ):
         count += len(getattr(g, attr, {}))
     return count
 
@@ -192,7 +210,9 @@ def test_picklable_and_registered(name: str) -> None:
     assert repr(clone) == repr(explainer)
     assert isinstance(explainer, Explainer)
     assert explainer.registry_name in available_explainers()
-    assert isinstance(get_explainer(explainer.registry_name) if name not in ("smoothgrad", "vargrad") else explainer, Explainer)
+    assert isinstance(
+        get_explainer(explainer.registry_name) if name not in ("smoothgrad", "vargrad") else explainer, Explainer
+    )
 
 
 def test_registry_names() -> None:

@@ -22,7 +22,7 @@ from tests.helpers.models import MODEL_NAMES, SharedReluCNN, make
 captum_attr = pytest.importorskip("captum.attr")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _double(name: str) -> tuple[nn.Module, Tensor, Tensor]:
     """A float64 copy of ``make(name)`` and a fixed per-sample target (explainers leave models as
     they found them, so the cache is safe)."""
@@ -155,7 +155,9 @@ def test_functional_and_inplace_relus_match_module_model(cls: type, variant: str
     other.load_state_dict(module_model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(other(x), module_model(x), rtol=0, atol=0)  # same forward
-    reference = _captum(getattr(captum_attr, "GuidedBackprop" if cls is GuidedBackprop else "Deconvolution"), module_model, x, target)
+    reference = _captum(
+        getattr(captum_attr, "GuidedBackprop" if cls is GuidedBackprop else "Deconvolution"), module_model, x, target
+    )
     assert_oracle(cls()(other, x, target), reference)
 
 
@@ -266,7 +268,8 @@ def test_noise_tunnel_matches_captum_given_the_same_noise(
     model, x, target = _double(name)
     chunk = 3 if name == "small" else None  # chunking on the cheap model only
     tunnel = NoiseTunnel(Saliency(abs=False), kind=kind, n_samples=3, stdev=0.2, seed=3, internal_batch_size=chunk)
-    ref = _captum_noise_tunnel(monkeypatch, captum_attr.Saliency(model), x, target, tunnel.sample_noise(x), kind, abs=False
+    ref = _captum_noise_tunnel(
+        monkeypatch, captum_attr.Saliency(model), x, target, tunnel.sample_noise(x), kind, abs=False
     )
     assert_oracle(tunnel(model, x, target), ref)
 
@@ -274,7 +277,9 @@ def test_noise_tunnel_matches_captum_given_the_same_noise(
 def test_noise_tunnel_around_guided_backprop_matches_captum(monkeypatch: pytest.MonkeyPatch) -> None:
     model, x, target = _double("vgg")
     tunnel = NoiseTunnel(GuidedBackprop(), kind="smoothgrad", n_samples=3, stdev=0.1)
-    ref = _captum_noise_tunnel(monkeypatch, captum_attr.GuidedBackprop(model), x, target, tunnel.sample_noise(x), "smoothgrad")
+    ref = _captum_noise_tunnel(
+        monkeypatch, captum_attr.GuidedBackprop(model), x, target, tunnel.sample_noise(x), "smoothgrad"
+    )
     assert_oracle(tunnel(model, x, target), ref)
 
 
@@ -297,7 +302,9 @@ def test_noise_tunnel_matches_the_definition(internal_batch_size: int | None) ->
 
 
 def test_noise_is_a_seeded_fraction_of_each_inputs_range() -> None:
-    x = torch.rand(3, 2, 40, 40, dtype=torch.float64) * torch.tensor([1.0, 10.0, 0.1], dtype=torch.float64).view(3, 1, 1, 1)
+    x = torch.rand(3, 2, 40, 40, dtype=torch.float64) * torch.tensor([1.0, 10.0, 0.1], dtype=torch.float64).view(
+        3, 1, 1, 1
+    )
     spread = x.flatten(1).amax(1) - x.flatten(1).amin(1)
     rng = torch.get_rng_state()
     tunnel = NoiseTunnel(Saliency(), n_samples=8, stdev=0.25, seed=5)

@@ -21,7 +21,7 @@ from tests.helpers.models import MODEL_NAMES, make
 captum_attr = pytest.importorskip("captum.attr")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _double(name: str) -> tuple[nn.Module, Tensor, Tensor]:
     model, x = make(name)
     if name == "resnet18":
@@ -139,7 +139,9 @@ def test_captum_trapezoid_misses_completeness_and_ours_does_not() -> None:
     with torch.no_grad():
         gap = model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]
     ours = IntegratedGradients(n_steps=5, method="riemann_trapezoid")(model, x, 1)
-    ref = _captum_ig(model, x, torch.ones(3, dtype=torch.long), torch.zeros_like(x), n_steps=5, method="riemann_trapezoid")
+    ref = _captum_ig(
+        model, x, torch.ones(3, dtype=torch.long), torch.zeros_like(x), n_steps=5, method="riemann_trapezoid"
+    )
     torch.testing.assert_close(ours.sum(1), gap)
     torch.testing.assert_close(ref.sum(1), gap * 4 / 5)
 
@@ -197,7 +199,12 @@ def test_not_multiplied_by_inputs_matches_captum(name: str) -> None:
 def test_completeness_on_a_smooth_model() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.Tanh(), nn.Conv2d(6, 6, 3), nn.Softplus(), nn.Flatten(), nn.Linear(6 * 6 * 6, 4)
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(6, 6, 3),
+        nn.Softplus(),
+        nn.Flatten(),
+        nn.Linear(6 * 6 * 6, 4),
     ).double()
     x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
     with torch.no_grad():
@@ -255,7 +262,9 @@ def test_blur_matches_scipy() -> None:
 
 
 def test_noise_baselines_definitions() -> None:
-    x = torch.rand(3, 2, 30, 30, dtype=torch.float64) * torch.tensor([1.0, 4.0, 0.5], dtype=torch.float64).view(3, 1, 1, 1)
+    x = torch.rand(3, 2, 30, 30, dtype=torch.float64) * torch.tensor([1.0, 4.0, 0.5], dtype=torch.float64).view(
+        3, 1, 1, 1
+    )
     low = x.flatten(1).amin(1).view(3, 1, 1, 1)
     spread = x.flatten(1).amax(1).view(3, 1, 1, 1) - low
     rng = torch.get_rng_state()
@@ -292,7 +301,10 @@ def test_baseline_errors() -> None:
         (dict(method="simpson"), "Expected argument `method` to be one of"),
         (dict(baseline="black"), "Expected argument `baseline` to be one of"),
         (dict(baseline=[]), "at least one baseline"),
-        (dict(internal_batch_size=0), "Expected argument `internal_batch_size` to be None or a positive int, but got 0."),
+        (
+            dict(internal_batch_size=0),
+            "Expected argument `internal_batch_size` to be None or a positive int, but got 0.",
+        ),
         (dict(blur_sigma=-1.0), "Expected argument `blur_sigma` to be a finite float >= 0, but got -1.0."),
         (dict(noise_std=float("inf")), "`noise_std`"),
         (dict(seed="0"), "`seed`"),

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_xai.attribution.base import Explainer, ExplainContext
+from lightning_xai.attribution.base import ExplainContext, Explainer
 from lightning_xai.data import ShapesDataModule
 from lightning_xai.demo import ShapesClassifier
 
@@ -55,7 +55,9 @@ def trainer_kwargs(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     return kwargs
 
 
-def fit(tmp_path: Path, callbacks: list[pl.Callback], seed: int = 0, dm_kwargs: dict | None = None, **overrides: Any) -> ShapesClassifier:
+def fit(
+    tmp_path: Path, callbacks: list[pl.Callback], seed: int = 0, dm_kwargs: dict | None = None, **overrides: Any
+) -> ShapesClassifier:
     pl.seed_everything(seed, verbose=False)
     dm = tiny_datamodule(**(dm_kwargs or {}))
     model = tiny_model(dm.num_classes)

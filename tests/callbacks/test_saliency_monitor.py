@@ -21,7 +21,9 @@ def _tags(accs, kind: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for acc in accs:
         for tag in acc.Tags()[kind]:
-            events = acc.Images(tag) if kind == "images" else acc.Scalars(tag) if kind == "scalars" else acc.Histograms(tag)
+            events = (
+                acc.Images(tag) if kind == "images" else acc.Scalars(tag) if kind == "scalars" else acc.Histograms(tag)
+            )
             out[tag] = out.get(tag, 0) + len(events)
     return out
 
@@ -41,7 +43,12 @@ def test_tensorboard_images_scalars_histograms(tmp_path: Path) -> None:
         assert scalars[f"xai/{name}/ssim_prev"] == 1  # from the second run on
         assert scalars[f"xai/{name}/nonfinite"] == 2
     assert _tags(accs, "histograms")["xai/grad_cam/values"] == 2
-    entropy = [e.value for acc in accs if "xai/grad_cam/entropy" in acc.Tags()["scalars"] for e in acc.Scalars("xai/grad_cam/entropy")]
+    entropy = [
+        e.value
+        for acc in accs
+        if "xai/grad_cam/entropy" in acc.Tags()["scalars"]
+        for e in acc.Scalars("xai/grad_cam/entropy")
+    ]
     assert all(0.0 <= v <= 1.0 for v in entropy)
     # the evolution strip of the second epoch shows two frames: it is wider than the first
     acc = next(a for a in accs if "xai/grad_cam/evolution/00" in a.Tags()["images"])
@@ -58,9 +65,7 @@ def _train_weights(tmp_path: Path, callbacks: list[pl.Callback], **overrides) ->
 def test_observe_never_perturb_bitwise(tmp_path: Path, schedule: dict) -> None:
     """Same seed, with and without the monitor: bitwise-identical weights and BatchNorm statistics."""
     reference = _train_weights(tmp_path / "without", [])
-    monitor = SaliencyMonitor(
-        [GradCAM(), IntegratedGradients(n_steps=4), Saliency()], num_samples=4, **schedule
-    )
+    monitor = SaliencyMonitor([GradCAM(), IntegratedGradients(n_steps=4), Saliency()], num_samples=4, **schedule)
     with_monitor = _train_weights(tmp_path / "with", [monitor])
     assert reference.keys() == with_monitor.keys()
     for k in reference:
@@ -121,7 +126,12 @@ def test_nan_maps_are_reported_and_skipped(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="NaN"):
         fit(tmp_path, [monitor], logger=logger, max_epochs=2)
     accs = read_tensorboard(logger.log_dir)
-    flags = [e.value for a in accs if "xai/test_nan/nonfinite" in a.Tags()["scalars"] for e in a.Scalars("xai/test_nan/nonfinite")]
+    flags = [
+        e.value
+        for a in accs
+        if "xai/test_nan/nonfinite" in a.Tags()["scalars"]
+        for e in a.Scalars("xai/test_nan/nonfinite")
+    ]
     assert flags == [1.0, 1.0]
     images = _tags(accs, "images")
     assert "xai/test_nan/overlays" not in images

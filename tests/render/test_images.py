@@ -142,6 +142,7 @@ def test_annotated_grid():
     assert grid.shape[2] >= 4 * 128 and grid.shape[1] >= 2 * 128  # upscaled tiles
     plain = annotated_grid(images, [""] * 6, ncols=4, title="Saliency, epoch 3")
     assert plain.shape[1] < grid.shape[1]  # captions take room
+
     # the tiles are drawn pixel-exact (nearest upscaling, no resampling blur): tile 0's colours
     # appear unchanged in the figure
     def packed(t: torch.Tensor) -> set[int]:
