@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Literal, Optional, overload
 
 __all__ = ["check_float", "check_int"]
 
 
+@overload
+def check_int(
+    name: str, value: object, low: Optional[int] = ..., high: Optional[int] = ..., *, allow_none: Literal[False] = ...
+) -> int: ...
+@overload
+def check_int(
+    name: str, value: object, low: Optional[int] = ..., high: Optional[int] = ..., *, allow_none: bool
+) -> Optional[int]: ...
 def check_int(
     name: str, value: object, low: Optional[int] = None, high: Optional[int] = None, *, allow_none: bool = False
 ) -> Optional[int]:
