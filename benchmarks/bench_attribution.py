@@ -6,10 +6,12 @@ targets, equivalent configuration):
 * ``small``: ``tests.helpers.models.SmallCNN(1, 10)`` (eval) on a ``16 x 1 x 28 x 28`` batch;
 * ``resnet18``: torchvision ``resnet18(num_classes=10)`` (random init, eval) on ``8 x 3 x 64 x 64``.
 
-Each call is timed with :func:`time.perf_counter` after warm-up runs; the table shows the median.
-The *cost unit* ("pass") is the median time of one forward + backward pass of the batch
-(``torch.autograd.grad`` of the target scores w.r.t. the input); each of our times is also given
-in those units. Targets (issue): every ratio ours/oracle <= 1.0; the single-pass methods within
+Each row times, in interleaved rounds whose order rotates, the *cost unit* ("pass": one forward +
+backward pass of the batch, ``torch.autograd.grad`` of the target scores w.r.t. the input), ours
+and the oracle, with :func:`time.perf_counter` after warm-up rounds; the table shows medians (and
+the quartiles of the per-round ratio ours/oracle), and ours in passes is our median over the
+row's unit median. Fast rows get up to 400 rounds: a few-millisecond call on 2 shared cores
+varies by 10% from call to call. Targets (issue): every ratio ours/oracle <= 1.0; the single-pass methods within
 1.3 passes; Integrated Gradients with ``n`` steps within ``1.15 n`` passes. A row that misses a
 target is flagged with ``(!)``.
 
@@ -22,7 +24,8 @@ measurement; the script checks that the model carries no hook between rows.
 
 The last column, ``match``, compares our map with the oracle's (max abs difference over the max
 abs oracle value, after the normalisation the oracle applies) to show the configurations are
-equivalent; ``n/a`` where the maps are not comparable (random noise, CAM vs Grad-CAM scale).
+equivalent (CAM and Grad-CAM after dividing each map by its maximum); ``n/a`` for the noise
+tunnel, whose noise differs.
 
 Usage (from the repository root)::
 
@@ -53,7 +56,6 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from lightning_xai import attribution as xai  # noqa: E402
@@ -68,7 +70,7 @@ SINGLE_PASS_TARGET = 1.3
 IG_TARGET = 1.15  # per step
 RATIO_TARGET = 1.0
 MISS = " (!)"
-LOAD_WARNING = 1.0  # 1-minute load average above which the run is flagged as contended
+OTHERS_WARNING = 0.05  # share of the CPUs other processes may use before the run is flagged as contended
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,12 +134,13 @@ def _time_once(timed: Timed) -> tuple[float, Any]:
 
 
 def measure_interleaved(
-    timeds: list[Timed], repeats: int, warmup: int, budget_s: float
+    timeds: list[Timed], min_repeats: int, max_repeats: int, warmup: int, budget_s: float
 ) -> tuple[list[list[float]], list[Any]]:
-    """Time every callable of ``timeds`` round-robin, ``repeats`` rounds after ``warmup`` rounds,
-    with garbage collection off while timing; interleaving keeps a change of machine load from
-    favouring one of them. Slow rounds get fewer repeats (at least 3) so that a measurement stays
-    within about ``budget_s``. Returns the samples (ms) of each callable and its last result."""
+    """Time every callable of ``timeds`` round-robin, after ``warmup`` rounds, with garbage
+    collection off while timing; interleaving keeps a change of machine load from favouring one
+    of them, and the order rotates from round to round. The number of timed rounds fills about ``budget_s`` seconds, within
+    ``[min_repeats, max_repeats]`` (fast rows get many rounds: their medians are noisier). Returns
+    the samples (ms) of each callable and its last result."""
     results: list[Any] = [None] * len(timeds)
     first = 0.0
     for i in range(max(warmup, 1)):
@@ -145,20 +148,36 @@ def measure_interleaved(
             elapsed, results[j] = _time_once(timed)
             if i == 0:
                 first += elapsed / 1e3
-    repeats = max(3, min(repeats, int(budget_s / max(first, 1e-9))))
+        if first > budget_s:  # one warm-up round is enough for a slow row
+            break
+    repeats = max(min_repeats, min(max_repeats, int(budget_s / max(first, 1e-9))))
     samples: list[list[float]] = [[] for _ in timeds]
     gc.collect()
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for _ in range(repeats):
-            for j, timed in enumerate(timeds):
-                elapsed, _ = _time_once(timed)
+        for i in range(repeats):
+            for j in _rotated(len(timeds), i):
+                elapsed, _ = _time_once(timeds[j])
                 samples[j].append(elapsed)
     finally:
         if gc_was_enabled:
             gc.enable()
     return samples, results
+
+
+def _rotated(n: int, shift: int) -> list[int]:
+    """``range(n)`` rotated by ``shift``: every callable takes every position in the round in
+    turn (the one after the cost unit or after another method runs measurably slower on a busy
+    cache)."""
+    return [(k + shift) % n for k in range(n)]
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
 
 
 def unit_pass(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
@@ -167,6 +186,35 @@ def unit_pass(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
     scores = model(x).gather(1, target.view(-1, 1)).sum()
     (grad,) = torch.autograd.grad(scores, x)
     return grad
+
+
+def _cpu_busy_s() -> float | None:
+    """CPU seconds all processes spent busy so far (``/proc/stat``; None where unavailable)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuShare:
+    """How much of the machine *other* processes used while this one ran: the busy CPU time of
+    all processes (``/proc/stat``) minus this process's own, over wall time times CPUs."""
+
+    def __init__(self) -> None:
+        self._busy = _cpu_busy_s()
+        self._own = sum(os.times()[:2])
+        self._wall = time.perf_counter()
+
+    def others(self) -> float | None:
+        busy = _cpu_busy_s()
+        if busy is None or self._busy is None:
+            return None
+        own = sum(os.times()[:2]) - self._own
+        wall = time.perf_counter() - self._wall
+        return max(0.0, (busy - self._busy - own) / (wall * (os.cpu_count() or 1)))
 
 
 def count_hooks(model: nn.Module) -> int:
@@ -188,11 +236,18 @@ def _as_tensor(value: Any) -> Tensor:
     return value.detach().float()
 
 
-def rel_error(ours: Any, oracle: Any, transform: Callable[[Tensor], Tensor] | None = None) -> float:
+def rel_error(
+    ours: Any,
+    oracle: Any,
+    transform: Callable[[Tensor], Tensor] | None = None,
+    oracle_transform: Callable[[Tensor], Tensor] | None = None,
+) -> float:
     a = _as_tensor(ours)
     b = _as_tensor(oracle)
     if transform is not None:
         a = transform(a)
+    if oracle_transform is not None:
+        b = oracle_transform(b)
     a = a.reshape(b.shape) if a.numel() == b.numel() else a
     if a.shape != b.shape:
         return float("nan")
@@ -205,6 +260,7 @@ def pgc_normalised(maps: Tensor) -> Tensor:
 
 
 def per_image_max(maps: Tensor) -> Tensor:
+    """Each map divided by its maximum (CAM equals Grad-CAM at the pooled layer up to a factor)."""
     flat = maps.flatten(1)
     return (flat / flat.amax(dim=1, keepdim=True).clamp_min(1e-12)).view_as(maps)
 
@@ -218,6 +274,8 @@ class Oracle:
     build: Callable[[Workload], Timed]
     # maps our output to the oracle's form; None: not comparable
     compare: Callable[[Tensor], Tensor] | None = lambda t: t
+    # applied to the oracle's output before comparing
+    oracle_transform: Callable[[Tensor], Tensor] | None = None
 
 
 @dataclass
@@ -314,42 +372,66 @@ def build_methods() -> list[Method]:
         Method(
             "Saliency",
             ours(lambda w: xai.Saliency(abs=True)),
-            [Oracle("captum Saliency", _captum(lambda w: lambda: Saliency(w.model).attribute(w.inputs, target=w.target, abs=True)))],
+            [
+                Oracle(
+                    "captum Saliency",
+                    _captum(lambda w: lambda: Saliency(w.model).attribute(w.inputs, target=w.target, abs=True)),
+                )
+            ],
             *single,
         ),
         Method(
             "InputXGradient",
             ours(lambda w: xai.InputXGradient()),
-            [Oracle("captum InputXGradient", _captum(lambda w: lambda: InputXGradient(w.model).attribute(w.inputs, target=w.target)))],
+            [
+                Oracle(
+                    "captum InputXGradient",
+                    _captum(lambda w: lambda: InputXGradient(w.model).attribute(w.inputs, target=w.target)),
+                )
+            ],
             *single,
         ),
         Method(
             "GuidedBackprop",
             ours(lambda w: xai.GuidedBackprop()),
-            [Oracle("captum GuidedBackprop", _captum(lambda w: lambda: GuidedBackprop(w.model).attribute(w.inputs, target=w.target)))],
+            [
+                Oracle(
+                    "captum GuidedBackprop",
+                    _captum(lambda w: lambda: GuidedBackprop(w.model).attribute(w.inputs, target=w.target)),
+                )
+            ],
             *single,
         ),
         Method(
             "Deconvnet",
             ours(lambda w: xai.Deconvnet()),
-            [Oracle("captum Deconvolution", _captum(lambda w: lambda: Deconvolution(w.model).attribute(w.inputs, target=w.target)))],
+            [
+                Oracle(
+                    "captum Deconvolution",
+                    _captum(lambda w: lambda: Deconvolution(w.model).attribute(w.inputs, target=w.target)),
+                )
+            ],
             *single,
         ),
         Method(
             f"NoiseTunnel(Saliency) {N_SAMPLES} samples, all at once",
-            ours(lambda w: xai.NoiseTunnel(xai.Saliency(abs=True), kind="smoothgrad", n_samples=N_SAMPLES, stdev=STDEV)),
+            ours(
+                lambda w: xai.NoiseTunnel(xai.Saliency(abs=True), kind="smoothgrad", n_samples=N_SAMPLES, stdev=STDEV)
+            ),
             [
                 Oracle(
                     f"captum NoiseTunnel(Saliency) nt_samples_batch_size={nt_all}",
                     _captum(
-                        lambda w: lambda: NoiseTunnel(Saliency(w.model)).attribute(
-                            w.inputs,
-                            nt_type="smoothgrad",
-                            nt_samples=N_SAMPLES,
-                            nt_samples_batch_size=nt_all,
-                            stdevs=_range_stdev(w),
-                            target=w.target,
-                            abs=True,
+                        lambda w: (
+                            lambda: NoiseTunnel(Saliency(w.model)).attribute(
+                                w.inputs,
+                                nt_type="smoothgrad",
+                                nt_samples=N_SAMPLES,
+                                nt_samples_batch_size=nt_all,
+                                stdevs=_range_stdev(w),
+                                target=w.target,
+                                abs=True,
+                            )
                         )
                     ),
                     compare=None,
@@ -371,14 +453,16 @@ def build_methods() -> list[Method]:
                 Oracle(
                     f"captum NoiseTunnel(Saliency) nt_samples_batch_size={nt_chunk}",
                     _captum(
-                        lambda w: lambda: NoiseTunnel(Saliency(w.model)).attribute(
-                            w.inputs,
-                            nt_type="smoothgrad",
-                            nt_samples=N_SAMPLES,
-                            nt_samples_batch_size=nt_chunk,
-                            stdevs=_range_stdev(w),
-                            target=w.target,
-                            abs=True,
+                        lambda w: (
+                            lambda: NoiseTunnel(Saliency(w.model)).attribute(
+                                w.inputs,
+                                nt_type="smoothgrad",
+                                nt_samples=N_SAMPLES,
+                                nt_samples_batch_size=nt_chunk,
+                                stdevs=_range_stdev(w),
+                                target=w.target,
+                                abs=True,
+                            )
                         )
                     ),
                     compare=None,
@@ -392,9 +476,15 @@ def build_methods() -> list[Method]:
                 Oracle(
                     "captum IntegratedGradients",
                     _captum(
-                        lambda w: lambda: IntegratedGradients(w.model).attribute(
-                            w.inputs, baselines=None, target=w.target, n_steps=IG_STEPS,
-                            method="gausslegendre", internal_batch_size=None,
+                        lambda w: (
+                            lambda: IntegratedGradients(w.model).attribute(
+                                w.inputs,
+                                baselines=None,
+                                target=w.target,
+                                n_steps=IG_STEPS,
+                                method="gausslegendre",
+                                internal_batch_size=None,
+                            )
                         )
                     ),
                 )
@@ -405,7 +495,14 @@ def build_methods() -> list[Method]:
         Method(
             "CAM",
             ours(lambda w: xai.CAM()),
-            [Oracle("captum LayerGradCam(GAP input)+interpolate", _captum(_captum_gradcam("gap_input_layer")), compare=None)],
+            [
+                Oracle(
+                    "captum LayerGradCam(GAP input)+interpolate",
+                    _captum(_captum_gradcam("gap_input_layer")),
+                    compare=per_image_max,
+                    oracle_transform=per_image_max,
+                )
+            ],
             *single,
         ),
         Method(
@@ -423,7 +520,11 @@ def build_methods() -> list[Method]:
             [
                 Oracle(
                     "captum GuidedGradCam",
-                    _captum(lambda w: (lambda g: lambda: g.attribute(w.inputs, target=w.target))(GuidedGradCam(w.model, w.layer(w.cam_layer)))),
+                    _captum(
+                        lambda w: (lambda g: lambda: g.attribute(w.inputs, target=w.target))(
+                            GuidedGradCam(w.model, w.layer(w.cam_layer))
+                        )
+                    ),
                 )
             ],
         ),
@@ -436,12 +537,24 @@ def build_methods() -> list[Method]:
         Method(
             f"ScoreCAM batch {SCORECAM_BATCH}",
             ours(lambda w: xai.ScoreCAM(layer=w.cam_layer, internal_batch_size=SCORECAM_BATCH)),
-            [Oracle(f"pytorch-grad-cam ScoreCAM batch_size={SCORECAM_BATCH}", _pgc("ScoreCAM", batch_size=SCORECAM_BATCH), compare=pgc_normalised)],
+            [
+                Oracle(
+                    f"pytorch-grad-cam ScoreCAM batch_size={SCORECAM_BATCH}",
+                    _pgc("ScoreCAM", batch_size=SCORECAM_BATCH),
+                    compare=pgc_normalised,
+                )
+            ],
         ),
         Method(
             "FullGrad",
             ours(lambda w: xai.FullGrad()),
-            [Oracle("pytorch-grad-cam FullGrad", _pgc("FullGrad", layers="none"), compare=lambda t: xai.cam.minmax_normalize(t)[:, 0])],
+            [
+                Oracle(
+                    "pytorch-grad-cam FullGrad",
+                    _pgc("FullGrad", layers="none"),
+                    compare=lambda t: xai.cam.minmax_normalize(t)[:, 0],
+                )
+            ],
         ),
     ]
 
@@ -462,6 +575,8 @@ class Row:
     misses: list[str] = field(default_factory=list)
     error: str | None = None
     unit_ms: float | None = None
+    repeats: int = 0
+    paired_ratio_iqr: tuple[float, float] | None = None  # quartiles of the per-round ours/oracle ratios
     ours_samples_ms: list[float] = field(default_factory=list)
     oracle_samples_ms: list[float] = field(default_factory=list)
 
@@ -471,7 +586,9 @@ def _short_error(err: BaseException) -> str:
     return text[:120]
 
 
-def run_workload(w: Workload, methods: list[Method], repeats: int, warmup: int, budget_s: float) -> dict[str, Any]:
+def run_workload(
+    w: Workload, methods: list[Method], min_repeats: int, max_repeats: int, warmup: int, budget_s: float
+) -> dict[str, Any]:
     """Every (method, oracle) row is timed as one interleaved round of: the cost unit, ours, the
     oracle. ``passes`` is the median of ours over the median of that row's cost unit."""
     torch.set_num_threads(THREADS)
@@ -495,7 +612,7 @@ def run_workload(w: Workload, methods: list[Method], repeats: int, warmup: int, 
             has_ours = len(timeds) == 2
             timeds.append(oracle.build(w))
             try:
-                samples, results = measure_interleaved(timeds, repeats, warmup, budget_s)
+                samples, results = measure_interleaved(timeds, min_repeats, max_repeats, warmup, budget_s)
             except Exception as err:  # noqa: BLE001
                 row.error = (row.error + "; " if row.error else "") + "oracle: " + _short_error(err)
                 rows.append(row)
@@ -509,13 +626,15 @@ def run_workload(w: Workload, methods: list[Method], repeats: int, warmup: int, 
             row.unit_ms = statistics.median(samples[0])
             row.oracle_ms = statistics.median(samples[-1])
             row.oracle_samples_ms = samples[-1]
+            row.repeats = len(samples[-1])
             if has_ours:
                 row.ours_ms = statistics.median(samples[1])
                 row.ours_samples_ms = samples[1]
                 row.passes = row.ours_ms / row.unit_ms
                 row.ratio = row.ours_ms / row.oracle_ms
+                row.paired_ratio_iqr = quartiles([a / b for a, b in zip(samples[1], samples[-1])])
                 if oracle.compare is not None:
-                    row.match = rel_error(results[1], results[-1], oracle.compare)
+                    row.match = rel_error(results[1], results[-1], oracle.compare, oracle.oracle_transform)
                 if row.ratio > RATIO_TARGET:
                     row.misses.append("ratio")
                 if method.target_passes is not None and row.passes > method.target_passes(w):
@@ -546,18 +665,21 @@ def render(result: dict[str, Any]) -> str:
         f"rows (min {result['unit_pass_min_ms']:.2f}); each row divides by the median of its own interleaved "
         "unit measurements",
         "",
-        "| method | ours (ms) | oracle (ms) | oracle name | ratio ours/oracle | ours in passes | pass target | match |",
-        "|---|---:|---:|---|---:|---:|---|---:|",
+        "| method | ours (ms) | oracle (ms) | oracle name | ratio ours/oracle [IQR] | ours in passes | pass target | match | runs |",
+        "|---|---:|---:|---|---:|---:|---|---:|---:|",
     ]
     for r in result["rows"]:
-        ratio = _fmt(r["ratio"]) + (MISS if "ratio" in r["misses"] else "")
+        ratio = _fmt(r["ratio"])
+        if r["paired_ratio_iqr"] is not None:
+            ratio += " [{:.2f}-{:.2f}]".format(*r["paired_ratio_iqr"])
+        ratio += MISS if "ratio" in r["misses"] else ""
         passes = _fmt(r["passes"]) + (MISS if "passes" in r["misses"] else "")
         match = "n/a" if r["match"] is None else f"{r['match']:.1e}"
         ours_ms = _fmt(r["ours_ms"]) if r["ours_ms"] is not None else (r["error"] or "-")
         oracle_ms = _fmt(r["oracle_ms"]) if r["oracle_ms"] is not None else (r["error"] or "-")
         lines.append(
             f"| {r['method']} | {ours_ms} | {oracle_ms} | {r['oracle']} | {ratio} | {passes} | "
-            f"{r['target'] or '-'} | {match} |"
+            f"{r['target'] or '-'} | {match} | {r['repeats']} |"
         )
     misses = [r for r in result["rows"] if r["misses"]]
     lines.append("")
@@ -570,17 +692,23 @@ def render(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 repeats, 1 warm-up (default 7 and 2)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="3-10 timed rounds in about 2 s per row, 1 warm-up (default: 3-400 in 10 s, 2)",
+    )
     parser.add_argument("--workload", choices=["small", "resnet18", "all"], default="all")
     parser.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
     parser.add_argument("--methods", default=None, help="comma-separated substrings of method names to run")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement")
-    parser.add_argument("--budget", type=float, default=None, help="seconds per measurement before repeats drop")
+    parser.add_argument("--repeats", type=int, default=None, help="exactly this many timed rounds per row")
+    parser.add_argument("--budget", type=float, default=None, help="seconds of timed rounds per row")
     args = parser.parse_args(argv)
 
-    repeats = args.repeats or (3 if args.quick else 7)
+    min_repeats, max_repeats = (3, 10) if args.quick else (3, 400)
+    if args.repeats:
+        min_repeats = max_repeats = args.repeats
     warmup = 1 if args.quick else 2
-    budget_s = args.budget or (5.0 if args.quick else 20.0)
+    budget_s = args.budget or (2.0 if args.quick else 10.0)
     torch.set_num_threads(THREADS)
     methods = build_methods()
     if args.methods:
@@ -589,38 +717,42 @@ def main(argv: list[str] | None = None) -> int:
     names = ["small", "resnet18"] if args.workload == "all" else [args.workload]
 
     load_before = os.getloadavg()
+    share = CpuShare()
     started = time.perf_counter()
     results = []
     for name in names:
-        result = run_workload(make_workload(name), methods, repeats, warmup, budget_s)
+        result = run_workload(make_workload(name), methods, min_repeats, max_repeats, warmup, budget_s)
         results.append(result)
         print(render(result), flush=True)
         print(flush=True)
     load_after = os.getloadavg()
+    others = share.others()
     header = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "repeats": repeats,
+        "repeats": [min_repeats, max_repeats],
+        "budget_s": budget_s,
         "warmup": warmup,
         "load_before": load_before,
         "load_after": load_after,
         "wall_s": time.perf_counter() - started,
+        "other_processes_cpu_share": others,
     }
+    others_text = "unknown" if others is None else f"{100 * others:.1f}%"
     print(
         f"torch {header['torch']}, {header['threads']} threads of {header['cpu_count']} CPUs; "
-        f"median of up to {repeats} runs after {warmup} warm-up(s); "
-        f"load average before {load_before[0]:.2f}/{load_before[1]:.2f}, after {load_after[0]:.2f}/{load_after[1]:.2f}; "
-        f"{header['wall_s']:.0f} s"
+        f"medians of {min_repeats}-{max_repeats} interleaved rounds (about {budget_s:.0f} s per row) after up to "
+        f"{warmup} warm-up round(s); {header['wall_s']:.0f} s; load average before {load_before[0]:.2f}, after "
+        f"{load_after[0]:.2f}; CPU used by other processes during the run: {others_text} of the machine"
     )
-    busy = max(load_before[0], load_after[0] - THREADS)  # our own 2 threads count in the load after
-    if busy > LOAD_WARNING:
+    if others is not None and others > OTHERS_WARNING:
         print(
-            f"WARNING: the 1-minute load average of other processes reached about {busy:.2f} on {os.cpu_count()} CPUs: they competed "
-            f"for the cores, so these timings are unreliable (2 busy-waiting OpenMP threads slow down by 10x and more "
-            f"when oversubscribed). Re-run on an idle machine."
+            f"WARNING: other processes used {100 * others:.0f}% of the CPUs during the run, so these timings are "
+            "unreliable (2 busy-waiting OpenMP threads slow down by 10x and more when oversubscribed). Re-run on an "
+            "idle machine."
         )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

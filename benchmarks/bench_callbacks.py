@@ -28,14 +28,18 @@ def main() -> None:
     for _ in range(args.repeats):
         for mode in ("without", "with"):
             with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
-                argv = ["--epochs", str(args.epochs), "--log-dir", tmp] + (["--no-monitors"] if mode == "without" else [])
+                argv = ["--epochs", str(args.epochs), "--log-dir", tmp] + (
+                    ["--no-monitors"] if mode == "without" else []
+                )
                 result = run_demo(argv)
             times[mode].append(float(result["seconds"]))
             print(f"{mode:>8} monitors: {times[mode][-1]:.2f} s", flush=True)
     without, with_ = statistics.median(times["without"]), statistics.median(times["with"])
     overhead = with_ / without - 1.0
     print("\n| run | median fit time (s) |\n|---|---|")
-    print(f"| demo without monitors | {without:.2f} |\n| demo with SaliencyMonitor (GradCAM + IG-16, 8 probes, every epoch) | {with_:.2f} |")
+    print(
+        f"| demo without monitors | {without:.2f} |\n| demo with SaliencyMonitor (GradCAM + IG-16, 8 probes, every epoch) | {with_:.2f} |"
+    )
     print(f"\noverhead: {100 * overhead:+.1f}% (target <= 5%)")
     if args.json:
         with open(args.json, "w") as f:
