@@ -34,6 +34,7 @@ __all__ = [
     "observe",
     "resolve_target",
     "select_scores",
+    "target_indices",
     "get_layer",
     "last_conv_layer_name",
     "layer_names",
@@ -115,21 +116,24 @@ def observe(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ExplainCont
         ...     x = ctx.prepare(torch.randn(3, 4))
         ...     grad, = torch.autograd.grad(model(x)[:, 0].sum(), x)
     """
-    modes = [(m, m.training) for m in model.modules()]
+    modules = list(model.modules())
+    modes = [m.training for m in modules]
     params = list(model.parameters())
     requires_grad = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
-    bn_stats = [
-        (m, {k: v.clone() for k, v in m.named_buffers(recurse=False) if v is not None})
-        for m in model.modules()
-        if isinstance(m, _BatchNorm)
-    ]
     rng = _rng_state()
     ctx = ExplainContext(model=model, device=model_device(model))
+    bn_stats: list[tuple[nn.Module, dict[str, Tensor]]] = []
     try:
         with torch.inference_mode(False), torch.enable_grad():
-            if eval_mode:
+            if eval_mode and any(modes):
                 model.eval()
+            # Only a BatchNorm still in training mode can update its running statistics.
+            bn_stats = [
+                (m, {k: v.clone() for k, v in m.named_buffers(recurse=False) if v is not None})
+                for m in modules
+                if isinstance(m, _BatchNorm) and m.training
+            ]
             for p in params:
                 p.requires_grad_(False)
             yield ctx
@@ -137,12 +141,14 @@ def observe(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ExplainCont
         for handle in ctx.handles:
             handle.remove()
         ctx.handles.clear()
-        for m, mode in modes:
-            m.training = mode
+        for m, mode in zip(modules, modes):
+            if m.training != mode:
+                object.__setattr__(m, "training", mode)  # what nn.Module.train does, minus the recursion
         with torch.no_grad():
             for p, flag, grad in zip(params, requires_grad, grads):
                 p.requires_grad_(flag)
-                p.grad = grad
+                if p.grad is not grad:
+                    p.grad = grad
             for m, buffers in bn_stats:
                 for name, value in buffers.items():
                     getattr(m, name).copy_(value)
@@ -152,6 +158,31 @@ def observe(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ExplainCont
 # --------------------------------------------------------------------------------------------
 # targets
 # --------------------------------------------------------------------------------------------
+def target_indices(target: int | Tensor, batch: int, device: torch.device | str) -> Tensor:
+    """An explicit ``target`` as a ``[batch]`` long tensor on ``device``, checked for type and shape.
+
+    The class range needs the model's outputs: :func:`resolve_target` checks it.
+
+    Raises:
+        TypeError: ``target`` is not an int or an integer tensor.
+        ValueError: a tensor ``target`` holds neither one index nor one per input.
+    """
+    if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
+        raise TypeError(f"Expected `target` to be an int, a [B] tensor or None, but got {type(target).__name__}.")
+    if isinstance(target, int):
+        return torch.full((batch,), target, dtype=torch.long, device=device)
+    if target.is_floating_point() or target.is_complex():
+        raise TypeError(f"Expected an integer `target` tensor, but got dtype {target.dtype}.")
+    resolved = target.detach().to(device=device, dtype=torch.long).reshape(-1)
+    if resolved.numel() == 1:
+        return resolved.expand(batch)
+    if resolved.numel() != batch:
+        raise ValueError(
+            f"Expected `target` to hold one class index per input ({batch}), but got shape {tuple(target.shape)}."
+        )
+    return resolved
+
+
 def resolve_target(target: TargetType, outputs: Tensor) -> Tensor:
     """Turn ``target`` into a ``[B]`` long tensor of class indices on ``outputs``' device.
 
@@ -169,20 +200,7 @@ def resolve_target(target: TargetType, outputs: Tensor) -> Tensor:
     batch, classes = outputs.shape
     if target is None:
         return outputs.detach().argmax(dim=1)
-    if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
-        raise TypeError(f"Expected `target` to be an int, a [B] tensor or None, but got {type(target).__name__}.")
-    if isinstance(target, int):
-        resolved = torch.full((batch,), target, dtype=torch.long, device=outputs.device)
-    else:
-        if target.is_floating_point() or target.is_complex():
-            raise TypeError(f"Expected an integer `target` tensor, but got dtype {target.dtype}.")
-        resolved = target.detach().to(device=outputs.device, dtype=torch.long).reshape(-1)
-        if resolved.numel() == 1:
-            resolved = resolved.expand(batch)
-        elif resolved.numel() != batch:
-            raise ValueError(
-                f"Expected `target` to hold one class index per input ({batch}), but got shape {tuple(target.shape)}."
-            )
+    resolved = target_indices(target, batch, outputs.device)
     if resolved.numel() and (int(resolved.min()) < 0 or int(resolved.max()) >= classes):
         raise ValueError(f"Expected `target` class indices in [0, {classes}), but got {resolved.tolist()}.")
     return resolved

@@ -48,6 +48,7 @@ from lightning_xai.attribution.base import (
     resolve_target,
     select_scores,
 )
+from lightning_xai.attribution.gradient import GuidedBackprop
 from lightning_xai.errors import LightningXAIError
 
 __all__ = [
@@ -675,10 +676,8 @@ class GuidedGradCAM(Explainer):
         self._grad_cam.check(model)
 
     def _attribute(self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext) -> Tensor:
-        from lightning_xai.attribution.gradient import GuidedBackprop
-
         maps, resolved = self._grad_cam._layer_map(model, inputs, target, ctx)
-        guided = GuidedBackprop()(model, inputs.detach(), resolved)
+        guided = GuidedBackprop()._attribute(model, ctx.prepare(inputs), resolved, ctx)  # same observe block
         return guided.to(maps.dtype) * upsample(maps, inputs.shape[-2:], self.interpolate_mode)
 
     def _where(self) -> str:

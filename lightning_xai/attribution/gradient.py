@@ -33,6 +33,7 @@ from lightning_xai.attribution.base import (
     get_explainer,
     input_gradient,
     resolve_target,
+    target_indices,
 )
 from lightning_xai.errors import LightningXAIError
 
@@ -59,7 +60,8 @@ forward output (``output > 0`` exactly where the input was positive)."""
 # --------------------------------------------------------------------------------------------
 def guided_rule(grad_output: Tensor, output: Tensor) -> Tensor:
     """Guided backpropagation: pass only positive gradients, and only where the input was positive."""
-    return grad_output.clamp(min=0) * (output > 0).to(grad_output.dtype)
+    # threshold_backward(g, out, 0) is g where out > 0, else 0: one fused kernel, no bool->float mask.
+    return torch.ops.aten.threshold_backward(grad_output.clamp(min=0), output, 0)
 
 
 def deconvnet_rule(grad_output: Tensor, output: Tensor) -> Tensor:
@@ -456,8 +458,11 @@ class NoiseTunnel(Explainer):
     def _attribute(self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext) -> Tensor:
         x = inputs.detach()
         batch = x.shape[0]
-        with torch.no_grad():
-            resolved = resolve_target(target, model(x))
+        if target is None:
+            with torch.no_grad():
+                resolved = resolve_target(target, model(x))
+        else:  # the class range is checked by the first chunk's forward pass
+            resolved = target_indices(target, batch, x.device)
         z, scale = self._noise_factors(x)  # row r of the noisy stack: copy r // B of input r % B
         targets = expand_target(resolved, self.n_samples)
         total = self.n_samples * batch

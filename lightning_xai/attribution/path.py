@@ -29,6 +29,7 @@ from lightning_xai.attribution.base import (
     input_gradient,
     resolve_target,
     select_scores,
+    target_indices,
 )
 
 __all__ = [
@@ -397,9 +398,13 @@ class IntegratedGradients(Explainer):
     ) -> tuple[Tensor, Tensor | None]:
         x = inputs.detach()
         batch = x.shape[0]
-        with torch.no_grad():
-            clean = model(x)
-        resolved = resolve_target(target, clean)
+        clean: Tensor | None = None
+        if target is None or with_delta:
+            with torch.no_grad():
+                clean = model(x)
+            resolved = resolve_target(target, clean)
+        else:  # the class range is checked by the first chunk's forward pass
+            resolved = target_indices(target, batch, x.device)
         baselines = self.baselines(x)  # [J, B, ...]
         n_base = baselines.shape[0]
         steps_np, alphas_np = quadrature(self.method, self.n_steps)
@@ -432,6 +437,7 @@ class IntegratedGradients(Explainer):
                     for rows in chunks(n_base * batch, size)
                 ]
             ).view(n_base, batch)
+        assert clean is not None
         clean_scores = select_scores(clean, resolved)
         delta = multiplied.flatten(2).sum(dim=2) - (clean_scores.unsqueeze(0) - base_scores)
         return attributions, delta.mean(dim=0)

@@ -60,7 +60,7 @@ def test_observe_restores_everything_on_error() -> None:
             assert not any(p.requires_grad for p in model.parameters())
             ctx.add_hook(model.fc.register_forward_hook(lambda *a: None))
             torch.rand(10)  # consume RNG
-            bn.running_mean.add_(1.0)  # a stray update
+            model(x)  # eval mode: BatchNorm statistics do not move
             raise RuntimeError("boom")
     assert model.training and not model.features[0].training and model.features[3].training
     assert not p0.requires_grad and model.fc.bias.requires_grad
@@ -68,6 +68,19 @@ def test_observe_restores_everything_on_error() -> None:
     assert torch.equal(bn.running_mean, stats)
     assert torch.equal(torch.get_rng_state(), rng)
     assert len(model.fc._forward_hooks) == 0
+
+
+def test_observe_without_eval_mode_restores_batchnorm_statistics() -> None:
+    model, x = make("small")
+    model.train()
+    bn = model.features[3]
+    stats = {k: v.clone() for k, v in bn.state_dict().items()}
+    with observe(model, eval_mode=False):
+        assert model.training
+        model(x)  # a training-mode forward updates the running statistics...
+        assert not torch.equal(bn.running_mean, stats["running_mean"])
+    for k, v in bn.state_dict().items():  # ...and they are put back
+        assert torch.equal(v, stats[k]), k
 
 
 def test_observe_leaves_inference_mode() -> None:
