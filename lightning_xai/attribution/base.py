@@ -118,7 +118,8 @@ def observe(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ExplainCont
     """
     modules = list(model.modules())
     modes = [m.training for m in modules]
-    params = list(model.parameters())
+    # model.parameters() without a second walk over the module tree (shared parameters once)
+    params = list({id(p): p for m in modules for p in m._parameters.values() if p is not None}.values())
     requires_grad = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
     rng = _rng_state()
@@ -327,6 +328,9 @@ class Explainer(ABC):
     region: ClassVar[bool] = False
     signed: ClassVar[bool] = True
     registry_name: ClassVar[str | None] = None
+    _checks_while_attributing: ClassVar[bool] = False
+    """``True`` where ``_attribute`` itself runs every check of :meth:`check` (with the same
+    errors), so a call need not walk the model twice."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -362,7 +366,8 @@ class Explainer(ABC):
             )
         if not inputs.is_floating_point():
             raise TypeError(f"{type(self).__name__}: expected floating-point inputs, got dtype {inputs.dtype}.")
-        self.check(model)
+        if not self._checks_while_attributing:
+            self.check(model)
         with observe(model) as ctx:
             x = ctx.prepare(inputs)
             try:

@@ -282,6 +282,7 @@ class _LayerCAMBase(Explainer):
 
     region: ClassVar[bool] = True
     signed: ClassVar[bool] = False
+    _checks_while_attributing: ClassVar[bool] = True  # _layer_map resolves the layer (and CAM its head)
 
     def __init__(self, layer: str | None = None, *, interpolate_mode: str = "bilinear") -> None:
         _check_name("layer", layer)
@@ -665,6 +666,7 @@ class GuidedGradCAM(Explainer):
 
     region: ClassVar[bool] = False
     signed: ClassVar[bool] = True
+    _checks_while_attributing: ClassVar[bool] = True  # the Grad-CAM _layer_map resolves the layer
 
     def __init__(self, layer: str | None = None, *, interpolate_mode: str = "nearest") -> None:
         self._grad_cam = GradCAM(layer, interpolate_mode=interpolate_mode)
