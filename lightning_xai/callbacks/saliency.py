@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any, Optional, Union
@@ -279,9 +280,15 @@ class SaliencyMonitor(XAIMonitor):
             history[:] = [history[i] for i in keep]
         labels = [f"epoch {e}" for e, _ in history]
         for i in range(overlays.shape[0]):
-            strip = evolution_strip([frames[i] for _, frames in history], labels)
+            strip = evolution_strip([frames[i] for _, frames in history], labels, scale=self._strip_scale(overlays))
             for sink in sinks:
                 sink.log_image(f"xai/{name}/evolution/{i:02d}", strip, step, caption=f"probe {i}: {name} over epochs")
+
+    @staticmethod
+    def _strip_scale(overlays: Tensor) -> int:
+        """Upscaling of strip frames to about 64 pixels: strips are many and are re-logged every
+        run, so they are kept at half the size of the overview grid."""
+        return max(1, math.ceil(64 / max(overlays.shape[-2:])))
 
     def history(self, name: Optional[str] = None) -> list[tuple[int, Tensor]]:
         """The overlays logged so far for explainer ``name`` (default: the first) as

@@ -1,12 +1,12 @@
-"""Turn attribution maps into images and figures: pure tensor / numpy / matplotlib, no Lightning.
+"""Turn attribution maps into images and figures: pure tensor / numpy / matplotlib / PIL, no Lightning.
 
 Conventions: image batches are ``[B, C, H, W]``, maps ``[B, 1, H, W]``, and every function that
 returns something to display returns float RGB in ``[0, 1]`` (``[B, 3, H, W]`` or ``[3, H, W]``).
 Signed maps (positive and negative evidence) use a diverging colour map centred at zero
 (:data:`DEFAULT_SIGNED_CMAP`: red positive, blue negative, white zero); unsigned maps use a
-sequential one (:data:`DEFAULT_UNSIGNED_CMAP`). Figures are drawn on a bare
-``matplotlib.figure.Figure`` with the Agg canvas, never through ``pyplot``, so nothing global is
-touched and nothing is left open.
+sequential one (:data:`DEFAULT_UNSIGNED_CMAP`), both matplotlib's. Captioned grids are composed
+as arrays with the text drawn by PIL in matplotlib's DejaVu Sans: no figure, no ``pyplot``, nothing
+global touched, and a few milliseconds a grid, so a callback can render every epoch.
 """
 
 from __future__ import annotations
@@ -290,13 +290,68 @@ def image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float
     return make_grid(images.detach().float().cpu(), nrow=nrow, padding=padding, pad_value=pad_value)
 
 
-def _figure_to_tensor(fig: object) -> Tensor:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+@lru_cache(maxsize=16)
+def _font(size_px: int) -> object:
+    """DejaVu Sans (shipped inside matplotlib, so always present) at ``size_px`` pixels."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
 
-    canvas = FigureCanvasAgg(fig)  # type: ignore[arg-type]
-    canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
-    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255.0
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size_px)
+
+
+def _compose(
+    tiles: Tensor, captions: Sequence[str], ncols: int, title: str | None, scale: int | None, fontsize: float
+) -> Tensor:
+    """Lay out ``tiles`` ``[N, 3, h, w]`` on a white canvas, each captioned below, with a title.
+
+    Tiles are upscaled by an integer ``scale`` (nearest: pixel for pixel, colours exact) and
+    pasted as arrays; only the text goes through PIL (with matplotlib's DejaVu Sans), which keeps
+    this cheap enough to run every epoch for every probe image.
+    """
+    from PIL import Image, ImageDraw
+
+    n, _, h, w = tiles.shape
+    if scale is None:
+        scale = max(1, math.ceil(128 / max(h, w)))
+    elif isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"Expected argument `scale` to be a positive int or None, but got {scale!r}.")
+    tile_h, tile_w = h * scale, w * scale
+    pad = 8
+    font_px = max(6, round(fontsize * 100.0 / 72.0))
+    line_px = int(math.ceil(font_px * 1.3))
+    lines = max((c.count("\n") + 1 if c else 0) for c in captions)
+    caption_px = lines * line_px + (4 if lines else 0)
+    title_font_px = round(1.2 * font_px)
+    title_px = (title.count("\n") + 1) * int(math.ceil(title_font_px * 1.3)) + pad if title else 0
+    cols = min(ncols, n)
+    rows = math.ceil(n / cols)
+    cell_w, cell_h = tile_w + 2 * pad, tile_h + caption_px + pad
+    width_px, height_px = cols * cell_w, rows * cell_h + title_px + pad
+
+    canvas = np.full((height_px, width_px, 3), 255, dtype=np.uint8)
+    array = (tiles.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    if scale > 1:
+        array = array.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    array_np = array.permute(0, 2, 3, 1).numpy()
+    anchors = []
+    for i in range(n):
+        r, c = divmod(i, cols)
+        left, top = c * cell_w + pad, title_px + pad + r * cell_h
+        canvas[top : top + tile_h, left : left + tile_w] = array_np[i]
+        anchors.append((left + tile_w / 2, top + tile_h + 3))
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    if title:
+        draw.multiline_text(
+            (width_px / 2, pad / 2), title, fill=(0, 0, 0), font=_font(title_font_px), anchor="ma", align="center"
+        )
+    font = _font(font_px)
+    for (x, y), caption in zip(anchors, captions):
+        if caption:
+            draw.multiline_text(
+                (x, y), caption, fill=(0, 0, 0), font=font, anchor="ma", align="center", spacing=line_px - font_px
+            )
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0
 
 
 def annotated_grid(
@@ -307,12 +362,13 @@ def annotated_grid(
     scale: int | None = None,
     fontsize: float = 9.0,
 ) -> Tensor:
-    """A grid of images, each captioned below, rendered by matplotlib to an RGB tensor.
+    """A grid of images, each captioned below, as an RGB tensor.
 
     Tiles are upscaled with nearest-neighbour (by ``scale``; by default until a tile is at least
     128 pixels wide) so that 32x32 inputs stay sharp and captions such as
-    ``"true: circle\\npred: square (0.93)"`` stay readable. The figure is laid out in pixels:
-    tiles are pasted pixel for pixel (``Figure.figimage``), never resampled.
+    ``"true: circle\\npred: square (0.93)"`` stay readable. Tiles are pasted pixel for pixel, never
+    resampled; text is drawn with matplotlib's DejaVu Sans through PIL (a few milliseconds, so a
+    callback can afford it every epoch).
 
     Args:
         images: ``[N, 3, H, W]`` images in ``[0, 1]``.
@@ -320,7 +376,7 @@ def annotated_grid(
         ncols: Tiles per row.
         title: Optional title over the grid.
         scale: Integer upscaling factor of the tiles; ``None`` picks one.
-        fontsize: Caption font size in points (the title is 1.2x).
+        fontsize: Caption font size in points at 100 dpi (the title is 1.2x).
 
     Returns:
         ``[3, H', W']`` float RGB in ``[0, 1]``.
@@ -335,10 +391,8 @@ def annotated_grid(
         >>> grid.shape[0]
         3
     """
-    from matplotlib.figure import Figure
-
     images = _check_batch("images", images, channels=3)
-    n, _, h, w = images.shape
+    n = images.shape[0]
     if n == 0:
         raise ValueError("Expected at least one image, but got an empty batch.")
     if isinstance(captions, str) or len(captions) != n:
@@ -348,48 +402,7 @@ def annotated_grid(
             raise TypeError(f"Expected every caption to be a str, but got {caption!r}.")
     if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
         raise ValueError(f"Expected argument `ncols` to be a positive int, but got {ncols!r}.")
-    if scale is None:
-        scale = max(1, math.ceil(128 / max(h, w)))
-    elif isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"Expected argument `scale` to be a positive int or None, but got {scale!r}.")
-
-    tiles = images.detach().float().cpu().clamp(0.0, 1.0)
-    if scale > 1:
-        tiles = tiles.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
-    tile_h, tile_w = h * scale, w * scale
-
-    dpi = 100.0
-    line_px = fontsize * dpi / 72.0 * 1.3
-    lines = max((c.count("\n") + 1 if c else 0) for c in captions)
-    pad = 8
-    caption_px = int(math.ceil(lines * line_px)) + (4 if lines else 0)
-    title_px = int(math.ceil(1.2 * fontsize * dpi / 72.0 * 1.3 * (title.count("\n") + 1))) + pad if title else 0
-    cols = min(ncols, n)
-    rows = math.ceil(n / cols)
-    cell_w, cell_h = tile_w + 2 * pad, tile_h + caption_px + pad
-    width_px, height_px = cols * cell_w, rows * cell_h + title_px + pad
-
-    fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, facecolor="white")
-    if title:
-        fig.text(0.5, 1.0 - (pad / 2) / height_px, title, ha="center", va="top", fontsize=1.2 * fontsize)
-    array = (tiles * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # exact colours
-    for i in range(n):
-        r, c = divmod(i, cols)
-        left = c * cell_w + pad
-        top = title_px + pad + r * cell_h
-        # figimage places raw pixels at a pixel offset: no resampling, tiles stay sharp
-        fig.figimage(array[i], xo=left, yo=height_px - top - tile_h, origin="upper")
-        if captions[i]:
-            fig.text(
-                (left + tile_w / 2) / width_px,
-                1.0 - (top + tile_h + 3) / height_px,
-                captions[i],
-                ha="center",
-                va="top",
-                fontsize=fontsize,
-                linespacing=1.1,
-            )
-    return _figure_to_tensor(fig)
+    return _compose(images, captions, ncols, title, scale, fontsize)
 
 
 def evolution_strip(
