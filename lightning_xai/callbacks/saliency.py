@@ -127,7 +127,7 @@ class SaliencyMonitor(XAIMonitor):
         self.clip_percentile = clip_percentile
         self.log_evolution = log_evolution
         self.log_histograms = log_histograms
-        self._history: dict[str, list[tuple[int, Tensor]]] = {name: [] for name in self.names}
+        self._history: dict[str, list[tuple[int, Tensor, Tensor]]] = {name: [] for name in self.names}
         self._previous: dict[str, Tensor] = {}
 
     @staticmethod
@@ -273,14 +273,19 @@ class SaliencyMonitor(XAIMonitor):
             self._log_table(images, captions, table_maps, sinks, step)
 
     def _log_evolution(self, name: str, epoch: int, overlays: Tensor, sinks: list[Sink], step: int) -> None:
+        # Each run's frames are captioned once, as cells; a strip is then a concatenation of cells,
+        # so re-logging the growing strips every run costs little more than their PNG encoding.
+        scale = self._strip_scale(overlays)
+        cells = torch.stack(
+            [annotated_grid(frame[None], [f"epoch {epoch}"], ncols=1, scale=scale) for frame in overlays]
+        )
         history = self._history[name]
-        history.append((epoch, overlays))
+        history.append((epoch, overlays, cells))
         if len(history) > self.max_history:  # thin out evenly, always keeping the first and the newest
             keep = torch.linspace(0, len(history) - 1, self.max_history).round().long().unique().tolist()
             history[:] = [history[i] for i in keep]
-        labels = [f"epoch {e}" for e, _ in history]
         for i in range(overlays.shape[0]):
-            strip = evolution_strip([frames[i] for _, frames in history], labels, scale=self._strip_scale(overlays))
+            strip = torch.cat([run_cells[i] for _, _, run_cells in history], dim=-1)
             for sink in sinks:
                 sink.log_image(f"xai/{name}/evolution/{i:02d}", strip, step, caption=f"probe {i}: {name} over epochs")
 
@@ -293,7 +298,7 @@ class SaliencyMonitor(XAIMonitor):
     def history(self, name: Optional[str] = None) -> list[tuple[int, Tensor]]:
         """The overlays logged so far for explainer ``name`` (default: the first) as
         ``[(epoch, overlays [N, 3, H, W]), ...]`` (thinned to ``max_history``; rank zero only)."""
-        return list(self._history[name or self.names[0]])
+        return [(epoch, overlays) for epoch, overlays, _ in self._history[name or self.names[0]]]
 
     def save_evolution_png(
         self, path: Union[str, os.PathLike[str]], name: Optional[str] = None, max_images: int = 4
