@@ -12,6 +12,22 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _wandb_files_stay_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """W&B stages table media and caches under the home directory by default: keep them in tmp."""
+    root = tmp_path_factory.mktemp("wandb_home")
+    names = ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR")
+    saved = {name: os.environ.get(name) for name in names}
+    for name in names:
+        os.environ[name] = str(root / name.lower())
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

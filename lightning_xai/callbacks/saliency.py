@@ -291,9 +291,10 @@ class SaliencyMonitor(XAIMonitor):
 
     @staticmethod
     def _strip_scale(overlays: Tensor) -> int:
-        """Upscaling of strip frames to about 64 pixels: strips are many and are re-logged every
-        run, so they are kept at half the size of the overview grid."""
-        return max(1, math.ceil(64 / max(overlays.shape[-2:])))
+        """Upscaling of strip frames to at least 48 pixels: strips are many and are re-logged every
+        run (their PNG encoding is most of a run's cost), so they stay small; the overview grid
+        shows the same maps large."""
+        return max(1, math.ceil(48 / max(overlays.shape[-2:])))
 
     def history(self, name: Optional[str] = None) -> list[tuple[int, Tensor]]:
         """The overlays logged so far for explainer ``name`` (default: the first) as
