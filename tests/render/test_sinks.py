@@ -184,3 +184,21 @@ def test_check_loggers(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match=r'pip install "lightning-xai\[wandb\]"'):
         check_loggers([TensorBoardLogger(tmp_path), wandb_logger])
     check_loggers([TensorBoardLogger(tmp_path)])  # fine without wandb when W&B is not used
+
+
+def test_fast_tensorboard_crc_is_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+    from tensorboard.summary.writer import record_writer
+
+    from lightning_xai.render.sinks import _fast_masked_crc32c, use_fast_tensorboard_crc
+
+    for size in (0, 1, 7, 100, 4096, 100_003):
+        data = os.urandom(size)
+        assert _fast_masked_crc32c(data) == masked_crc32c(data)
+    monkeypatch.setattr(record_writer, "masked_crc32c", masked_crc32c)
+    monkeypatch.setenv("LIGHTNING_XAI_FAST_CRC", "0")
+    assert not use_fast_tensorboard_crc() and record_writer.masked_crc32c is masked_crc32c
+    monkeypatch.delenv("LIGHTNING_XAI_FAST_CRC")
+    assert use_fast_tensorboard_crc() and record_writer.masked_crc32c is _fast_masked_crc32c
