@@ -43,7 +43,7 @@ def _demo_parser() -> argparse.ArgumentParser:
         default=True,
         help="add a spurious marker correlated with the label in training (a 'Clever Hans' shortcut; default: on)",
     )
-    parser.add_argument("--num-train", type=int, default=8192, help="training images (default: 8192)")
+    parser.add_argument("--num-train", type=int, default=12288, help="training images (default: 12288)")
     parser.add_argument("--image-size", type=int, default=48, help="image side in pixels (default: 48)")
     parser.add_argument("--num-samples", type=int, default=8, help="probe images explained every epoch")
     parser.add_argument("--no-monitors", action="store_true", help="train without any monitor (for timing)")
