@@ -139,7 +139,7 @@ class XAIMonitor(Callback):
 
     # -- schedule ------------------------------------------------------------------------------
     def _skip(self, trainer: pl.Trainer) -> bool:
-        return bool(trainer.sanity_checking or trainer.fast_dev_run or not trainer.training and not trainer.validating)
+        return bool(trainer.sanity_checking or trainer.fast_dev_run)
 
     def _epoch_due(self, trainer: pl.Trainer) -> bool:
         return (
