@@ -39,7 +39,8 @@ class XAIMonitor(Callback):
         num_samples: Size of the probe set, chosen once at ``setup``, class-balanced.
         every_n_epochs: Run every n epochs (ignored when ``every_n_steps`` is set).
         every_n_steps: Run every n training steps instead of at epoch ends.
-        seed: Seed of the probe selection.
+        seed: Seed of the probe selection: the order in which a Dataset or tensors are read, or the
+            shuffling of a shuffled DataLoader (an unshuffled loader is read in its own order).
         probe: Optional user-provided probe: a tuple ``(inputs[, targets[, masks]])`` of tensors, or
             a ``Dataset``/``DataLoader``. By default the probe is read from the validation
             dataloader (or the training dataloader when there is none).

@@ -75,7 +75,8 @@ class SaliencyMonitor(XAIMonitor):
             saturate), so sparse pixel maps stay visible; 100 scales by the maximum.
         log_evolution: Log the per-probe evolution strips.
         log_histograms: Log histograms of attribution values.
-        seed: Seed of the probe selection.
+        seed: Seed of the probe selection: the order in which a Dataset or tensors are read, or the
+            shuffling of a shuffled DataLoader (an unshuffled loader is read in its own order).
         probe: Optional user probe ``(inputs[, targets[, masks]])``, Dataset or DataLoader.
 
     Example:

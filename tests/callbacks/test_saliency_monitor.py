@@ -195,3 +195,24 @@ def test_state_key_is_pinned_and_separates_configurations() -> None:
 def test_bad_arguments_rejected_in_init(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SaliencyMonitor(**kwargs)
+
+
+def test_resumed_fit_explains_the_same_probe(tmp_path: Path) -> None:
+    first = _monitor(num_samples=3)
+    fit(tmp_path / "a", [first], logger=TensorBoardLogger(str(tmp_path / "a")), max_epochs=1, enable_checkpointing=True)
+    ckpt = next((tmp_path / "a").rglob("*.ckpt"))
+    resumed = _monitor(num_samples=3)
+    pl.seed_everything(0)
+    trainer = pl.Trainer(
+        callbacks=[resumed],
+        logger=TensorBoardLogger(str(tmp_path / "b")),
+        **trainer_kwargs(tmp_path / "b", max_epochs=2),
+    )
+    # the resumed run's validation data differ (another seed), so setup alone would pick other images...
+    trainer.fit(tiny_model(), datamodule=tiny_datamodule(seed=7), ckpt_path=str(ckpt))
+    # ...but the checkpoint's probe wins, and the resumed run explains it at epoch 1
+    assert torch.equal(resumed.probe.inputs.cpu(), first.probe.inputs.cpu())
+    assert [e for e, _ in resumed.history()] == [1]
+    fresh = _monitor(num_samples=3)
+    fit(tmp_path / "c", [fresh], dm_kwargs={"seed": 7}, logger=TensorBoardLogger(str(tmp_path / "c")), max_epochs=1)
+    assert not torch.equal(fresh.probe.inputs.cpu(), first.probe.inputs.cpu()), "other data, other probe"
