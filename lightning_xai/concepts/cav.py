@@ -1,0 +1,322 @@
+"""Concept activation vectors (Kim et al. 2018): a linear direction at a layer that separates a
+concept's examples from random ones.
+
+The classifier is trained in torch, full batch, on the model's device: an L2-regularised logistic
+regression (or a linear SVM with the squared hinge loss) minimised by L-BFGS from zero, so the
+result depends on the data and the seed of the train/test split only. Many CAVs of one layer are
+trained as one batched problem (their losses are independent, so the sum's minimum is each
+one's minimum); :class:`~lightning_xai.concepts.TCAV` trains all of its CAVs in one call.
+
+Before fitting, each problem's activations are centred and divided by one scalar (their RMS
+norm). Neither changes the direction of the separating hyperplane's normal in the original
+activation space, which is what :attr:`CAV.vector` is.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from lightning_xai._validation import check_float, check_int
+from lightning_xai.concepts.examples import ExampleSource, load_examples
+from lightning_xai.concepts.functional import layer_activations
+
+__all__ = ["CAV", "CLASSIFIERS", "MIN_EXAMPLES", "fit_linear", "split_indices", "check_classifier"]
+
+CLASSIFIERS: tuple[str, ...] = ("logistic", "svm")
+"""The linear classifiers a CAV can be trained with."""
+
+MIN_EXAMPLES = 4
+"""The fewest examples a concept or random set may have: with a held-out split, at least one
+example of each set is tested and at least two are trained on."""
+
+
+def check_classifier(classifier: object) -> Literal["logistic", "svm"]:
+    """Return ``classifier`` if it is one of :data:`CLASSIFIERS`.
+
+    Raises:
+        ValueError: it is not.
+    """
+    if classifier not in CLASSIFIERS:
+        raise ValueError(f"Expected argument `classifier` to be one of {list(CLASSIFIERS)}, but got {classifier!r}.")
+    return classifier  # type: ignore[return-value]
+
+
+def check_set_size(n: int, name: str, method: str = "CAV") -> None:
+    """Raise ``ValueError`` when an example set is smaller than :data:`MIN_EXAMPLES`."""
+    if n < MIN_EXAMPLES:
+        raise ValueError(f"{method}: the set {name!r} has {n} examples; at least {MIN_EXAMPLES} are needed to fit a CAV.")
+
+
+def split_indices(n: int, test_fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A seeded ``(train, test)`` split of ``range(n)``: ``round(test_fraction * n)`` test indices,
+    at least one when ``test_fraction > 0``, and at least two training indices."""
+    order = torch.randperm(n, generator=generator)
+    n_test = 0 if test_fraction <= 0.0 else min(max(1, round(test_fraction * n)), n - 2)
+    return order[n_test:], order[:n_test]
+
+
+def fit_linear(
+    features: Tensor,
+    labels: Tensor,
+    weights: Tensor,
+    *,
+    classifier: str = "logistic",
+    regularization: float = 0.01,
+    max_iter: int = 100,
+) -> tuple[Tensor, Tensor]:
+    """Fit ``K`` independent linear binary classifiers at once, full batch, by L-BFGS.
+
+    Problem ``k`` minimises ``mean_i w_ki * loss(y_ki * (v_k . x'_ki + c_k)) + reg / 2 * |v_k|^2``
+    over its samples (``w_ki`` = 0 marks padding), where ``x'`` are the problem's centred, RMS-scaled
+    features, ``y`` is +1/-1 and ``loss`` is ``log(1 + exp(-m))`` (logistic) or
+    ``max(0, 1 - m)^2`` (linear SVM, squared hinge).
+
+    Args:
+        features: ``[K, N, D]`` features.
+        labels: ``[K, N]``, 1 for the positive class (the concept), 0 for the negative.
+        weights: ``[K, N]`` sample weights, 0 for padding.
+        classifier: ``"logistic"`` or ``"svm"``.
+        regularization: L2 strength on the scaled features.
+        max_iter: L-BFGS iterations.
+
+    Returns:
+        ``(normal [K, D], bias [K])`` in the original feature space: ``x . normal + bias > 0`` is
+        the positive side.
+    """
+    classifier = check_classifier(classifier)
+    with torch.inference_mode(False), torch.enable_grad():  # clones: inference tensors cannot be saved for backward
+        return _fit_linear(
+            features.detach().float().clone(), labels.detach().float().clone(), weights.detach().float().clone(),
+            classifier, regularization, max_iter,
+        )
+
+
+def _fit_linear(
+    x: Tensor, labels: Tensor, w: Tensor, classifier: str, regularization: float, max_iter: int
+) -> tuple[Tensor, Tensor]:
+    k, n, d = x.shape
+    counts = w.sum(1, keepdim=True).clamp(min=1.0)
+    mean = (x * w.unsqueeze(-1)).sum(1, keepdim=True) / counts.unsqueeze(-1)
+    x = x - mean
+    scale = ((x.square().sum(-1) * w).sum(1) / counts.squeeze(1)).sqrt().clamp(min=1e-12)  # [K]
+    x = x / scale.view(k, 1, 1)
+    sign = labels * 2.0 - 1.0
+    coef = w / counts  # per-sample weight of the mean
+    params = torch.zeros(k, d + 1, device=x.device, dtype=x.dtype, requires_grad=True)
+
+    def objective() -> Tensor:
+        margin = sign * (torch.baddbmm(params[:, d:].unsqueeze(1), x, params[:, :d].unsqueeze(-1)).squeeze(-1))
+        if classifier == "logistic":
+            loss = torch.nn.functional.softplus(-margin)
+        else:
+            loss = torch.relu(1.0 - margin).square()
+        return (coef * loss).sum() + 0.5 * regularization * params[:, :d].square().sum()
+
+    optimizer = torch.optim.LBFGS(
+        [params], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-9, tolerance_change=1e-12,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> Tensor:
+        value = objective()
+        (params.grad,) = torch.autograd.grad(value, params)
+        return value.detach()
+
+    optimizer.step(closure)
+    result = params.detach()
+    normal = result[:, :d] / scale.view(k, 1)
+    bias = result[:, d] - (normal * mean.squeeze(1)).sum(1)
+    return normal, bias
+
+
+def accuracy(normal: Tensor, bias: Tensor, features: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
+    """``[K]`` weighted accuracy of ``K`` linear classifiers (NaN for a problem without samples)."""
+    predicted = (torch.einsum("knd,kd->kn", features.float(), normal) + bias.unsqueeze(1)) > 0
+    correct = (predicted == labels.bool()).float() * weights
+    total = weights.sum(1)
+    return torch.where(total > 0, correct.sum(1) / total.clamp(min=1.0), torch.full_like(total, math.nan))
+
+
+def pad_problems(
+    pairs: list[tuple[Tensor, Tensor]], splits: list[tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Stack ``K`` (positive, negative) activation pairs into padded batched problems.
+
+    Args:
+        pairs: ``K`` pairs of ``[n_pos, D]`` and ``[n_neg, D]`` activations.
+        splits: For each pair, ``((pos_train, pos_test), (neg_train, neg_test))`` index tensors.
+
+    Returns:
+        ``(features [K, N, D], labels [K, N], train_weight [K, N], test_weight [K, N])``.
+    """
+    rows = [pos.shape[0] + neg.shape[0] for pos, neg in pairs]
+    n, d = max(rows), pairs[0][0].shape[1]
+    device, dtype = pairs[0][0].device, pairs[0][0].dtype
+    features = torch.zeros(len(pairs), n, d, device=device, dtype=dtype)
+    labels = torch.zeros(len(pairs), n, device=device)
+    train = torch.zeros(len(pairs), n, device=device)
+    test = torch.zeros(len(pairs), n, device=device)
+    for i, ((pos, neg), ((pos_tr, pos_te), (neg_tr, neg_te))) in enumerate(zip(pairs, splits)):
+        p = pos.shape[0]
+        features[i, :p] = pos
+        features[i, p : p + neg.shape[0]] = neg
+        labels[i, :p] = 1.0
+        train[i, pos_tr.to(device)] = 1.0
+        train[i, p + neg_tr.to(device)] = 1.0
+        test[i, pos_te.to(device)] = 1.0
+        test[i, p + neg_te.to(device)] = 1.0
+    return features, labels, train, test
+
+
+def fit_cavs(
+    pairs: list[tuple[Tensor, Tensor]],
+    splits: list[tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]],
+    *,
+    classifier: str,
+    regularization: float,
+    max_iter: int = 100,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fit one CAV per (positive, negative) pair, all at once.
+
+    Returns:
+        ``(unit vectors [K, D], biases [K] of the unit-normal hyperplanes, held-out accuracies [K])``;
+        the accuracy is measured on the training examples when a split has no test examples.
+    """
+    features, labels, train, test = pad_problems(pairs, splits)
+    normal, bias = fit_linear(features, labels, train, classifier=classifier, regularization=regularization, max_iter=max_iter)
+    no_test = test.sum(1, keepdim=True) == 0
+    acc = accuracy(normal, bias, features, labels, torch.where(no_test, train, test))
+    norm = normal.norm(dim=1).clamp(min=torch.finfo(normal.dtype).tiny)
+    return normal / norm.unsqueeze(1), bias / norm, acc
+
+
+@dataclass(eq=False)
+class CAV:
+    """A concept activation vector: the unit normal of a linear boundary between a concept's
+    activations and random activations at one layer, pointing towards the concept.
+
+    Attributes:
+        vector: Unit ``[D]`` tensor in the layer's flattened activation space for one input.
+        bias: Offset of the boundary for the unit vector: ``a . vector + bias > 0`` is the concept side.
+        accuracy: Held-out accuracy of the classifier (on ``test_fraction`` of each set).
+        layer: Dotted name of the layer.
+        concept: Name of the concept.
+        classifier: ``"logistic"`` or ``"svm"``.
+        min_accuracy: The accuracy below which the CAV counts as not separating its concept.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> concept, random = torch.randn(20, 2) + 3.0, torch.randn(20, 2)
+        >>> cav = CAV.fit(model, "1", concept, random, seed=0)
+        >>> cav.vector.shape, round(float(cav.vector.norm()), 4)
+        (torch.Size([4]), 1.0)
+    """
+
+    vector: Tensor
+    bias: float
+    accuracy: float
+    layer: str
+    concept: str = "concept"
+    classifier: str = "logistic"
+    min_accuracy: float = 0.6
+
+    @property
+    def separates(self) -> bool:
+        """Whether the held-out accuracy reaches :attr:`min_accuracy` (``False`` near chance)."""
+        return bool(self.accuracy >= self.min_accuracy)
+
+    @classmethod
+    def fit(
+        cls,
+        model: nn.Module,
+        layer: str,
+        concept: ExampleSource,
+        random: ExampleSource,
+        *,
+        classifier: str = "logistic",
+        test_fraction: float = 0.33,
+        seed: int = 0,
+        regularization: float = 0.01,
+        batch_size: int | None = 64,
+        name: str = "concept",
+        min_accuracy: float = 0.6,
+    ) -> CAV:
+        """Train a CAV for ``concept`` against ``random`` at ``layer`` of ``model``.
+
+        Both sets run through the model in one pass (inside ``observe``: nothing about the model
+        changes); the classifier trains on the model's device.
+
+        Args:
+            model: The model.
+            layer: Dotted name of the layer.
+            concept: Examples of the concept (tensor, ``Dataset``, ``DataLoader`` or image folder).
+            random: Random counter-examples, same formats.
+            classifier: ``"logistic"`` (L2 logistic regression) or ``"svm"`` (squared hinge).
+            test_fraction: Fraction of each set held out to measure :attr:`accuracy`, in ``[0, 0.9]``
+                (``0``: accuracy on the training examples).
+            seed: Seed of the train/test split; the same seed gives the same CAV.
+            regularization: L2 strength (on centred activations scaled to unit RMS norm).
+            batch_size: Forward at most this many examples at once.
+            name: Name of the concept (messages, :attr:`concept`).
+            min_accuracy: Warn when the held-out accuracy is below this.
+
+        Returns:
+            The fitted :class:`CAV`.
+
+        Raises:
+            ValueError: a set has fewer than :data:`MIN_EXAMPLES` examples, the sets' shapes differ
+                or do not fit the model, an unknown layer, or an argument is out of range.
+
+        Warns:
+            UserWarning: the held-out accuracy is below ``min_accuracy`` (the CAV does not
+                separate the concept from random; TCAV scores along it mean little).
+        """
+        classifier = check_classifier(classifier)
+        test_fraction = check_float("test_fraction", test_fraction, 0.0, 0.9)
+        seed = check_int("seed", seed, 0)
+        regularization = check_float("regularization", regularization, 0.0)
+        min_accuracy = check_float("min_accuracy", min_accuracy, 0.0, 1.0)
+        pos = load_examples(concept, name=name)
+        neg = load_examples(random, name="random")
+        check_set_size(pos.shape[0], name)
+        check_set_size(neg.shape[0], "random")
+        if pos.shape[1:] != neg.shape[1:]:
+            raise ValueError(
+                f"CAV: the examples of {name!r} have shape {list(pos.shape[1:])} but the random examples "
+                f"{list(neg.shape[1:])}."
+            )
+        acts = layer_activations(
+            model, torch.cat([pos, neg.to(pos.device)]), layer, batch_size=batch_size, method="CAV",
+            what=f"the {name!r} and random examples",
+        )[layer]
+        gen = torch.Generator().manual_seed(seed)
+        split = (split_indices(pos.shape[0], test_fraction, gen), split_indices(neg.shape[0], test_fraction, gen))
+        n = pos.shape[0]
+        vectors, biases, acc = fit_cavs(
+            [(acts[:n], acts[n:])], [split], classifier=classifier, regularization=regularization
+        )
+        cav = cls(
+            vector=vectors[0], bias=float(biases[0]), accuracy=float(acc[0]), layer=layer, concept=name,
+            classifier=classifier, min_accuracy=min_accuracy,
+        )
+        if not cav.separates:
+            warn_near_chance(name, layer, cav.accuracy, min_accuracy)
+        return cav
+
+
+def warn_near_chance(concept: str, layer: str, accuracy: float, min_accuracy: float, method: str = "CAV") -> None:
+    """Warn that a concept's CAV does not separate it from random examples."""
+    warnings.warn(
+        f"{method}: the CAV of concept {concept!r} at layer {layer!r} separates it from random examples with "
+        f"held-out accuracy {accuracy:.2f} (< min_accuracy={min_accuracy:.2f}, near chance): the layer may not "
+        "represent the concept, and TCAV scores along this CAV mean little.",
+        UserWarning,
+        stacklevel=3,
+    )
