@@ -2,8 +2,9 @@
 concept's examples from random ones.
 
 The classifier is trained in torch, full batch, on the model's device: an L2-regularised logistic
-regression (or a linear SVM with the squared hinge loss) minimised by L-BFGS from zero, so the
-result depends on the data and the seed of the train/test split only. Many CAVs of one layer are
+regression (or a linear SVM with the squared hinge loss) minimised by Newton's method from zero
+(see :func:`fit_linear`), so the result depends on the data and the seed of the train/test split
+only. Many CAVs of one layer are
 trained as one batched problem (their losses are independent, so the sum's minimum is each
 one's minimum); :class:`~lightning_xai.concepts.TCAV` trains all of its CAVs in one call.
 
@@ -68,71 +69,96 @@ def fit_linear(
     *,
     classifier: str = "logistic",
     regularization: float = 0.01,
-    max_iter: int = 100,
+    max_iter: int = 50,
 ) -> tuple[Tensor, Tensor]:
-    """Fit ``K`` independent linear binary classifiers at once, full batch, by L-BFGS.
+    """Fit ``K`` independent linear binary classifiers at once, full batch, by Newton's method.
 
-    Problem ``k`` minimises ``mean_i w_ki * loss(y_ki * (v_k . x'_ki + c_k)) + reg / 2 * |v_k|^2``
-    over its samples (``w_ki`` = 0 marks padding), where ``x'`` are the problem's centred, RMS-scaled
-    features, ``y`` is +1/-1 and ``loss`` is ``log(1 + exp(-m))`` (logistic) or
-    ``max(0, 1 - m)^2`` (linear SVM, squared hinge).
+    Problem ``k`` minimises ``sum_i c_ki * loss(y_ki * (v_k . x'_ki + b_k)) + reg / 2 * (|v_k|^2 + b_k^2)``
+    over its samples, where ``c_ki`` are the sample weights normalised to sum to 1 (0 marks padding
+    and held-out samples), ``x'`` are the problem's centred, RMS-scaled features, ``y`` is +1/-1 and
+    ``loss`` is ``log(1 + exp(-m))`` (logistic regression) or ``max(0, 1 - m)^2`` (linear SVM with
+    the squared hinge loss). The bias is an extra constant feature, regularised like the weights.
+
+    By the representer theorem the minimiser is ``v = sum_i alpha_i x'_i`` over the training
+    samples, so Newton's method runs on the ``N`` coefficients ``alpha`` with the ``N x N`` Gram
+    matrix (cheap when, as for CAVs, there are fewer examples than activations), batched over the
+    ``K`` problems, with a backtracking line search; it stops when every problem's step is
+    negligible. Deterministic: no random initialisation, no stochastic steps.
 
     Args:
         features: ``[K, N, D]`` features.
         labels: ``[K, N]``, 1 for the positive class (the concept), 0 for the negative.
-        weights: ``[K, N]`` sample weights, 0 for padding.
+        weights: ``[K, N]`` sample weights, 0 for padding and held-out samples.
         classifier: ``"logistic"`` or ``"svm"``.
-        regularization: L2 strength on the scaled features.
-        max_iter: L-BFGS iterations.
+        regularization: L2 strength on the scaled features, > 0.
+        max_iter: Newton iterations at most.
 
     Returns:
         ``(normal [K, D], bias [K])`` in the original feature space: ``x . normal + bias > 0`` is
         the positive side.
     """
     classifier = check_classifier(classifier)
-    with torch.inference_mode(False), torch.enable_grad():  # clones: inference tensors cannot be saved for backward
-        return _fit_linear(
-            features.detach().float().clone(), labels.detach().float().clone(), weights.detach().float().clone(),
-            classifier, regularization, max_iter,
-        )
-
-
-def _fit_linear(
-    x: Tensor, labels: Tensor, w: Tensor, classifier: str, regularization: float, max_iter: int
-) -> tuple[Tensor, Tensor]:
-    k, n, d = x.shape
-    counts = w.sum(1, keepdim=True).clamp(min=1.0)
+    reg = max(float(regularization), 1e-8)
+    x = features.detach().float()
+    w = weights.detach().float()
+    k = x.shape[0]
+    counts = w.sum(1, keepdim=True).clamp(min=1e-12)
     mean = (x * w.unsqueeze(-1)).sum(1, keepdim=True) / counts.unsqueeze(-1)
     x = x - mean
     scale = ((x.square().sum(-1) * w).sum(1) / counts.squeeze(1)).sqrt().clamp(min=1e-12)  # [K]
     x = x / scale.view(k, 1, 1)
-    sign = labels * 2.0 - 1.0
-    coef = w / counts  # per-sample weight of the mean
-    params = torch.zeros(k, d + 1, device=x.device, dtype=x.dtype, requires_grad=True)
-
-    def objective() -> Tensor:
-        margin = sign * (torch.baddbmm(params[:, d:].unsqueeze(1), x, params[:, :d].unsqueeze(-1)).squeeze(-1))
-        if classifier == "logistic":
-            loss = torch.nn.functional.softplus(-margin)
-        else:
-            loss = torch.relu(1.0 - margin).square()
-        return (coef * loss).sum() + 0.5 * regularization * params[:, :d].square().sum()
-
-    optimizer = torch.optim.LBFGS(
-        [params], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-9, tolerance_change=1e-12,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> Tensor:
-        value = objective()
-        (params.grad,) = torch.autograd.grad(value, params)
-        return value.detach()
-
-    optimizer.step(closure)
-    result = params.detach()
-    normal = result[:, :d] / scale.view(k, 1)
-    bias = result[:, d] - (normal * mean.squeeze(1)).sum(1)
+    gram = (torch.bmm(x, x.transpose(1, 2)) + 1.0).double()  # [K, N, N]; + 1: the bias feature
+    y = labels.detach().double() * 2.0 - 1.0
+    c = (w / counts).double()
+    alpha = _newton(gram, y, c, classifier, reg, max_iter)
+    coef = alpha.to(x.dtype)
+    normal = torch.einsum("kn,knd->kd", coef, x) / scale.view(k, 1)
+    bias = coef.sum(1) - (normal * mean.squeeze(1)).sum(1)
     return normal, bias
+
+
+def _loss_terms(margin: Tensor, classifier: str) -> tuple[Tensor, Tensor, Tensor]:
+    """``(loss, d loss / d m, d2 loss / d m2)`` of the margins."""
+    if classifier == "logistic":
+        p = torch.sigmoid(-margin)
+        return torch.nn.functional.softplus(-margin), -p, p * (1.0 - p)
+    gap = (1.0 - margin).clamp(min=0.0)
+    return gap.square(), -2.0 * gap, 2.0 * (gap > 0).to(margin.dtype)
+
+
+def _objective(gram: Tensor, alpha: Tensor, y: Tensor, c: Tensor, classifier: str, reg: float) -> Tensor:
+    f = torch.einsum("knm,...km->...kn", gram, alpha)
+    loss, _, _ = _loss_terms(y * f, classifier)
+    return (c * loss).sum(-1) + 0.5 * reg * (alpha * f).sum(-1)
+
+
+def _newton(gram: Tensor, y: Tensor, c: Tensor, classifier: str, reg: float, max_iter: int) -> Tensor:
+    """Minimise the kernelised objective of :func:`fit_linear` over ``alpha`` ``[K, N]``."""
+    k, n, _ = gram.shape
+    alpha = torch.zeros(k, n, dtype=gram.dtype, device=gram.device)
+    eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
+    steps = 0.5 ** torch.arange(12, dtype=gram.dtype, device=gram.device)  # line search candidates
+    value = _objective(gram, alpha, y, c, classifier, reg)
+    for _ in range(max_iter):
+        f = torch.bmm(gram, alpha.unsqueeze(-1)).squeeze(-1)
+        _, d1, d2 = _loss_terms(y * f, classifier)
+        u = c * y * d1  # d loss / d f
+        h = c * d2  # d2 loss / d f2 (y^2 = 1)
+        # Newton step: (K D K + reg K) delta = -K (u + reg alpha)  <=  (D K + reg I) delta = -(u + reg alpha)
+        system = h.unsqueeze(-1) * gram + reg * eye
+        delta = torch.linalg.solve(system, -(u + reg * alpha))
+        # grad . delta (the directional derivative) for the Armijo condition
+        slope = (torch.bmm(gram, (u + reg * alpha).unsqueeze(-1)).squeeze(-1) * delta).sum(-1)
+        trial = alpha.unsqueeze(0) + steps.view(-1, 1, 1) * delta.unsqueeze(0)  # [S, K, N]
+        values = _objective(gram, trial, y, c, classifier, reg)  # [S, K]
+        ok = values <= value.unsqueeze(0) + 1e-4 * steps.view(-1, 1) * slope.unsqueeze(0)
+        first = torch.where(ok.any(0), ok.to(torch.int8).argmax(0), torch.full_like(value, len(steps) - 1, dtype=torch.long))
+        step = steps[first]
+        alpha = alpha + step.unsqueeze(1) * delta
+        value = values.gather(0, first.view(1, -1)).squeeze(0)
+        if float((step * slope).abs().max()) < 1e-12:
+            break
+    return alpha
 
 
 def accuracy(normal: Tensor, bias: Tensor, features: Tensor, labels: Tensor, weights: Tensor) -> Tensor:

@@ -2,7 +2,9 @@
 
 For every unit ``k`` of a convolutional layer, the threshold ``T_k`` is the top ``quantile`` of the
 unit's activations over every spatial position of every image (``P(a_k >= T_k) = quantile``,
-ties aside). Each activation map is upsampled (bilinearly) to the masks' resolution and
+ties aside: all values equal to ``T_k`` count as active, so a unit that outputs exactly 1 on a
+concept and 0 elsewhere selects the concept). A unit whose threshold equals its smallest
+activation (a dead ReLU unit, constant over the data) has no top quantile and is never active. Each activation map is upsampled (bilinearly) to the masks' resolution and
 thresholded, ``M_k = a_k^up >= T_k``, and compared with every concept's masks ``L_c`` by
 ``IoU_{k,c} = sum |M_k & L_c| / sum |M_k | L_c|``, summed over the whole dataset before dividing.
 A unit is a detector of its best concept when that IoU exceeds ``iou_threshold``.
@@ -34,7 +36,7 @@ from lightning_xai.attribution.cam import LayerCapture
 from lightning_xai.concepts.examples import _inputs_of
 from lightning_xai.errors import LightningXAIError
 
-__all__ = ["NetworkDissection", "DissectionResult", "merge_top_values", "as_concept_masks"]
+__all__ = ["NetworkDissection", "DissectionResult", "merge_top", "merge_top_values", "as_concept_masks"]
 
 
 @dataclass(eq=False)
@@ -98,6 +100,13 @@ def merge_top_values(buffers: Sequence[Tensor], keep: int) -> Tensor:
     """Merge ``[K, m_i]`` buffers of largest values into the ``[K, keep]`` largest, descending."""
     values = torch.cat(list(buffers), dim=1)
     return values.topk(min(keep, values.shape[1]), dim=1).values
+
+
+def merge_top(tops: Sequence[Tensor], keep: int) -> Tensor:
+    """Merge :meth:`NetworkDissection.top_values` outputs of several shards (``[K, m + 1]`` each)."""
+    values = merge_top_values([t[:, :-1] for t in tops], keep)
+    minimum = torch.stack([t[:, -1] for t in tops]).min(dim=0).values
+    return torch.cat([values, minimum.unsqueeze(1)], dim=1)
 
 
 def as_concept_masks(masks: Mapping[str, Tensor] | Tensor, names: Sequence[str] | None = None) -> tuple[Tensor, list[str]]:
@@ -230,23 +239,36 @@ class NetworkDissection:
             indices: Only these rows of ``images`` (this process's shard).
 
         Returns:
-            ``[K, m]`` values, descending.
+            ``[K, m + 1]``: the ``m`` largest values per unit, descending, then the unit's minimum
+            (merge shards with :func:`merge_top_values` on ``[:, :-1]`` and a minimum on ``[:, -1]``).
         """
         n = len(images) if indices is None else int(indices.numel())  # type: ignore[arg-type]
         buffer: Tensor | None = None
+        minimum: Tensor | None = None
         keep = 0
         for _, act in self._maps(model, images, indices):
-            if buffer is None:
-                keep = self.keep_count(total_images or n, (act.shape[2], act.shape[3]))
             values = act.transpose(0, 1).reshape(act.shape[1], -1)
-            buffer = merge_top_values([values] if buffer is None else [buffer, values], keep)
-        if buffer is None:
+            if buffer is None or minimum is None:
+                keep = self.keep_count(total_images or n, (act.shape[2], act.shape[3]))
+                buffer, minimum = merge_top_values([values], keep), values.min(dim=1).values
+            else:
+                buffer = merge_top_values([buffer, values], keep)
+                minimum = torch.minimum(minimum, values.min(dim=1).values)
+        if buffer is None or minimum is None:
             raise ValueError("NetworkDissection: expected at least one image, but got none.")
-        return buffer
+        return torch.cat([buffer, minimum.unsqueeze(1)], dim=1)
+
+    @staticmethod
+    def threshold_from_top(top: Tensor) -> Tensor:
+        """``[K]`` thresholds from :meth:`top_values`'s ``[K, m + 1]`` (top values, then the
+        minimum): the smallest top value, or ``inf`` where it equals the unit's minimum."""
+        threshold, minimum = top[:, -2], top[:, -1]
+        return torch.where(threshold > minimum, threshold, torch.full_like(threshold, math.inf))
 
     def thresholds(self, model: nn.Module, images: Tensor | Dataset) -> Tensor:
-        """``[K]`` per-unit thresholds: the top ``quantile`` of each unit's activations (exact)."""
-        return self.top_values(model, images)[:, -1]
+        """``[K]`` per-unit thresholds: the top ``quantile`` of each unit's activations (exact;
+        ``inf`` for a unit that is constant over the data)."""
+        return self.threshold_from_top(self.top_values(model, images))
 
     def counts(
         self,

@@ -40,6 +40,7 @@ __all__ = [
     "directional_derivatives",
     "tcav_score",
     "welch_t_test",
+    "prediction_test",
 ]
 
 
@@ -306,3 +307,31 @@ def welch_t_test(a: Tensor, b: Tensor) -> float:
 
     return float(min(1.0, 2.0 * stdtr(dof, -abs(t))))
 
+
+
+def prediction_test(a: Tensor, null: Tensor) -> float:
+    """Two-sided p-value that the mean of ``a`` is one more draw from the distribution of single
+    ``null`` values: ``t = (mean(a) - mean(null)) / (sd(null) * sqrt(1 + 1 / n_null))`` with
+    ``n_null - 1`` degrees of freedom (a prediction interval).
+
+    Where each null value comes from an independent random "concept", ``sd(null)`` includes how
+    much a random set's own choice moves a score, which a two-sample t-test over CAVs that share
+    one concept set leaves out; the test is then valid (conservative) for a single concept set.
+
+    Raises:
+        ValueError: ``null`` has fewer than two values or ``a`` is empty.
+
+    Example:
+        >>> round(prediction_test(torch.tensor([0.9, 0.8, 1.0]), torch.tensor([0.5, 0.4, 0.6])), 4)
+        0.0368
+    """
+    a, b = a.detach().double().cpu().reshape(-1), null.detach().double().cpu().reshape(-1)
+    if a.numel() < 1 or b.numel() < 2:
+        raise ValueError(f"prediction_test: expected at least one value and two null values, but got {a.numel()} and {b.numel()}.")
+    diff = float(a.mean() - b.mean())
+    spread = float(b.std(unbiased=True)) * math.sqrt(1.0 + 1.0 / b.numel())
+    if spread <= 0.0:
+        return 1.0 if diff == 0.0 else 0.0
+    from scipy.special import stdtr
+
+    return float(min(1.0, 2.0 * stdtr(b.numel() - 1, -abs(diff) / spread)))
