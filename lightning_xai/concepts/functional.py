@@ -323,7 +323,7 @@ def prediction_test(a: Tensor, null: Tensor) -> float:
 
     Example:
         >>> round(prediction_test(torch.tensor([0.9, 0.8, 1.0]), torch.tensor([0.5, 0.4, 0.6])), 4)
-        0.0368
+        0.0742
     """
     a, b = a.detach().double().cpu().reshape(-1), null.detach().double().cpu().reshape(-1)
     if a.numel() < 1 or b.numel() < 2:
