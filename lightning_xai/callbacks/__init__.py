@@ -8,3 +8,7 @@ __all__ = ["MonitorBase", "ProbeMonitor", "RunInfo", "SaliencyMonitor"]
 from lightning_xai.callbacks.tcav import TCAVMonitor  # noqa: E402
 
 __all__ += ["TCAVMonitor"]
+
+from lightning_xai.callbacks.dissection import DissectionMonitor  # noqa: E402
+
+__all__ += ["DissectionMonitor"]
