@@ -75,7 +75,8 @@ def fit_linear(
 
     Problem ``k`` minimises ``sum_i c_ki * loss(y_ki * (v_k . x'_ki + b_k)) + reg / 2 * (|v_k|^2 + b_k^2)``
     over its samples, where ``c_ki`` are the sample weights normalised to sum to 1 (0 marks padding
-    and held-out samples), ``x'`` are the problem's centred, RMS-scaled features, ``y`` is +1/-1 and
+    and held-out samples), ``x'`` are the problem's centred features divided by their RMS norm
+    (neither changes the direction of the normal in the original space), ``y`` is +1/-1 and
     ``loss`` is ``log(1 + exp(-m))`` (logistic regression) or ``max(0, 1 - m)^2`` (linear SVM with
     the squared hinge loss). The bias is an extra constant feature, regularised like the weights.
 
@@ -97,24 +98,62 @@ def fit_linear(
         ``(normal [K, D], bias [K])`` in the original feature space: ``x . normal + bias > 0`` is
         the positive side.
     """
+    k, n, d = features.shape
+    rows = torch.arange(k * n, device=features.device).view(k, n)
+    normal, bias, _ = _fit_rows(
+        features.reshape(k * n, d), rows, labels, weights, classifier=classifier, regularization=regularization, max_iter=max_iter
+    )
+    return normal, bias
+
+
+def _fit_rows(
+    acts: Tensor,
+    rows: Tensor,
+    labels: Tensor,
+    weights: Tensor,
+    *,
+    classifier: str,
+    regularization: float,
+    max_iter: int = 50,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The solver of :func:`fit_linear` on problems given as row indices into one activation
+    matrix, which shares one Gram matrix ``acts @ acts.T`` (float64) between all problems.
+
+    Args:
+        acts: ``[M, D]`` activations.
+        rows: ``[K, N]`` row indices of each problem's samples (padding: any row, weight 0).
+        labels: ``[K, N]`` 1 positive / 0 negative.
+        weights: ``[K, N]`` training weights.
+
+    Returns:
+        ``(normal [K, D], bias [K], decision [K, N])``: the decision function on every sample of
+        each problem (test samples included).
+    """
     classifier = check_classifier(classifier)
     reg = max(float(regularization), 1e-8)
-    x = features.detach().float()
-    w = weights.detach().float()
-    k = x.shape[0]
-    counts = w.sum(1, keepdim=True).clamp(min=1e-12)
-    mean = (x * w.unsqueeze(-1)).sum(1, keepdim=True) / counts.unsqueeze(-1)
-    x = x - mean
-    scale = ((x.square().sum(-1) * w).sum(1) / counts.squeeze(1)).sqrt().clamp(min=1e-12)  # [K]
-    x = x / scale.view(k, 1, 1)
-    gram = (torch.bmm(x, x.transpose(1, 2)) + 1.0).double()  # [K, N, N]; + 1: the bias feature
-    y = labels.detach().double() * 2.0 - 1.0
-    c = (w / counts).double()
-    alpha = _newton(gram, y, c, classifier, reg, max_iter)
-    coef = alpha.to(x.dtype)
-    normal = torch.einsum("kn,knd->kd", coef, x) / scale.view(k, 1)
-    bias = coef.sum(1) - (normal * mean.squeeze(1)).sum(1)
-    return normal, bias
+    a = acts.detach().double()
+    full = a @ a.T  # [M, M]
+    gram = full[rows.unsqueeze(2), rows.unsqueeze(1)]  # [K, N, N]
+    w = weights.detach().double().to(gram.device)
+    total = w.sum(1, keepdim=True).clamp(min=1e-12)  # [K, 1]
+    # centre and scale in the Gram matrix: x' = (x - mu) / s, mu = sum_i w_i x_i / W
+    gw = torch.bmm(gram, w.unsqueeze(-1)).squeeze(-1) / total  # [K, N]: x_j . mu
+    mm = (gw * w).sum(1, keepdim=True) / total  # [K, 1]: mu . mu
+    centred = gram - gw.unsqueeze(2) - gw.unsqueeze(1) + mm.unsqueeze(2)
+    scale2 = ((torch.diagonal(centred, dim1=1, dim2=2) * w).sum(1, keepdim=True) / total).clamp(min=1e-24)  # s^2
+    kernel = centred / scale2.unsqueeze(2) + 1.0  # + 1: the bias feature
+    y = labels.detach().double().to(gram.device) * 2.0 - 1.0
+    alpha = _newton(kernel, y, w / total, classifier, reg, max_iter)
+    decision = torch.bmm(kernel, alpha.unsqueeze(-1)).squeeze(-1)
+    # normal = sum_i alpha_i (x_i - mu) / s^2, bias = sum_i alpha_i - normal . mu
+    coef = alpha / scale2 - (alpha.sum(1, keepdim=True) / scale2) * (w / total)  # [K, N]
+    scatter = torch.zeros(rows.shape[0], acts.shape[0], dtype=torch.float64, device=gram.device)
+    scatter.scatter_add_(1, rows, coef)
+    normal = scatter @ a  # [K, D]
+    mean_coef = torch.zeros_like(scatter).scatter_add_(1, rows, w / total)
+    mean = mean_coef @ a  # [K, D]
+    bias = alpha.sum(1) - (normal * mean).sum(1)
+    return normal.to(acts.dtype), bias.to(acts.dtype), decision
 
 
 def _loss_terms(margin: Tensor, classifier: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -161,63 +200,48 @@ def _newton(gram: Tensor, y: Tensor, c: Tensor, classifier: str, reg: float, max
     return alpha
 
 
-def accuracy(normal: Tensor, bias: Tensor, features: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
-    """``[K]`` weighted accuracy of ``K`` linear classifiers (NaN for a problem without samples)."""
-    predicted = (torch.einsum("knd,kd->kn", features.float(), normal) + bias.unsqueeze(1)) > 0
-    correct = (predicted == labels.bool()).float() * weights
-    total = weights.sum(1)
-    return torch.where(total > 0, correct.sum(1) / total.clamp(min=1.0), torch.full_like(total, math.nan))
-
-
-def pad_problems(
-    pairs: list[tuple[Tensor, Tensor]], splits: list[tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]]
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Stack ``K`` (positive, negative) activation pairs into padded batched problems.
-
-    Args:
-        pairs: ``K`` pairs of ``[n_pos, D]`` and ``[n_neg, D]`` activations.
-        splits: For each pair, ``((pos_train, pos_test), (neg_train, neg_test))`` index tensors.
-
-    Returns:
-        ``(features [K, N, D], labels [K, N], train_weight [K, N], test_weight [K, N])``.
-    """
-    rows = [pos.shape[0] + neg.shape[0] for pos, neg in pairs]
-    n, d = max(rows), pairs[0][0].shape[1]
-    device, dtype = pairs[0][0].device, pairs[0][0].dtype
-    features = torch.zeros(len(pairs), n, d, device=device, dtype=dtype)
-    labels = torch.zeros(len(pairs), n, device=device)
-    train = torch.zeros(len(pairs), n, device=device)
-    test = torch.zeros(len(pairs), n, device=device)
-    for i, ((pos, neg), ((pos_tr, pos_te), (neg_tr, neg_te))) in enumerate(zip(pairs, splits)):
-        p = pos.shape[0]
-        features[i, :p] = pos
-        features[i, p : p + neg.shape[0]] = neg
-        labels[i, :p] = 1.0
-        train[i, pos_tr.to(device)] = 1.0
-        train[i, p + neg_tr.to(device)] = 1.0
-        test[i, pos_te.to(device)] = 1.0
-        test[i, p + neg_te.to(device)] = 1.0
-    return features, labels, train, test
-
-
 def fit_cavs(
+    acts: Tensor,
     pairs: list[tuple[Tensor, Tensor]],
     splits: list[tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]],
     *,
     classifier: str,
     regularization: float,
-    max_iter: int = 100,
+    max_iter: int = 50,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Fit one CAV per (positive, negative) pair, all at once.
+    """Fit one CAV per (positive, negative) pair of example sets, all at once.
+
+    Args:
+        acts: ``[M, D]`` activations of every example of every set.
+        pairs: ``K`` pairs of row-index tensors into ``acts``: the positive (concept) set's rows and
+            the negative (random) set's rows.
+        splits: For each pair, ``((pos_train, pos_test), (neg_train, neg_test))`` positions within
+            the two sets.
 
     Returns:
         ``(unit vectors [K, D], biases [K] of the unit-normal hyperplanes, held-out accuracies [K])``;
         the accuracy is measured on the training examples when a split has no test examples.
     """
-    features, labels, train, test = pad_problems(pairs, splits)
-    normal, bias = fit_linear(features, labels, train, classifier=classifier, regularization=regularization, max_iter=max_iter)
-    no_test = test.sum(1, keepdim=True) == 0
-    acc = accuracy(normal, bias, features, labels, torch.where(no_test, train, test))
+    k = len(pairs)
+    n = max(int(p.numel() + q.numel()) for p, q in pairs)
+    device = acts.device
+    rows = torch.zeros(k, n, dtype=torch.long, device=device)
+    labels = torch.zeros(k, n, device=device)
+    train = torch.zeros(k, n, device=device)
+    test = torch.zeros(k, n, device=device)
+    for i, ((pos, neg), ((pos_tr, pos_te), (neg_tr, neg_te))) in enumerate(zip(pairs, splits)):
+        p = pos.numel()
+        rows[i, :p] = pos.to(device)
+        rows[i, p : p + neg.numel()] = neg.to(device)
+        labels[i, :p] = 1.0
+        train[i, pos_tr.to(device)] = 1.0
+        train[i, p + neg_tr.to(device)] = 1.0
+        test[i, pos_te.to(device)] = 1.0
+        test[i, p + neg_te.to(device)] = 1.0
+    normal, bias, decision = _fit_rows(acts, rows, labels, train, classifier=classifier, regularization=regularization, max_iter=max_iter)
+    evaluate = torch.where(test.sum(1, keepdim=True) == 0, train, test).double()
+    correct = ((decision > 0) == labels.bool()).double() * evaluate
+    acc = (correct.sum(1) / evaluate.sum(1).clamp(min=1.0)).float()
     norm = normal.norm(dim=1).clamp(min=torch.finfo(normal.dtype).tiny)
     return normal / norm.unsqueeze(1), bias / norm, acc
 
@@ -325,8 +349,9 @@ class CAV:
         gen = torch.Generator().manual_seed(seed)
         split = (split_indices(pos.shape[0], test_fraction, gen), split_indices(neg.shape[0], test_fraction, gen))
         n = pos.shape[0]
+        rows = torch.arange(acts.shape[0], device=acts.device)
         vectors, biases, acc = fit_cavs(
-            [(acts[:n], acts[n:])], [split], classifier=classifier, regularization=regularization
+            acts, [(rows[:n], rows[n:])], [split], classifier=classifier, regularization=regularization
         )
         cav = cls(
             vector=vectors[0], bias=float(biases[0]), accuracy=float(acc[0]), layer=layer, concept=name,

@@ -326,8 +326,10 @@ class TCAV:
         pairs_index = [(i, c + r) for i in range(c) for r in range(n)] + [(c + (r + 1) % n, c + r) for r in range(n)]
         vectors, accuracies = {}, {}
         for layer in self.layers:
-            parts = [acts[layer][bounds[i] : bounds[i + 1]] for i in range(len(all_sets))]
+            rows = torch.arange(bounds[-1], device=acts[layer].device)
+            parts = [rows[bounds[i] : bounds[i + 1]] for i in range(len(all_sets))]
             v, _, acc = fit_cavs(
+                acts[layer],
                 [(parts[p], parts[q]) for p, q in pairs_index],
                 [(splits[p], splits[q]) for p, q in pairs_index],
                 classifier=self.classifier,
