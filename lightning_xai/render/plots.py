@@ -107,6 +107,8 @@ def tcav_history_plot(
     significant: Mapping[str, Tensor] | None = None,
     extra: Mapping[str, tuple[Sequence[int], Sequence[float]]] | None = None,
     title: str = "TCAV over training",
+    band: tuple[Tensor, Tensor] | None = None,
+    xlabel: str = "epoch",
 ) -> Tensor:
     """TCAV scores over training, one line per curve; insignificant points are hollow.
 
@@ -116,6 +118,8 @@ def tcav_history_plot(
         significant: ``{label: [R] bool}``; hollow markers where ``False``.
         extra: ``{label: (xs, ys)}`` further curves in ``[0, 1]`` (validation accuracy), dashed.
         title: Title.
+        band: Optional ``([R] low, [R] high)``: a grey band (random-vs-random scores, mean +- sd).
+        xlabel: Label of the x axis.
 
     Returns:
         A ``[3, H, W]`` image in ``[0, 1]``.
@@ -126,6 +130,9 @@ def tcav_history_plot(
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    if band is not None:
+        ax.fill_between(list(epochs), band[0].float().numpy(), band[1].float().numpy(), color="#bbbbbb", alpha=0.5,
+                        label="random CAVs (mean +- sd)")
     for j, (label, values) in enumerate(curves.items()):
         colour = _COLORS[j % len(_COLORS)]
         ys = values.float().cpu().numpy()
@@ -137,7 +144,7 @@ def tcav_history_plot(
     for j, (label, (xs, ys)) in enumerate((extra or {}).items()):
         ax.plot(list(xs), list(ys), color="#444444" if j == 0 else _COLORS[-1 - j], ls="--", lw=1.5, label=label)
     ax.set_ylim(0.0, 1.05)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(xlabel)
     ax.set_title(f"{title}  (hollow: not significant)", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
