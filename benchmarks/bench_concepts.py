@@ -96,14 +96,18 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
     result = ours(model, inputs, concepts, randoms)
-    print(f"workload: ShapesClassifier(width=16) at {LAYER}, 2 concepts x 50 images, 5 random sets x 50, 50 inputs, "
-          f"{args.threads} thread(s), {args.rounds} rounds")
+    print(
+        f"workload: ShapesClassifier(width=16) at {LAYER}, 2 concepts x 50 images, 5 random sets x 50, 50 inputs, "
+        f"{args.threads} thread(s), {args.rounds} rounds"
+    )
     print(f"{'':10s}{'median s':>10s}{'min s':>10s}")
     for k, v in times.items():
         print(f"{k:10s}{med[k]:10.3f}{min(v):10.3f}")
     print(f"ratio ours/captum: {med['ours'] / med['captum']:.3f} (target <= 0.5)")
-    for (concept, layer), r in result.items():
-        print(f"  {concept:15s} score {r.score:.2f} +- {r.score_std:.2f}  p={r.p_value:.3g}  significant={r.significant}  cav acc {r.accuracy:.2f}")
+    for (concept, _layer), r in result.items():
+        print(
+            f"  {concept:15s} score {r.score:.2f} +- {r.score_std:.2f}  p={r.p_value:.3g}  significant={r.significant}  cav acc {r.accuracy:.2f}"
+        )
 
 
 if __name__ == "__main__":

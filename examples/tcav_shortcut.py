@@ -74,17 +74,29 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     pl.seed_everything(args.seed, verbose=False)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    dm = ShapesDataModule(batch_size=64, num_train=args.num_train, num_val=256, image_size=args.image_size, shortcut=True, seed=args.seed)
+    dm = ShapesDataModule(
+        batch_size=64, num_train=args.num_train, num_val=256, image_size=args.image_size, shortcut=True, seed=args.seed
+    )
     model = ShapesClassifier(num_classes=dm.num_classes, width=16, lr=args.lr)
     monitor = tcav_demo_monitor(
-        image_size=args.image_size, num_classes=dm.num_classes, n_random=args.n_random, seed=args.seed,
+        image_size=args.image_size,
+        num_classes=dm.num_classes,
+        n_random=args.n_random,
+        seed=args.seed,
         every_n_steps=args.every_n_steps,
     )
     accuracy = _Accuracy().callback
     trainer = pl.Trainer(
-        max_epochs=args.epochs, accelerator="cpu", devices=1, logger=TensorBoardLogger(args.log_dir, name="tcav"),
-        callbacks=[monitor, accuracy], enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
-        log_every_n_steps=5, deterministic=True,
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=TensorBoardLogger(args.log_dir, name="tcav"),
+        callbacks=[monitor, accuracy],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        log_every_n_steps=5,
+        deterministic=True,
     )
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
@@ -99,8 +111,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     random_scores = torch.stack([h["results"][0, 0, 0, 7 + args.n_random :] for h in monitor.history]).float()
     mean, sd = random_scores.mean(1), random_scores.std(1)
     image = tcav_history_plot(
-        steps, curves, significant, extra={"val accuracy (no marker)": (accuracy.epochs, accuracy.val)},
-        title="Class 'square': TCAV of its corner marker and of its shape", band=(mean - sd, mean + sd),
+        steps,
+        curves,
+        significant,
+        extra={"val accuracy (no marker)": (accuracy.epochs, accuracy.val)},
+        title="Class 'square': TCAV of its corner marker and of its shape",
+        band=(mean - sd, mean + sd),
         xlabel="training step",
     )
     out = save_png(image, args.out)
@@ -109,7 +125,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "out": str(out),
         "val_acc": accuracy.val,
         "steps": steps,
-        "cav_accuracy": {c: [round(float(h["results"][0, i, 0, 4]), 2) for h in monitor.history] for i, c in enumerate(monitor.concept_names)},
+        "cav_accuracy": {
+            c: [round(float(h["results"][0, i, 0, 4]), 2) for h in monitor.history]
+            for i, c in enumerate(monitor.concept_names)
+        },
         "random_mean": [round(float(x), 2) for x in mean],
         "tcav": {k: [round(float(x), 3) for x in v] for k, v in curves.items()},
         "significant": {k: [bool(x) for x in v] for k, v in significant.items()},

@@ -92,10 +92,14 @@ class DissectionMonitor(MonitorBase):
         synchronous_logging: bool = False,
     ) -> None:
         super().__init__(every_n_epochs, every_n_steps, max_overhead, synchronous_logging)
-        self.dissection = NetworkDissection(layer, quantile=quantile, iou_threshold=iou_threshold, batch_size=batch_size)
+        self.dissection = NetworkDissection(
+            layer, quantile=quantile, iou_threshold=iou_threshold, batch_size=batch_size
+        )
         self.layer = layer
         if not isinstance(concepts, Mapping) or not concepts:
-            raise TypeError(f"Expected argument `concepts` to be a non-empty mapping {{name: (images, masks)}}, but got {concepts!r}.")
+            raise TypeError(
+                f"Expected argument `concepts` to be a non-empty mapping {{name: (images, masks)}}, but got {concepts!r}."
+            )
         pairs = {str(name): _concept_pair(str(name), value) for name, value in concepts.items()}
         shapes = {name: (tuple(i.shape[1:]), tuple(m.shape[2:])) for name, (i, m) in pairs.items()}
         if len(set(shapes.values())) > 1:
@@ -132,16 +136,25 @@ class DissectionMonitor(MonitorBase):
     def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.dissection.check(pl_module)
         act = layer_activations(
-            pl_module, self._images[:1], self.layer, flatten=False, method=type(self).__name__, what="the concept images"
+            pl_module,
+            self._images[:1],
+            self.layer,
+            flatten=False,
+            method=type(self).__name__,
+            what="the concept images",
         )[self.layer]
         if act.ndim != 4:
-            raise ValueError(f"{type(self).__name__}: layer {self.layer!r} returns shape {tuple(act.shape)}; dissection needs [B, K, h, w] maps.")
+            raise ValueError(
+                f"{type(self).__name__}: layer {self.layer!r} returns shape {tuple(act.shape)}; dissection needs [B, K, h, w] maps."
+            )
 
     @override
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._images = self.to_model(trainer, pl_module, self._images)
 
-    def _dissect(self, trainer: pl.Trainer, pl_module: pl.LightningModule, images: Tensor, masks: Tensor) -> DissectionResult:
+    def _dissect(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, images: Tensor, masks: Tensor
+    ) -> DissectionResult:
         n = images.shape[0]
         world = trainer.world_size
         rows = self.shard(trainer, n) if world > 1 else None
@@ -158,7 +171,9 @@ class DissectionMonitor(MonitorBase):
                 filler = torch.full((top.shape[0], pad), -float("inf"), device=top.device, dtype=top.dtype)
                 top = torch.cat([top[:, :-1], filler, top[:, -1:]], dim=1)
             tops = trainer.strategy.all_gather(top)
-            keep = self.dissection.keep_count(n, tuple(layer_activations(pl_module, images[:1], self.layer, flatten=False)[self.layer].shape[-2:]))
+            keep = self.dissection.keep_count(
+                n, tuple(layer_activations(pl_module, images[:1], self.layer, flatten=False)[self.layer].shape[-2:])
+            )
             top = merge_top(list(tops), keep)
         thresholds = self.dissection.threshold_from_top(top)
         inter, unit_area, concept_area = self.dissection.counts(pl_module, images, masks, thresholds, indices=rows)
@@ -167,11 +182,16 @@ class DissectionMonitor(MonitorBase):
             unit_area = trainer.strategy.all_gather(unit_area).sum(0)
             concept_area = trainer.strategy.all_gather(concept_area).sum(0)
         return DissectionResult(
-            layer=self.layer, concepts=list(self.concept_names), thresholds=thresholds.cpu(),
-            iou=self.dissection.iou(inter, unit_area, concept_area).cpu(), iou_threshold=self.dissection.iou_threshold,
+            layer=self.layer,
+            concepts=list(self.concept_names),
+            thresholds=thresholds.cpu(),
+            iou=self.dissection.iou(inter, unit_area, concept_area).cpu(),
+            iou_threshold=self.dissection.iou_threshold,
         )
 
-    def _examples(self, pl_module: pl.LightningModule, result: DissectionResult) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+    def _examples(
+        self, pl_module: pl.LightningModule, result: DissectionResult
+    ) -> tuple[Tensor, Tensor, Tensor, list[str]]:
         """Two images per top unit: (images, concept masks, the unit's active regions, captions)."""
         order = result.best_iou.argsort(descending=True)[: self.top_units].tolist()
         picks, units, captions = [], [], []
@@ -202,7 +222,9 @@ class DissectionMonitor(MonitorBase):
         if not trainer.is_global_zero:
             return
         info = self.run_info(trainer)
-        self.history.append({"epoch": info.epoch, "step": info.step, "iou": result.iou.clone(), "thresholds": result.thresholds.clone()})
+        self.history.append(
+            {"epoch": info.epoch, "step": info.step, "iou": result.iou.clone(), "thresholds": result.thresholds.clone()}
+        )
         examples = self._examples(pl_module, result) if self.top_units else None
         history = list(self.history)
         self.publish(trainer, lambda sinks, info: self.render(sinks, info, result, examples, history))
@@ -255,10 +277,15 @@ class DissectionMonitor(MonitorBase):
             )
         if examples is not None and examples[3]:
             imgs, masks, active, captions = examples
-            tiles = torch.stack([overlay(imgs, masks, signed=False), overlay(imgs, active, signed=False)], dim=1).flatten(0, 1)
+            tiles = torch.stack(
+                [overlay(imgs, masks, signed=False), overlay(imgs, active, signed=False)], dim=1
+            ).flatten(0, 1)
             tile_captions = [text for caption in captions for text in ("mask\n" + caption.split("\n")[0], caption)]
             images[f"dissection/{self.layer}/top_units"] = annotated_grid(
-                tiles, tile_captions, ncols=4, title=f"{self.layer}, epoch {info.epoch}: concept mask | unit's active region"
+                tiles,
+                tile_captions,
+                ncols=4,
+                title=f"{self.layer}, epoch {info.epoch}: concept mask | unit's active region",
             )
         for sink in sinks:
             sink.log_scalars(scalars, info.step)

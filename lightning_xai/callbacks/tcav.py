@@ -33,7 +33,9 @@ def _classes_arg(target_classes: Union[int, Sequence[int]]) -> list[int]:
     if isinstance(target_classes, int) and not isinstance(target_classes, bool):
         target_classes = [target_classes]
     if not isinstance(target_classes, Sequence) or not target_classes:
-        raise TypeError(f"Expected argument `target_classes` to be an int or a non-empty list of ints, but got {target_classes!r}.")
+        raise TypeError(
+            f"Expected argument `target_classes` to be an int or a non-empty list of ints, but got {target_classes!r}."
+        )
     return [check_int("target_classes", k, 0) for k in target_classes]
 
 
@@ -120,13 +122,23 @@ class TCAVMonitor(MonitorBase):
     ) -> None:
         super().__init__(every_n_epochs, every_n_steps, max_overhead, synchronous_logging)
         if not isinstance(concepts, Mapping) or not concepts:
-            raise TypeError(f"Expected argument `concepts` to be a non-empty mapping {{name: examples}}, but got {concepts!r}.")
+            raise TypeError(
+                f"Expected argument `concepts` to be a non-empty mapping {{name: examples}}, but got {concepts!r}."
+            )
         for name in concepts:
             if not isinstance(name, str) or not name or name == "random":
-                raise ValueError(f"Expected concept names to be non-empty strings other than 'random', but got {name!r}.")
+                raise ValueError(
+                    f"Expected concept names to be non-empty strings other than 'random', but got {name!r}."
+                )
         self.tcav = TCAV(
-            layers, n_random=n_random, alpha=alpha, classifier=classifier, random_size=random_size,
-            batch_size=batch_size, seed=seed, test=test,
+            layers,
+            n_random=n_random,
+            alpha=alpha,
+            classifier=classifier,
+            random_size=random_size,
+            batch_size=batch_size,
+            seed=seed,
+            test=test,
         )
         self.concept_sources = dict(concepts)
         self.layers = list(self.tcav.layers)
@@ -193,7 +205,9 @@ class TCAVMonitor(MonitorBase):
         try:
             layer_activations(pl_module, first[:1], self.layers, method=name, what=f"the {first_name!r} examples")
         except ValueError as err:
-            raise ValueError(f"{name}: concept {first_name!r} examples of shape {list(first.shape[1:])} do not fit the model: {err}") from err
+            raise ValueError(
+                f"{name}: concept {first_name!r} examples of shape {list(first.shape[1:])} do not fit the model: {err}"
+            ) from err
         for concept, examples in self._concepts.items():
             if examples.shape[1:] != first.shape[1:]:
                 raise ValueError(
@@ -204,7 +218,9 @@ class TCAVMonitor(MonitorBase):
             classes = int(pl_module(first[:1].to(pl_module.device)).shape[-1])
         for k in self.target_classes:
             if k >= classes:
-                raise ValueError(f"{name}: target class {k} is out of range: the model has {classes} classes [0, {classes}).")
+                raise ValueError(
+                    f"{name}: target class {k} is out of range: the model has {classes} classes [0, {classes})."
+                )
         if self.class_names is None:
             names = getattr(trainer.datamodule, "classes", None) if trainer.datamodule is not None else None
             if isinstance(names, Sequence) and not isinstance(names, str):
@@ -214,12 +230,16 @@ class TCAVMonitor(MonitorBase):
             self._choose_randoms(trainer, max(e.shape[0] for e in self._concepts.values()))
         for i, r in enumerate(self._randoms):
             if r.shape[1:] != first.shape[1:]:
-                raise ValueError(f"{name}: random set {i} has shape {list(r.shape[1:])}, but the concepts {list(first.shape[1:])}.")
+                raise ValueError(
+                    f"{name}: random set {i} has shape {list(r.shape[1:])}, but the concepts {list(first.shape[1:])}."
+                )
 
     def _source(self, trainer: pl.Trainer, train: bool) -> Any:
-        loops = [trainer.fit_loop._data_source] if train else [
-            trainer.fit_loop.epoch_loop.val_loop._data_source, trainer.fit_loop._data_source
-        ]
+        loops = (
+            [trainer.fit_loop._data_source]
+            if train
+            else [trainer.fit_loop.epoch_loop.val_loop._data_source, trainer.fit_loop._data_source]
+        )
         for source in loops:  # private: no public accessor before the loops run (as ProbeMonitor)
             if source.is_defined():
                 loader = _first_loader(source.dataloader())
@@ -231,7 +251,9 @@ class TCAVMonitor(MonitorBase):
         name = type(self).__name__
         source = self.user_inputs if self.user_inputs is not None else self._source(trainer, train=False)
         if source is None:
-            raise ValueError(f"{name}: found no validation or training dataloader for the class inputs; pass `inputs=(x, y)`.")
+            raise ValueError(
+                f"{name}: found no validation or training dataloader for the class inputs; pass `inputs=(x, y)`."
+            )
         probe = select_probe(source, num_samples=self.num_inputs * classes, num_classes=classes, seed=self.seed)
         if probe.targets is None:
             raise ValueError(f"{name}: the class inputs need targets; pass `inputs=(x, y)`.")
@@ -248,7 +270,9 @@ class TCAVMonitor(MonitorBase):
             loader = self._source(trainer, train=True)
             pool = getattr(loader, "dataset", None)
             if pool is None:
-                raise ValueError(f"{type(self).__name__}: found no training dataset for random examples; pass `random_examples=`.")
+                raise ValueError(
+                    f"{type(self).__name__}: found no training dataset for random examples; pass `random_examples=`."
+                )
         if isinstance(pool, DataLoader):
             pool = pool.dataset
         if isinstance(pool, (list, tuple)):
@@ -285,8 +309,15 @@ class TCAVMonitor(MonitorBase):
         if trainer.is_global_zero:
             self._dry_running = True
             try:
-                self.render(self.dry_run_sinks(), self.run_info(trainer), packed.cpu(), {l: v.cpu() for l, v in cavs.vectors.items()},
-                            [first], [k], history=[])
+                self.render(
+                    self.dry_run_sinks(),
+                    self.run_info(trainer),
+                    packed.cpu(),
+                    {name: v.cpu() for name, v in cavs.vectors.items()},
+                    [first],
+                    [k],
+                    history=[],
+                )
             finally:
                 self._dry_running = False
 
@@ -298,7 +329,15 @@ class TCAVMonitor(MonitorBase):
             for layer in self.layers:
                 r = results[(concept, layer)]
                 head = torch.tensor(
-                    [r.score, r.score_std, r.p_value, float(r.significant), r.accuracy, float(r.separates), float(r.random_scores.mean())],
+                    [
+                        r.score,
+                        r.score_std,
+                        r.p_value,
+                        float(r.significant),
+                        r.accuracy,
+                        float(r.separates),
+                        float(r.random_scores.mean()),
+                    ],
                     dtype=torch.float64,
                 )
                 per_layer.append(torch.cat([head, r.scores.double(), r.random_scores.double()]))
@@ -315,7 +354,11 @@ class TCAVMonitor(MonitorBase):
         mine = self.shard(trainer, n_classes).tolist()
         packed = torch.stack(
             [
-                self._pack(self.tcav.score(pl_module, self._inputs[self.target_classes[i]], self.target_classes[i], cavs), concepts, self.tcav.n_random)
+                self._pack(
+                    self.tcav.score(pl_module, self._inputs[self.target_classes[i]], self.target_classes[i], cavs),
+                    concepts,
+                    self.tcav.n_random,
+                )
                 for i in mine
             ]
         ).to(pl_module.device)
@@ -324,18 +367,18 @@ class TCAVMonitor(MonitorBase):
             return
         packed = packed.detach().double().cpu()
         for c, concept in enumerate(concepts):
-            for l, layer in enumerate(self.layers):
-                if packed[0, c, l, 5] == 0 and (concept, layer) not in self._warned:
+            for li, layer in enumerate(self.layers):
+                if packed[0, c, li, 5] == 0 and (concept, layer) not in self._warned:
                     self._warned.add((concept, layer))
                     self.warn(
                         f"the CAVs of concept {concept!r} at layer {layer!r} separate it from random examples with held-out "
-                        f"accuracy {float(packed[0, c, l, 4]):.2f}, near chance: its TCAV scores mean little (marked "
+                        f"accuracy {float(packed[0, c, li, 4]):.2f}, near chance: its TCAV scores mean little (marked "
                         "separates=False in the table)."
                     )
         info = self.run_info(trainer)
         self.history.append({"epoch": info.epoch, "step": info.step, "results": packed})
         history = list(self.history)
-        vectors = {l: v.detach().float().cpu() for l, v in cavs.vectors.items()} if self.log_embeddings else {}
+        vectors = {name: v.detach().float().cpu() for name, v in cavs.vectors.items()} if self.log_embeddings else {}
         classes = list(self.target_classes)
         self.publish(trainer, lambda sinks, info: self.render(sinks, info, packed, vectors, concepts, classes, history))
 
@@ -357,23 +400,49 @@ class TCAVMonitor(MonitorBase):
         rows: list[list[Any]] = []
         for t, cls in enumerate(names):
             for c, concept in enumerate(concepts):
-                for l, layer in enumerate(self.layers):
-                    row = packed[t, c, l]
+                for li, layer in enumerate(self.layers):
+                    row = packed[t, c, li]
                     key = f"{concept}/{layer}/{cls}"
                     scalars[f"tcav/{key}"] = float(row[0])
                     scalars[f"tcav_p/{key}"] = float(row[2])
                     scalars[f"tcav_significant/{key}"] = float(row[3])
                     scalars[f"tcav_cav_accuracy/{concept}/{layer}"] = float(row[4])
-                    rows.append([
-                        info.epoch, cls, concept, layer, round(float(row[0]), 4), round(float(row[1]), 4),
-                        float(row[2]), bool(row[3]), round(float(row[4]), 4), bool(row[5]),
-                    ])
-        columns = ["epoch", "class", "concept", "layer", "score", "std", "p_value", "significant", "cav_accuracy", "separates"]
+                    rows.append(
+                        [
+                            info.epoch,
+                            cls,
+                            concept,
+                            layer,
+                            round(float(row[0]), 4),
+                            round(float(row[1]), 4),
+                            float(row[2]),
+                            bool(row[3]),
+                            round(float(row[4]), 4),
+                            bool(row[5]),
+                        ]
+                    )
+        columns = [
+            "epoch",
+            "class",
+            "concept",
+            "layer",
+            "score",
+            "std",
+            "p_value",
+            "significant",
+            "cav_accuracy",
+            "separates",
+        ]
         images = {}
-        for l, layer in enumerate(self.layers):
+        for li, layer in enumerate(self.layers):
             images[f"tcav/summary/{layer}"] = tcav_bar_chart(
-                packed[:, :, l, 0], packed[:, :, l, 1], packed[:, :, l, 3] > 0, names, concepts,
-                title=f"TCAV at {layer}, epoch {info.epoch}", random_means=packed[:, :, l, 6],
+                packed[:, :, li, 0],
+                packed[:, :, li, 1],
+                packed[:, :, li, 3] > 0,
+                names,
+                concepts,
+                title=f"TCAV at {layer}, epoch {info.epoch}",
+                random_means=packed[:, :, li, 6],
             )
             if history:
                 epochs = [int(h["epoch"]) for h in history]
@@ -381,8 +450,8 @@ class TCAVMonitor(MonitorBase):
                 for t, cls in enumerate(names):
                     for c, concept in enumerate(concepts):
                         label = f"{concept} -> {cls}"
-                        curves[label] = torch.stack([h["results"][t, c, l, 0] for h in history])
-                        sig[label] = torch.stack([h["results"][t, c, l, 3] > 0 for h in history])
+                        curves[label] = torch.stack([h["results"][t, c, li, 0] for h in history])
+                        sig[label] = torch.stack([h["results"][t, c, li, 3] > 0 for h in history])
                 images[f"tcav/history/{layer}"] = tcav_history_plot(epochs, curves, sig, title=f"TCAV at {layer}")
         for sink in sinks:
             sink.log_scalars(scalars, info.step)
@@ -422,7 +491,13 @@ def tcav_demo_monitor(
     from lightning_xai.data import SHAPE_NAMES, concept_sets, random_images
 
     shape = SHAPE_NAMES[check_int("shortcut_class", shortcut_class, 0, num_classes - 1)]
-    sets = concept_sets(num_per_concept, image_size=image_size, num_classes=num_classes, concepts=[f"marker_{shape}", shape], seed=seed + 100)
+    sets = concept_sets(
+        num_per_concept,
+        image_size=image_size,
+        num_classes=num_classes,
+        concepts=[f"marker_{shape}", shape],
+        seed=seed + 100,
+    )
     pool = random_images(num_per_concept * n_random, image_size=image_size, num_classes=num_classes, seed=seed + 7)
     return TCAVMonitor(
         concepts={name: s.images for name, s in sets.items()},

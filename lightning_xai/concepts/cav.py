@@ -15,7 +15,6 @@ activation space, which is what :attr:`CAV.vector` is.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -51,7 +50,9 @@ def check_classifier(classifier: object) -> Literal["logistic", "svm"]:
 def check_set_size(n: int, name: str, method: str = "CAV") -> None:
     """Raise ``ValueError`` when an example set is smaller than :data:`MIN_EXAMPLES`."""
     if n < MIN_EXAMPLES:
-        raise ValueError(f"{method}: the set {name!r} has {n} examples; at least {MIN_EXAMPLES} are needed to fit a CAV.")
+        raise ValueError(
+            f"{method}: the set {name!r} has {n} examples; at least {MIN_EXAMPLES} are needed to fit a CAV."
+        )
 
 
 def split_indices(n: int, test_fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -101,7 +102,13 @@ def fit_linear(
     k, n, d = features.shape
     rows = torch.arange(k * n, device=features.device).view(k, n)
     normal, bias, _ = _fit_rows(
-        features.reshape(k * n, d), rows, labels, weights, classifier=classifier, regularization=regularization, max_iter=max_iter
+        features.reshape(k * n, d),
+        rows,
+        labels,
+        weights,
+        classifier=classifier,
+        regularization=regularization,
+        max_iter=max_iter,
     )
     return normal, bias
 
@@ -191,7 +198,9 @@ def _newton(gram: Tensor, y: Tensor, c: Tensor, classifier: str, reg: float, max
         trial = alpha.unsqueeze(0) + steps.view(-1, 1, 1) * delta.unsqueeze(0)  # [S, K, N]
         values = _objective(gram, trial, y, c, classifier, reg)  # [S, K]
         ok = values <= value.unsqueeze(0) + 1e-4 * steps.view(-1, 1) * slope.unsqueeze(0)
-        first = torch.where(ok.any(0), ok.to(torch.int8).argmax(0), torch.full_like(value, len(steps) - 1, dtype=torch.long))
+        first = torch.where(
+            ok.any(0), ok.to(torch.int8).argmax(0), torch.full_like(value, len(steps) - 1, dtype=torch.long)
+        )
         step = steps[first]
         alpha = alpha + step.unsqueeze(1) * delta
         value = values.gather(0, first.view(1, -1)).squeeze(0)
@@ -238,7 +247,9 @@ def fit_cavs(
         train[i, p + neg_tr.to(device)] = 1.0
         test[i, pos_te.to(device)] = 1.0
         test[i, p + neg_te.to(device)] = 1.0
-    normal, bias, decision = _fit_rows(acts, rows, labels, train, classifier=classifier, regularization=regularization, max_iter=max_iter)
+    normal, bias, decision = _fit_rows(
+        acts, rows, labels, train, classifier=classifier, regularization=regularization, max_iter=max_iter
+    )
     evaluate = torch.where(test.sum(1, keepdim=True) == 0, train, test).double()
     correct = ((decision > 0) == labels.bool()).double() * evaluate
     acc = (correct.sum(1) / evaluate.sum(1).clamp(min=1.0)).float()
@@ -343,7 +354,11 @@ class CAV:
                 f"{list(neg.shape[1:])}."
             )
         acts = layer_activations(
-            model, torch.cat([pos, neg.to(pos.device)]), layer, batch_size=batch_size, method="CAV",
+            model,
+            torch.cat([pos, neg.to(pos.device)]),
+            layer,
+            batch_size=batch_size,
+            method="CAV",
             what=f"the {name!r} and random examples",
         )[layer]
         gen = torch.Generator().manual_seed(seed)
@@ -354,8 +369,13 @@ class CAV:
             acts, [(rows[:n], rows[n:])], [split], classifier=classifier, regularization=regularization
         )
         cav = cls(
-            vector=vectors[0], bias=float(biases[0]), accuracy=float(acc[0]), layer=layer, concept=name,
-            classifier=classifier, min_accuracy=min_accuracy,
+            vector=vectors[0],
+            bias=float(biases[0]),
+            accuracy=float(acc[0]),
+            layer=layer,
+            concept=name,
+            classifier=classifier,
+            min_accuracy=min_accuracy,
         )
         if not cav.separates:
             warn_near_chance(name, layer, cav.accuracy, min_accuracy)

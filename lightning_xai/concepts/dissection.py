@@ -109,7 +109,9 @@ def merge_top(tops: Sequence[Tensor], keep: int) -> Tensor:
     return torch.cat([values, minimum.unsqueeze(1)], dim=1)
 
 
-def as_concept_masks(masks: Mapping[str, Tensor] | Tensor, names: Sequence[str] | None = None) -> tuple[Tensor, list[str]]:
+def as_concept_masks(
+    masks: Mapping[str, Tensor] | Tensor, names: Sequence[str] | None = None
+) -> tuple[Tensor, list[str]]:
     """Concept masks as one ``[N, C, H, W]`` bool tensor and the concept names.
 
     Args:
@@ -128,7 +130,9 @@ def as_concept_masks(masks: Mapping[str, Tensor] | Tensor, names: Sequence[str] 
             if mask.ndim == 4 and mask.shape[1] == 1:
                 mask = mask[:, 0]
             if mask.ndim != 3:
-                raise ValueError(f"NetworkDissection: expected the masks of {name!r} as [N, H, W], but got {tuple(mask.shape)}.")
+                raise ValueError(
+                    f"NetworkDissection: expected the masks of {name!r} as [N, H, W], but got {tuple(mask.shape)}."
+                )
             tensors.append(mask)
         shapes = {tuple(t.shape) for t in tensors}
         if len(shapes) > 1:
@@ -171,7 +175,9 @@ class NetworkDissection:
         (1.0, 1)
     """
 
-    def __init__(self, layer: str, quantile: float = 0.005, iou_threshold: float = 0.04, *, batch_size: int = 64) -> None:
+    def __init__(
+        self, layer: str, quantile: float = 0.005, iou_threshold: float = 0.04, *, batch_size: int = 64
+    ) -> None:
         if not isinstance(layer, str) or not layer:
             raise TypeError(f"Expected argument `layer` to be a dotted module name, but got {layer!r}.")
         self.layer = layer
@@ -194,13 +200,17 @@ class NetworkDissection:
         get_layer(model, self.layer, method="NetworkDissection")
 
     # -- streaming ----------------------------------------------------------------------------
-    def _maps(self, model: nn.Module, images: Tensor | Dataset, indices: Tensor | None = None) -> Iterator[tuple[slice, Tensor]]:
+    def _maps(
+        self, model: nn.Module, images: Tensor | Dataset, indices: Tensor | None = None
+    ) -> Iterator[tuple[slice, Tensor]]:
         """``(positions, [b, K, h, w] activations)`` batch by batch over ``images`` (or its rows
         ``indices``), inside ``observe`` without gradients."""
         n = len(images) if indices is None else int(indices.numel())  # type: ignore[arg-type]
         with observe(model) as ctx:
             capture = LayerCapture(self.layer, "NetworkDissection")
-            capture._handle = ctx.add_hook(get_layer(model, self.layer, method="NetworkDissection").register_forward_hook(capture))
+            capture._handle = ctx.add_hook(
+                get_layer(model, self.layer, method="NetworkDissection").register_forward_hook(capture)
+            )
             with torch.no_grad():
                 for part in chunks(n, self.batch_size):
                     rows = torch.arange(part.start, part.stop) if indices is None else indices[part].cpu()
@@ -212,7 +222,9 @@ class NetworkDissection:
                     try:
                         model(x)
                     except RuntimeError as err:
-                        raise ValueError(f"NetworkDissection: the model cannot run on images of shape {list(x.shape)}: {err}") from err
+                        raise ValueError(
+                            f"NetworkDissection: the model cannot run on images of shape {list(x.shape)}: {err}"
+                        ) from err
                     act = capture.activation
                     capture.outputs.clear()
                     if act.ndim != 4:
@@ -227,7 +239,12 @@ class NetworkDissection:
         return max(1, math.ceil(self.quantile * num_images * map_size[0] * map_size[1] - 1e-9))
 
     def top_values(
-        self, model: nn.Module, images: Tensor | Dataset, *, total_images: int | None = None, indices: Tensor | None = None
+        self,
+        model: nn.Module,
+        images: Tensor | Dataset,
+        *,
+        total_images: int | None = None,
+        indices: Tensor | None = None,
     ) -> Tensor:
         """Per unit, the largest ``keep_count(total_images, (h, w))`` activations over ``images``.
 
@@ -344,6 +361,9 @@ class NetworkDissection:
         thresholds = self.thresholds(model, images)
         inter, unit_area, concept_area = self.counts(model, images, concept_masks, thresholds)
         return DissectionResult(
-            layer=self.layer, concepts=concept_names, thresholds=thresholds.cpu(),
-            iou=self.iou(inter, unit_area, concept_area).cpu(), iou_threshold=self.iou_threshold,
+            layer=self.layer,
+            concepts=concept_names,
+            thresholds=thresholds.cpu(),
+            iou=self.iou(inter, unit_area, concept_area).cpu(),
+            iou_threshold=self.iou_threshold,
         )

@@ -48,7 +48,9 @@ def _inputs_of(item: Any, what: str) -> Tensor:
         for key in INPUT_KEYS:
             if key in item:
                 return torch.as_tensor(item[key])
-        raise ValueError(f"Cannot find the inputs of {what} with keys {sorted(map(str, item))}; expected one of {list(INPUT_KEYS)}.")
+        raise ValueError(
+            f"Cannot find the inputs of {what} with keys {sorted(map(str, item))}; expected one of {list(INPUT_KEYS)}."
+        )
     if isinstance(item, (tuple, list)) and item:
         return torch.as_tensor(item[0])
     raise TypeError(f"Expected {what} to be a tensor, a tuple (x, ...) or a mapping, but got {type(item).__name__}.")
@@ -141,7 +143,9 @@ def load_examples(
             f"but got {type(source).__name__}."
         )
     if examples.ndim < 2 or examples.shape[0] == 0:
-        raise ValueError(f"Expected a non-empty batch of examples [N, ...] for {name!r}, but got shape {tuple(examples.shape)}.")
+        raise ValueError(
+            f"Expected a non-empty batch of examples [N, ...] for {name!r}, but got shape {tuple(examples.shape)}."
+        )
     if not examples.is_floating_point():
         examples = examples.float()
     return examples
@@ -205,7 +209,9 @@ def sample_examples(pool: Tensor | Dataset, k: int, size: int, *, seed: int = 0,
     size = check_int("size", size, 1)
     n = example_count(pool)  # type: ignore[arg-type]
     if n is None:
-        raise TypeError(f"Expected the pool of {name!r} examples to be a tensor or a map-style Dataset, but got {type(pool).__name__}.")
+        raise TypeError(
+            f"Expected the pool of {name!r} examples to be a tensor or a map-style Dataset, but got {type(pool).__name__}."
+        )
     if n < size:
         raise ValueError(f"The pool of {name!r} examples holds {n} examples; {size} are needed per set.")
     gen = torch.Generator().manual_seed(seed)

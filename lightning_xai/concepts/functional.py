@@ -48,7 +48,9 @@ def _as_layers(layers: str | Sequence[str], method: str) -> list[str]:
     if isinstance(layers, str):
         layers = [layers]
     if not isinstance(layers, Sequence) or not layers or not all(isinstance(n, str) and n for n in layers):
-        raise TypeError(f"{method}: expected `layer` to be a dotted module name or a non-empty list of them, but got {layers!r}.")
+        raise TypeError(
+            f"{method}: expected `layer` to be a dotted module name or a non-empty list of them, but got {layers!r}."
+        )
     return list(dict.fromkeys(layers))
 
 
@@ -65,7 +67,9 @@ def _check_inputs(inputs: object, method: str, what: str = "inputs") -> Tensor:
     if not isinstance(inputs, Tensor):
         raise TypeError(f"{method}: expected `{what}` to be a tensor, but got {type(inputs).__name__}.")
     if inputs.ndim < 2 or inputs.shape[0] == 0:
-        raise ValueError(f"{method}: expected a non-empty batch of {what} [B, ...], but got shape {tuple(inputs.shape)}.")
+        raise ValueError(
+            f"{method}: expected a non-empty batch of {what} [B, ...], but got shape {tuple(inputs.shape)}."
+        )
     if not inputs.is_floating_point():
         raise TypeError(f"{method}: expected floating-point {what}, but got dtype {inputs.dtype}.")
     return inputs
@@ -167,7 +171,9 @@ def layer_gradients(
         captures = _captures(ctx, model, names, method)
         for part in chunks(inputs.shape[0], batch_size):
             x = ctx.prepare(inputs[part])  # a leaf that requires grad: the layer outputs join the graph
-            part_target = full_target[part] if isinstance(full_target, Tensor) and full_target.numel() > 1 else full_target
+            part_target = (
+                full_target[part] if isinstance(full_target, Tensor) and full_target.numel() > 1 else full_target
+            )
             try:
                 scores, resolved, _ = forward_scores(model, x, part_target)
             except RuntimeError as err:
@@ -271,7 +277,9 @@ def tcav_score(derivatives: Tensor, *, magnitude: bool = False) -> Tensor | floa
     if not isinstance(derivatives, Tensor):
         raise TypeError(f"tcav_score: expected a tensor of derivatives, but got {type(derivatives).__name__}.")
     if derivatives.ndim not in (1, 2) or derivatives.shape[0] == 0:
-        raise ValueError(f"tcav_score: expected derivatives of shape [B] or [B, K] with B > 0, but got {tuple(derivatives.shape)}.")
+        raise ValueError(
+            f"tcav_score: expected derivatives of shape [B] or [B, K] with B > 0, but got {tuple(derivatives.shape)}."
+        )
     d = derivatives.float()
     if magnitude:
         total = d.abs().sum(0)
@@ -308,7 +316,6 @@ def welch_t_test(a: Tensor, b: Tensor) -> float:
     return float(min(1.0, 2.0 * stdtr(dof, -abs(t))))
 
 
-
 def prediction_test(a: Tensor, null: Tensor) -> float:
     """Two-sided p-value that the mean of ``a`` is one more draw from the distribution of single
     ``null`` values: ``t = (mean(a) - mean(null)) / (sd(null) * sqrt(1 + 1 / n_null))`` with
@@ -327,7 +334,9 @@ def prediction_test(a: Tensor, null: Tensor) -> float:
     """
     a, b = a.detach().double().cpu().reshape(-1), null.detach().double().cpu().reshape(-1)
     if a.numel() < 1 or b.numel() < 2:
-        raise ValueError(f"prediction_test: expected at least one value and two null values, but got {a.numel()} and {b.numel()}.")
+        raise ValueError(
+            f"prediction_test: expected at least one value and two null values, but got {a.numel()} and {b.numel()}."
+        )
     diff = float(a.mean() - b.mean())
     spread = float(b.std(unbiased=True)) * math.sqrt(1.0 + 1.0 / b.numel())
     if spread <= 0.0:

@@ -141,8 +141,13 @@ class FittedCAVs:
             raise ValueError(f"Unknown concept {concept!r}; the CAVs are for {self.concepts}.")
         run = check_int("run", run, 0, self.n_random - 1)
         return CAV(
-            vector=self.vectors[layer][row, run], bias=math.nan, accuracy=float(self.accuracies[layer][row, run]),
-            layer=layer, concept=concept, classifier=self.classifier, min_accuracy=self.min_accuracy,
+            vector=self.vectors[layer][row, run],
+            bias=math.nan,
+            accuracy=float(self.accuracies[layer][row, run]),
+            layer=layer,
+            concept=concept,
+            classifier=self.classifier,
+            min_accuracy=self.min_accuracy,
         )
 
     def mean_accuracy(self, concept: str, layer: str) -> float:
@@ -225,7 +230,9 @@ class TCAV:
         if isinstance(layers, str):
             layers = [layers]
         if not isinstance(layers, Sequence) or not layers or not all(isinstance(n, str) and n for n in layers):
-            raise TypeError(f"Expected argument `layers` to be a layer name or a non-empty list of them, but got {layers!r}.")
+            raise TypeError(
+                f"Expected argument `layers` to be a layer name or a non-empty list of them, but got {layers!r}."
+            )
         self.layers = list(dict.fromkeys(layers))
         self.n_random = check_int("n_random", n_random, 2)
         self.alpha = check_float("alpha", alpha, 0.0, 1.0)
@@ -266,7 +273,9 @@ class TCAV:
         """
         if isinstance(random_sets, (list, tuple)):
             if len(random_sets) < self.n_random:
-                raise ValueError(f"TCAV: expected at least n_random={self.n_random} random sets, but got {len(random_sets)}.")
+                raise ValueError(
+                    f"TCAV: expected at least n_random={self.n_random} random sets, but got {len(random_sets)}."
+                )
             sets = [load_examples(s, name=f"random {i}") for i, s in enumerate(random_sets[: self.n_random])]
         else:
             pool = random_sets.dataset if isinstance(random_sets, DataLoader) else random_sets
@@ -316,8 +325,12 @@ class TCAV:
         all_sets = [*sets.values(), *randoms]
         device = all_sets[0].device
         acts = layer_activations(
-            model, torch.cat([s.to(device) for s in all_sets]), self.layers, batch_size=self.batch_size,
-            method="TCAV", what="the concept and random examples",
+            model,
+            torch.cat([s.to(device) for s in all_sets]),
+            self.layers,
+            batch_size=self.batch_size,
+            method="TCAV",
+            what="the concept and random examples",
         )
         gen = torch.Generator().manual_seed(self.seed)
         splits = [(split_indices(s.shape[0], self.test_fraction, gen)) for s in all_sets]
@@ -338,8 +351,14 @@ class TCAV:
             vectors[layer] = v.view(c + 1, n, -1)
             accuracies[layer] = acc.view(c + 1, n).cpu()
         fitted = FittedCAVs(
-            concepts=list(sets), layers=list(self.layers), n_random=n, vectors=vectors, accuracies=accuracies,
-            classifier=self.classifier, min_accuracy=self.min_accuracy, example_shape=tuple(all_sets[0].shape[1:]),
+            concepts=list(sets),
+            layers=list(self.layers),
+            n_random=n,
+            vectors=vectors,
+            accuracies=accuracies,
+            classifier=self.classifier,
+            min_accuracy=self.min_accuracy,
+            example_shape=tuple(all_sets[0].shape[1:]),
         )
         for name in fitted.concepts:
             for layer in self.layers:
@@ -393,11 +412,22 @@ class TCAV:
                 accuracies = cavs.accuracies[layer][i]
                 accuracy = float(accuracies.mean())
                 results[(concept, layer)] = TCAVResult(
-                    concept=concept, layer=layer, target=target_index, score=float(scores[i].mean()),
-                    scores=scores[i].clone(), random_scores=null.clone(), score_std=float(scores[i].std(unbiased=True)),
-                    p_value=p_value, p_value_raw=raw, significant=bool(p_value < self.alpha), accuracy=accuracy,
-                    accuracies=accuracies.clone(), separates=bool(accuracy >= self.min_accuracy),
-                    num_tests=num_tests, alpha=self.alpha, magnitude=self.magnitude,
+                    concept=concept,
+                    layer=layer,
+                    target=target_index,
+                    score=float(scores[i].mean()),
+                    scores=scores[i].clone(),
+                    random_scores=null.clone(),
+                    score_std=float(scores[i].std(unbiased=True)),
+                    p_value=p_value,
+                    p_value_raw=raw,
+                    significant=bool(p_value < self.alpha),
+                    accuracy=accuracy,
+                    accuracies=accuracies.clone(),
+                    separates=bool(accuracy >= self.min_accuracy),
+                    num_tests=num_tests,
+                    alpha=self.alpha,
+                    magnitude=self.magnitude,
                 )
         return results
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lightning_xai.data.concepts import CONCEPT_COLORS, ConceptSet, concept_sets, dissection_masks, random_images
 from lightning_xai.data.probe import INPUT_KEYS, MASK_KEYS, TARGET_KEYS, Probe, ProbeSource, select_probe
 from lightning_xai.data.shapes import MARKER_COLORS, SHAPE_NAMES, ShapesDataset
-from lightning_xai.data.concepts import CONCEPT_COLORS, ConceptSet, concept_sets, dissection_masks, random_images
 
 if TYPE_CHECKING:
     from lightning_xai.data.datamodule import ShapesDataModule

@@ -67,7 +67,9 @@ def _base(n: int, image_size: int, num_classes: int, noise: float, seed: int) ->
     return ShapesDataset(num_samples=n, image_size=image_size, num_classes=num_classes, noise=noise, seed=seed)
 
 
-def random_images(num_samples: int = 500, image_size: int = 32, num_classes: int = 4, noise: float = 0.05, seed: int = 1) -> Tensor:
+def random_images(
+    num_samples: int = 500, image_size: int = 32, num_classes: int = 4, noise: float = 0.05, seed: int = 1
+) -> Tensor:
     """Images of random shapes without the marker: random counter-examples for TCAV.
 
     Example:
@@ -129,7 +131,7 @@ def concept_sets(
             ds = _base(n, image_size, num_classes, noise, set_seed)
             colour = torch.tensor(CONCEPT_COLORS[name]).view(1, 3, 1, 1)
             gen = torch.Generator().manual_seed(set_seed)
-            jitter = (torch.randn(n, 3, image_size, image_size, generator=gen) * noise)
+            jitter = torch.randn(n, 3, image_size, image_size, generator=gen) * noise
             images = torch.where(ds.masks.bool(), (colour + jitter).clamp(0.0, 1.0), ds.images)
             out[name] = ConceptSet(name, images, ds.masks.clone())
         else:

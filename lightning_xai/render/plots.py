@@ -83,12 +83,21 @@ def tcav_bar_chart(
         for i in range(g):
             sig = bool(significant[i, j])
             ax.bar(
-                pos[i], float(scores[i, j]), width * 0.9, yerr=float(errors[i, j]), capsize=3,
-                color=colour if sig else "#c8c8c8", edgecolor=colour, hatch=None if sig else "//",
-                label=bars[j] if i == 0 else None, linewidth=1.0,
+                pos[i],
+                float(scores[i, j]),
+                width * 0.9,
+                yerr=float(errors[i, j]),
+                capsize=3,
+                color=colour if sig else "#c8c8c8",
+                edgecolor=colour,
+                hatch=None if sig else "//",
+                label=bars[j] if i == 0 else None,
+                linewidth=1.0,
             )
             if random_means is not None:
-                ax.plot([pos[i] - width * 0.4, pos[i] + width * 0.4], [float(random_means[i, j])] * 2, color="black", lw=1)
+                ax.plot(
+                    [pos[i] - width * 0.4, pos[i] + width * 0.4], [float(random_means[i, j])] * 2, color="black", lw=1
+                )
     ax.axhline(0.5, color="#888888", lw=0.8, ls="--")
     ax.set_xticks(x)
     ax.set_xticklabels(list(groups), fontsize=8)
@@ -131,8 +140,14 @@ def tcav_history_plot(
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 3.4))
     if band is not None:
-        ax.fill_between(list(epochs), band[0].float().numpy(), band[1].float().numpy(), color="#bbbbbb", alpha=0.5,
-                        label="random CAVs (mean +- sd)")
+        ax.fill_between(
+            list(epochs),
+            band[0].float().numpy(),
+            band[1].float().numpy(),
+            color="#bbbbbb",
+            alpha=0.5,
+            label="random CAVs (mean +- sd)",
+        )
     for j, (label, values) in enumerate(curves.items()):
         colour = _COLORS[j % len(_COLORS)]
         ys = values.float().cpu().numpy()

@@ -54,7 +54,12 @@ class RecordingDissectionMonitor(DissectionMonitor):
     def render(self, sinks, info, result, examples, history):  # type: ignore[override]
         if not self.dry_running:
             torch.save(
-                {"iou": result.iou, "thresholds": result.thresholds, "weights": self._weights, "world_size": self._world},
+                {
+                    "iou": result.iou,
+                    "thresholds": result.thresholds,
+                    "weights": self._weights,
+                    "world_size": self._world,
+                },
                 self.out_file,
             )
         super().render(sinks, info, result, examples, history)

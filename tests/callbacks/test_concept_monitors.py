@@ -20,7 +20,9 @@ LAYERS = ["features.7", "features.8"]
 
 def _tcav(**kwargs) -> TCAVMonitor:
     sets = tiny_concepts()
-    defaults = dict(concepts={k: v.images for k, v in sets.items()}, layers=LAYERS, target_classes=[0, 2], n_random=3, num_inputs=6)
+    defaults = dict(
+        concepts={k: v.images for k, v in sets.items()}, layers=LAYERS, target_classes=[0, 2], n_random=3, num_inputs=6
+    )
     defaults.update(kwargs)
     return TCAVMonitor(**defaults)
 
@@ -78,7 +80,13 @@ def test_checkpoint_round_trip_keeps_history(tmp_path: Path) -> None:
     tcav, dissection = _tcav(target_classes=[1]), _dissection()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit(tmp_path, [tcav, dissection], logger=TensorBoardLogger(str(tmp_path)), max_epochs=2, enable_checkpointing=True)
+        fit(
+            tmp_path,
+            [tcav, dissection],
+            logger=TensorBoardLogger(str(tmp_path)),
+            max_epochs=2,
+            enable_checkpointing=True,
+        )
     state = torch.load(next(Path(tmp_path).rglob("*.ckpt")), weights_only=True)["callbacks"]
     for monitor, fresh, key in ((tcav, _tcav(target_classes=[1]), "results"), (dissection, _dissection(), "iou")):
         assert fresh.state_key == monitor.state_key
@@ -110,12 +118,21 @@ def test_ddp_spawn_two_processes_equal_one(tmp_path: Path) -> None:
     tcav_file, dis_file = tmp_path / "tcav.pt", tmp_path / "dissection.pt"
     sets = tiny_concepts()
     concepts = {k: v.images for k, v in sets.items()}
-    tcav = RecordingTCAVMonitor(str(tcav_file), concepts=concepts, layers=LAYERS, target_classes=[0, 1, 2], n_random=3, num_inputs=6)
+    tcav = RecordingTCAVMonitor(
+        str(tcav_file), concepts=concepts, layers=LAYERS, target_classes=[0, 1, 2], n_random=3, num_inputs=6
+    )
     dis_sets = tiny_concepts(6, ("circle", "red"))
     dissection = RecordingDissectionMonitor(str(dis_file), layer="features.8", concepts=dis_sets, quantile=0.02)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit(tmp_path, [tcav, dissection], logger=TensorBoardLogger(str(tmp_path)), max_epochs=1, strategy="ddp_spawn", devices=2)
+        fit(
+            tmp_path,
+            [tcav, dissection],
+            logger=TensorBoardLogger(str(tmp_path)),
+            max_epochs=1,
+            strategy="ddp_spawn",
+            devices=2,
+        )
 
     published = torch.load(tcav_file, weights_only=True)
     assert published["world_size"] == 2 and published["packed"].shape[0] == 3  # 2 + 2 classes, padding dropped
@@ -156,7 +173,9 @@ def test_setup_errors_name_the_value(tmp_path: Path) -> None:
 
     images = tiny_concepts()["circle"].images
     setup_error(_tcav(concepts={"few": images[:3]}), "'few' has 3 examples; at least 4")
-    setup_error(_tcav(concepts={"big": torch.rand(8, 1, 16, 16)}), r"'big' examples of shape \[1, 16, 16\] do not fit the model")
+    setup_error(
+        _tcav(concepts={"big": torch.rand(8, 1, 16, 16)}), r"'big' examples of shape \[1, 16, 16\] do not fit the model"
+    )
     setup_error(_tcav(layers=["features.77"]), "no layer named 'features.77'")
     setup_error(_tcav(target_classes=[5]), "target class 5 is out of range")
     setup_error(_dissection(layer="fc"), "dissection needs")

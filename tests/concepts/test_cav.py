@@ -32,7 +32,7 @@ def test_fit_linear_matches_scipy_on_the_same_objective(classifier):
         xs = (xi - mean) / scale
         c = wi / wi.sum()
 
-        def objective(p):
+        def objective(p, xs=xs, yi=yi, c=c):
             m = yi * (xs @ p[:d] + p[d])
             loss = np.logaddexp(0, -m) if classifier == "logistic" else np.maximum(0, 1 - m) ** 2
             return (c * loss).sum() + 0.5 * reg * (p**2).sum()

@@ -14,8 +14,25 @@ def test_tcav_shortcut_example_writes_the_picture(tmp_path: Path) -> None:
     spec.loader.exec_module(module)
     out = tmp_path / "t.png"
     result = module.main(
-        ["--epochs", "1", "--num-train", "128", "--image-size", "16", "--n-random", "2", "--every-n-steps", "1",
-         "--log-dir", str(tmp_path / "logs"), "--out", str(out)]
+        [
+            "--epochs",
+            "1",
+            "--num-train",
+            "128",
+            "--image-size",
+            "16",
+            "--n-random",
+            "2",
+            "--every-n-steps",
+            "1",
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--out",
+            str(out),
+        ]
     )
     assert out.stat().st_size > 5000
-    assert len(result["steps"]) == 2 and set(result["tcav"]) == {"TCAV(marker_square -> square)", "TCAV(square -> square)"}
+    assert len(result["steps"]) == 2 and set(result["tcav"]) == {
+        "TCAV(marker_square -> square)",
+        "TCAV(square -> square)",
+    }

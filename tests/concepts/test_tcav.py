@@ -171,7 +171,9 @@ def test_random_concepts_false_positive_rate(data, model):
             result = tcav(model, data["inputs"], 0, background(30, 1000 + s), data["pool"])
         default += result.significant
         welch += welch_t_test(result.scores, result.random_scores) < alpha
-    print(f"false-positive rate over {count} random concepts at alpha={alpha}: default {default / count:.2f}, welch {welch / count:.2f}")
+    print(
+        f"false-positive rate over {count} random concepts at alpha={alpha}: default {default / count:.2f}, welch {welch / count:.2f}"
+    )
     assert default / count <= alpha
     assert welch / count > alpha  # the paper's two-sample test is anti-conservative here (documented)
 
@@ -183,7 +185,9 @@ def test_several_concepts_and_layers_share_passes_and_bonferroni(data, model):
         tcav = TCAV([LAYER, "features.3"], n_random=3, batch_size=None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            results = tcav.interpret(model, data["inputs"], 0, {"red": data["concept"], "noise": background(30, 5)}, data["pool"])
+            results = tcav.interpret(
+                model, data["inputs"], 0, {"red": data["concept"], "noise": background(30, 5)}, data["pool"]
+            )
     finally:
         handle.remove()
     assert calls["n"] == 2  # one forward for all examples, one forward(+backward) for the inputs
@@ -294,7 +298,9 @@ def test_unknown_layer_and_class_out_of_range(model, data):
 
 def test_near_chance_cav_is_warned_about_and_marked(model, data):
     with pytest.warns(UserWarning, match=r"concept 'noise' at layer 'features.1'.*near chance"):
-        results = TCAV(LAYER, n_random=3).interpret(model, data["inputs"], 0, {"noise": background(30, 77)}, data["pool"])
+        results = TCAV(LAYER, n_random=3).interpret(
+            model, data["inputs"], 0, {"noise": background(30, 77)}, data["pool"]
+        )
     assert not results[("noise", LAYER)].separates
     with pytest.warns(UserWarning, match="near chance"):
         cav = CAV.fit(model, LAYER, background(20, 5), background(20, 6), name="noise")

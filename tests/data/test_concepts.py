@@ -11,7 +11,14 @@ from lightning_xai.data.concepts import CONCEPT_COLORS
 
 def test_concept_sets_show_their_concept():
     sets = concept_sets(8, image_size=24, num_classes=4, noise=0.0)
-    assert set(sets) == {"square", "circle", "triangle", "cross", *CONCEPT_COLORS, *(f"marker_{s}" for s in ("square", "circle", "triangle", "cross"))}
+    assert set(sets) == {
+        "square",
+        "circle",
+        "triangle",
+        "cross",
+        *CONCEPT_COLORS,
+        *(f"marker_{s}" for s in ("square", "circle", "triangle", "cross")),
+    }
     for name, cs in sets.items():
         assert cs.images.shape == (8, 3, 24, 24) and cs.masks.shape == (8, 1, 24, 24) and len(cs) == 8
         assert cs.masks.sum((1, 2, 3)).gt(0).all(), name

@@ -35,7 +35,9 @@ class DetectorNet(nn.Module):
             # conv2: unit 0 passes the detector on (always open); units 1 and 2 are complementary
             # gates (exactly one is open where g != b), so the gradient of class 0 w.r.t. units 1 and
             # 2 is +-(1, -1) depending on the pixel's colour: it changes sign from image to image
-            w2 = torch.tensor([[3.0, 0.0, 0.0, 0.0], [0.0, 1.0, -1.0, 0.0], [0.0, -1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+            w2 = torch.tensor(
+                [[3.0, 0.0, 0.0, 0.0], [0.0, 1.0, -1.0, 0.0], [0.0, -1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+            )
             self.features[2].weight.copy_(w2.view(4, 4, 1, 1))
             self.features[2].bias.copy_(torch.tensor([0.01, 0.0, 0.0, 0.0]))
             self.fc.weight.copy_(torch.tensor([[8.0, 1.0, 1.0, 0.0], [-8.0, -1.0, -1.0, 0.0], [0.0, 1.0, 1.0, 1.0]]))
