@@ -28,7 +28,7 @@ demo: $(VENV)/.installed-core
 	$(BIN)/lightning-xai demo $(ARGS)
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(ARGS)  # tests/ and the doctests of lightning_xai/ (pyproject: testpaths, --doctest-modules)
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/bench_attribution.py $(ARGS)

@@ -2,9 +2,9 @@
 
 ``lightning-xai demo`` trains the small demo CNN on the generated shapes data with the monitors
 attached and writes TensorBoard (or W&B) logs. ``lightning-xai fit --config config.yaml`` is
-Lightning's own CLI over :class:`~lightning_xai.demo.ShapesClassifier` and
-:class:`~lightning_xai.data.ShapesDataModule` (or any ``class_path``), so callbacks are configured
-in YAML::
+Lightning's own CLI over any LightningModule and data module (``class_path``; by default the demo's
+:class:`~lightning_xai.demo.ShapesClassifier` and :class:`~lightning_xai.data.ShapesDataModule`), so
+callbacks are configured in YAML::
 
     trainer:
       callbacks:
@@ -143,15 +143,27 @@ def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
 
 
 def lightning_cli(args: Sequence[str] | None = None) -> object:
-    """Lightning's ``LightningCLI`` over the demo model and datamodule (any ``class_path`` works)."""
+    """Lightning's ``LightningCLI`` over any LightningModule and data module.
+
+    ``model`` and ``data`` take any ``class_path`` (any ``LightningModule`` / ``LightningDataModule``
+    subclass, with its ``init_args``); when a config names neither, they default to the demo's
+    :class:`~lightning_xai.demo.ShapesClassifier` and :class:`~lightning_xai.data.ShapesDataModule`,
+    so a config holding only ``trainer.callbacks`` runs as written.
+    """
     from pytorch_lightning.cli import LightningCLI
 
     from lightning_xai.data import ShapesDataModule
     from lightning_xai.demo import ShapesClassifier
 
-    return LightningCLI(
-        ShapesClassifier,
-        ShapesDataModule,
+    class _CLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
+            from jsonargparse import lazy_instance
+
+            parser.set_defaults({"model": lazy_instance(ShapesClassifier), "data": lazy_instance(ShapesDataModule)})
+
+    return _CLI(
+        None,
+        None,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=list(args) if args is not None else None,

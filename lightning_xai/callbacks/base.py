@@ -147,6 +147,7 @@ class MonitorBase(Callback):
         self._fit_start_time: Optional[float] = None
         self._skipped_runs = 0
         self._dry_running = False
+        self._step_offset = 0
 
     @property
     def dry_running(self) -> bool:
@@ -250,7 +251,12 @@ class MonitorBase(Callback):
         # Runs without a validation loop (validation, when it runs, ends before this hook).
         if not self._skip(trainer) and self._epoch_due(trainer):
             self._last_epoch_run = trainer.current_epoch
-            self._maybe_run(trainer, pl_module)
+            # Lightning logs epoch-end metrics one step back (FitLoop.on_advance_end): so do we
+            self._step_offset = -1
+            try:
+                self._maybe_run(trainer, pl_module)
+            finally:
+                self._step_offset = 0
 
     @override
     def on_train_batch_end(
@@ -297,7 +303,7 @@ class MonitorBase(Callback):
     # -- publishing ----------------------------------------------------------------------------
     def run_info(self, trainer: pl.Trainer) -> RunInfo:
         """The step and epoch a run's logs are written at."""
-        return RunInfo(step=_log_step(trainer), epoch=int(trainer.current_epoch))
+        return RunInfo(step=max(0, _log_step(trainer) + self._step_offset), epoch=int(trainer.current_epoch))
 
     def publish(self, trainer: pl.Trainer, render: Callable[[list[Sink], RunInfo], None]) -> None:
         """Queue ``render(sinks, info)`` on the background writer (rank zero; a no-op elsewhere).
@@ -415,10 +421,12 @@ class MonitorBase(Callback):
             collate_fn=collate,
         )
         device_fn = lambda t: self.to_model(trainer, pl_module, t)  # noqa: E731
-        iterator = iter(reader)
+        rng_devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices):  # creating the iterator draws a base seed
+            iterator = iter(reader)
         start = 0
         while True:
-            with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
+            with torch.random.fork_rng(devices=rng_devices):  # augmentations draw from the global RNG
                 try:
                     batch = next(iterator)
                 except StopIteration:
