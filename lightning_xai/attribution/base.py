@@ -360,7 +360,7 @@ def target_indices(target: int | Tensor, batch: int, device: torch.device | str)
 _TARGETS_CHECKED: ContextVar[bool] = ContextVar("lightning_xai_targets_checked", default=False)
 
 
-def _format_values(values: list[int], limit: int = 8) -> str:
+def _format_values(values: list[int], limit: int = 5) -> str:
     shown = ", ".join(map(str, values[:limit]))
     return f"[{shown}{', ...' if len(values) > limit else ''}]"
 
@@ -378,10 +378,10 @@ def check_target_range(target: Tensor, classes: int) -> None:
         return
     bad = (target < 0) | (target >= classes)
     if bool(bad.any()):
-        values = target[bad].tolist()
+        values = torch.unique(target[bad]).tolist()
         raise ValueError(
-            f"Expected `target` class indices in [0, {classes}), but got {len(values)} out of range: "
-            f"{_format_values(values)}."
+            f"Expected `target` class indices in [0, {classes}), but got {len(values)} distinct out-of-range "
+            f"values: {_format_values(values)}."
         )
 
 

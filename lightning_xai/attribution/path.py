@@ -25,6 +25,7 @@ from lightning_xai._validation import check_bool, check_float, check_int
 from lightning_xai.attribution.base import (
     ExplainContext,
     Explainer,
+    OutputType,
     TargetType,
     accumulation_dtype,
     chunks,
@@ -349,7 +350,9 @@ class IntegratedGradients(Explainer):
             ]
         )
 
-    def with_delta(self, model: nn.Module, inputs: Tensor, target: TargetType = None) -> tuple[Tensor, Tensor]:
+    def with_delta(
+        self, model: nn.Module, inputs: Tensor, target: TargetType = None, *, output: OutputType = None
+    ) -> tuple[Tensor, Tensor]:
         """Attributions and their completeness error.
 
         ``delta_i = sum(IG(x_i)) - (S_c(x_i) - S_c(x'_i))``, which tends to 0 as ``n_steps`` grows
@@ -362,13 +365,14 @@ class IntegratedGradients(Explainer):
             model: Any ``nn.Module`` mapping ``[B, ...]`` inputs to ``[B, C]`` scores.
             inputs: A ``[B, ...]`` batch.
             target: Class to explain: ``int``, ``[B]`` tensor, or ``None`` for the predicted class.
+            output: Where the scores are in the model's output (see ``Explainer.__call__``).
 
         Returns:
             ``(attributions, delta)``: input-shaped attributions and a ``[B]`` delta, detached, on
             the model's device.
         """
         result: tuple[Tensor, Tensor] = self._run(
-            model, inputs, lambda x, ctx: self._integrate(model, x, target, ctx, with_delta=True)
+            model, inputs, lambda x, ctx: self._integrate(model, x, target, ctx, with_delta=True), output=output
         )
         return result
 
