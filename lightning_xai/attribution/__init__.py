@@ -34,6 +34,8 @@ from lightning_xai.attribution.gradient import (
     modified_relu,
 )
 from lightning_xai.attribution.path import IntegratedGradients, gaussian_blur, make_baseline
+from lightning_xai.attribution.base import OutputType, select_output
+from lightning_xai.attribution.cam import LAST_CONV, default_cam_layer
 
 __all__ = [
     "CAM",
@@ -63,4 +65,8 @@ __all__ = [
     "register_explainer",
     "resolve_target",
     "upsample",
+    "LAST_CONV",
+    "OutputType",
+    "default_cam_layer",
+    "select_output",
 ]
