@@ -32,16 +32,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from typing_extensions import override
 
 from lightning_xai._validation import check_float, check_int
+from lightning_xai.attribution.base import OutputType
 from lightning_xai.data.probe import Probe, select_probe
 from lightning_xai.render.sinks import DryRunSink, Sink, check_loggers, sinks_for
 from lightning_xai.render.writer import BackgroundWriter
 
-__all__ = ["RunInfo", "MonitorBase", "ProbeMonitor", "OutputSpec"]
+__all__ = ["RunInfo", "MonitorBase", "ProbeMonitor"]
 
-OutputSpec = Any
-"""How to pick the ``[B, C]`` scores from a model whose forward returns a tuple, dict or
-dataclass: ``None`` (the output is the scores), an ``int`` index, a ``str`` key or attribute, or a
-callable ``raw_output -> scores``."""
 
 
 @dataclass(frozen=True)
@@ -470,7 +467,8 @@ class ProbeMonitor(MonitorBase):
             a ``Dataset``/``DataLoader``. By default the probe is read from the validation
             dataloader (or the training dataloader when there is none).
         output: How to pick the ``[B, C]`` scores when the model returns a tuple, dict or
-            dataclass: an index, a key/attribute name or a callable (see :data:`OutputSpec`).
+            dataclass: an index, a key/attribute name or a callable (see
+            :func:`~lightning_xai.attribution.base.select_output`).
         max_overhead: Time budget as a fraction of training time (see :class:`MonitorBase`).
         synchronous_logging: Render on the training thread (debugging).
     """
@@ -482,7 +480,7 @@ class ProbeMonitor(MonitorBase):
         every_n_steps: Optional[int] = None,
         seed: int = 0,
         probe: Optional[Any] = None,
-        output: OutputSpec = None,
+        output: OutputType = None,
         max_overhead: Optional[float] = None,
         synchronous_logging: bool = False,
     ) -> None:
