@@ -220,3 +220,23 @@ def test_low_precision_fits(tmp_path: Path, precision: str) -> None:
         for e in a.Scalars("xai/grad_cam/nonfinite")
     ]
     assert values == [0.0]
+
+
+def test_explainer_names_for_two_of_one_class() -> None:
+    monitor = SaliencyMonitor([GradCAM(layer="features.4"), GradCAM(layer="features.7"), Saliency()])
+    assert monitor.names == ["grad_cam@features.4", "grad_cam@features.7", "saliency"]
+    named = SaliencyMonitor([GradCAM(), Saliency()], names=["cam", "grad"])
+    assert named.names == ["cam", "grad"]
+    with pytest.raises(ValueError, match="distinct"):
+        SaliencyMonitor([GradCAM(), Saliency()], names=["a", "a"])
+    with pytest.raises(ValueError, match="one non-empty str per explainer"):
+        SaliencyMonitor([GradCAM(), Saliency()], names=["a"])
+
+
+def test_more_probe_samples_than_data_warns(tmp_path: Path) -> None:
+    x, y = torch.rand(3, 3, 16, 16), torch.tensor([0, 1, 2])
+    monitor = SaliencyMonitor([GradCAM()], num_samples=8, probe=(x, y))
+    trainer = pl.Trainer(callbacks=[monitor], logger=TensorBoardLogger(str(tmp_path)), **trainer_kwargs(tmp_path))
+    with pytest.warns(UserWarning, match="num_samples=8.*only 3"):
+        monitor.setup(trainer, tiny_model(), "fit")
+    assert len(monitor.probe) == 3
