@@ -7,19 +7,29 @@ come as a dict of named terms from :meth:`PrototypeHead.loss_terms`.
 
 from lightning_xai.modules.prototype import (
     DEFAULT_COEFFICIENTS,
+    DEFAULT_LEARNING_RATES,
+    STAGES,
     NearestPatches,
     PrototypeHead,
     PrototypeOutput,
+    find_prototype_head,
     patch_boxes,
+    prototype_parameter_groups,
+    set_stage,
 )
 from lightning_xai.modules.swap import find_head, swap_head
 
 __all__ = [
     "DEFAULT_COEFFICIENTS",
+    "DEFAULT_LEARNING_RATES",
+    "STAGES",
     "NearestPatches",
     "PrototypeHead",
     "PrototypeOutput",
     "find_head",
+    "find_prototype_head",
     "patch_boxes",
+    "prototype_parameter_groups",
+    "set_stage",
     "swap_head",
 ]

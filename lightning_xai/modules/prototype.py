@@ -25,7 +25,18 @@ from torch import Tensor, nn
 
 from lightning_xai._validation import check_float, check_int
 
-__all__ = ["DEFAULT_COEFFICIENTS", "NearestPatches", "PrototypeHead", "PrototypeOutput", "patch_boxes"]
+__all__ = [
+    "DEFAULT_COEFFICIENTS",
+    "DEFAULT_LEARNING_RATES",
+    "STAGES",
+    "NearestPatches",
+    "PrototypeHead",
+    "PrototypeOutput",
+    "find_prototype_head",
+    "patch_boxes",
+    "prototype_parameter_groups",
+    "set_stage",
+]
 
 DEFAULT_COEFFICIENTS: dict[str, float] = {"cross_entropy": 1.0, "cluster": 0.8, "separation": -0.08, "l1": 1e-4}
 """The paper's loss coefficients: ``loss = CE + 0.8 Clst - 0.08 Sep + 1e-4 L1``."""
@@ -412,3 +423,93 @@ class NearestPatches:
             position=stacked.position[rank, idx],
             grid=stacked.grid,
         )
+
+
+STAGES: tuple[str, ...] = ("warm", "joint", "last_layer")
+"""ProtoPNet's training stages, in the order the paper runs them (the last one after each push)."""
+
+_TRAINABLE: dict[str, dict[str, bool]] = {
+    "warm": {"backbone": False, "add_on": True, "prototypes": True, "last_layer": True},
+    "joint": {"backbone": True, "add_on": True, "prototypes": True, "last_layer": True},
+    "last_layer": {"backbone": False, "add_on": False, "prototypes": False, "last_layer": True},
+}
+
+DEFAULT_LEARNING_RATES: dict[str, float] = {"backbone": 1e-4, "add_on": 3e-3, "prototypes": 3e-3, "last_layer": 1e-4}
+"""The paper's joint-stage learning rates per parameter group (its last-layer stage also uses 1e-4)."""
+
+
+def find_prototype_head(model: nn.Module) -> tuple[str, PrototypeHead]:
+    """The one :class:`PrototypeHead` inside ``model``: ``(dotted name, head)``.
+
+    Raises:
+        ValueError: none, or more than one.
+    """
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, PrototypeHead)]
+    if len(found) != 1:
+        what = "no PrototypeHead" if not found else f"{len(found)} PrototypeHeads ({[n for n, _ in found]})"
+        raise ValueError(f"Expected exactly one PrototypeHead in {type(model).__name__}, but found {what}.")
+    return found[0]
+
+
+def _role_parameters(model: nn.Module, head: PrototypeHead) -> dict[str, list[nn.Parameter]]:
+    groups: dict[str, list[nn.Parameter]] = {"backbone": [], **head.parameter_groups()}
+    in_head = {id(p) for ps in groups.values() for p in ps}
+    groups["backbone"] = [p for p in model.parameters() if id(p) not in in_head]
+    return groups
+
+
+def prototype_parameter_groups(
+    model: nn.Module, learning_rates: Optional[Mapping[str, float]] = None
+) -> list[dict[str, object]]:
+    """Optimiser parameter groups for a network with a :class:`PrototypeHead`, one per role.
+
+    Roles: ``backbone`` (every parameter outside the head), ``add_on``, ``prototypes`` and
+    ``last_layer``, with the paper's learning rates (:data:`DEFAULT_LEARNING_RATES`) unless
+    overridden. Each group carries its ``"name"``. Pass the list to one optimiser in
+    ``configure_optimizers``; :func:`set_stage` (or the
+    :class:`~lightning_xai.callbacks.PrototypeStages` callback) then switches stages by setting
+    ``requires_grad``: a frozen parameter gets no gradient, so the optimiser skips it.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), PrototypeHead(8, 2, 1, 4))
+        >>> groups = prototype_parameter_groups(net)
+        >>> [(g["name"], g["lr"], len(g["params"])) for g in groups]
+        [('backbone', 0.0001, 2), ('add_on', 0.003, 4), ('prototypes', 0.003, 1), ('last_layer', 0.0001, 1)]
+        >>> optimizer = torch.optim.Adam(groups)
+    """
+    rates = dict(DEFAULT_LEARNING_RATES)
+    for key, value in (learning_rates or {}).items():
+        if key not in rates:
+            raise ValueError(f"Unknown parameter group {key!r}; expected names from {sorted(rates)}.")
+        rates[key] = check_float(f"learning_rates[{key!r}]", value, 0.0)
+    _, head = find_prototype_head(model)
+    groups = _role_parameters(model, head)
+    return [{"name": role, "params": params, "lr": rates[role]} for role, params in groups.items() if params]
+
+
+def set_stage(model: nn.Module, stage: str) -> dict[str, bool]:
+    """Switch a network with a :class:`PrototypeHead` to one of ProtoPNet's training stages.
+
+    * ``"warm"``: backbone frozen; add-on layers, prototypes and last layer train.
+    * ``"joint"``: everything trains.
+    * ``"last_layer"``: only the last layer trains (the convex step after a push).
+
+    Sets ``requires_grad`` of every parameter of ``model`` (so it changes the model's training on
+    purpose) and returns the role -> trainable map it applied.
+
+    Raises:
+        ValueError: unknown stage, or not exactly one PrototypeHead in ``model``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), PrototypeHead(8, 2, 1, 4))
+        >>> set_stage(net, "last_layer")["prototypes"], net[0].weight.requires_grad
+        (False, False)
+    """
+    if stage not in _TRAINABLE:
+        raise ValueError(f"Unknown stage {stage!r}; expected one of {STAGES}.")
+    _, head = find_prototype_head(model)
+    trainable = _TRAINABLE[stage]
+    for role, params in _role_parameters(model, head).items():
+        for p in params:
+            p.requires_grad_(trainable[role])
+    return dict(trainable)

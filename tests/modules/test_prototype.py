@@ -199,3 +199,38 @@ def test_push_with_a_missing_class_raises() -> None:
 def test_patch_boxes_round_outwards() -> None:
     boxes = patch_boxes(torch.tensor([[0, 0], [2, 1]]), (1, 1), (3, 3), (10, 10))
     assert boxes.tolist() == [[0, 0, 4, 4], [6, 3, 10, 7]]
+
+
+def test_stages_and_parameter_groups_train_only_their_parts() -> None:
+    from lightning_xai.modules import find_prototype_head, prototype_parameter_groups, set_stage
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), PrototypeHead(5, 2, 2, 4))
+    groups = prototype_parameter_groups(net, {"backbone": 0.5})
+    assert [g["name"] for g in groups] == ["backbone", "add_on", "prototypes", "last_layer"]
+    assert groups[0]["lr"] == 0.5 and groups[1]["lr"] == 3e-3
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+    optimizer = torch.optim.Adam(groups)
+    x, y = torch.rand(4, 3, 6, 6), torch.tensor([0, 1, 0, 1])
+    head = find_prototype_head(net)[1]
+    expected_trainable = {
+        "warm": {"backbone": False, "add_on": True, "prototypes": True, "last_layer": True},
+        "joint": {"backbone": True, "add_on": True, "prototypes": True, "last_layer": True},
+        "last_layer": {"backbone": False, "add_on": False, "prototypes": False, "last_layer": True},
+    }
+    for stage, trainable in expected_trainable.items():
+        assert set_stage(net, stage) == trainable
+        before = {g["name"]: [p.detach().clone() for p in g["params"]] for g in groups}
+        optimizer.zero_grad(set_to_none=True)
+        logits = net(x)
+        head.loss_terms(logits, y)["loss"].backward()
+        optimizer.step()
+        for g in groups:
+            changed = any(not torch.equal(a, b) for a, b in zip(before[g["name"]], g["params"]))
+            assert changed == trainable[g["name"]], (stage, g["name"])
+    with pytest.raises(ValueError, match="Unknown stage"):
+        set_stage(net, "warmup")
+    with pytest.raises(ValueError, match="no PrototypeHead"):
+        set_stage(nn.Linear(2, 2), "joint")
+    with pytest.raises(ValueError, match="Unknown parameter group"):
+        prototype_parameter_groups(net, {"head": 1.0})
