@@ -57,6 +57,9 @@ def _last_conv_channels(module: nn.Module) -> Optional[int]:
     return channels
 
 
+_POOL_NAMES = ("avgpool", "pool", "global_pool")
+
+
 def _plan(model: nn.Module) -> Optional[tuple[str, list[str], Optional[int], Optional[int]]]:
     """Recognise a torchvision-style head on ``model`` itself (not its children).
 
@@ -64,8 +67,12 @@ def _plan(model: nn.Module) -> Optional[tuple[str, list[str], Optional[int], Opt
     """
     children = dict(model.named_children())
     fc = children.get("fc")
-    if isinstance(fc, nn.Linear) and isinstance(children.get("avgpool"), nn.Module):  # ResNet, ResNeXt, Inception-ish
-        return "resnet", ["avgpool", "fc"], fc.in_features, fc.in_features
+    pool = next((name for name in _POOL_NAMES if isinstance(children.get(name), nn.Module)), None)
+    if isinstance(fc, nn.Linear) and pool is not None:  # ResNet, ResNeXt, Inception, a small CNN
+        names = list(children)
+        # dropout between the pool and fc acts on pooled features: on the map path it would hit logits
+        between = [n for n in names[names.index(pool) + 1 : names.index("fc")] if isinstance(children[n], nn.Dropout)]
+        return "resnet", [pool, *between, "fc"], fc.in_features, fc.in_features
     classifier = children.get("classifier")
     features = children.get("features")
     if classifier is None or features is None:
@@ -133,8 +140,9 @@ def swap_head(model: nn.Module, head: nn.Module, at: Union[str, Sequence[str], N
     Without ``at``, the head is found (also inside a wrapper such as a LightningModule, see
     :func:`find_head`) and wired by architecture:
 
-    * ResNet-style (``avgpool`` + ``fc``): a feature-map head takes ``avgpool``'s place and ``fc``
-      becomes ``nn.Identity``; a vector head replaces ``fc``.
+    * ResNet-style (``avgpool``, ``pool`` or ``global_pool`` + ``fc``): a feature-map head takes
+      the pool's place and ``fc`` (and any ``nn.Dropout`` registered between the two) becomes
+      ``nn.Identity``; a vector head replaces ``fc``.
     * VGG / AlexNet (``features`` + ``avgpool`` + ``classifier``): a feature-map head takes
       ``avgpool``'s place and receives the output of ``features``; ``classifier`` becomes the
       identity. A vector head replaces ``classifier`` (and receives the flattened pooled map).
@@ -207,7 +215,8 @@ def swap_head(model: nn.Module, head: nn.Module, at: Union[str, Sequence[str], N
     backbone = model.get_submodule(prefix) if prefix else model
     plan = _plan(backbone)
     assert plan is not None
-    kind, (map_slot, cls_slot), channels, in_features = plan
+    kind, slots, channels, in_features = plan
+    map_slot, cls_slot = slots[0], slots[-1]
     where = f"{prefix}.{cls_slot}" if prefix else cls_slot
     _check_width(head, wants_map, channels, in_features, where)
     if not wants_map:
@@ -218,5 +227,6 @@ def swap_head(model: nn.Module, head: nn.Module, at: Union[str, Sequence[str], N
         backbone.set_submodule(cls_slot, _SignMerge())
     else:
         backbone.set_submodule(map_slot, head)
-        backbone.set_submodule(cls_slot, nn.Identity())
+        for slot in slots[1:]:
+            backbone.set_submodule(slot, nn.Identity())
     return model

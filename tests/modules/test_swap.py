@@ -117,3 +117,18 @@ def test_errors() -> None:
     two = nn.ModuleDict({"a": tiny_resnet(), "b": tiny_resnet()})
     with pytest.raises(ValueError, match="several classifier heads"):
         swap_head(two, head_for(512))
+
+
+def test_small_cnn_with_dropout_between_pool_and_fc() -> None:
+    from lightning_xai.demo import ShapesClassifier
+
+    torch.manual_seed(0)
+    net, x = ShapesClassifier(num_classes=3, width=4, dropout=0.5), torch.rand(2, 3, 16, 16)
+    assert find_head(net) == ("", ["pool", "dropout", "fc"])
+    head = head_for(8)
+    swap_head(net, head)  # training mode: a dropout left on the logits would make this differ
+    assert isinstance(net.dropout, nn.Identity) and isinstance(net.fc, nn.Identity)
+    torch.testing.assert_close(net(x), head(net.features(x)))
+    vector = ShapesClassifier(num_classes=3, width=4)
+    swap_head(vector, nn.Linear(8, 3))
+    assert isinstance(vector.dropout, nn.Dropout)  # a vector head keeps the dropout before it
