@@ -2,5 +2,14 @@
 
 from lightning_xai.callbacks.base import MonitorBase, ProbeMonitor, RunInfo
 from lightning_xai.callbacks.saliency import SaliencyMonitor
+from lightning_xai.callbacks.prototypes import PrototypeMonitor, PrototypePush, PrototypeStages
 
-__all__ = ["MonitorBase", "ProbeMonitor", "RunInfo", "SaliencyMonitor"]
+__all__ = [
+    "MonitorBase",
+    "ProbeMonitor",
+    "RunInfo",
+    "SaliencyMonitor",
+    "PrototypeMonitor",
+    "PrototypePush",
+    "PrototypeStages",
+]

@@ -429,8 +429,8 @@ STAGES: tuple[str, ...] = ("warm", "joint", "last_layer")
 """ProtoPNet's training stages, in the order the paper runs them (the last one after each push)."""
 
 _TRAINABLE: dict[str, dict[str, bool]] = {
-    "warm": {"backbone": False, "add_on": True, "prototypes": True, "last_layer": True},
-    "joint": {"backbone": True, "add_on": True, "prototypes": True, "last_layer": True},
+    "warm": {"backbone": False, "add_on": True, "prototypes": True, "last_layer": False},
+    "joint": {"backbone": True, "add_on": True, "prototypes": True, "last_layer": False},
     "last_layer": {"backbone": False, "add_on": False, "prototypes": False, "last_layer": True},
 }
 
@@ -490,9 +490,12 @@ def prototype_parameter_groups(
 def set_stage(model: nn.Module, stage: str) -> dict[str, bool]:
     """Switch a network with a :class:`PrototypeHead` to one of ProtoPNet's training stages.
 
-    * ``"warm"``: backbone frozen; add-on layers, prototypes and last layer train.
-    * ``"joint"``: everything trains.
+    * ``"warm"``: backbone frozen; add-on layers and prototypes train.
+    * ``"joint"``: backbone, add-on layers and prototypes train.
     * ``"last_layer"``: only the last layer trains (the convex step after a push).
+
+    The last layer stays at its class-identity initialisation until the first ``"last_layer"``
+    stage, as in the paper (its stage-1 optimisers hold no last-layer parameters).
 
     Sets ``requires_grad`` of every parameter of ``model`` (so it changes the model's training on
     purpose) and returns the role -> trainable map it applied.

@@ -204,5 +204,5 @@ def this_looks_like_that(
     patches = crop_patches(sources, boxes, size=(h, w))
     boxed = draw_boxes(to_display(sources), boxes)
     tiles = torch.stack([looks, patches, boxed], dim=1).flatten(0, 1)
-    labels = [t for c in captions for t in (c, "looks like", "prototype's source")]
-    return annotated_grid(tiles, labels, ncols=3, title=title, scale=scale)
+    labels = [t for c in captions for t in (c, "looks like", "its source")]
+    return annotated_grid(tiles, labels, ncols=3, title=title, scale=scale, fontsize=8.0)

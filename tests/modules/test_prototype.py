@@ -214,8 +214,8 @@ def test_stages_and_parameter_groups_train_only_their_parts() -> None:
     x, y = torch.rand(4, 3, 6, 6), torch.tensor([0, 1, 0, 1])
     head = find_prototype_head(net)[1]
     expected_trainable = {
-        "warm": {"backbone": False, "add_on": True, "prototypes": True, "last_layer": True},
-        "joint": {"backbone": True, "add_on": True, "prototypes": True, "last_layer": True},
+        "warm": {"backbone": False, "add_on": True, "prototypes": True, "last_layer": False},
+        "joint": {"backbone": True, "add_on": True, "prototypes": True, "last_layer": False},
         "last_layer": {"backbone": False, "add_on": False, "prototypes": False, "last_layer": True},
     }
     for stage, trainable in expected_trainable.items():
