@@ -157,6 +157,11 @@ class PrototypePush(MonitorBase):
 
     # -- setup -----------------------------------------------------------------------------------
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # a training step, not only a monitor: it runs (and logs nothing) without a logger
+        self.check(trainer, pl_module)
+
+    @override
     def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         _, head = find_prototype_head(pl_module)
         dataset = _train_dataset(trainer)
@@ -215,7 +220,7 @@ class PrototypePush(MonitorBase):
             "xai/PrototypePush/mean_shift": shift,
             "xai/PrototypePush/mean_distance": finite.mean().item() if finite.numel() else math.nan,
         }
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or not trainer.loggers:
             return
         if not self.log_gallery:
             self._publish_scalars(trainer, scalars)

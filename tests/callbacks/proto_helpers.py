@@ -34,3 +34,47 @@ class ProtoShapes(ShapesClassifier):
 
     def configure_optimizers(self) -> Any:
         return torch.optim.Adam(prototype_parameter_groups(self, {"backbone": 1e-3, "last_layer": 1e-3}))
+
+
+import pytorch_lightning as pl  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
+
+
+class PushRecorder(pl.Callback):
+    """Listed before PrototypePush: keeps the prototypes as they were before each push, and (rank
+    zero, at fit end) saves them with the final weights to ``out_file`` (ddp_spawn runs in children)."""
+
+    def __init__(self, out_file: str) -> None:
+        self.out_file = out_file
+        self.before: dict[int, Tensor] = {}
+        self.requires_grad: dict[int, dict[str, bool]] = {}
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        head = pl_module.head
+        self.requires_grad[trainer.current_epoch] = {
+            "backbone": pl_module.features[0].weight.requires_grad,
+            "prototypes": head.prototypes.requires_grad,
+            "last_layer": head.last_layer.weight.requires_grad,
+        }
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.before[trainer.current_epoch] = pl_module.head.prototypes.detach().cpu().clone()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+            torch.save({"before": self.before, "state": state, "world_size": trainer.world_size}, self.out_file)
+
+
+class LabelledImages(Dataset):
+    """A map-style dataset with a ``labels`` attribute (to test the class-coverage check)."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.images[i], self.labels[i]
