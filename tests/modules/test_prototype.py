@@ -32,19 +32,21 @@ def test_shapes_buffers_and_last_layer_init() -> None:
     assert set(head.state_dict()) >= {"prototypes", "prototype_class", "prototype_source", "prototype_box"}
 
 
-def test_distances_equal_explicit_patch_loop() -> None:
-    head = make_head(shape=(2, 3))
+@pytest.mark.parametrize("shape", [(2, 3), (1, 1)])
+def test_distances_equal_explicit_patch_loop(shape: tuple[int, int]) -> None:
+    head = make_head(shape=shape)
+    ph, pw = shape
     features = torch.rand(2, 5, 4, 5, dtype=torch.float64)
     head.double()
     z = head.add_on(features)
     d = head.distances(features)
     b, p, h, w = d.shape
-    assert (h, w) == (3, 3)
+    assert (h, w) == (5 - ph, 6 - pw)
     for i in range(b):
         for j in range(p):
             for r in range(h):
                 for c in range(w):
-                    patch = z[i, :, r : r + 2, c : c + 3]
+                    patch = z[i, :, r : r + ph, c : c + pw]
                     torch.testing.assert_close(d[i, j, r, c], ((patch - head.prototypes[j]) ** 2).sum())
     # the add-on layers are the paper's: conv1x1, ReLU, conv1x1, sigmoid
     kinds = [type(m) for m in head.add_on]
