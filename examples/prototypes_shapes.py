@@ -188,7 +188,14 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
 
     # 1. the backbone with its own linear head, trained from scratch
     backbone = Backbone(args.num_classes)
-    pretrain_s = fit(Classifier(backbone, {"backbone": 1e-3, "last_layer": 1e-3}), dm, args.pretrain_epochs, args.log_dir, "pretrain", [])
+    pretrain_s = fit(
+        Classifier(backbone, {"backbone": 1e-3, "last_layer": 1e-3}),
+        dm,
+        args.pretrain_epochs,
+        args.log_dir,
+        "pretrain",
+        [],
+    )
     pretrained = accuracy(backbone, dm)
 
     # 2a. the same backbone, linear head kept, fine-tuned as long as the prototype network

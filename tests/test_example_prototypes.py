@@ -12,7 +12,18 @@ def test_prototype_example_runs_and_writes_pictures(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("prototypes_shapes", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    argv = ["--num-train", "96", "--num-val", "32", "--pretrain-epochs", "1", "--epochs", "2", "--last-layer-epochs", "1"]
+    argv = [
+        "--num-train",
+        "96",
+        "--num-val",
+        "32",
+        "--pretrain-epochs",
+        "1",
+        "--epochs",
+        "2",
+        "--last-layer-epochs",
+        "1",
+    ]
     results = module.main([*argv, "--log-dir", str(tmp_path / "logs"), "--docs", str(tmp_path / "docs")])
     assert 0.0 <= results["prototype_acc"] <= 1.0 and 0.0 <= results["linear_acc"] <= 1.0
     assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == [

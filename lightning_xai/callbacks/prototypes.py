@@ -233,7 +233,9 @@ class PrototypePush(MonitorBase):
             images, boxes, maps = gallery
             picked = list(range(images.shape[0]))
             captions = [f"proto {j}\nclass {int(classes[j])}" for j in picked]
-            figure = prototype_gallery(images, boxes, maps, captions, ncols=2, title=f"prototypes after push, epoch {info.epoch}")
+            figure = prototype_gallery(
+                images, boxes, maps, captions, ncols=2, title=f"prototypes after push, epoch {info.epoch}"
+            )
             patches = crop_patches(images, boxes, size=(16, 16))
             for sink in sinks:
                 sink.log_scalars(scalars, info.step)
@@ -366,7 +368,7 @@ class PrototypeStages(Callback):
 
 
 class PrototypeMonitor(ProbeMonitor):
-    """"This looks like that" for a fixed probe set: each probe image's top-k prototypes.
+    """ "This looks like that" for a fixed probe set: each probe image's top-k prototypes.
 
     Every run (default: every epoch), for each probe image it logs
     ``prototypes/this_looks_like_that/<i>``: one row per top-k prototype (by similarity) with the

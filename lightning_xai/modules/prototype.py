@@ -349,7 +349,9 @@ class PrototypeHead(nn.Module):
         self.prototype_source.copy_(nearest.source.to(device))
         self.prototype_position.copy_(nearest.position.to(device))
         assert nearest.grid is not None
-        self.prototype_box.copy_(patch_boxes(nearest.position, self.prototype_shape, nearest.grid, image_size).to(device))
+        self.prototype_box.copy_(
+            patch_boxes(nearest.position, self.prototype_shape, nearest.grid, image_size).to(device)
+        )
 
 
 @dataclass

@@ -121,7 +121,9 @@ def find_head(model: nn.Module) -> tuple[str, list[str]]:
     return best[0]
 
 
-def _check_width(head: nn.Module, wants_map: bool, channels: Optional[int], features: Optional[int], where: str) -> None:
+def _check_width(
+    head: nn.Module, wants_map: bool, channels: Optional[int], features: Optional[int], where: str
+) -> None:
     if wants_map:
         expected, attr = channels, "in_channels"
     else:

@@ -27,7 +27,9 @@ def _check_boxes(boxes: object, n: int) -> Tensor:
     if not isinstance(boxes, Tensor):
         raise TypeError(f"Expected `boxes` to be a tensor, but got {type(boxes).__name__}.")
     if boxes.shape != (n, 4):
-        raise ValueError(f"Expected `boxes` of shape [{n}, 4] (top, left, bottom, right), but got {tuple(boxes.shape)}.")
+        raise ValueError(
+            f"Expected `boxes` of shape [{n}, 4] (top, left, bottom, right), but got {tuple(boxes.shape)}."
+        )
     return boxes.detach().long().cpu()
 
 

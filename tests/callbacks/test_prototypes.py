@@ -55,7 +55,10 @@ def check_push(saved: dict, push_epoch: int) -> None:
         nearest = d_before[own, j].min()
         torch.testing.assert_close(d_before[src, j, r, c], nearest, rtol=1e-4, atol=1e-6)
         box = head.prototype_box[j]
-        assert box.tolist() == patch_boxes(head.prototype_position[j : j + 1], (ph, pw), z.shape[-2:], (16, 16))[0].tolist()
+        assert (
+            box.tolist()
+            == patch_boxes(head.prototype_position[j : j + 1], (ph, pw), z.shape[-2:], (16, 16))[0].tolist()
+        )
         # the patch is the prototype's most similar spot on its source image (distance 0: similarity's maximum)
         assert sims[src, j, r, c] == sims[src, j].max()
 
