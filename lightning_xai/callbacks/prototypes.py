@@ -62,11 +62,13 @@ def _head_features(model: nn.Module, head: PrototypeHead, x: Tensor) -> Tensor:
 
 
 def _train_dataset(trainer: pl.Trainer) -> Optional[Dataset]:
-    """The training dataloader's dataset, also before the fit loop has loaded its data."""
+    """The training dataloader's dataset, also before the fit loop has loaded its data (the global
+    RNG is kept: building a user's dataloader may draw from it)."""
     loader = _first_loader(trainer.train_dataloader)
     if loader is None:
         source = trainer.fit_loop._data_source  # private: no public accessor before the loop runs
-        loader = _first_loader(source.dataloader()) if source.is_defined() else None
+        with torch.random.fork_rng(devices=[]):
+            loader = _first_loader(source.dataloader()) if source.is_defined() else None
     return getattr(loader, "dataset", None)
 
 

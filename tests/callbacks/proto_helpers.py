@@ -78,3 +78,35 @@ class LabelledImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         return self.images[i], self.labels[i]
+
+
+class StateSnapshots(pl.Callback):
+    """At each validation-epoch end, snapshots what the push must leave alone: the RNG, every module's
+    mode, every parameter's requires_grad and .grad, BatchNorm statistics; plus the prototypes."""
+
+    def __init__(self) -> None:
+        self.snapshots: list[dict[str, Any]] = []
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.snapshots.append(
+            {
+                "rng": torch.get_rng_state(),
+                "modes": [m.training for m in pl_module.modules()],
+                "requires_grad": [p.requires_grad for p in pl_module.parameters()],
+                "grads": [None if p.grad is None else p.grad.clone() for p in pl_module.parameters()],
+                "buffers": {k: v.clone() for k, v in pl_module.state_dict().items() if "running" in k},
+                "prototypes": pl_module.head.prototypes.detach().clone(),
+            }
+        )
+
+
+class BatchLog(pl.Callback):
+    """The training stream as seen by the training step: labels and image sums of every batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[list[int], float]] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
+        self.batches.append((batch[1].tolist(), float(batch[0].sum())))

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from lightning_xai.callbacks import PrototypeMonitor, PrototypePush, PrototypeStages
 from lightning_xai.modules import patch_boxes
 from tests.callbacks.helpers import read_tensorboard, tiny_datamodule, tiny_model, trainer_kwargs
-from tests.callbacks.proto_helpers import LabelledImages, ProtoShapes, PushRecorder
+from tests.callbacks.proto_helpers import BatchLog, LabelledImages, ProtoShapes, PushRecorder, StateSnapshots
 
 
 def fit_proto(tmp_path: Path, callbacks: list, seed: int = 0, **overrides) -> tuple[ProtoShapes, pl.Trainer]:
@@ -73,6 +73,24 @@ def test_push_replaces_prototypes_by_nearest_real_patches(tmp_path: Path) -> Non
     (acc,) = read_tensorboard(logger.log_dir)
     assert len(acc.Images("prototypes/gallery")) == 1
     assert "xai/PrototypePush/mean_shift" in acc.Tags()["scalars"]
+
+
+def test_push_changes_only_the_prototypes(tmp_path: Path) -> None:
+    """RNG, modes, requires_grad, .grad and BatchNorm statistics are the same right before and right
+    after the push; the training batches are the same with and without pushes."""
+    before, after, stream = StateSnapshots(), StateSnapshots(), BatchLog()
+    fit_proto(tmp_path, [before, PrototypePush(every_n_epochs=1, log_gallery=False), after, stream], max_epochs=2)
+    assert len(before.snapshots) == len(after.snapshots) == 2
+    for b, a in zip(before.snapshots, after.snapshots):
+        assert torch.equal(b["rng"], a["rng"])
+        assert b["modes"] == a["modes"] and b["requires_grad"] == a["requires_grad"]
+        for gb, ga in zip(b["grads"], a["grads"]):
+            assert (gb is None and ga is None) or torch.equal(gb, ga)
+        assert all(torch.equal(b["buffers"][k], a["buffers"][k]) for k in b["buffers"])
+        assert not torch.equal(b["prototypes"], a["prototypes"])  # the one intended change
+    plain = BatchLog()
+    fit_proto(tmp_path / "plain", [plain], max_epochs=2)
+    assert stream.batches == plain.batches
 
 
 def test_stages_follow_warmup_push_and_last_layer(tmp_path: Path) -> None:
