@@ -233,11 +233,15 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
         "pretrain_s": pretrain_s,
         "linear_s": linear_s,
         "prototype_s": proto_s,
+        "push_s": push._spent,  # time inside the push callback's runs (push + gallery), training thread
     }
     print(f"backbone + linear head after {args.pretrain_epochs} epochs: {pretrained:.2%}")
     print(f"fine-tuned {args.epochs} more epochs, linear head:    {linear:.2%}  ({linear_s:.0f} s)")
     print(f"fine-tuned {args.epochs} more epochs, prototype head: {prototype:.2%}  ({proto_s:.0f} s)")
     print(f"difference: {results['difference_points']:+.1f} points; pushes at epochs {push.push_epochs}")
+    print(
+        f"time in the push callback: {push._spent:.1f} s; one epoch of the prototype fit: {proto_s / args.epochs:.1f} s"
+    )
     if args.docs is not None:
         for path in save_pictures(args.log_dir / "prototype", args.docs):
             print(f"wrote {path}")
