@@ -132,3 +132,14 @@ def test_small_cnn_with_dropout_between_pool_and_fc() -> None:
     vector = ShapesClassifier(num_classes=3, width=4)
     swap_head(vector, nn.Linear(8, 3))
     assert isinstance(vector.dropout, nn.Dropout)  # a vector head keeps the dropout before it
+
+
+def test_modules_do_not_import_lightning() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lightning_xai.modules, lightning_xai.render.prototypes; "
+        "assert 'pytorch_lightning' not in sys.modules and 'lightning' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
