@@ -67,7 +67,8 @@ def patch_boxes(position: Tensor, prototype_shape: Sequence[int], grid: Sequence
     ``(H, W)`` embedding, scaled to an ``image`` ``(H_img, W_img)``.
 
     Returns ``[N, 4]`` long ``(top, left, bottom, right)``, bottom/right exclusive: the patch's
-    share of the image, rounded outwards.
+    share of the image, rounded outwards. (The paper's pictures box the region where the upsampled
+    similarity map exceeds its 95th percentile instead; the similarity maps show that region.)
 
     Example:
         >>> patch_boxes(torch.tensor([[1, 2]]), (1, 1), (4, 4), (32, 32)).tolist()
