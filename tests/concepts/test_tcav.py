@@ -288,7 +288,7 @@ def test_shapes_that_do_not_fit(model, data):
 def test_unknown_layer_and_class_out_of_range(model, data):
     with pytest.raises(ValueError, match="no layer named 'features.9'"):
         TCAV("features.9").check(model)
-    with pytest.raises(ValueError, match=r"class indices in \[0, 3\), but got \[7"):
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\).*\[7\]"):
         TCAV(LAYER, n_random=2)(model, data["inputs"], 7, data["concept"], data["pool"])
     with pytest.raises(ValueError, match="`alpha`"):
         TCAV(LAYER, alpha=1.5)
