@@ -4,12 +4,12 @@ Trains the demo's ``ShapesClassifier`` on ``ShapesDataModule(shortcut=True)`` (e
 carries its class's coloured corner marker; validation images carry none) with
 :func:`~lightning_xai.callbacks.tcav.tcav_demo_monitor` attached: TCAV scores of the class
 "square" for two concepts, its marker and its shape, every epoch, with significance. Writes
-``docs/tcav_shortcut.png``: the marker's score rising to 1 (significant) while validation accuracy
+``docs/tcav_shortcut.png``: the marker's score rising to 1 within a few steps while validation accuracy
 stalls, and logs everything to TensorBoard under ``--log-dir``.
 
-Usage (from the repository root; about 2 minutes on 2 CPU cores)::
+Usage (from the repository root; about 70 s of CPU time, one run of the monitor per optimizer step)::
 
-    .venv/bin/python examples/tcav_shortcut.py [--epochs 4] [--every-n-steps 2] [--out docs/tcav_shortcut.png]
+    .venv/bin/python examples/tcav_shortcut.py [--epochs 3] [--every-n-steps 1] [--out docs/tcav_shortcut.png]
 """
 
 from __future__ import annotations
