@@ -3,7 +3,7 @@
 Trains the demo's ``ShapesClassifier`` on ``ShapesDataModule(shortcut=True)`` (every training image
 carries its class's coloured corner marker; validation images carry none) with
 :func:`~lightning_xai.callbacks.tcav.tcav_demo_monitor` attached: TCAV scores of the class
-"square" for two concepts, its marker and its shape, every epoch, with significance. Writes
+"square" for two concepts, its marker and its shape, after every optimizer step, with significance. Writes
 ``docs/tcav_shortcut.png``: the marker's score rising to 1 within a few steps while validation accuracy
 stalls, and logs everything to TensorBoard under ``--log-dir``.
 
