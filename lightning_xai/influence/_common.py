@@ -168,7 +168,12 @@ def load_checkpoint(
         extra = [k for k in source if k not in needed][:4]
         hint = f" (it has keys such as {', '.join(repr(k) for k in extra)})" if extra else ""
         raise ValueError(f"{method}: checkpoints[{index}] misses the model's entries {shown}{hint}.")
-    return {k: source[k].detach().to(device=device, dtype=needed[k].dtype) for k in needed}
+    return {k: _usable(source[k].detach().to(device=device, dtype=needed[k].dtype)) for k in needed}
+
+
+def _usable(tensor: Tensor) -> Tensor:
+    """A tensor autograd may save: inference tensors (made under ``torch.inference_mode``) are cloned."""
+    return tensor.clone() if tensor.is_inference() else tensor
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,7 +275,7 @@ def iter_batches(
         assert targets is not None
         for start in range(0, inputs.shape[0], batch_size):
             x = inputs[start : start + batch_size].detach().to(device=device, dtype=dtype)
-            yield x, targets[start : start + batch_size].detach().to(device)
+            yield _usable(x), _usable(targets[start : start + batch_size].detach().to(device))
         return
     loader = inputs if isinstance(inputs, DataLoader) else DataLoader(inputs, batch_size=batch_size, shuffle=False)
     for batch in loader:
@@ -280,8 +285,8 @@ def iter_batches(
         x, y = torch.as_tensor(x), torch.as_tensor(y)
         for start in range(0, x.shape[0], batch_size):
             yield (
-                x[start : start + batch_size].detach().to(device=device, dtype=dtype),
-                y[start : start + batch_size].detach().to(device),
+                _usable(x[start : start + batch_size].detach().to(device=device, dtype=dtype)),
+                _usable(y[start : start + batch_size].detach().to(device)),
             )
 
 
