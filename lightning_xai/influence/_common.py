@@ -19,7 +19,8 @@ from typing import Any, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call as _torch_functional_call
+from torch.func import grad, vmap
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from lightning_xai._validation import check_float
@@ -41,8 +42,10 @@ __all__ = [
     "checked_batches",
     "wrap_errors",
     "count_examples",
+    "functional_call",
     "iter_batches",
     "load_checkpoint",
+    "model_state",
     "resolve_loss",
     "selected_parameters",
 ]
@@ -161,19 +164,75 @@ def load_checkpoint(
         if not isinstance(loaded, Mapping):
             raise ValueError(f"{method}: checkpoints[{index}] at {str(source)!r} holds no state dict.")
         source = loaded
-    needed = dict(model.state_dict(keep_vars=True))
+    needed, fixed = _entries(model)
     missing = [k for k in needed if k not in source]
     if missing:
         shown = ", ".join(repr(k) for k in missing[:8]) + (", ..." if len(missing) > 8 else "")
         extra = [k for k in source if k not in needed][:4]
         hint = f" (it has keys such as {', '.join(repr(k) for k in extra)})" if extra else ""
         raise ValueError(f"{method}: checkpoints[{index}] misses the model's entries {shown}{hint}.")
-    return {k: _usable(source[k].detach().to(device=device, dtype=needed[k].dtype)) for k in needed}
+    state = {k: _usable(source[k].detach().to(device=device, dtype=v.dtype)) for k, v in needed.items()}
+    state.update({k: v.detach() for k, v in fixed.items()})
+    return state
+
+
+def model_state(model: nn.Module) -> dict[str, Tensor]:
+    """The model's own parameters and buffers (detached), keyed as :func:`load_checkpoint` keys them."""
+    needed, fixed = _entries(model)
+    return {k: _usable(v.detach()) for k, v in {**needed, **fixed}.items()}
+
+
+def _entries(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(entries a checkpoint must hold, non-persistent buffers taken from the model)``, each
+    shared tensor once under its first name (what ``functional_call`` wants for tied weights)."""
+    persistent = set(model.state_dict(keep_vars=True))
+    needed: dict[str, Tensor] = dict(model.named_parameters())
+    fixed: dict[str, Tensor] = {}
+    for name, buffer in model.named_buffers():
+        (needed if name in persistent else fixed)[name] = buffer
+    return needed, fixed
 
 
 def _usable(tensor: Tensor) -> Tensor:
     """A tensor autograd may save: inference tensors (made under ``torch.inference_mode``) are cloned."""
     return tensor.clone() if tensor.is_inference() else tensor
+
+
+def functional_call(model: nn.Module, state: dict[str, Tensor] | tuple[dict[str, Tensor], ...], args: tuple) -> Any:
+    """``torch.func.functional_call`` that leaves tied parameters alone.
+
+    With its default ``tie_weights=True``, torch replaces a parameter reachable under two names
+    (a module registered twice) by a new tensor object on exit, dropping its ``.grad`` and
+    detaching it from the optimizer. Here every distinct ``(module, attribute)`` slot holding a
+    given tensor gets the replacement explicitly, with ``tie_weights=False``.
+    """
+    merged: dict[str, Tensor] = {}
+    for part in state if isinstance(state, tuple) else (state,):
+        merged.update(part)
+    for name, aliases in _aliases(model).items():
+        if name in merged:
+            for alias in aliases:
+                merged[alias] = merged[name]
+    return _torch_functional_call(model, merged, args, tie_weights=False, strict=False)
+
+
+def _aliases(model: nn.Module) -> dict[str, list[str]]:
+    """``{first name: other names}`` of tensors held by more than one *module object*
+    (the same module under two names is one slot and needs no alias)."""
+    first: dict[int, str] = {}
+    seen_slots: set[tuple[int, str]] = set()
+    aliases: dict[str, list[str]] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for attr, tensor in list(module._parameters.items()) + list(module._buffers.items()):
+            if tensor is None or (id(module), attr) in seen_slots:
+                continue
+            seen_slots.add((id(module), attr))
+            name = f"{prefix}.{attr}" if prefix else attr
+            if id(tensor) in first:
+                aliases.setdefault(first[id(tensor)], []).append(name)
+            else:
+                first[id(tensor)] = name
+    return aliases
 
 
 # --------------------------------------------------------------------------------------------

@@ -272,3 +272,37 @@ def test_failure_inside_the_model_is_a_lightning_xai_error(data) -> None:
     model = Broken()
     with pytest.raises(LightningXAIError, match="TracIn"):
         TracIn().self_influence(model, [(model.state_dict(), 0.1)], x, y % 2)
+
+
+class _Tied(nn.Module):
+    """A weight shared by two different modules, and a module registered under two names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(6, 6)
+        self.dec = nn.Linear(6, 6)
+        self.dec.weight = self.enc.weight
+        self.out = nn.Linear(6, CLASSES)
+        self.head = self.out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.dec(torch.tanh(self.enc(x.flatten(1)[:, :6])))))
+
+
+def test_tied_weights_match_captum_and_stay_untouched(data, tmp_path) -> None:
+    x, y, xt, yt = data
+    torch.manual_seed(0)
+    model = _Tied()
+    path = tmp_path / "tied.pt"
+    torch.save({"state_dict": model.state_dict(), "learning_rate": 0.5}, path)
+    checkpoints = [(str(path), 0.5)]
+    oracle = _captum(model, checkpoints, x, y)
+    _close(TracIn().self_influence(model, checkpoints, x, y), oracle.self_influence())
+    _close(TracIn().scores(model, checkpoints, x, y, xt, yt), oracle.influence((xt, yt), k=None))
+    _training_like(model)
+    before = _snapshot(model)
+    params = list(model.parameters())
+    TracIn().self_influence(model, checkpoints, x, y)
+    TracIn(layers=["head"]).self_influence(model, checkpoints, x, y)
+    _assert_same(before, _snapshot(model))
+    assert all(a is b for a, b in zip(params, model.parameters())), "a parameter object was replaced"
