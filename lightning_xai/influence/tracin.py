@@ -8,14 +8,14 @@ ranks training examples that are hard or mislabelled.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from lightning_xai._validation import check_int
+from lightning_xai._validation import check_float, check_int
 from lightning_xai.attribution.base import observe
 from lightning_xai.influence._common import (
     Checkpoint,
@@ -26,8 +26,10 @@ from lightning_xai.influence._common import (
     check_checkpoints,
     check_data,
     check_layers,
+    check_targets,
     checked_batches,
     load_checkpoint,
+    model_state,
     resolve_loss,
     selected_parameters,
     wrap_errors,
@@ -191,6 +193,78 @@ class TracIn:
         """The ``k`` training examples with the lowest (most negative) TracIn score for each test
         example, lowest first. Streamed like :meth:`proponents`."""
         return self._top(model, checkpoints, train_inputs, train_targets, test_inputs, test_targets, k, largest=False)
+
+    def update(
+        self,
+        model: nn.Module,
+        learning_rate: float,
+        batches: Iterable[tuple[Tensor, Tensor, Tensor]],
+        self_influence: Tensor | None = None,
+        test_inputs: Tensor | None = None,
+        test_targets: Tensor | None = None,
+        scores: Tensor | None = None,
+    ) -> int:
+        """Add one checkpoint -- the model's *current* weights with ``learning_rate`` -- to running
+        TracIn sums, in place: the online form a training callback uses (no checkpoint is saved or
+        reloaded).
+
+        ``self_influence[i] += lr * |g_i|^2`` and ``scores[:, i] += lr * <g_test, g_i>`` for every
+        training example ``i`` that ``batches`` yields. After the checkpoints ``c = 1..C`` have
+        been added, the sums equal :meth:`self_influence` and :meth:`scores` over the same
+        checkpoints.
+
+        Args:
+            model: The network at the checkpoint (its current weights are used; left as given).
+            learning_rate: The learning rate in effect at this checkpoint (> 0).
+            batches: ``(indices [b], inputs [b, ...], targets [b])`` triples; ``indices`` index
+                the accumulators.
+            self_influence: ``[N]`` accumulator, or ``None``.
+            test_inputs, test_targets: Test examples for ``scores`` (tensors), or ``None``.
+            scores: ``[N_test, N]`` accumulator, or ``None``.
+
+        Returns:
+            The number of training examples read.
+
+        Raises:
+            ValueError: a non-positive learning rate, a test set without a ``scores``
+                accumulator (or the reverse), or the bad input :meth:`self_influence` rejects.
+        """
+        name = type(self).__name__
+        lr = check_float("learning_rate", learning_rate)
+        if lr <= 0:
+            raise ValueError(f"{name}: expected a positive learning rate, but got {lr}.")
+        if (scores is None) != (test_inputs is None):
+            raise ValueError(f"{name}: pass `scores` together with `test_inputs` (or neither).")
+        if test_inputs is not None:
+            check_data(test_inputs, test_targets, "test_inputs", name)
+        with self._session(model, [(model_state(model), lr)]) as (grads, states, _):
+            state = states[0]
+            test_feats = None
+            if test_inputs is not None:
+                test_feats = _concat(
+                    [grads.features(state, x, y) for x, y in self._checked_batches(grads, state, test_inputs, test_targets)]
+                )
+            count = 0
+            classes = None
+            for i, (indices, x, y) in enumerate(batches):
+                x = x.detach().to(grads.ctx.device)
+                y = y.detach().to(grads.ctx.device)
+                if i == 0:
+                    classes = grads.check_batch(state, x, y, self._loss_name, name)
+                else:
+                    check_targets(y, classes, self._loss_name, name)
+                for start in range(0, x.shape[0], self.batch_size):
+                    xb, yb = x[start : start + self.batch_size], y[start : start + self.batch_size]
+                    ib = indices[start : start + self.batch_size]
+                    feats = grads.features(state, xb, yb)
+                    if self_influence is not None:
+                        self_influence.index_add_(
+                            0, ib.to(self_influence.device), (lr * feats.sq_norms()).to(self_influence)
+                        )
+                    if scores is not None and test_feats is not None:
+                        scores.index_add_(1, ib.to(scores.device), (lr * test_feats.dot(feats)).to(scores))
+                count += x.shape[0]
+        return count
 
     # -- internals ------------------------------------------------------------------------------
     def _top(

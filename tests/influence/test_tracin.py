@@ -306,3 +306,22 @@ def test_tied_weights_match_captum_and_stay_untouched(data, tmp_path) -> None:
     TracIn(layers=["head"]).self_influence(model, checkpoints, x, y)
     _assert_same(before, _snapshot(model))
     assert all(a is b for a, b in zip(params, model.parameters())), "a parameter object was replaced"
+
+
+def test_online_update_equals_offline(trained, data) -> None:
+    """Adding checkpoints one by one (the model's current weights) equals the offline sums."""
+    model, checkpoints = trained[True]
+    x, y, xt, yt = data
+    online_self = torch.zeros(N_TRAIN, dtype=torch.float64)
+    online_scores = torch.zeros(N_TEST, N_TRAIN)
+    replay = copy.deepcopy(model)
+    order = torch.randperm(N_TRAIN)  # any reading order: the indices place each row
+    batches = [(order[i : i + 7], x[order[i : i + 7]], y[order[i : i + 7]]) for i in range(0, N_TRAIN, 7)]
+    for path, lr in checkpoints:
+        replay.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+        count = TracIn(batch_size=5).update(replay, lr, batches, online_self, xt, yt, online_scores)
+        assert count == N_TRAIN
+    _close(online_self.float(), TracIn().self_influence(model, checkpoints, x, y))
+    _close(online_scores, TracIn().scores(model, checkpoints, x, y, xt, yt))
+    with pytest.raises(ValueError, match="positive learning rate"):
+        TracIn().update(replay, 0.0, batches, online_self)
