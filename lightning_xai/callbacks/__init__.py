@@ -4,3 +4,7 @@ from lightning_xai.callbacks.base import MonitorBase, ProbeMonitor, RunInfo
 from lightning_xai.callbacks.saliency import SaliencyMonitor
 
 __all__ = ["MonitorBase", "ProbeMonitor", "RunInfo", "SaliencyMonitor"]
+
+from lightning_xai.callbacks.tracin import TracInMonitor  # noqa: E402
+
+__all__ += ["TracInMonitor"]

@@ -8,7 +8,19 @@
 """
 
 from lightning_xai.influence._common import LOSSES, Checkpoint, DataSource, LossType
+from lightning_xai.influence.checkpoints import load_tracin_checkpoint, save_tracin_checkpoint, tracin_checkpoints
 from lightning_xai.influence.functions import InfluenceFunction
 from lightning_xai.influence.tracin import TopK, TracIn
 
-__all__ = ["LOSSES", "Checkpoint", "DataSource", "InfluenceFunction", "LossType", "TopK", "TracIn"]
+__all__ = [
+    "LOSSES",
+    "Checkpoint",
+    "DataSource",
+    "InfluenceFunction",
+    "LossType",
+    "TopK",
+    "TracIn",
+    "load_tracin_checkpoint",
+    "save_tracin_checkpoint",
+    "tracin_checkpoints",
+]
