@@ -1,19 +1,20 @@
 """Find mislabelled training examples with TracIn self-influence (Pruthi et al. 2020, section 4.1).
 
 scikit-learn's digits (1,797 real 8x8 images, 10 classes; no download): 10% of the training labels
-are flipped to another class, a small perceptron is trained with SGD (momentum 0.9, constant
-learning rate) until it has memorised most of them, and a checkpoint (weights +
-learning rate) is kept every few epochs. The training examples are then ranked three ways and
-inspected from the top:
+are flipped to another class, and a small perceptron is trained with Lightning and SGD (momentum
+0.9, constant learning rate) until it has memorised many of them, with a ``TracInMonitor`` that
+adds a checkpoint every few epochs to the self-influence sums, online (no checkpoint file). The
+training examples are then ranked and inspected from the top:
 
 * TracIn self-influence ``sum_c lr_c |grad L(w_c, z)|^2`` accumulated over the checkpoints;
+* TracIn at the last checkpoint only (what a post-hoc tool sees without saved checkpoints);
 * the loss of the final model (the usual baseline);
 * random order.
 
 The plot shows the fraction of flipped labels found against the fraction of the training set
 inspected (10% .. 50%), averaged over ``--seeds`` runs, and is saved to ``docs/tracin_mislabels.png``.
 
-    python examples/tracin_mislabels.py [--epochs 30] [--seeds 3] [--out docs/tracin_mislabels.png]
+    python examples/tracin_mislabels.py [--epochs 60] [--every 6] [--seeds 3] [--out docs/tracin_mislabels.png]
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+import pytorch_lightning as pl  # noqa: E402
+from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from lightning_xai.callbacks import TracInMonitor  # noqa: E402
 from lightning_xai.influence import TracIn  # noqa: E402
 
 FRACTIONS = [0.1, 0.2, 0.3, 0.4, 0.5]
@@ -65,23 +71,46 @@ def load_digits_flipped(seed: int, flip: float = 0.1) -> tuple[torch.Tensor, tor
     return x, noisy, flipped
 
 
-def train(x: torch.Tensor, y: torch.Tensor, epochs: int, every: int, seed: int, lr: float) -> tuple[nn.Module, list]:
-    """Minibatch SGD with momentum at a constant learning rate, long enough to memorise most
-    flipped labels; a checkpoint ``(state_dict, lr)`` every ``every`` epochs."""
-    torch.manual_seed(seed)
-    model = DigitsMLP()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    checkpoints = []
-    gen = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(x), generator=gen).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-        if (epoch + 1) % every == 0:
-            checkpoints.append(({k: v.clone() for k, v in model.state_dict().items()}, opt.param_groups[0]["lr"]))
-    return model.eval(), checkpoints
+class NoisyDigits(pl.LightningModule):
+    """``DigitsMLP`` trained with SGD + momentum at a constant learning rate."""
+
+    def __init__(self, lr: float) -> None:
+        super().__init__()
+        self.net = DigitsMLP()
+        self.lr = lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return F.cross_entropy(self(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+def train(
+    x: torch.Tensor, y: torch.Tensor, epochs: int, every: int, seed: int, lr: float, logdir: str
+) -> tuple[NoisyDigits, TracInMonitor]:
+    """Fit with a ``TracInMonitor`` that adds a checkpoint every ``every`` epochs, online."""
+    pl.seed_everything(seed, verbose=False)
+    model = NoisyDigits(lr)
+    loader = DataLoader(
+        TensorDataset(x, y), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    monitor = TracInMonitor(every_n_epochs=every, num_samples=4, top_k=16, batch_size=256)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[monitor],
+        logger=TensorBoardLogger(logdir, name=f"seed{seed}"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, loader)
+    return model.eval(), monitor
 
 
 def found_curve(scores: torch.Tensor, flipped: torch.Tensor) -> list[float]:
@@ -90,16 +119,21 @@ def found_curve(scores: torch.Tensor, flipped: torch.Tensor) -> list[float]:
     return [float(flipped[order[: int(round(f * len(scores)))]].sum()) / float(flipped.sum()) for f in FRACTIONS]
 
 
-def run(seed: int, epochs: int, every: int, lr: float) -> dict[str, list[float]]:
+def run(seed: int, epochs: int, every: int, lr: float, logdir: str) -> dict[str, list[float]]:
     x, y, flipped = load_digits_flipped(seed)
-    model, checkpoints = train(x, y, epochs, every, seed, lr)
+    model, monitor = train(x, y, epochs, every, seed, lr, logdir)
     with torch.no_grad():
         loss = F.cross_entropy(model(x), y, reduction="none")
         accuracy_noisy = float((model(x).argmax(1) == y).float().mean())
-    self_influence = TracIn(batch_size=256).self_influence(model, checkpoints, x, y)
-    last_only = TracIn(batch_size=256).self_influence(model, checkpoints[-1:], x, y)
+    assert monitor.self_influence is not None
+    self_influence = monitor.self_influence  # accumulated online, one checkpoint every `every` epochs
+    last_lr = monitor.checkpoints[-1]["learning_rate"]
+    last_only = TracIn(batch_size=256).self_influence(model, [(model.state_dict(), last_lr)], x, y)
     random = torch.rand(len(y), generator=torch.Generator().manual_seed(seed + 100))
-    print(f"  seed {seed}: training accuracy on the noisy labels {accuracy_noisy:.3f}, {len(checkpoints)} checkpoints")
+    print(
+        f"  seed {seed}: training accuracy on the noisy labels {accuracy_noisy:.3f}, "
+        f"{len(monitor.checkpoints)} checkpoints"
+    )
     return {
         "TracIn self-influence": found_curve(self_influence, flipped),
         "TracIn, last checkpoint only": found_curve(last_only, flipped),
@@ -138,12 +172,16 @@ def main(argv: list[str] | None = None) -> dict[str, np.ndarray]:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--every", type=int, default=6, help="keep a checkpoint every n epochs")
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--logdir", default=None, help="TensorBoard logs of the monitor (default: a temporary folder)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "docs" / "tracin_mislabels.png"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
-    runs = [run(seed, args.epochs, args.every, args.lr) for seed in range(args.seeds)]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [run(seed, args.epochs, args.every, args.lr, args.logdir or tmp) for seed in range(args.seeds)]
     curves = {name: np.array([r[name] for r in runs]) for name in runs[0]}
     print("\nflipped labels found (mean over seeds) when inspecting the top ...")
     print(f"{'ranking':32s}" + "".join(f"{int(100 * f):>7d}%" for f in FRACTIONS))
