@@ -29,12 +29,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-import pytorch_lightning as pl  # noqa: E402
 from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from lightning_xai.callbacks import TracInMonitor  # noqa: E402
@@ -95,9 +94,7 @@ def train(
     """Fit with a ``TracInMonitor`` that adds a checkpoint every ``every`` epochs, online."""
     pl.seed_everything(seed, verbose=False)
     model = NoisyDigits(lr)
-    loader = DataLoader(
-        TensorDataset(x, y), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed)
-    )
+    loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed))
     monitor = TracInMonitor(every_n_epochs=every, num_samples=4, top_k=16, batch_size=256)
     trainer = pl.Trainer(
         max_epochs=epochs,
@@ -149,7 +146,12 @@ def plot(curves: dict[str, np.ndarray], out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.2, 3.8), dpi=120)
-    styles = {"TracIn self-influence": "o-", "TracIn, last checkpoint only": "^--", "loss of the final model": "s-", "random": "x:"}
+    styles = {
+        "TracIn self-influence": "o-",
+        "TracIn, last checkpoint only": "^--",
+        "loss of the final model": "s-",
+        "random": "x:",
+    }
     for name, values in curves.items():
         mean = values.mean(axis=0)
         ax.plot([100 * f for f in FRACTIONS], 100 * mean, styles.get(name, "-"), label=name)

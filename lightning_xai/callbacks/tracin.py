@@ -142,7 +142,9 @@ class TracInMonitor(ProbeMonitor):
     @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state.update(self_influence=self.self_influence, probe_scores=self.probe_scores, checkpoints=list(self.checkpoints))
+        state.update(
+            self_influence=self.self_influence, probe_scores=self.probe_scores, checkpoints=list(self.checkpoints)
+        )
         return state
 
     @override
@@ -204,7 +206,9 @@ class TracInMonitor(ProbeMonitor):
             loader = _first_loader(source.dataloader()) if source.is_defined() else None
         return getattr(loader, "dataset", None), loader
 
-    def _triples(self, trainer: pl.Trainer, pl_module: pl.LightningModule, limit: Optional[int] = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def _triples(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, limit: Optional[int] = None
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         read = 0
         for indices, batch in self.iter_dataset(trainer, pl_module, batch_size=self.batch_size):
             x, y, _ = _split_batch(batch)
@@ -283,7 +287,13 @@ class TracInMonitor(ProbeMonitor):
             path = self._dir / f"epoch={trainer.current_epoch:03d}-step={trainer.global_step}.pt"
             if trainer.is_global_zero:
                 save_tracin_checkpoint(
-                    path, pl_module, lr, epoch=record["epoch"], step=record["step"], param_group=source, layers=self.layers
+                    path,
+                    pl_module,
+                    lr,
+                    epoch=record["epoch"],
+                    step=record["step"],
+                    param_group=source,
+                    layers=self.layers,
                 )
             record["path"] = str(path)
         self.checkpoints.append(record)
@@ -355,7 +365,11 @@ class TracInMonitor(ProbeMonitor):
     def render(self, sinks: Sequence[Sink], info: RunInfo, probe: Probe, results: dict[str, Tensor]) -> None:
         names = self.class_names
         grid = self_influence_grid(
-            results["top_images"], results["top_labels"], results["top_scores"], results["top_indices"], class_names=names
+            results["top_images"],
+            results["top_labels"],
+            results["top_scores"],
+            results["top_indices"],
+            class_names=names,
         )
         pictures = {"xai/tracin/self_influence_top": grid}
         assert probe.targets is not None

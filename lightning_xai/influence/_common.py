@@ -258,7 +258,11 @@ def selected_parameters(model: nn.Module, layers: Sequence[str] | None, method: 
             chosen.update(ids[id(p)] for p in module.parameters() if id(p) in ids)
         names = [n for n, _ in model.named_parameters() if n in chosen]
     if not names:
-        where = "the model has no parameter that requires grad" if layers is None else f"layers {list(layers)} hold no parameter"
+        where = (
+            "the model has no parameter that requires grad"
+            if layers is None
+            else f"layers {list(layers)} hold no parameter"
+        )
         raise ValueError(f"{method}: no parameter to differentiate: {where}.")
     return names
 
@@ -270,7 +274,9 @@ def check_layers(layers: object) -> list[str] | None:
     if isinstance(layers, str):
         return [layers]
     if not isinstance(layers, Sequence) or not all(isinstance(n, str) for n in layers) or len(layers) == 0:
-        raise TypeError(f"Expected argument `layers` to be None or a non-empty list of layer names, but got {layers!r}.")
+        raise TypeError(
+            f"Expected argument `layers` to be None or a non-empty list of layer names, but got {layers!r}."
+        )
     return list(layers)
 
 
@@ -296,7 +302,9 @@ def check_data(inputs: object, targets: object, name: str, method: str) -> None:
     """Type and length checks of one ``(inputs, targets)`` argument pair, before reading anything."""
     if isinstance(inputs, Tensor):
         if not isinstance(targets, Tensor):
-            raise TypeError(f"{method}: `{name}` is a tensor, so its targets must be a tensor, but got {type(targets).__name__}.")
+            raise TypeError(
+                f"{method}: `{name}` is a tensor, so its targets must be a tensor, but got {type(targets).__name__}."
+            )
         if inputs.ndim < 1 or targets.ndim < 1 or inputs.shape[0] != targets.shape[0]:
             raise ValueError(
                 f"{method}: expected one target per example in `{name}`, but got inputs of shape "
@@ -309,7 +317,9 @@ def check_data(inputs: object, targets: object, name: str, method: str) -> None:
         return
     if isinstance(inputs, (DataLoader, Dataset)):
         if targets is not None:
-            raise ValueError(f"{method}: `{name}` is a {type(inputs).__name__} yielding (x, y): pass its targets as None.")
+            raise ValueError(
+                f"{method}: `{name}` is a {type(inputs).__name__} yielding (x, y): pass its targets as None."
+            )
         if isinstance(inputs, DataLoader) and isinstance(inputs.sampler, RandomSampler):
             raise ValueError(
                 f"{method}: `{name}` is a shuffled DataLoader; scores are returned in reading order, so pass one "
@@ -476,7 +486,9 @@ class PerExampleGradients:
         (delta,) = torch.autograd.grad(losses.sum(), leaf)
         if act.ndim != 2:  # a linear layer over [B, ..., in]: sum the per-position outer products
             g_w = torch.einsum("b...o,b...i->boi", delta, act)
-            g = [g_w.flatten(1)] + ([delta.reshape(delta.shape[0], -1, delta.shape[-1]).sum(1)] if self.linear.bias is not None else [])
+            g = [g_w.flatten(1)] + (
+                [delta.reshape(delta.shape[0], -1, delta.shape[-1]).sum(1)] if self.linear.bias is not None else []
+            )
             return torch.cat(g, dim=1), None  # type: ignore[return-value]
         if self.linear.bias is not None:
             act = torch.cat([act, torch.ones_like(act[:, :1])], dim=1)
@@ -515,7 +527,9 @@ class PerExampleGradients:
             try:
                 out = functional_call(self.model, state, (x,))
             except RuntimeError as err:
-                raise LightningXAIError(f"{method}: the model failed on inputs of shape {tuple(x.shape)}: {err}") from err
+                raise LightningXAIError(
+                    f"{method}: the model failed on inputs of shape {tuple(x.shape)}: {err}"
+                ) from err
             if not isinstance(out, Tensor) or out.ndim < 1 or out.shape[0] != x.shape[0]:
                 shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                 raise ValueError(f"{method}: expected the model to return one row per input, but got {shape}.")

@@ -160,7 +160,10 @@ class TracIn:
         Returns:
             ``[N_test, N_train]`` scores on the model's device (training examples in reading order).
         """
-        blocks = [block for _, block in self._blocks(model, checkpoints, train_inputs, train_targets, test_inputs, test_targets)]
+        blocks = [
+            block
+            for _, block in self._blocks(model, checkpoints, train_inputs, train_targets, test_inputs, test_targets)
+        ]
         return torch.cat(blocks, dim=1)
 
     def proponents(
@@ -242,7 +245,10 @@ class TracIn:
             test_feats = None
             if test_inputs is not None:
                 test_feats = _concat(
-                    [grads.features(state, x, y) for x, y in self._checked_batches(grads, state, test_inputs, test_targets)]
+                    [
+                        grads.features(state, x, y)
+                        for x, y in self._checked_batches(grads, state, test_inputs, test_targets)
+                    ]
                 )
             count = 0
             classes = None

@@ -107,10 +107,10 @@ def proponents_grid(
     tiles = [probe]
     captions = [f"test image\nlabel {class_name(int(probe_label), class_names)}"]
     rows = (
-        (proponent_images, proponent_labels, proponent_scores, "proponents"),
-        (opponent_images, opponent_labels, opponent_scores, "opponents"),
+        (proponent_images, proponent_labels, proponent_scores),
+        (opponent_images, opponent_labels, opponent_scores),
     )
-    for row, (images, labels, scores, name) in enumerate(rows):
+    for row, (images, labels, scores) in enumerate(rows):
         if row == 1:
             tiles.append(blank)
             captions.append("")

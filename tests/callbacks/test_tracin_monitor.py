@@ -100,7 +100,13 @@ def test_observe_never_perturb_bitwise(tmp_path: Path) -> None:
 
 def test_checkpoint_round_trip_keeps_the_sums(tmp_path: Path) -> None:
     monitor = TracInMonitor(num_samples=2, top_k=4)
-    fit(tmp_path / "a", [monitor], logger=TensorBoardLogger(str(tmp_path / "a"), name="c"), max_epochs=2, enable_checkpointing=True)
+    fit(
+        tmp_path / "a",
+        [monitor],
+        logger=TensorBoardLogger(str(tmp_path / "a"), name="c"),
+        max_epochs=2,
+        enable_checkpointing=True,
+    )
     ckpt = next((tmp_path / "a").rglob("*.ckpt"))
     state = torch.load(ckpt, weights_only=True)["callbacks"][monitor.state_key]
     assert torch.equal(state["self_influence"], monitor.self_influence)
@@ -112,7 +118,10 @@ def test_checkpoint_round_trip_keeps_the_sums(tmp_path: Path) -> None:
 
     from tests.callbacks.helpers import trainer_kwargs
 
-    trainer = pl.Trainer(callbacks=[resumed], **trainer_kwargs(tmp_path / "b", max_epochs=3, logger=TensorBoardLogger(str(tmp_path / "b"))))
+    trainer = pl.Trainer(
+        callbacks=[resumed],
+        **trainer_kwargs(tmp_path / "b", max_epochs=3, logger=TensorBoardLogger(str(tmp_path / "b"))),
+    )
     trainer.fit(tiny_model(), datamodule=tiny_datamodule(), ckpt_path=str(ckpt))
     assert [c["epoch"] for c in resumed.checkpoints] == [0, 1, 2]
     assert torch.equal(Probe.from_state_dict(state["probe"]).inputs, resumed.probe.inputs.cpu())
@@ -123,7 +132,14 @@ def test_checkpoint_round_trip_keeps_the_sums(tmp_path: Path) -> None:
 def test_ddp_spawn_equals_one_process(tmp_path: Path) -> None:
     out_file = tmp_path / "published.pt"
     monitor = RecordingTracInMonitor(str(out_file), num_samples=3, top_k=4)
-    fit(tmp_path, [monitor], logger=TensorBoardLogger(str(tmp_path), name="ddp"), max_epochs=1, strategy="ddp_spawn", devices=2)
+    fit(
+        tmp_path,
+        [monitor],
+        logger=TensorBoardLogger(str(tmp_path), name="ddp"),
+        max_epochs=1,
+        strategy="ddp_spawn",
+        devices=2,
+    )
     published = torch.load(out_file, weights_only=True)
     assert published["world_size"] == 2
     model = tiny_model(3)
@@ -131,10 +147,14 @@ def test_ddp_spawn_equals_one_process(tmp_path: Path) -> None:
     x, y = _train_tensors()
     checkpoint = [(published["weights"], published["learning_rate"])]
     one_process = TracIn().self_influence(model, checkpoint, x, y)
-    torch.testing.assert_close(published["self_influence"].float(), one_process, rtol=1e-5, atol=1e-7 * float(one_process.max()))
+    torch.testing.assert_close(
+        published["self_influence"].float(), one_process, rtol=1e-5, atol=1e-7 * float(one_process.max())
+    )
     probe = Probe.from_state_dict(published["probe"])
     scores = TracIn().scores(model, checkpoint, x, y, probe.inputs, probe.targets)
-    torch.testing.assert_close(published["probe_scores"].float(), scores, rtol=1e-5, atol=1e-6 * float(scores.abs().max()))
+    torch.testing.assert_close(
+        published["probe_scores"].float(), scores, rtol=1e-5, atol=1e-6 * float(scores.abs().max())
+    )
 
 
 def test_configuration_errors_before_training(tmp_path: Path) -> None:

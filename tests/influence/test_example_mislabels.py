@@ -14,7 +14,9 @@ def test_mislabel_example_writes_its_curve(tmp_path: Path) -> None:
     assert spec.loader is not None
     spec.loader.exec_module(module)
     out = tmp_path / "curve.png"
-    curves = module.main(["--epochs", "2", "--every", "1", "--seeds", "1", "--out", str(out), "--logdir", str(tmp_path)])
+    curves = module.main(
+        ["--epochs", "2", "--every", "1", "--seeds", "1", "--out", str(out), "--logdir", str(tmp_path)]
+    )
     assert out.stat().st_size > 1000
     assert set(curves) == {"TracIn self-influence", "TracIn, last checkpoint only", "loss of the final model", "random"}
     for values in curves.values():

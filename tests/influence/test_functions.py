@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -107,7 +105,9 @@ def _reference_with_hessian_set(weight, bias, x, y, xt, yt, xh, damping):
 
     p = torch.softmax(xh @ weight.T + bias, dim=1)
     size = C * (xh.shape[1] + 1)
-    hessian = sum(torch.kron(torch.diag(pi) - torch.outer(pi, pi), torch.outer(xi, xi)) for pi, xi in zip(p, augmented(xh)))
+    hessian = sum(
+        torch.kron(torch.diag(pi) - torch.outer(pi, pi), torch.outer(xi, xi)) for pi, xi in zip(p, augmented(xh))
+    )
     hessian = hessian / xh.shape[0] + damping * torch.eye(size, dtype=xh.dtype)
     return -grads(xt, yt) @ torch.linalg.inv(hessian) @ grads(x, y).T
 

@@ -255,7 +255,11 @@ def test_bad_configuration() -> None:
     with pytest.raises(TypeError, match="layers"):
         TracIn(layers=[3])
     with pytest.raises(ValueError, match="shuffled"):
-        TracIn().self_influence(_model(), [(_model().state_dict(), 0.1)], DataLoader(TensorDataset(torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)), shuffle=True))
+        TracIn().self_influence(
+            _model(),
+            [(_model().state_dict(), 0.1)],
+            DataLoader(TensorDataset(torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)), shuffle=True),
+        )
 
 
 def test_failure_inside_the_model_is_a_lightning_xai_error(data) -> None:
