@@ -1,4 +1,4 @@
-"""Find mislabelled training examples with TracIn self-influence (Pruthi et al. 2020, section 4.1).
+"""Find mislabelled training examples with TracIn self-influence (Pruthi et al. 2020).
 
 scikit-learn's digits (1,797 real 8x8 images, 10 classes; no download): 10% of the training labels
 are flipped to another class, and a small perceptron is trained with Lightning and SGD (momentum
