@@ -34,6 +34,17 @@ from lightning_xai.attribution.gradient import (
     modified_relu,
 )
 from lightning_xai.attribution.path import IntegratedGradients, gaussian_blur, make_baseline
+from lightning_xai.attribution.perturbation import (
+    RISE,
+    BlurInfiller,
+    ConditionalGaussianInfiller,
+    CounterfactualInfill,
+    ExtremalPerturbation,
+    LocalMeanInfiller,
+    MeaningfulPerturbation,
+    Occlusion,
+    PredictionDifference,
+)
 
 __all__ = [
     "CAM",
@@ -63,4 +74,13 @@ __all__ = [
     "register_explainer",
     "resolve_target",
     "upsample",
+    "RISE",
+    "BlurInfiller",
+    "ConditionalGaussianInfiller",
+    "CounterfactualInfill",
+    "ExtremalPerturbation",
+    "LocalMeanInfiller",
+    "MeaningfulPerturbation",
+    "Occlusion",
+    "PredictionDifference",
 ]

@@ -1,0 +1,125 @@
+"""Shared machinery of the perturbation and surrogate explainers: chunked scoring of perturbed
+inputs, score kinds, progress bars, private generators and argument checks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_xai._validation import check_int
+from lightning_xai.attribution.base import chunks, select_scores
+
+__all__ = [
+    "SCORE_KINDS",
+    "check_chunk_size",
+    "check_score",
+    "default_chunk_size",
+    "evaluate_rows",
+    "generator",
+    "progress_bar",
+    "target_scores",
+]
+
+SCORE_KINDS = ("logit", "softmax", "log_softmax")
+"""What a perturbation method reads from the model's ``[B, C]`` outputs: the raw target output
+(``"logit"``, captum's convention), the target's softmax probability, or its log-probability."""
+
+_CPU_CHUNK_ELEMENTS = 2**21
+_CUDA_CHUNK_ELEMENTS = 2**24
+
+
+def check_score(score: Any) -> str:
+    """``score`` if it is one of :data:`SCORE_KINDS`, else a ``ValueError``."""
+    if score not in SCORE_KINDS:
+        raise ValueError(f"Expected argument `score` to be one of {list(SCORE_KINDS)}, but got {score!r}.")
+    return str(score)
+
+
+def check_chunk_size(chunk_size: Any) -> int | None:
+    """``chunk_size`` if it is ``None`` or a positive int."""
+    return check_int("chunk_size", chunk_size, 1, allow_none=True)
+
+
+def default_chunk_size(sample: Tensor, chunk_size: int | None = None) -> int:
+    """Perturbed inputs per forward pass: ``chunk_size`` if given, else a device-aware bound of
+    ``2**24`` input elements on CUDA (64 MiB of float32) and ``2**21`` elsewhere, at least 1."""
+    if chunk_size is not None:
+        return chunk_size
+    budget = _CUDA_CHUNK_ELEMENTS if sample.is_cuda else _CPU_CHUNK_ELEMENTS
+    return max(1, budget // max(1, sample[0].numel()))
+
+
+def target_scores(outputs: Tensor, target: Tensor, score: str) -> Tensor:
+    """The ``[N]`` scores of ``target`` in ``outputs`` ``[N, C]`` of the kind ``score``."""
+    if outputs.ndim != 2:
+        raise ValueError(f"Expected the model to return [batch, classes] scores, but got shape {tuple(outputs.shape)}.")
+    if score == "softmax":
+        outputs = outputs.softmax(dim=1)
+    elif score == "log_softmax":
+        outputs = outputs.log_softmax(dim=1)
+    return select_scores(outputs, target)
+
+
+def generator(seed: int, device: torch.device) -> torch.Generator:
+    """A private generator on ``device`` seeded with ``seed`` (the global RNG stays untouched)."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, enabled: bool, desc: str) -> Iterator[Callable[[int], None]]:
+    """Yield an ``update(n)`` callable: a tqdm bar when ``enabled`` and tqdm is installed, else a
+    no-op."""
+    if not enabled:
+        yield lambda n: None
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm ships with most environments
+        yield lambda n: None
+        return
+    bar = tqdm(total=total, desc=desc, leave=False)
+    try:
+        yield bar.update
+    finally:
+        bar.close()
+
+
+def evaluate_rows(
+    model: nn.Module,
+    make_rows: Callable[[slice], Tensor],
+    targets: Tensor,
+    *,
+    chunk_size: int,
+    score: str,
+    progress: bool = False,
+    desc: str = "perturbations",
+) -> Tensor:
+    """Scores of ``len(targets)`` perturbed inputs, built and evaluated chunk by chunk.
+
+    Args:
+        model: The model (already inside ``observe``).
+        make_rows: ``rows(slice) -> [n, ...]`` perturbed inputs for those row indices.
+        targets: ``[N]`` class index of each row.
+        chunk_size: Most rows per forward pass.
+        score: One of :data:`SCORE_KINDS`.
+        progress: Show a progress bar.
+        desc: The bar's label.
+
+    Returns:
+        ``[N]`` scores, under ``torch.no_grad``.
+    """
+    total = targets.numel()
+    out: Tensor | None = None
+    with torch.no_grad(), progress_bar(total, progress, desc) as update:
+        for rows in chunks(total, chunk_size):
+            scores = target_scores(model(make_rows(rows)), targets[rows], score)
+            if out is None:
+                out = scores.new_empty(total)
+            out[rows] = scores
+            update(rows.stop - rows.start)
+    assert out is not None
+    return out
