@@ -25,6 +25,14 @@ from lightning_xai.attribution import (
     available_explainers,
     get_explainer,
 )
+from lightning_xai.attribution import (
+    RISE,
+    CounterfactualInfill,
+    ExtremalPerturbation,
+    MeaningfulPerturbation,
+    Occlusion,
+    PredictionDifference,
+)
 from tests.helpers.models import make
 
 EXPLAINERS = {
@@ -43,6 +51,13 @@ EXPLAINERS = {
     "grad_cam_plus_plus": lambda: GradCAMPlusPlus(),
     "score_cam": lambda: ScoreCAM(),
     "full_grad": lambda: FullGrad(),
+    "occlusion": lambda: Occlusion(window=(8, 8), stride=(6, 6)),
+    "occlusion_channels": lambda: Occlusion(window=(1, 5, 5), stride=(1, 5, 5), baseline=0.5),
+    "rise": lambda: RISE(n_masks=16, cell_size=8),
+    "meaningful_perturbation": lambda: MeaningfulPerturbation(n_iter=2),
+    "extremal_perturbation": lambda: ExtremalPerturbation(areas=[0.1, 0.3], n_iter=3),
+    "prediction_difference": lambda: PredictionDifference(window=8, stride=8, n_samples=2),
+    "counterfactual_infill": lambda: CounterfactualInfill("gaussian", n_iter=3),
 }
 NEEDS_GAP_HEAD = {"cam"}
 # Score-CAM at vgg's last Conv2d sees pre-ReLU activations (the in-place ReLU after it is not part of the
