@@ -45,6 +45,14 @@ from lightning_xai.attribution.perturbation import (
     Occlusion,
     PredictionDifference,
 )
+from lightning_xai.attribution.surrogate import (
+    LIME,
+    XRAI,
+    AnchorResult,
+    Anchors,
+    KernelSHAP,
+    superpixels,
+)
 
 __all__ = [
     "CAM",
@@ -83,4 +91,10 @@ __all__ = [
     "MeaningfulPerturbation",
     "Occlusion",
     "PredictionDifference",
+    "LIME",
+    "XRAI",
+    "AnchorResult",
+    "Anchors",
+    "KernelSHAP",
+    "superpixels",
 ]
