@@ -517,13 +517,10 @@ class LIME(_LinearSurrogate):
 
 
 def _solve_spd(matrix: Tensor, rhs: Tensor) -> Tensor:
-    """Batched ``matrix^-1 rhs``; singular systems (too few coalitions) get the least-norm
-    least-squares solution."""
-    solution, info = torch.linalg.solve_ex(matrix, rhs)
-    bad = info != 0
-    if bool(bad.any()):
-        solution[bad] = (torch.linalg.pinv(matrix[bad]) @ rhs[bad][..., None]).squeeze(-1)
-    return solution
+    """Batched least-norm least-squares solution of ``matrix @ s = rhs`` (pseudo-inverse, float64):
+    the unique solution when the coalitions determine the fit, and a deterministic one when there
+    are too few of them (where an LU solve would return rounding noise)."""
+    return (torch.linalg.pinv(matrix, hermitian=True) @ rhs[..., None]).squeeze(-1)
 
 
 class KernelSHAP(_LinearSurrogate):
@@ -618,31 +615,38 @@ class KernelSHAP(_LinearSurrogate):
 # --------------------------------------------------------------------------------------------
 # Anchors
 # --------------------------------------------------------------------------------------------
-def _kl_bernoulli(p: Tensor, q: Tensor) -> Tensor:
-    p = p.clamp(1e-12, 1 - 1e-12)
-    q = q.clamp(1e-12, 1 - 1e-12)
-    return p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))
+def _kl_bernoulli(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    p = np.minimum(np.maximum(p, 1e-12), 1 - 1e-12)
+    q = np.minimum(np.maximum(q, 1e-12), 1 - 1e-12)
+    return p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))
 
 
-def kl_bounds(means: Tensor, level: Tensor, iterations: int = 30) -> tuple[Tensor, Tensor]:
+def kl_bounds(means: Tensor | np.ndarray, level: Tensor | np.ndarray, iterations: int = 26) -> tuple[Tensor, Tensor]:
     """KL confidence bounds of Bernoulli means: the smallest ``lower <= mean`` and the largest
-    ``upper >= mean`` with ``KL(mean || bound) <= level`` (bisection, vectorised)."""
-    means = means.double()
-    level = level.double()
-    lo, hi = means.clone(), torch.ones_like(means)
+    ``upper >= mean`` with ``KL(mean || bound) <= level`` (bisection, vectorised; float64 NumPy,
+    since the arrays are small and the search calls it every round).
+
+    Example:
+        >>> low, up = kl_bounds(torch.tensor([0.5]), torch.tensor([0.1]))
+        >>> round(float(low[0]), 3), round(float(up[0]), 3)
+        (0.279, 0.721)
+    """
+    m = np.asarray(means, dtype=np.float64)
+    lv = np.broadcast_to(np.asarray(level, dtype=np.float64), m.shape)
+    lo, hi = m.copy(), np.ones_like(m)
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        inside = _kl_bernoulli(means, mid) <= level
-        lo = torch.where(inside, mid, lo)
-        hi = torch.where(inside, hi, mid)
+        inside = _kl_bernoulli(m, mid) <= lv
+        lo = np.where(inside, mid, lo)
+        hi = np.where(inside, hi, mid)
     upper = lo
-    lo, hi = torch.zeros_like(means), means.clone()
+    lo, hi = np.zeros_like(m), m.copy()
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        inside = _kl_bernoulli(means, mid) <= level
-        hi = torch.where(inside, mid, hi)
-        lo = torch.where(inside, lo, mid)
-    return hi, upper
+        inside = _kl_bernoulli(m, mid) <= lv
+        hi = np.where(inside, mid, hi)
+        lo = np.where(inside, lo, mid)
+    return torch.from_numpy(hi), torch.from_numpy(upper)
 
 
 @dataclass
@@ -723,7 +727,7 @@ class Anchors(_SuperpixelExplainer):
         threshold: float = 0.95,
         delta: float = 0.1,
         epsilon: float = 0.1,
-        beam_size: int = 2,
+        beam_size: int = 1,
         max_anchor_size: int | None = None,
         p_keep: float = 0.5,
         batch_size: int = 32,
@@ -865,18 +869,20 @@ class Anchors(_SuperpixelExplainer):
                 start += n
 
         def bounds(cands: list[frozenset[int]], t: int) -> tuple[Tensor, Tensor, Tensor]:
-            n = torch.tensor([stats[a][0] for a in cands], dtype=torch.float64)
-            mean = torch.tensor([stats[a][1] for a in cands], dtype=torch.float64) / n
-            low, up = kl_bounds(mean, self._beta(len(cands), t) / n)
-            return mean, low, up
+            n = np.array([stats[a][0] for a in cands], dtype=np.float64)
+            mean = np.array([stats[a][1] for a in cands], dtype=np.float64) / n
+            low, up = kl_bounds(mean, self._beta(n_arms, t) / n)
+            return torch.from_numpy(mean), low, up
 
         beam: list[frozenset[int]] = [frozenset()]
         best: tuple[frozenset[int], float, float] | None = None
+        n_arms = 1
         max_size = min(k, self.max_anchor_size or k)
         for _size in range(1, max_size + 1):
             candidates = sorted({a | {j} for a in beam for j in range(k) if j not in a}, key=sorted)
             if not candidates:
                 break
+            n_arms = len(candidates)
             new = [(a, self.n_init) for a in candidates if a not in stats]
             if new:
                 pull(new)
@@ -903,14 +909,18 @@ class Anchors(_SuperpixelExplainer):
                 pull(requests)
                 t += 1
             beam = [candidates[int(i)] for i in chosen]
-            # validate the beam: sample until the bound decides (or the budget is spent)
-            for a in beam:
-                while stats[a][0] < self.max_samples:
-                    mean_a, low_a, up_a = bounds([a], t)
-                    if float(low_a[0]) >= self.threshold or float(up_a[0]) < self.threshold:
-                        break
-                    pull([(a, min(self.batch_size, self.max_samples - stats[a][0]))])
-            mean_b, low_b, _ = bounds(beam, t)
+            # validate the beam: sample until the bound decides (or the budget is spent); the
+            # bounds use the exploration rate of the whole candidate set, as in KL-LUCB
+            while True:
+                mean_b, low_b, up_b = bounds(beam, t)
+                undecided = [
+                    (a, min(self.batch_size, self.max_samples - stats[a][0]))
+                    for i, a in enumerate(beam)
+                    if float(low_b[i]) < self.threshold <= float(up_b[i]) and stats[a][0] < self.max_samples
+                ]
+                if not undecided:
+                    break
+                pull(undecided)
             valid = [i for i in range(len(beam)) if float(low_b[i]) >= self.threshold]
             if valid:
                 i = max(valid, key=lambda j: (float(mean_b[j]), float(low_b[j])))

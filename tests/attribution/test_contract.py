@@ -33,6 +33,7 @@ from lightning_xai.attribution import (
     Occlusion,
     PredictionDifference,
 )
+from lightning_xai.attribution import LIME, XRAI, Anchors, KernelSHAP
 from tests.helpers.models import make
 
 EXPLAINERS = {
@@ -58,6 +59,18 @@ EXPLAINERS = {
     "extremal_perturbation": lambda: ExtremalPerturbation(areas=[0.1, 0.3], n_iter=3),
     "prediction_difference": lambda: PredictionDifference(window=8, stride=8, n_samples=2),
     "counterfactual_infill": lambda: CounterfactualInfill("gaussian", n_iter=3),
+    "lime": lambda: LIME(n_samples=16, segmentation="grid"),
+    "kernel_shap": lambda: KernelSHAP(n_samples=16, segmentation="grid", baseline="mean"),
+    "anchors": lambda: Anchors(
+        threshold=0.8,
+        max_anchor_size=2,
+        segmentation="grid",
+        segmentation_kwargs={"cell_size": 14},
+        n_init=16,
+        batch_size=16,
+        max_samples=128,
+    ),
+    "xrai": lambda: XRAI(n_steps=4, scales=(50, 200)),
 }
 NEEDS_GAP_HEAD = {"cam"}
 # Score-CAM at vgg's last Conv2d sees pre-ReLU activations (the in-place ReLU after it is not part of the
