@@ -510,7 +510,9 @@ class MeaningfulPerturbation(Explainer):
             m = _upsample(p, size)
             perturbed = m * x[rows] + (1 - m) * blurred[rows]
             s = target_scores(model(perturbed), resolved[rows], self.score)
-            return s + self.l1_coeff * (1 - m).abs().flatten(1).mean(1) + self.tv_coeff * _total_variation(m, self.tv_beta)
+            return (
+                s + self.l1_coeff * (1 - m).abs().flatten(1).mean(1) + self.tv_coeff * _total_variation(m, self.tv_beta)
+            )
 
         params = _adam(
             params,
@@ -747,7 +749,9 @@ class PredictionDifference(Explainer):
         mean = patches.mean(0)
         centred = patches - mean
         cov = centred.T @ centred / max(1, patches.shape[0] - 1)
-        cov = cov + 1e-3 * cov.diagonal().mean().clamp(min=1e-12) * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+        cov = cov + 1e-3 * cov.diagonal().mean().clamp(min=1e-12) * torch.eye(
+            cov.shape[0], dtype=cov.dtype, device=cov.device
+        )
         grid = torch.zeros(channels, side, side, dtype=torch.bool, device=image.device)
         grid[:, pad : pad + k, pad : pad + k] = True
         inner = grid.flatten()
@@ -970,7 +974,9 @@ class CounterfactualInfill(Explainer):
             )
         self.infiller = infiller
         if objective not in self.OBJECTIVES:
-            raise ValueError(f"Expected argument `objective` to be one of {list(self.OBJECTIVES)}, but got {objective!r}.")
+            raise ValueError(
+                f"Expected argument `objective` to be one of {list(self.OBJECTIVES)}, but got {objective!r}."
+            )
         self.objective = objective
         self.n_iter = check_int("n_iter", n_iter, 1)
         self.lr = check_float("lr", lr, 0.0)

@@ -149,7 +149,9 @@ def superpixels(images: Tensor, method: str = "slic", **kwargs: Any) -> Tensor:
             labels = segmentation.quickshift(rgb, channel_axis=-1, **args)
         else:
             args = {"scale": 100.0, "sigma": 0.5, "min_size": 20, **kwargs}
-            labels = segmentation.felzenszwalb(image[..., 0] if grey else image, channel_axis=None if grey else -1, **args)
+            labels = segmentation.felzenszwalb(
+                image[..., 0] if grey else image, channel_axis=None if grey else -1, **args
+            )
         out.append(_relabel(np.asarray(labels)))
     return torch.as_tensor(np.stack(out), dtype=torch.long, device=images.device)
 
@@ -221,11 +223,15 @@ class _SuperpixelExplainer(Explainer):
         _check_segmentation(segmentation)
         self.segmentation = segmentation
         if segmentation_kwargs is not None and not isinstance(segmentation_kwargs, dict):
-            raise TypeError(f"Expected `segmentation_kwargs` to be a dict, but got {type(segmentation_kwargs).__name__}.")
+            raise TypeError(
+                f"Expected `segmentation_kwargs` to be a dict, but got {type(segmentation_kwargs).__name__}."
+            )
         self.segmentation_kwargs = dict(segmentation_kwargs or {})
         if isinstance(baseline, str):
             if baseline != "mean":
-                raise ValueError(f"Expected argument `baseline` to be a float, a Tensor or 'mean', but got {baseline!r}.")
+                raise ValueError(
+                    f"Expected argument `baseline` to be a float, a Tensor or 'mean', but got {baseline!r}."
+                )
             self.baseline: BaselineType = baseline
         elif isinstance(baseline, Tensor):
             if not baseline.is_floating_point():
@@ -433,9 +439,7 @@ class _LinearSurrogate(_SuperpixelExplainer):
     def _extra_rows(self, batch: int, k_max: int, device: torch.device) -> Tensor | None:
         return None
 
-    def _solve(
-        self, design: Tensor, y: Tensor, w: Tensor, live: Tensor, full: Tensor, empty: Tensor | None
-    ) -> Tensor:
+    def _solve(self, design: Tensor, y: Tensor, w: Tensor, live: Tensor, full: Tensor, empty: Tensor | None) -> Tensor:
         raise NotImplementedError
 
 
@@ -501,9 +505,7 @@ class LIME(_LinearSurrogate):
     def _weights(self, samples: Tensor) -> Tensor:
         return lime_kernel(samples, self.kernel_width)
 
-    def _solve(
-        self, design: Tensor, y: Tensor, w: Tensor, live: Tensor, full: Tensor, empty: Tensor | None
-    ) -> Tensor:
+    def _solve(self, design: Tensor, y: Tensor, w: Tensor, live: Tensor, full: Tensor, empty: Tensor | None) -> Tensor:
         total = w.sum(1, keepdim=True).clamp(min=1e-300)
         z_mean = (w[..., None] * design).sum(1) / total
         y_mean = (w * y).sum(1, keepdim=True) / total
@@ -594,9 +596,7 @@ class KernelSHAP(_LinearSurrogate):
     def _extra_rows(self, batch: int, k_max: int, device: torch.device) -> Tensor | None:
         return torch.zeros(batch, k_max, dtype=torch.long, device=device)
 
-    def _solve(
-        self, design: Tensor, y: Tensor, w: Tensor, live: Tensor, full: Tensor, empty: Tensor | None
-    ) -> Tensor:
+    def _solve(self, design: Tensor, y: Tensor, w: Tensor, live: Tensor, full: Tensor, empty: Tensor | None) -> Tensor:
         assert empty is not None
         batch, _, k = design.shape
         target = y - empty[:, None]
@@ -757,7 +757,9 @@ class Anchors(_SuperpixelExplainer):
         self, model: nn.Module, inputs: Tensor, target: TargetType = None, *, segments: Tensor | None = None
     ) -> AnchorResult:
         """Find the anchors, with their precision, bounds and costs (see :class:`AnchorResult`)."""
-        result: tuple[AnchorResult] = self._run(model, inputs, lambda x, ctx: (self._search(model, x, target, segments),))
+        result: tuple[AnchorResult] = self._run(
+            model, inputs, lambda x, ctx: (self._search(model, x, target, segments),)
+        )
         return result[0]
 
     def precision(
@@ -825,7 +827,9 @@ class Anchors(_SuperpixelExplainer):
         anchors, precisions, lowers, coverages, valids, costs = [], [], [], [], [], []
         with progress_bar(batch, self.progress, "Anchors") as update:
             for b in range(batch):
-                anchor, prec, lower, valid, cost = self._search_one(model, x, baseline, segs, b, int(counts[b]), resolved[b])
+                anchor, prec, lower, valid, cost = self._search_one(
+                    model, x, baseline, segs, b, int(counts[b]), resolved[b]
+                )
                 anchors.append(sorted(anchor))
                 precisions.append(prec)
                 lowers.append(lower)
@@ -1036,7 +1040,9 @@ class XRAI(Explainer):
     ) -> Tensor:
         """XRAI with injected segments (a list of ``[S_i, H, W]`` bool masks per image) and/or
         injected pixel attributions (``[B, H, W]`` or input-shaped, summed over channels)."""
-        result: Tensor = self._run(model, inputs, lambda x, ctx: self._xrai(model, x, target, ctx, segments, attributions))
+        result: Tensor = self._run(
+            model, inputs, lambda x, ctx: self._xrai(model, x, target, ctx, segments, attributions)
+        )
         return result
 
     def _attribute(self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext) -> Tensor:

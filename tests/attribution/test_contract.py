@@ -10,8 +10,14 @@ from torch import nn
 
 from lightning_xai.attribution import (
     CAM,
+    LIME,
+    RISE,
+    XRAI,
+    Anchors,
+    CounterfactualInfill,
     Deconvnet,
     Explainer,
+    ExtremalPerturbation,
     FullGrad,
     GradCAM,
     GradCAMPlusPlus,
@@ -19,21 +25,16 @@ from lightning_xai.attribution import (
     GuidedGradCAM,
     InputXGradient,
     IntegratedGradients,
+    KernelSHAP,
+    MeaningfulPerturbation,
     NoiseTunnel,
+    Occlusion,
+    PredictionDifference,
     Saliency,
     ScoreCAM,
     available_explainers,
     get_explainer,
 )
-from lightning_xai.attribution import (
-    RISE,
-    CounterfactualInfill,
-    ExtremalPerturbation,
-    MeaningfulPerturbation,
-    Occlusion,
-    PredictionDifference,
-)
-from lightning_xai.attribution import LIME, XRAI, Anchors, KernelSHAP
 from tests.helpers.models import make
 
 EXPLAINERS = {

@@ -169,8 +169,10 @@ def test_rise_converges_to_expected_map_at_root_n_rate() -> None:
     errors = {}
     for n in (250, 1000, 4000):
         errs = [
-            ((RISE(n_masks=n, cell_size=2, p=0.5, score="logit", seed=s)(model, x, 0).double() - expected).norm()
-             / expected.norm()).item()
+            (
+                (RISE(n_masks=n, cell_size=2, p=0.5, score="logit", seed=s)(model, x, 0).double() - expected).norm()
+                / expected.norm()
+            ).item()
             for s in range(4)
         ]
         errors[n] = sum(errs) / len(errs)

@@ -147,7 +147,9 @@ def test_lime_on_a_linear_model_recovers_the_contributions() -> None:
     segments = superpixels(x, "grid", cell_size=4)
     lime = LIME(n_samples=80, alpha=0.0)
     coef = lime.attribute(Linear(w), x, 0, segments=segments, return_coefficients=True)
-    contrib = torch.stack([torch.zeros(16).index_add_(0, segments[b].flatten(), (w[0] * x[b]).sum(0).flatten()) for b in range(2)])
+    contrib = torch.stack(
+        [torch.zeros(16).index_add_(0, segments[b].flatten(), (w[0] * x[b]).sum(0).flatten()) for b in range(2)]
+    )
     torch.testing.assert_close(coef, contrib, rtol=1e-4, atol=1e-4)
 
 
@@ -202,7 +204,10 @@ def test_kernel_shap_on_a_linear_model_equals_exact_shapley_values() -> None:
     phi = shap.attribute(Linear(w), x, 0, segments=segments, return_coefficients=True)
     # the Shapley value of an additive game is each player's own term
     exact = torch.stack(
-        [torch.zeros(64).index_add_(0, segments[b].flatten(), (w * (x[b] - baseline)).sum(1).flatten()) for b in range(2)]
+        [
+            torch.zeros(64).index_add_(0, segments[b].flatten(), (w * (x[b] - baseline)).sum(1).flatten())
+            for b in range(2)
+        ]
     )
     torch.testing.assert_close(phi, exact, rtol=1e-4, atol=1e-5)
 
@@ -268,7 +273,9 @@ def test_anchor_precision_claim_holds_on_fresh_samples() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 6, 5, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 14 * 14, 4)).eval()
     x = _shapes(2)
-    anchors = Anchors(threshold=0.9, delta=0.1, segmentation="slic", segmentation_kwargs={"n_segments": 12}, max_samples=512)
+    anchors = Anchors(
+        threshold=0.9, delta=0.1, segmentation="slic", segmentation_kwargs={"n_segments": 12}, max_samples=512
+    )
     result = anchors.explain(model, x, None)
     fresh = anchors.precision(model, x, result.anchors, None, segments=result.segments, n_samples=1000)
     # the claim: precision >= lower_bound (>= threshold when valid) at confidence 1 - delta;
@@ -293,9 +300,7 @@ def test_kl_bounds() -> None:
 def test_xrai_greedy_growth_by_hand() -> None:
     """Three overlapping regions on a 1x4 strip; attributions [4, 2, 1, -1]."""
     attr = torch.tensor([[[4.0, 2.0, 1.0, -1.0]]])
-    regions = torch.tensor(
-        [[[True, True, False, False]], [[False, True, True, True]], [[False, False, True, False]]]
-    )
+    regions = torch.tensor([[[True, True, False, False]], [[False, True, True, True]], [[False, False, True, False]]])
     xrai = XRAI(min_pixel_diff=1)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     out = xrai.attribute(model, torch.zeros(1, 1, 1, 4), 0, segments=[regions], attributions=attr)
