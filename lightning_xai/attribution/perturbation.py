@@ -290,17 +290,23 @@ class Occlusion(Explainer):
         strides = [math.prod(counts[d + 1 :]) for d in range(len(counts))]
         ones = [1] * len(dims)
 
+        scalar = None if isinstance(self.baseline, Tensor) else float(self.baseline)
+
         def rows(sl: slice) -> Tensor:
+            # x * (1 - m) + baseline * m for a 0/1 mask m is an exact select: fill the window instead
             r = torch.arange(sl.start, sl.stop, device=x.device)
             b, p = r // n_pos, r % n_pos
             mask: Tensor | None = None
             for d, m in enumerate(mats):
                 shape = [-1] + [1] * len(dims)
                 shape[d + 1] = dims[d]
-                part = m[(p // strides[d]) % counts[d]].view(shape)
-                mask = part if mask is None else mask * part
+                part = m[(p // strides[d]) % counts[d]].bool().view(shape)
+                mask = part if mask is None else mask & part
             assert mask is not None
-            return x[b] * (1 - mask) + baseline[b] * mask
+            out = x[b]
+            if scalar is not None:
+                return out.masked_fill_(mask, scalar)
+            return torch.where(mask, baseline[b], out)
 
         scores = evaluate_rows(
             model,

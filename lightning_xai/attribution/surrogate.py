@@ -287,12 +287,8 @@ class _SuperpixelExplainer(Explainer):
     ) -> Tensor:
         """Scores of rows ``(owner[r], coalitions[r])``: image ``owner[r]`` with the superpixels
         where ``coalitions[r] = 1`` kept and the rest replaced by the baseline."""
-        flat = segments.flatten(1)
-
         def rows(sl: slice) -> Tensor:
-            b = owner[sl]
-            keep = coalitions[sl].gather(1, flat[b]).bool().view(-1, 1, *x.shape[-2:])
-            return keep.to(x.dtype) * x[b] + (~keep).to(x.dtype) * baseline[b]
+            return _coalition_rows(x, baseline, segments, owner[sl], coalitions[sl])
 
         return evaluate_rows(
             model,
@@ -303,6 +299,20 @@ class _SuperpixelExplainer(Explainer):
             progress=self.progress,
             desc=type(self).__name__,
         )
+
+
+def _coalition_rows(x: Tensor, baseline: Tensor, segments: Tensor, owner: Tensor, coalitions: Tensor) -> Tensor:
+    """Perturbed images: row ``r`` is image ``owner[r]`` with the superpixels where
+    ``coalitions[r] = 1`` kept and the others at the baseline. ``z x + (1 - z) b`` with 0/1 ``z``
+    is an exact select, done per image (rows are grouped by image) without copying the image."""
+    out = x.new_empty(owner.shape[0], *x.shape[1:])
+    flat = segments.flatten(1)
+    bounds = torch.nonzero(torch.diff(owner, prepend=owner[:1] - 1)).flatten().tolist() + [owner.shape[0]]
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        b = int(owner[start])
+        keep = coalitions[start:stop].index_select(1, flat[b]).bool().view(stop - start, 1, *x.shape[-2:])
+        torch.where(keep, x[b], baseline[b], out=out[start:stop])
+    return out
 
 
 def _stack_rows(per_image: list[Tensor], k_max: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -804,14 +814,11 @@ class Anchors(_SuperpixelExplainer):
     def _hits(
         self, model: nn.Module, x: Tensor, baseline: Tensor, segments: Tensor, owner: Tensor, z: Tensor, label: Tensor
     ) -> Tensor:
-        flat = segments.flatten(1)
         chunk = default_chunk_size(x, self.chunk_size)
         hits = []
         with torch.no_grad():
             for sl in chunks(z.shape[0], chunk):
-                b = owner[sl]
-                keep = z[sl].gather(1, flat[b]).bool().view(-1, 1, *x.shape[-2:])
-                rows = keep.to(x.dtype) * x[b] + (~keep).to(x.dtype) * baseline[b]
+                rows = _coalition_rows(x, baseline, segments, owner[sl], z[sl])
                 hits.append(model(rows).argmax(1) == label)
         return torch.cat(hits)
 
