@@ -364,6 +364,7 @@ class RISE(Explainer):
         torch.Size([2, 1, 8, 8])
     """
 
+    registry_name: ClassVar[str | None] = "rise"
     region: ClassVar[bool] = True
     signed: ClassVar[bool] = False
 

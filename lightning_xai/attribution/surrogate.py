@@ -488,6 +488,7 @@ class LIME(_LinearSurrogate):
         torch.Size([2, 1, 16, 16])
     """
 
+    registry_name: ClassVar[str | None] = "lime"
     def __init__(
         self,
         n_samples: int = 200,
@@ -571,6 +572,7 @@ class KernelSHAP(_LinearSurrogate):
         torch.Size([2, 1, 16, 16])
     """
 
+    registry_name: ClassVar[str | None] = "kernel_shap"
     def __init__(
         self,
         n_samples: int = 200,
@@ -984,6 +986,7 @@ class XRAI(Explainer):
         torch.Size([2, 1, 16, 16])
     """
 
+    registry_name: ClassVar[str | None] = "xrai"
     region: ClassVar[bool] = True
     signed: ClassVar[bool] = True
 
