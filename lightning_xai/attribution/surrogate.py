@@ -287,6 +287,7 @@ class _SuperpixelExplainer(Explainer):
     ) -> Tensor:
         """Scores of rows ``(owner[r], coalitions[r])``: image ``owner[r]`` with the superpixels
         where ``coalitions[r] = 1`` kept and the rest replaced by the baseline."""
+
         def rows(sl: slice) -> Tensor:
             return _coalition_rows(x, baseline, segments, owner[sl], coalitions[sl])
 
@@ -489,6 +490,7 @@ class LIME(_LinearSurrogate):
     """
 
     registry_name: ClassVar[str | None] = "lime"
+
     def __init__(
         self,
         n_samples: int = 200,
@@ -573,6 +575,7 @@ class KernelSHAP(_LinearSurrogate):
     """
 
     registry_name: ClassVar[str | None] = "kernel_shap"
+
     def __init__(
         self,
         n_samples: int = 200,
