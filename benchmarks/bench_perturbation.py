@@ -214,7 +214,7 @@ def run(workload: str, rounds: int) -> list[dict[str, Any]]:
                             feature_mask=segments[b : b + 1, None],
                             n_samples=n,
                             perturbations_per_eval=per_eval_s,
-                        )[:, :1]
+                        )
                     )
                 return torch.cat(outs)
 

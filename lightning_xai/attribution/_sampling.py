@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_xai._validation import check_int
-from lightning_xai.attribution.base import chunks, select_scores
+from lightning_xai.attribution.base import run_chunked, select_scores
 
 __all__ = [
     "SCORE_KINDS",
@@ -41,8 +41,8 @@ def check_score(score: Any) -> str:
 
 
 def check_chunk_size(chunk_size: Any) -> int | None:
-    """``chunk_size`` if it is ``None`` or a positive int."""
-    return check_int("chunk_size", chunk_size, 1, allow_none=True)
+    """``chunk_size`` (an explainer's ``internal_batch_size``) if it is ``None`` or a positive int."""
+    return check_int("internal_batch_size", chunk_size, 1, allow_none=True)
 
 
 def default_chunk_size(sample: Tensor, chunk_size: int | None = None) -> int:
@@ -107,6 +107,7 @@ def evaluate_rows(
     score: str,
     progress: bool = False,
     desc: str = "perturbations",
+    adaptive: bool = False,
 ) -> Tensor:
     """Scores of ``len(targets)`` perturbed inputs, built and evaluated chunk by chunk.
 
@@ -118,18 +119,22 @@ def evaluate_rows(
         score: One of :data:`SCORE_KINDS`.
         progress: Show a progress bar.
         desc: The bar's label.
+        adaptive: On out-of-memory, retry a chunk at half its size (``chunk_size`` was a
+            default) instead of raising.
 
     Returns:
         ``[N]`` scores, under ``torch.no_grad``.
     """
     total = targets.numel()
-    out: Tensor | None = None
+    holder: list[Tensor] = []
+
+    def body(rows: slice) -> None:
+        scores = target_scores(model(make_rows(rows)), targets[rows], score)
+        if not holder:
+            holder.append(scores.new_empty(total))
+        holder[0][rows] = scores
+        update(rows.stop - rows.start)
+
     with torch.no_grad(), progress_bar(total, progress, desc) as update:
-        for rows in chunks(total, chunk_size):
-            scores = target_scores(model(make_rows(rows)), targets[rows], score)
-            if out is None:
-                out = scores.new_empty(total)
-            out[rows] = scores
-            update(rows.stop - rows.start)
-    assert out is not None
-    return out
+        run_chunked(total, chunk_size, body, method=desc, adaptive=adaptive)
+    return holder[0]

@@ -3,7 +3,7 @@ difference analysis and counterfactual in-filling.
 
 Every method here is model-agnostic: it asks the model about perturbed copies of the input and
 never differentiates the model w.r.t. its parameters. Perturbed inputs go through the model in
-chunks of ``chunk_size`` rows (default: a device-aware bound, see
+chunks of ``internal_batch_size`` rows (default: a device-aware bound, see
 :func:`~lightning_xai.attribution._sampling.default_chunk_size`); random draws come from a private
 ``torch.Generator`` seeded with ``seed`` (the global RNG is untouched) and are shared by every
 input of a batch, so a batch gives the same maps as its inputs explained one by one.
@@ -20,7 +20,8 @@ input of a batch, so a batch gives the same maps as its inputs explained one by 
 * :class:`CounterfactualInfill` (Chang et al. 2019, FIDO): a Concrete dropout mask whose removed
   pixels come from an in-filler (blur, local mean, conditional Gaussian, or any ``nn.Module``).
 
-The region methods return ``[B, 1, H, W]`` maps.
+The region methods (RISE, meaningful and extremal perturbation, in-filling) return non-negative
+``[B, 1, H, W]`` maps; occlusion and prediction difference return signed, input-shaped maps.
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ from lightning_xai.attribution._sampling import (
 from lightning_xai.attribution.base import (
     ExplainContext,
     Explainer,
+    OutputType,
     TargetType,
     chunks,
     observe,
     resolve_target,
+    run_chunked,
 )
 
 __all__ = [
@@ -134,6 +137,7 @@ def _adam(
     project: Callable[[Tensor], Tensor] | None,
     progress: bool,
     desc: str,
+    adaptive: bool = False,
 ) -> Tensor:
     """Minimise ``loss_fn(params[rows], rows, iteration).sum()`` row-wise with Adam (betas 0.9,
     0.999). Rows are independent: each row's update depends on its own gradient only, so chunking
@@ -145,10 +149,13 @@ def _adam(
     with progress_bar(n_iter, progress, desc) as update:
         for step in range(1, n_iter + 1):
             grad = torch.empty_like(params)
-            for rows in chunks(params.shape[0], chunk_size):
-                p = params[rows].detach().requires_grad_(True)
+
+            def body(rows: slice, step: int = step, grad: Tensor = grad, source: Tensor = params) -> None:
+                p = source[rows].detach().requires_grad_(True)
                 (g,) = torch.autograd.grad(loss_fn(p, rows, step).sum(), p)
                 grad[rows] = g
+
+            run_chunked(params.shape[0], chunk_size, body, method=desc, adaptive=adaptive)
             first.mul_(beta1).add_(grad, alpha=1 - beta1)
             second.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = (second / (1 - beta2**step)).sqrt_().add_(eps)
@@ -186,19 +193,19 @@ class Occlusion(Explainer):
     no Python loop over windows.
 
     COST: ``1 + P`` forward passes of the batch (``P`` window positions), in chunks of
-    ``chunk_size`` occluded inputs; no backward pass.
+    ``internal_batch_size`` occluded inputs; no backward pass.
 
     Args:
         window: Window shape.
         stride: Step between windows (default: the window, no overlap); at most the window
             where the window does not span the axis, as captum requires.
         baseline: The occluding value: a float or a tensor broadcastable to the inputs.
-        chunk_size: Occluded inputs per forward pass (default: device-aware bound).
+        internal_batch_size: Occluded inputs per forward pass (default: device-aware bound).
         progress: Show a tqdm progress bar.
 
     Raises:
         TypeError / ValueError: bad ``window``, ``stride`` (0 or negative), ``baseline`` or
-            ``chunk_size``; when called, a window larger than the input or a stride larger than
+            ``internal_batch_size``; when called, a window larger than the input or a stride larger than
             its window (before any forward pass).
 
     Example:
@@ -215,7 +222,7 @@ class Occlusion(Explainer):
         window: IntOrTuple = (8, 8),
         stride: IntOrTuple | None = None,
         baseline: float | Tensor = 0.0,
-        chunk_size: int | None = None,
+        internal_batch_size: int | None = None,
         progress: bool = False,
     ) -> None:
         self.window = _int_tuple("window", window, 1)
@@ -230,7 +237,7 @@ class Occlusion(Explainer):
             self.baseline: float | Tensor = baseline.detach()
         else:
             self.baseline = check_float("baseline", baseline)
-        self.chunk_size = check_chunk_size(chunk_size)
+        self.internal_batch_size = check_chunk_size(internal_batch_size)
         self.progress = _check_bool("progress", progress)
 
     def _shapes(self, dims: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -312,7 +319,8 @@ class Occlusion(Explainer):
             model,
             rows,
             resolved.repeat_interleave(n_pos),
-            chunk_size=default_chunk_size(x, self.chunk_size),
+            chunk_size=default_chunk_size(x, self.internal_batch_size),
+            adaptive=self.internal_batch_size is None,
             score="logit",
             progress=self.progress,
             desc="Occlusion",
@@ -351,7 +359,7 @@ class RISE(Explainer):
         p: Probability that a cell is on.
         score: ``"softmax"`` (default), ``"logit"`` or ``"log_softmax"``.
         seed: Seed of the private mask generator.
-        chunk_size: Masked inputs per forward pass (default: device-aware bound).
+        internal_batch_size: Masked inputs per forward pass (default: device-aware bound).
         progress: Show a tqdm progress bar.
 
     Raises:
@@ -375,7 +383,7 @@ class RISE(Explainer):
         p: float = 0.5,
         score: str = "softmax",
         seed: int = 0,
-        chunk_size: int | None = None,
+        internal_batch_size: int | None = None,
         progress: bool = False,
     ) -> None:
         self.n_masks = check_int("n_masks", n_masks, 1)
@@ -385,7 +393,7 @@ class RISE(Explainer):
             raise ValueError("Expected argument `p` to be a finite float in the (0, 1] range, but got 0.0.")
         self.score = check_score(score)
         self.seed = check_int("seed", seed, 0)
-        self.chunk_size = check_chunk_size(chunk_size)
+        self.internal_batch_size = check_chunk_size(internal_batch_size)
         self.progress = _check_bool("progress", progress)
 
     def grids(self, size: tuple[int, int], device: torch.device) -> tuple[Tensor, Tensor]:
@@ -419,7 +427,7 @@ class RISE(Explainer):
         grids, shifts = self.grids(size, x.device)
         _, resolved = _resolve(model, x, target)
         batch = x.shape[0]
-        per_chunk = max(1, default_chunk_size(x, self.chunk_size) // batch)
+        per_chunk = max(1, default_chunk_size(x, self.internal_batch_size) // batch)
         saliency = x.new_zeros(batch, size[0] * size[1])
         with torch.no_grad(), progress_bar(self.n_masks, self.progress, "RISE") as update:
             for part in chunks(self.n_masks, per_chunk):
@@ -466,7 +474,7 @@ class MeaningfulPerturbation(Explainer):
         blur_sigma: Standard deviation of the deleting blur in pixels (default: a tenth of the
             image's longer side).
         score: ``"softmax"`` (default), ``"logit"`` or ``"log_softmax"``.
-        chunk_size: Inputs per forward pass (default: device-aware bound).
+        internal_batch_size: Inputs per forward pass (default: device-aware bound).
         progress: Show a tqdm progress bar.
 
     Example:
@@ -488,7 +496,7 @@ class MeaningfulPerturbation(Explainer):
         mask_scale: int = 4,
         blur_sigma: float | None = None,
         score: str = "softmax",
-        chunk_size: int | None = None,
+        internal_batch_size: int | None = None,
         progress: bool = False,
     ) -> None:
         self.n_iter = check_int("n_iter", n_iter, 1)
@@ -499,7 +507,7 @@ class MeaningfulPerturbation(Explainer):
         self.mask_scale = check_int("mask_scale", mask_scale, 1)
         self.blur_sigma = None if blur_sigma is None else check_float("blur_sigma", blur_sigma, 0.0)
         self.score = check_score(score)
-        self.chunk_size = check_chunk_size(chunk_size)
+        self.internal_batch_size = check_chunk_size(internal_batch_size)
         self.progress = _check_bool("progress", progress)
 
     def _attribute(self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext) -> Tensor:
@@ -526,7 +534,8 @@ class MeaningfulPerturbation(Explainer):
             loss,
             n_iter=self.n_iter,
             lr=self.lr,
-            chunk_size=default_chunk_size(x, self.chunk_size),
+            chunk_size=default_chunk_size(x, self.internal_batch_size),
+            adaptive=self.internal_batch_size is None,
             project=lambda p: p.clamp_(0, 1),
             progress=self.progress,
             desc="MeaningfulPerturbation",
@@ -567,7 +576,7 @@ class ExtremalPerturbation(Explainer):
             the image's longer side).
         area_weight: Weight of the area constraint.
         score: ``"logit"`` (default), ``"softmax"`` or ``"log_softmax"``.
-        chunk_size: Inputs per forward pass (default: device-aware bound).
+        internal_batch_size: Inputs per forward pass (default: device-aware bound).
         progress: Show a tqdm progress bar.
 
     Example:
@@ -591,7 +600,7 @@ class ExtremalPerturbation(Explainer):
         blur_sigma: float | None = None,
         area_weight: float = 300.0,
         score: str = "logit",
-        chunk_size: int | None = None,
+        internal_batch_size: int | None = None,
         progress: bool = False,
     ) -> None:
         if isinstance(areas, (int, float)) and not isinstance(areas, bool):
@@ -611,12 +620,15 @@ class ExtremalPerturbation(Explainer):
         self.blur_sigma = None if blur_sigma is None else check_float("blur_sigma", blur_sigma, 0.0)
         self.area_weight = check_float("area_weight", area_weight, 0.0)
         self.score = check_score(score)
-        self.chunk_size = check_chunk_size(chunk_size)
+        self.internal_batch_size = check_chunk_size(internal_batch_size)
         self.progress = _check_bool("progress", progress)
 
-    def masks(self, model: nn.Module, inputs: Tensor, target: TargetType = None) -> Tensor:
-        """The optimised masks, ``[B, len(areas), H, W]`` (channel ``j`` for ``areas[j]``)."""
-        result: Tensor = self._run(model, inputs, lambda x, ctx: self._masks(model, x, target))
+    def masks(
+        self, model: nn.Module, inputs: Tensor, target: TargetType = None, *, output: OutputType = None
+    ) -> Tensor:
+        """The optimised masks, ``[B, len(areas), H, W]`` (channel ``j`` for ``areas[j]``);
+        ``output`` as in :meth:`__call__`."""
+        result: Tensor = self._run(model, inputs, lambda x, ctx: self._masks(model, x, target), output=output)
         return result
 
     def _attribute(self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext) -> Tensor:
@@ -658,7 +670,8 @@ class ExtremalPerturbation(Explainer):
             loss,
             n_iter=self.n_iter,
             lr=self.lr,
-            chunk_size=default_chunk_size(x, self.chunk_size),
+            chunk_size=default_chunk_size(x, self.internal_batch_size),
+            adaptive=self.internal_batch_size is None,
             project=lambda p: p.clamp_(0, 1),
             progress=self.progress,
             desc="ExtremalPerturbation",
@@ -682,7 +695,8 @@ class PredictionDifference(Explainer):
     one conditioning matrix serves every position, so all samples are drawn at once. The weight
     of evidence is ``WE = log2 odds(p(c|x)) - log2 odds(p(c|x without the patch))`` with Laplace
     correction ``p <- (p N + 1) / (N + K)`` (``N = laplace_count``, ``K`` classes); a pixel's
-    value is the mean ``WE`` of the windows covering it. A region the model ignores gets 0.
+    value is the mean ``WE`` of the windows covering it, the same in every channel (an
+    input-shaped, signed map). A region the model ignores gets 0.
     Standard-normal draws come from the private generator and are shared by every position and
     input.
 
@@ -696,16 +710,16 @@ class PredictionDifference(Explainer):
         sampler: ``"conditional"`` or ``"marginal"``.
         laplace_count: ``N`` of the Laplace correction.
         seed: Seed of the private generator.
-        chunk_size: Inputs per forward pass (default: device-aware bound).
+        internal_batch_size: Inputs per forward pass (default: device-aware bound).
         progress: Show a tqdm progress bar.
 
     Example:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
         >>> PredictionDifference(window=4, stride=2, n_samples=4)(model, torch.rand(2, 3, 8, 8)).shape
-        torch.Size([2, 1, 8, 8])
+        torch.Size([2, 3, 8, 8])
     """
 
-    region: ClassVar[bool] = True
+    region: ClassVar[bool] = False
     signed: ClassVar[bool] = True
     SAMPLERS: ClassVar[tuple[str, ...]] = ("conditional", "marginal")
 
@@ -718,7 +732,7 @@ class PredictionDifference(Explainer):
         sampler: str = "conditional",
         laplace_count: int = 1000,
         seed: int = 0,
-        chunk_size: int | None = None,
+        internal_batch_size: int | None = None,
         progress: bool = False,
     ) -> None:
         self.window = check_int("window", window, 1)
@@ -732,7 +746,7 @@ class PredictionDifference(Explainer):
         self.sampler = sampler
         self.laplace_count = check_int("laplace_count", laplace_count, 1)
         self.seed = check_int("seed", seed, 0)
-        self.chunk_size = check_chunk_size(chunk_size)
+        self.internal_batch_size = check_chunk_size(internal_batch_size)
         self.progress = _check_bool("progress", progress)
 
     def _positions(self, size: tuple[int, int]) -> list[Tensor]:
@@ -813,7 +827,8 @@ class PredictionDifference(Explainer):
             model,
             rows,
             resolved.repeat_interleave(per_image),
-            chunk_size=default_chunk_size(x, self.chunk_size),
+            chunk_size=default_chunk_size(x, self.internal_batch_size),
+            adaptive=self.internal_batch_size is None,
             score="softmax",
             progress=self.progress,
             desc="PredictionDifference",
@@ -833,7 +848,7 @@ class PredictionDifference(Explainer):
         grid = evidence.view(batch, len(pos_y), len(pos_x))
         total = torch.einsum("bij,ih,jw->bhw", grid, cover_y, cover_x)
         count = cover_y.sum(0)[:, None] * cover_x.sum(0)[None, :]
-        return (total / count).unsqueeze(1)
+        return (total / count).unsqueeze(1).expand(-1, channels, -1, -1).contiguous()
 
 
 # --------------------------------------------------------------------------------------------
@@ -942,7 +957,7 @@ class CounterfactualInfill(Explainer):
         mask_scale: Downsampling factor of the mask logits.
         score: ``"log_softmax"`` (default), ``"softmax"`` or ``"logit"``.
         seed: Seed of the private generator.
-        chunk_size: Inputs per forward pass (default: device-aware bound).
+        internal_batch_size: Inputs per forward pass (default: device-aware bound).
         progress: Show a tqdm progress bar.
 
     Example:
@@ -967,7 +982,7 @@ class CounterfactualInfill(Explainer):
         mask_scale: int = 4,
         score: str = "log_softmax",
         seed: int = 0,
-        chunk_size: int | None = None,
+        internal_batch_size: int | None = None,
         progress: bool = False,
     ) -> None:
         if isinstance(infiller, str):
@@ -995,7 +1010,7 @@ class CounterfactualInfill(Explainer):
         self.mask_scale = check_int("mask_scale", mask_scale, 1)
         self.score = check_score(score)
         self.seed = check_int("seed", seed, 0)
-        self.chunk_size = check_chunk_size(chunk_size)
+        self.internal_batch_size = check_chunk_size(internal_batch_size)
         self.progress = _check_bool("progress", progress)
 
     def _attribute(self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext) -> Tensor:
@@ -1046,7 +1061,8 @@ class CounterfactualInfill(Explainer):
                 loss,
                 n_iter=self.n_iter,
                 lr=self.lr,
-                chunk_size=default_chunk_size(x, self.chunk_size),
+                chunk_size=default_chunk_size(x, self.internal_batch_size),
+                adaptive=self.internal_batch_size is None,
                 project=None,
                 progress=self.progress,
                 desc="CounterfactualInfill",

@@ -4,7 +4,7 @@ The interpretable features are superpixels from scikit-image (:func:`superpixels
 ``"quickshift"`` or ``"felzenszwalb"``, chosen by name, or any callable). A coalition
 ``z in {0, 1}^K`` keeps the superpixels where ``z = 1`` and replaces the others by a baseline
 (``z[segments] * x + (1 - z[segments]) * baseline``, captum's transform). All coalitions of a
-batch go through the model in chunks of ``chunk_size`` rows; the surrogate fits are solved in
+batch go through the model in chunks of ``internal_batch_size`` rows; the surrogate fits are solved in
 torch, batched over the inputs (float64).
 
 * :class:`LIME` (Ribeiro, Singh & Guestrin 2016): weighted ridge regression on random binary
@@ -43,7 +43,14 @@ from lightning_xai.attribution._sampling import (
     progress_bar,
     target_scores,
 )
-from lightning_xai.attribution.base import ExplainContext, Explainer, TargetType, chunks, resolve_target
+from lightning_xai.attribution.base import (
+    ExplainContext,
+    Explainer,
+    OutputType,
+    TargetType,
+    chunks,
+    resolve_target,
+)
 from lightning_xai.attribution.path import IntegratedGradients
 
 __all__ = [
@@ -217,7 +224,7 @@ class _SuperpixelExplainer(Explainer):
         segmentation_kwargs: dict[str, Any] | None,
         baseline: BaselineType,
         seed: int,
-        chunk_size: int | None,
+        internal_batch_size: int | None,
         progress: bool,
     ) -> None:
         _check_segmentation(segmentation)
@@ -240,7 +247,7 @@ class _SuperpixelExplainer(Explainer):
         else:
             self.baseline = check_float("baseline", baseline)
         self.seed = check_int("seed", seed, 0)
-        self.chunk_size = check_chunk_size(chunk_size)
+        self.internal_batch_size = check_chunk_size(internal_batch_size)
         self.progress = _check_bool("progress", progress)
 
     def segments(self, inputs: Tensor) -> Tensor:
@@ -295,7 +302,8 @@ class _SuperpixelExplainer(Explainer):
             model,
             rows,
             targets,
-            chunk_size=default_chunk_size(x, self.chunk_size),
+            chunk_size=default_chunk_size(x, self.internal_batch_size),
+            adaptive=self.internal_batch_size is None,
             score=score,
             progress=self.progress,
             desc=type(self).__name__,
@@ -336,6 +344,9 @@ def _to_map(coefficients: Tensor, segments: Tensor) -> Tensor:
 # LIME and Kernel SHAP
 # --------------------------------------------------------------------------------------------
 class _LinearSurrogate(_SuperpixelExplainer):
+    region: ClassVar[bool] = False
+    signed: ClassVar[bool] = True
+
     def __init__(
         self,
         n_samples: int,
@@ -343,10 +354,10 @@ class _LinearSurrogate(_SuperpixelExplainer):
         segmentation_kwargs: dict[str, Any] | None,
         baseline: BaselineType,
         seed: int,
-        chunk_size: int | None,
+        internal_batch_size: int | None,
         progress: bool,
     ) -> None:
-        super().__init__(segmentation, segmentation_kwargs, baseline, seed, chunk_size, progress)
+        super().__init__(segmentation, segmentation_kwargs, baseline, seed, internal_batch_size, progress)
         self.n_samples = check_int("n_samples", n_samples, 1)
 
     def sample(self, k: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
@@ -366,6 +377,7 @@ class _LinearSurrogate(_SuperpixelExplainer):
         segments: Tensor | None = None,
         samples: Tensor | Sequence[Tensor] | None = None,
         return_coefficients: bool = False,
+        output: OutputType = None,
     ) -> Tensor:
         """Explain with injected superpixels and/or coalitions.
 
@@ -378,13 +390,17 @@ class _LinearSurrogate(_SuperpixelExplainer):
                 (``K`` = that image's number of superpixels); default: :meth:`sample`.
             return_coefficients: Return the ``[B, K_max]`` surrogate coefficients (zero past an
                 image's ``K``) instead of the map.
+            output: Where the scores are in the model's output (as in :meth:`__call__`).
 
         Returns:
-            The ``[B, 1, H, W]`` map (each superpixel painted with its coefficient), or the
-            coefficients.
+            The input-shaped map (each superpixel painted with its coefficient in every channel,
+            as captum returns it), or the coefficients.
         """
         result: Tensor = self._run(
-            model, inputs, lambda x, ctx: self._fit(model, x, target, segments, samples, return_coefficients)
+            model,
+            inputs,
+            lambda x, ctx: self._fit(model, x, target, segments, samples, return_coefficients),
+            output=output,
         )
         return result
 
@@ -445,7 +461,9 @@ class _LinearSurrogate(_SuperpixelExplainer):
         live = torch.arange(k_max, device=x.device)[None, :] < counts[:, None]
         empty = scores[n_main:].double() if extra is not None else None
         coefficients = self._solve(design, y, w, live, clean.double(), empty).to(x.dtype)
-        return coefficients if return_coefficients else _to_map(coefficients, segments)
+        if return_coefficients:
+            return coefficients
+        return _to_map(coefficients, segments).expand(-1, x.shape[1], -1, -1).contiguous()
 
     def _extra_rows(self, batch: int, k_max: int, device: torch.device) -> Tensor | None:
         return None
@@ -479,14 +497,14 @@ class LIME(_LinearSurrogate):
         baseline: Value of removed superpixels: a float, a tensor broadcastable to the inputs,
             or ``"mean"`` (each superpixel's mean colour).
         seed: Seed of the private generator (every input gets the same draws).
-        chunk_size: Perturbed inputs per forward pass (default: device-aware bound).
+        internal_batch_size: Perturbed inputs per forward pass (default: device-aware bound).
         progress: Show a tqdm progress bar.
 
     Example:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4))
         >>> lime = LIME(n_samples=64, segmentation_kwargs={"n_segments": 8})
         >>> lime(model, torch.rand(2, 3, 16, 16), 1).shape
-        torch.Size([2, 1, 16, 16])
+        torch.Size([2, 3, 16, 16])
     """
 
     registry_name: ClassVar[str | None] = "lime"
@@ -500,10 +518,10 @@ class LIME(_LinearSurrogate):
         segmentation_kwargs: dict[str, Any] | None = None,
         baseline: BaselineType = 0.0,
         seed: int = 0,
-        chunk_size: int | None = None,
+        internal_batch_size: int | None = None,
         progress: bool = False,
     ) -> None:
-        super().__init__(n_samples, segmentation, segmentation_kwargs, baseline, seed, chunk_size, progress)
+        super().__init__(n_samples, segmentation, segmentation_kwargs, baseline, seed, internal_batch_size, progress)
         self.kernel_width = check_float("kernel_width", kernel_width, 0.0)
         if self.kernel_width == 0.0:
             raise ValueError("Expected argument `kernel_width` to be > 0, but got 0.0.")
@@ -564,14 +582,14 @@ class KernelSHAP(_LinearSurrogate):
         segmentation_kwargs: Keyword arguments of the segmentation.
         baseline: Value of absent superpixels: a float, a tensor or ``"mean"``.
         seed: Seed of the private generator (every input gets the same draws).
-        chunk_size: Perturbed inputs per forward pass (default: device-aware bound).
+        internal_batch_size: Perturbed inputs per forward pass (default: device-aware bound).
         progress: Show a tqdm progress bar.
 
     Example:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4))
         >>> shap = KernelSHAP(n_samples=64, segmentation_kwargs={"n_segments": 8})
         >>> shap(model, torch.rand(2, 3, 16, 16), 1).shape
-        torch.Size([2, 1, 16, 16])
+        torch.Size([2, 3, 16, 16])
     """
 
     registry_name: ClassVar[str | None] = "kernel_shap"
@@ -583,10 +601,10 @@ class KernelSHAP(_LinearSurrogate):
         segmentation_kwargs: dict[str, Any] | None = None,
         baseline: BaselineType = 0.0,
         seed: int = 0,
-        chunk_size: int | None = None,
+        internal_batch_size: int | None = None,
         progress: bool = False,
     ) -> None:
-        super().__init__(n_samples, segmentation, segmentation_kwargs, baseline, seed, chunk_size, progress)
+        super().__init__(n_samples, segmentation, segmentation_kwargs, baseline, seed, internal_batch_size, progress)
 
     def sample(self, k: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
         device = torch.device(device)
@@ -725,7 +743,7 @@ class Anchors(_SuperpixelExplainer):
         segmentation_kwargs: Keyword arguments of the segmentation.
         baseline: Value of removed superpixels: a float, a tensor or ``"mean"``.
         seed: Seed of the private generator.
-        chunk_size: Perturbed inputs per forward pass (default: device-aware bound).
+        internal_batch_size: Perturbed inputs per forward pass (default: device-aware bound).
         progress: Show a tqdm progress bar over the inputs.
 
     Example:
@@ -752,10 +770,10 @@ class Anchors(_SuperpixelExplainer):
         segmentation_kwargs: dict[str, Any] | None = None,
         baseline: BaselineType = 0.0,
         seed: int = 0,
-        chunk_size: int | None = None,
+        internal_batch_size: int | None = None,
         progress: bool = False,
     ) -> None:
-        super().__init__(segmentation, segmentation_kwargs, baseline, seed, chunk_size, progress)
+        super().__init__(segmentation, segmentation_kwargs, baseline, seed, internal_batch_size, progress)
         self.threshold = check_float("threshold", threshold, 0.0, 1.0)
         self.delta = check_float("delta", delta, 0.0, 1.0)
         if self.delta in (0.0, 1.0):
@@ -769,11 +787,18 @@ class Anchors(_SuperpixelExplainer):
         self.max_samples = check_int("max_samples", max_samples, 1)
 
     def explain(
-        self, model: nn.Module, inputs: Tensor, target: TargetType = None, *, segments: Tensor | None = None
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        target: TargetType = None,
+        *,
+        segments: Tensor | None = None,
+        output: OutputType = None,
     ) -> AnchorResult:
-        """Find the anchors, with their precision, bounds and costs (see :class:`AnchorResult`)."""
+        """Find the anchors, with their precision, bounds and costs (see :class:`AnchorResult`);
+        ``segments`` injects the superpixels, ``output`` as in :meth:`__call__`."""
         result: tuple[AnchorResult] = self._run(
-            model, inputs, lambda x, ctx: (self._search(model, x, target, segments),)
+            model, inputs, lambda x, ctx: (self._search(model, x, target, segments),), output=output
         )
         return result[0]
 
@@ -787,6 +812,7 @@ class Anchors(_SuperpixelExplainer):
         segments: Tensor | None = None,
         n_samples: int = 1000,
         seed: int = 12345,
+        output: OutputType = None,
     ) -> Tensor:
         """Precision of given anchors on ``n_samples`` fresh perturbations per input (a seed
         apart from the search's), ``[B]``."""
@@ -804,7 +830,7 @@ class Anchors(_SuperpixelExplainer):
                 out.append(hits.double().mean())
             return torch.stack(out)
 
-        result: Tensor = self._run(model, inputs, compute)
+        result: Tensor = self._run(model, inputs, compute, output=output)
         return result
 
     def _attribute(self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext) -> Tensor:
@@ -819,7 +845,7 @@ class Anchors(_SuperpixelExplainer):
     def _hits(
         self, model: nn.Module, x: Tensor, baseline: Tensor, segments: Tensor, owner: Tensor, z: Tensor, label: Tensor
     ) -> Tensor:
-        chunk = default_chunk_size(x, self.chunk_size)
+        chunk = default_chunk_size(x, self.internal_batch_size)
         hits = []
         with torch.no_grad():
             for sl in chunks(z.shape[0], chunk):
@@ -965,7 +991,8 @@ class XRAI(Explainer):
        when ``area_threshold`` of the image is covered or no segment is left; uncovered pixels
        get the mean attribution of the uncovered area.
 
-    The map ranks regions: thresholding it at any level gives the XRAI region of that area. The
+    The map (input-shaped, the same in every channel; signed, as gains can be negative) ranks
+    regions: thresholding it at any level gives the XRAI region of that area. The
     defaults scale the paper's 299x299 settings (min size 150, dilation 5, min pixel difference
     50) to the image size.
 
@@ -986,11 +1013,11 @@ class XRAI(Explainer):
     Example:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4))
         >>> XRAI(n_steps=4, scales=(50, 100))(model, torch.rand(2, 3, 16, 16), 1).shape
-        torch.Size([2, 1, 16, 16])
+        torch.Size([2, 3, 16, 16])
     """
 
     registry_name: ClassVar[str | None] = "xrai"
-    region: ClassVar[bool] = True
+    region: ClassVar[bool] = False
     signed: ClassVar[bool] = True
 
     def __init__(
@@ -1050,11 +1077,13 @@ class XRAI(Explainer):
         *,
         segments: Sequence[Tensor] | None = None,
         attributions: Tensor | None = None,
+        output: OutputType = None,
     ) -> Tensor:
         """XRAI with injected segments (a list of ``[S_i, H, W]`` bool masks per image) and/or
-        injected pixel attributions (``[B, H, W]`` or input-shaped, summed over channels)."""
+        injected pixel attributions (``[B, H, W]`` or input-shaped, summed over channels);
+        ``output`` as in :meth:`__call__`."""
         result: Tensor = self._run(
-            model, inputs, lambda x, ctx: self._xrai(model, x, target, ctx, segments, attributions)
+            model, inputs, lambda x, ctx: self._xrai(model, x, target, ctx, segments, attributions), output=output
         )
         return result
 
@@ -1091,9 +1120,8 @@ class XRAI(Explainer):
         if attr.shape != (batch, height, width):
             raise ValueError(f"Expected `attributions` of shape {(batch, height, width)}, got {tuple(attr.shape)}.")
         min_diff = self._scaled(self.min_pixel_diff, 50, height * width, 1.0)
-        return torch.stack([self._grow(attr[b], segments[b].to(x.device).bool(), min_diff) for b in range(batch)])[
-            :, None
-        ]
+        grown = torch.stack([self._grow(attr[b], segments[b].to(x.device).bool(), min_diff) for b in range(batch)])
+        return grown[:, None].expand(-1, x.shape[1], -1, -1).contiguous()
 
     def _grow(self, attr: Tensor, masks: Tensor, min_diff: int) -> Tensor:
         """Greedy region growth for one image: ``[H, W]`` map of gain densities."""
