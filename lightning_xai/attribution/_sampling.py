@@ -4,7 +4,7 @@ inputs, score kinds, progress bars, private generators and argument checks."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -108,6 +108,7 @@ def evaluate_rows(
     progress: bool = False,
     desc: str = "perturbations",
     adaptive: bool = False,
+    groups: Sequence[int] | None = None,
 ) -> Tensor:
     """Scores of ``len(targets)`` perturbed inputs, built and evaluated chunk by chunk.
 
@@ -121,6 +122,9 @@ def evaluate_rows(
         desc: The bar's label.
         adaptive: On out-of-memory, retry a chunk at half its size (``chunk_size`` was a
             default) instead of raising.
+        groups: Sizes of consecutive row groups (one per input) that chunks never straddle:
+            each input is then scored by forward passes whose shapes do not depend on the other
+            inputs of the batch, so a batch gives bitwise the scores of its inputs one by one.
 
     Returns:
         ``[N]`` scores, under ``torch.no_grad``.
@@ -136,5 +140,18 @@ def evaluate_rows(
         update(rows.stop - rows.start)
 
     with torch.no_grad(), progress_bar(total, progress, desc) as update:
-        run_chunked(total, chunk_size, body, method=desc, adaptive=adaptive)
+        if groups is None:
+            run_chunked(total, chunk_size, body, method=desc, adaptive=adaptive)
+        else:
+            start = 0
+            for size in groups:
+                offset = start
+                run_chunked(
+                    size,
+                    chunk_size,
+                    lambda rows, offset=offset: body(slice(offset + rows.start, offset + rows.stop)),
+                    method=desc,
+                    adaptive=adaptive,
+                )
+                start += size
     return holder[0]

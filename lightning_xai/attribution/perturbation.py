@@ -192,8 +192,9 @@ class Occlusion(Explainer):
     contraction of the ``[B, positions]`` drops with one ``[positions, n]`` cover matrix per axis:
     no Python loop over windows.
 
-    COST: ``1 + P`` forward passes of the batch (``P`` window positions), in chunks of
-    ``internal_batch_size`` occluded inputs; no backward pass.
+    COST: ``1 + P`` forward passes per input (``P`` window positions; the first scores the
+    input itself), in chunks of at most ``internal_batch_size`` rows that never mix two inputs
+    (so a batch gives bitwise the maps of its inputs one by one); no backward pass.
 
     Args:
         window: Window shape.
@@ -289,43 +290,44 @@ class Occlusion(Explainer):
                 f"Occlusion: the baseline of shape {tuple(torch.as_tensor(self.baseline).shape)} does not broadcast "
                 f"to the inputs' shape {tuple(x.shape)}."
             ) from None
-        outputs, resolved = _resolve(model, x, target)
-        clean = target_scores(outputs, resolved, "logit")
+        _, resolved = _resolve(model, x, target)
         batch = x.shape[0]
         counts = [m.shape[0] for m in mats]
         n_pos = math.prod(counts)
+        per_image = n_pos + 1  # row 0 of each image: the image itself (its clean score)
         strides = [math.prod(counts[d + 1 :]) for d in range(len(counts))]
         ones = [1] * len(dims)
-
         scalar = None if isinstance(self.baseline, Tensor) else float(self.baseline)
 
         def rows(sl: slice) -> Tensor:
             # x * (1 - m) + baseline * m for a 0/1 mask m is an exact select: fill the window instead
             r = torch.arange(sl.start, sl.stop, device=x.device)
-            b, p = r // n_pos, r % n_pos
-            mask: Tensor | None = None
+            b, p = r // per_image, r % per_image - 1
+            mask = (p >= 0).view(-1, *ones)
+            p = p.clamp(min=0)
             for d, m in enumerate(mats):
                 shape = [-1] + [1] * len(dims)
                 shape[d + 1] = dims[d]
-                part = m[(p // strides[d]) % counts[d]].bool().view(shape)
-                mask = part if mask is None else mask & part
-            assert mask is not None
+                mask = mask & m[(p // strides[d]) % counts[d]].bool().view(shape)
             out = x[b]
             if scalar is not None:
                 return out.masked_fill_(mask, scalar)
             return torch.where(mask, baseline[b], out)
 
+        # chunks never straddle two images: each image's forward passes have the same shapes
+        # whatever the batch, so a batch gives bitwise the maps of its images one by one
         scores = evaluate_rows(
             model,
             rows,
-            resolved.repeat_interleave(n_pos),
+            resolved.repeat_interleave(per_image),
             chunk_size=default_chunk_size(x, self.internal_batch_size),
             adaptive=self.internal_batch_size is None,
             score="logit",
             progress=self.progress,
             desc="Occlusion",
-        )
-        drops = (clean.view(batch, 1) - scores.view(batch, n_pos)).view(batch, *counts)
+            groups=[per_image] * batch,
+        ).view(batch, per_image)
+        drops = (scores[:, :1] - scores[:, 1:]).reshape(batch, *counts)
         total = drops
         for m in mats:  # contract the leading position axis, append the element axis
             total = torch.tensordot(total, m, dims=([1], [0]))
@@ -832,6 +834,7 @@ class PredictionDifference(Explainer):
             score="softmax",
             progress=self.progress,
             desc="PredictionDifference",
+            groups=[per_image] * batch,
         ).view(batch, n_pos, n_s)
         classes = outputs.shape[1]
         clean = target_scores(outputs, resolved, "softmax")

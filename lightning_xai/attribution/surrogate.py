@@ -290,10 +290,11 @@ class _SuperpixelExplainer(Explainer):
         owner: Tensor,
         coalitions: Tensor,
         targets: Tensor,
-        score: str = "logit",
+        groups: Sequence[int] | None = None,
     ) -> Tensor:
-        """Scores of rows ``(owner[r], coalitions[r])``: image ``owner[r]`` with the superpixels
-        where ``coalitions[r] = 1`` kept and the rest replaced by the baseline."""
+        """Target logits of rows ``(owner[r], coalitions[r])``: image ``owner[r]`` with the
+        superpixels where ``coalitions[r] = 1`` kept and the rest replaced by the baseline;
+        ``groups`` are the per-image row counts (chunks never straddle two images)."""
 
         def rows(sl: slice) -> Tensor:
             return _coalition_rows(x, baseline, segments, owner[sl], coalitions[sl])
@@ -304,9 +305,10 @@ class _SuperpixelExplainer(Explainer):
             targets,
             chunk_size=default_chunk_size(x, self.internal_batch_size),
             adaptive=self.internal_batch_size is None,
-            score=score,
+            score="logit",
             progress=self.progress,
             desc=type(self).__name__,
+            groups=groups,
         )
 
 
@@ -346,6 +348,8 @@ def _to_map(coefficients: Tensor, segments: Tensor) -> Tensor:
 class _LinearSurrogate(_SuperpixelExplainer):
     region: ClassVar[bool] = False
     signed: ClassVar[bool] = True
+    _n_extra: ClassVar[int] = 0
+    """Rows scored after each image's coalitions: Kernel SHAP adds the empty and the full one."""
 
     def __init__(
         self,
@@ -443,30 +447,36 @@ class _LinearSurrogate(_SuperpixelExplainer):
         with torch.no_grad():
             outputs = model(x)
         resolved = resolve_target(target, outputs)
-        clean = target_scores(outputs, resolved, "logit")
-        rows, owner, position = _stack_rows(coalitions, k_max)
-        extra = self._extra_rows(batch, k_max, x.device)
-        if extra is not None:  # Kernel SHAP: f(baseline) for the efficiency constraint
-            rows = torch.cat([rows, extra])
-            owner = torch.cat([owner, torch.arange(batch, device=x.device)])
-        scores = self._scores(model, x, baseline, segments, owner, rows, resolved[owner])
+        # each image's rows together: its coalitions, then (Kernel SHAP) the empty and the full
+        # coalition, so every image is scored by forward passes of the same shapes whatever the
+        # batch (batch invariance to the last bit)
+        n_extra = self._n_extra
+        per_image = []
+        for z, k in zip(coalitions, counts.tolist()):
+            extra = [
+                torch.zeros(1, k, dtype=z.dtype, device=z.device),
+                torch.ones(1, k, dtype=z.dtype, device=z.device),
+            ]
+            per_image.append(torch.cat([z, *extra[:n_extra]]) if n_extra else z)
+        rows, owner, position = _stack_rows(per_image, k_max)
+        sizes = [z.shape[0] for z in per_image]
+        scores = self._scores(model, x, baseline, segments, owner, rows, resolved[owner], sizes)
         n_max = max(z.shape[0] for z in coalitions)
-        n_main = position.numel()
+        main = position < torch.tensor([z.shape[0] for z in coalitions], device=x.device)[owner]
         design = x.new_zeros(batch, n_max, k_max, dtype=torch.float64)
-        design[owner[:n_main], position] = rows[:n_main].double()
+        design[owner[main], position[main]] = rows[main].double()
         y = x.new_zeros(batch, n_max, dtype=torch.float64)
-        y[owner[:n_main], position] = scores[:n_main].double()
+        y[owner[main], position[main]] = scores[main].double()
         w = x.new_zeros(batch, n_max, dtype=torch.float64)
-        w[owner[:n_main], position] = torch.cat(weights).double()
+        w[owner[main], position[main]] = torch.cat(weights).double()
         live = torch.arange(k_max, device=x.device)[None, :] < counts[:, None]
-        empty = scores[n_main:].double() if extra is not None else None
-        coefficients = self._solve(design, y, w, live, clean.double(), empty).to(x.dtype)
+        ends = torch.tensor(sizes, device=x.device).cumsum(0)
+        empty = scores[ends - 2].double() if n_extra else None
+        full = scores[ends - 1].double() if n_extra else target_scores(outputs, resolved, "logit").double()
+        coefficients = self._solve(design, y, w, live, full, empty).to(x.dtype)
         if return_coefficients:
             return coefficients
         return _to_map(coefficients, segments).expand(-1, x.shape[1], -1, -1).contiguous()
-
-    def _extra_rows(self, batch: int, k_max: int, device: torch.device) -> Tensor | None:
-        return None
 
     def _solve(self, design: Tensor, y: Tensor, w: Tensor, live: Tensor, full: Tensor, empty: Tensor | None) -> Tensor:
         raise NotImplementedError
@@ -593,6 +603,7 @@ class KernelSHAP(_LinearSurrogate):
     """
 
     registry_name: ClassVar[str | None] = "kernel_shap"
+    _n_extra: ClassVar[int] = 2
 
     def __init__(
         self,
@@ -625,9 +636,6 @@ class KernelSHAP(_LinearSurrogate):
 
     def _weights(self, samples: Tensor) -> Tensor:
         return torch.ones(samples.shape[0], dtype=torch.float64, device=samples.device)
-
-    def _extra_rows(self, batch: int, k_max: int, device: torch.device) -> Tensor | None:
-        return torch.zeros(batch, k_max, dtype=torch.long, device=device)
 
     def _solve(self, design: Tensor, y: Tensor, w: Tensor, live: Tensor, full: Tensor, empty: Tensor | None) -> Tensor:
         assert empty is not None

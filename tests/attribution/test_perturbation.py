@@ -99,7 +99,7 @@ def test_occlusion_equals_captum(model_name: str, window: tuple, stride: tuple, 
     if len(window) == 3 and channels == 1:
         window, stride = (1, *window[1:]), (1, *stride[1:])
     target = torch.arange(x.shape[0]) % 3
-    ours = Occlusion(window=window, stride=stride, baseline=baseline, chunk_size=37)(model, x, target)
+    ours = Occlusion(window=window, stride=stride, baseline=baseline, internal_batch_size=37)(model, x, target)
     cw = window if len(window) == 3 else (channels, *window)
     cs = stride if len(stride) == 3 else (channels, *stride)
     ref = captum_attr.Occlusion(model).attribute(
