@@ -13,3 +13,11 @@ __all__ = [
     "PrototypePush",
     "PrototypeStages",
 ]
+
+from lightning_xai.callbacks.tcav import TCAVMonitor  # noqa: E402
+
+__all__ += ["TCAVMonitor"]
+
+from lightning_xai.callbacks.dissection import DissectionMonitor  # noqa: E402
+
+__all__ += ["DissectionMonitor"]
