@@ -38,6 +38,25 @@ from lightning_xai.attribution.gradient import (
     modified_relu,
 )
 from lightning_xai.attribution.path import IntegratedGradients, gaussian_blur, make_baseline
+from lightning_xai.attribution.perturbation import (
+    RISE,
+    BlurInfiller,
+    ConditionalGaussianInfiller,
+    CounterfactualInfill,
+    ExtremalPerturbation,
+    LocalMeanInfiller,
+    MeaningfulPerturbation,
+    Occlusion,
+    PredictionDifference,
+)
+from lightning_xai.attribution.surrogate import (
+    LIME,
+    XRAI,
+    AnchorResult,
+    Anchors,
+    KernelSHAP,
+    superpixels,
+)
 
 __all__ = [
     "CAM",
@@ -71,4 +90,19 @@ __all__ = [
     "OutputType",
     "default_cam_layer",
     "select_output",
+    "RISE",
+    "BlurInfiller",
+    "ConditionalGaussianInfiller",
+    "CounterfactualInfill",
+    "ExtremalPerturbation",
+    "LocalMeanInfiller",
+    "MeaningfulPerturbation",
+    "Occlusion",
+    "PredictionDifference",
+    "LIME",
+    "XRAI",
+    "AnchorResult",
+    "Anchors",
+    "KernelSHAP",
+    "superpixels",
 ]

@@ -22,8 +22,14 @@ from torch import nn
 
 from lightning_xai.attribution import (
     CAM,
+    LIME,
+    RISE,
+    XRAI,
+    Anchors,
+    CounterfactualInfill,
     Deconvnet,
     Explainer,
+    ExtremalPerturbation,
     FullGrad,
     GradCAM,
     GradCAMPlusPlus,
@@ -31,7 +37,11 @@ from lightning_xai.attribution import (
     GuidedGradCAM,
     InputXGradient,
     IntegratedGradients,
+    KernelSHAP,
+    MeaningfulPerturbation,
     NoiseTunnel,
+    Occlusion,
+    PredictionDifference,
     Saliency,
     ScoreCAM,
     available_explainers,
@@ -94,6 +104,29 @@ CASES: list[Case] = [
     if not (e in NEEDS_GAP_HEAD and m == "vgg")
 ] + [Case(e, m, EXPLAINERS[e]) for m in RELU_MODELS for e in RELU_METHODS]
 # other cases: CASES.append(Case("my_method", "small", lambda: MyMethod(option=1)))
+# perturbation and surrogate explainers: many forward passes each, so on the two small models
+PERTURBATION_EXPLAINERS = {
+    "occlusion": lambda: Occlusion(window=(8, 8), stride=(6, 6)),
+    "occlusion_channels": lambda: Occlusion(window=(1, 5, 5), stride=(1, 5, 5), baseline=0.5),
+    "rise": lambda: RISE(n_masks=16, cell_size=8),
+    "meaningful_perturbation": lambda: MeaningfulPerturbation(n_iter=2),
+    "extremal_perturbation": lambda: ExtremalPerturbation(areas=[0.1, 0.3], n_iter=3),
+    "prediction_difference": lambda: PredictionDifference(window=8, stride=8, n_samples=2),
+    "counterfactual_infill": lambda: CounterfactualInfill("gaussian", n_iter=3),
+    "lime": lambda: LIME(n_samples=16, segmentation="grid"),
+    "kernel_shap": lambda: KernelSHAP(n_samples=16, segmentation="grid", baseline="mean"),
+    "anchors": lambda: Anchors(
+        threshold=0.8,
+        max_anchor_size=2,
+        segmentation="grid",
+        segmentation_kwargs={"cell_size": 14},
+        n_init=16,
+        batch_size=16,
+        max_samples=128,
+    ),
+    "xrai": lambda: XRAI(n_steps=4, scales=(50, 200)),
+}
+CASES += [Case(e, m, build) for m in ("small", "vgg") for e, build in PERTURBATION_EXPLAINERS.items()]
 
 
 def _first_cases() -> list[Case]:
