@@ -1,5 +1,6 @@
 import csv
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,7 +187,7 @@ def test_check_loggers(tmp_path, monkeypatch):
     check_loggers([TensorBoardLogger(tmp_path)])  # fine without wandb when W&B is not used
 
 
-def test_fast_tensorboard_crc_is_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fast_tensorboard_crc_is_identical_and_opt_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import os
 
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
@@ -198,7 +199,9 @@ def test_fast_tensorboard_crc_is_identical(monkeypatch: pytest.MonkeyPatch) -> N
         data = os.urandom(size)
         assert _fast_masked_crc32c(data) == masked_crc32c(data)
     monkeypatch.setattr(record_writer, "masked_crc32c", masked_crc32c)
-    monkeypatch.setenv("LIGHTNING_XAI_FAST_CRC", "0")
-    assert not use_fast_tensorboard_crc() and record_writer.masked_crc32c is masked_crc32c
-    monkeypatch.delenv("LIGHTNING_XAI_FAST_CRC")
+    # opt-in only: creating sinks never patches TensorBoard
+    TensorBoardSink(TensorBoardLogger(str(tmp_path)))
+    assert record_writer.masked_crc32c is masked_crc32c
     assert use_fast_tensorboard_crc() and record_writer.masked_crc32c is _fast_masked_crc32c
+    assert use_fast_tensorboard_crc()  # idempotent: the original is remembered once
+    assert not use_fast_tensorboard_crc(False) and record_writer.masked_crc32c is masked_crc32c
