@@ -155,8 +155,9 @@ class InsertionAUC(DeletionAUC):
 class PixelFlipping(_FiniteMean):
     """Mean normalised area under the pixel-flipping curve (see
     :func:`~lightning_xai.metrics.functional.pixel_flipping`); lower is better for ``"morf"``,
-    higher for ``"lerf"``."""
+    higher for ``"lerf"`` (``higher_is_better`` describes the default ``"morf"``)."""
 
+    higher_is_better = False
     needs_model = True
 
     def __init__(self, features_in_step: int = 1, order: str = "morf", baseline: BaselineType = "black",
@@ -164,7 +165,6 @@ class PixelFlipping(_FiniteMean):
         super().__init__(**kwargs)
         self.features_in_step = check_int("features_in_step", features_in_step, 1)
         self.order = _check_order(order, type(self).__name__)
-        self.higher_is_better = order == "lerf"
         self.baseline, self.softmax = baseline, bool(softmax)
         self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
 
@@ -178,8 +178,10 @@ class PixelFlipping(_FiniteMean):
 
 class RegionPerturbation(_FiniteMean):
     """Mean area over the perturbation curve (AOPC: the mean score drop over the region steps, see
-    :func:`~lightning_xai.metrics.functional.region_perturbation`); higher is better for ``"morf"``."""
+    :func:`~lightning_xai.metrics.functional.region_perturbation`); higher is better for ``"morf"``,
+    lower for ``"lerf"`` (``higher_is_better`` describes the default ``"morf"``)."""
 
+    higher_is_better = True
     needs_model = True
 
     def __init__(self, patch_size: int = 8, regions: int = 100, order: str = "morf",
@@ -189,7 +191,6 @@ class RegionPerturbation(_FiniteMean):
         self.patch_size = check_int("patch_size", patch_size, 1)
         self.regions = check_int("regions", regions, 1)
         self.order = _check_order(order, type(self).__name__)
-        self.higher_is_better = order == "morf"
         self.baseline, self.softmax = baseline, bool(softmax)
         self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
 
@@ -515,7 +516,6 @@ class ROAD(Metric):
         if order not in ("morf", "lerf", "random"):
             raise ValueError(f"Expected argument `order` in ('morf', 'lerf', 'random'), but got {order!r}.")
         self.order = order
-        self.higher_is_better = order == "lerf"
         self.noise_std = check_float("noise_std", noise_std, 0.0)
         self.iterations = check_int("iterations", iterations, 1)
         self.softmax = bool(softmax)
