@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from torch import nn
 
-from lightning_xai.data import ShapesDataset
 
 
 class ShapesNet(nn.Module):
@@ -31,8 +31,10 @@ class ShapesNet(nn.Module):
 
 
 @functools.lru_cache(maxsize=1)
-def trained_shapes_model() -> tuple[nn.Module, ShapesDataset]:
+def trained_shapes_model() -> tuple[nn.Module, Any]:
     """ShapesNet trained (seeded, a few seconds on one core) on 384 two-class shapes of 16 px; with a test set."""
+    from lightning_xai.data.shapes import ShapesDataset
+
     torch.manual_seed(0)
     train = ShapesDataset(num_samples=384, image_size=16, num_classes=2, noise=0.02, seed=1)
     test = ShapesDataset(num_samples=64, image_size=16, num_classes=2, noise=0.02, seed=2)
@@ -48,3 +50,61 @@ def trained_shapes_model() -> tuple[nn.Module, ShapesDataset]:
             loss.backward()
             opt.step()
     return model.eval(), test
+
+
+def _ddp_metrics():
+    from lightning_xai.attribution import Saliency
+    from lightning_xai.metrics import DeletionAUC, MetricReliability, ParameterRandomization, PointingGame, ROAD
+
+    return {
+        "deletion": (DeletionAUC(steps=6), "model"),
+        "pointing": (PointingGame(), "masks"),
+        "mprt": (ParameterRandomization(Saliency()), "explain"),
+        "road": (ROAD(fractions=[0.25, 0.5], iterations=4, noise_std=0.0), "model"),
+        "reliability": (MetricReliability(), "scores"),
+    }
+
+
+def ddp_data():
+    """A model and one batch of 8 for the DDP test."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3)).eval()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 1, 6, 6, generator=gen)
+    maps = torch.randn(8, 1, 6, 6, generator=gen)
+    masks = (torch.rand(8, 1, 6, 6, generator=gen) > 0.5).float()
+    target = torch.randint(0, 3, (8,), generator=gen)
+    scores = torch.rand(8, 3, generator=gen)
+    return model, x, maps, masks, target, scores
+
+
+def update_all(metrics, rows: slice) -> None:
+    model, x, maps, masks, target, scores = ddp_data()
+    for metric, kind in metrics.values():
+        if kind == "model":
+            metric.update(model, x[rows], maps[rows], target[rows])
+        elif kind == "masks":
+            metric.update(maps[rows], masks[rows])
+        elif kind == "explain":
+            metric.update(model, x[rows], target[rows])
+        else:
+            metric.update(scores[rows])
+
+
+def ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Rank ``rank`` updates every metric with its half of the batch (in two updates), then
+    computes (torchmetrics syncs the states over gloo) and rank 0 saves the results."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        metrics = _ddp_metrics()
+        half = 8 // world
+        update_all(metrics, slice(rank * half, rank * half + half // 2))
+        update_all(metrics, slice(rank * half + half // 2, (rank + 1) * half))
+        results = {name: metric.compute() for name, (metric, _) in metrics.items()}
+        if rank == 0:
+            torch.save(results, out)
+    finally:
+        dist.destroy_process_group()
