@@ -2,5 +2,7 @@
 
 from lightning_xai.callbacks.base import MonitorBase, ProbeMonitor, RunInfo
 from lightning_xai.callbacks.saliency import SaliencyMonitor
+from lightning_xai.callbacks.quality import MetricsMonitor, SanityCheckMonitor
 
 __all__ = ["MonitorBase", "ProbeMonitor", "RunInfo", "SaliencyMonitor"]
+__all__ += ["MetricsMonitor", "SanityCheckMonitor"]
