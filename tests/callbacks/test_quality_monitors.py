@@ -65,8 +65,6 @@ def test_wandb_offline_curves_and_plot(tmp_path: Path, monkeypatch: pytest.Monke
     assert 0.0 <= summary["xai/metrics/saliency/deletion_auc"] <= 1.0
     assert -1.0 <= summary["xai/sanity/saliency/mean"] <= 1.0
     run = next((tmp_path / "wandb").glob("offline-run-*"))
-    records = next(run.glob("*.wandb")).read_bytes()  # the offline run's history: one row per epoch
-    assert records.count(b"xai/metrics/saliency/deletion_auc") >= 2
     plots = list((run / "files" / "media").rglob("randomization_*.png"))
     assert len(plots) == 2, plots
     tables = list((run / "files" / "media").rglob("*table*.table.json"))
