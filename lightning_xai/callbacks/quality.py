@@ -68,7 +68,9 @@ class _QualityMonitor(ProbeMonitor):
             raise ValueError(f"Expected argument `target` to be 'predicted' or 'label', but got {target!r}.")
         self.explainers = explainers
         self.names = (
-            SaliencyMonitor._check_names(names, explainers) if names is not None else SaliencyMonitor._unique_names(explainers)
+            SaliencyMonitor._check_names(names, explainers)
+            if names is not None
+            else SaliencyMonitor._unique_names(explainers)
         )
         self.target = target
 
@@ -347,7 +349,9 @@ class SanityCheckMonitor(_QualityMonitor):
         self.mode = mode
         self.measure = check_measure(measure)
         if isinstance(randomization_seed, bool) or not isinstance(randomization_seed, int) or randomization_seed < 0:
-            raise ValueError(f"Expected argument `randomization_seed` to be an int >= 0, but got {randomization_seed!r}.")
+            raise ValueError(
+                f"Expected argument `randomization_seed` to be an int >= 0, but got {randomization_seed!r}."
+            )
         self.randomization_seed = randomization_seed
         self.layers: list[str] = []
 

@@ -1,7 +1,6 @@
 """Scores over explanations as torchmetrics ``Metric`` classes; pure functions in ``functional``."""
 
 from lightning_xai.metrics.maps import MapEntropy, MapSSIM, MaskShare
-
 from lightning_xai.metrics.quality import (
     ROAD,
     ROAR,

@@ -471,8 +471,9 @@ class DataRandomization(_ExplainerMetric):
 
     def update(self, model: nn.Module, random_model: nn.Module, inputs: Tensor, target: TargetType = None) -> None:
         self._accumulate(
-            _data_randomization_update(model, random_model, inputs, self.explainer, target, measure=self.measure,
-                                       batch_size=self.batch_size)  # fmt: skip
+            _data_randomization_update(
+                model, random_model, inputs, self.explainer, target, measure=self.measure, batch_size=self.batch_size
+            )  # fmt: skip
         )
 
 
@@ -491,8 +492,9 @@ class InputInvariance(_ExplainerMetric):
 
     def update(self, model: nn.Module, inputs: Tensor, target: TargetType = None) -> None:
         self._accumulate(
-            _input_invariance_update(model, inputs, self.explainer, target, shift=self.shift, atol=self.atol,
-                                     batch_size=self.batch_size)  # fmt: skip
+            _input_invariance_update(
+                model, inputs, self.explainer, target, shift=self.shift, atol=self.atol, batch_size=self.batch_size
+            )  # fmt: skip
         )
 
 
@@ -573,10 +575,8 @@ class ROAR(Metric):
         n = len(self.fractions)
         for name, p in (("preds", preds), ("random_preds", random_preds)):
             if p.ndim not in (2, 3) or p.shape[0] != n or p.shape[1] != labels.shape[0]:
-                raise ValueError(
-                    f"Expected `{name}` of shape [{n}, {labels.shape[0]}(, K)], but got {tuple(p.shape)}."
-                )
-        hit = (lambda p: ((p.argmax(-1) if p.ndim == 3 else p) == labels.view(1, -1)).sum(dim=1))  # noqa: E731
+                raise ValueError(f"Expected `{name}` of shape [{n}, {labels.shape[0]}(, K)], but got {tuple(p.shape)}.")
+        hit = lambda p: ((p.argmax(-1) if p.ndim == 3 else p) == labels.view(1, -1)).sum(dim=1)  # noqa: E731
         self.correct += hit(preds).to(self.correct.device, torch.float64)
         self.random_correct += hit(random_preds).to(self.correct.device, torch.float64)
         self.count += labels.shape[0]

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 
-
 class ShapesNet(nn.Module):
     """A small CNN for 3x16x16 shapes: conv-relu x3, max-pool, linear on the flattened features."""
 
@@ -54,7 +53,7 @@ def trained_shapes_model() -> tuple[nn.Module, Any]:
 
 def _ddp_metrics():
     from lightning_xai.attribution import Saliency
-    from lightning_xai.metrics import DeletionAUC, MetricReliability, ParameterRandomization, PointingGame, ROAD
+    from lightning_xai.metrics import ROAD, DeletionAUC, MetricReliability, ParameterRandomization, PointingGame
 
     return {
         "deletion": (DeletionAUC(steps=6), "model"),

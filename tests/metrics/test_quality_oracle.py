@@ -191,7 +191,9 @@ def test_mprt_cascading_equals_quantus(explainer) -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     xn, yn, an = _np(x, y, a)
     metric = quantus.MPRT(seed=42, normalise=False, abs=False, disable_warnings=True)
-    theirs = metric(model=model, x_batch=xn, y_batch=yn, a_batch=an, explain_func=_explain_func(explainer), device="cpu")
+    theirs = metric(
+        model=model, x_batch=xn, y_batch=yn, a_batch=an, explain_func=_explain_func(explainer), device="cpu"
+    )
     ours = parameter_randomization(model, x, explainer, y, seed=43)  # quantus seeds each reset with seed + 1
     layers = randomization_layers(model)
     assert list(theirs)[1:] == layers
@@ -215,7 +217,9 @@ def test_input_invariance_equals_quantus() -> None:
         xn, yn, an = _np(x, y, a)
         metric = quantus.InputInvariance(normalise=False, abs=False, disable_warnings=True)
         theirs = np.array(
-            metric(model=model, x_batch=xn, y_batch=yn, a_batch=an, explain_func=_explain_func(explainer), device="cpu"),
+            metric(
+                model=model, x_batch=xn, y_batch=yn, a_batch=an, explain_func=_explain_func(explainer), device="cpu"
+            ),
             dtype=float,
         )
         ours = input_invariance(model, x, explainer, y)

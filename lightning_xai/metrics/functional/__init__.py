@@ -1,6 +1,5 @@
 """Pure metric functions; the Metric classes in :mod:`lightning_xai.metrics` wrap them."""
 
-from lightning_xai.metrics.functional.maps import map_entropy, map_ssim, mask_share
 from lightning_xai.metrics.functional.faithfulness import (
     curve_auc,
     deletion_auc,
@@ -11,6 +10,7 @@ from lightning_xai.metrics.functional.faithfulness import (
     region_perturbation,
 )
 from lightning_xai.metrics.functional.localisation import mask_aupr, mask_mass, pointing_game
+from lightning_xai.metrics.functional.maps import map_entropy, map_ssim, mask_share
 from lightning_xai.metrics.functional.randomisation import (
     data_randomization,
     input_invariance,

@@ -133,7 +133,9 @@ def make_baseline_for(baseline: BaselineType, inputs: Tensor, *, method: str) ->
             f"{method}: expected `baseline` in ('black', 'white', 'mean', 'blur'), a float or a Tensor, "
             f"but got {baseline!r}."
         )
-    raise TypeError(f"{method}: expected `baseline` to be a float, a string or a Tensor, but got {type(baseline).__name__}.")
+    raise TypeError(
+        f"{method}: expected `baseline` to be a float, a string or a Tensor, but got {type(baseline).__name__}."
+    )
 
 
 def score_fn(model: nn.Module, softmax: bool) -> ScoreFn:

@@ -98,7 +98,9 @@ def _parameter_randomization_update(
     known = dict(model.named_modules())
     for name in names:
         if name not in known or not callable(getattr(known[name], "reset_parameters", None)):
-            raise ValueError(f"{method}: {name!r} is not a layer with reset_parameters; valid: {randomization_layers(model)}.")
+            raise ValueError(
+                f"{method}: {name!r} is not a layer with reset_parameters; valid: {randomization_layers(model)}."
+            )
     if not names:
         raise ValueError(f"{method}: the model has no layer with reset_parameters to randomise.")
     x, tgt = resolve(model, inputs, target)

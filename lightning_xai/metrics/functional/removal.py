@@ -42,9 +42,7 @@ def _check_fractions(fractions: Sequence[float], method: str) -> Tensor:
     return torch.tensor([float(f) for f in fractions], dtype=torch.float64)
 
 
-def removal_masks(
-    attributions: Tensor, fractions: Sequence[float], order: str = "morf", seed: int = 0
-) -> Tensor:
+def removal_masks(attributions: Tensor, fractions: Sequence[float], order: str = "morf", seed: int = 0) -> Tensor:
     """``[F, B, 1, H, W]`` boolean masks of the pixels removed at each fraction.
 
     ``"morf"``: the top-attributed pixels (channels summed); ``"lerf"``: the least attributed;

@@ -65,7 +65,13 @@ def _neighbour_maps(
 
 
 def _draw(
-    noise: Tensor | None, samples: int, x_shape: torch.Size, inputs: Tensor, seed: int, kind: str, scale: float,
+    noise: Tensor | None,
+    samples: int,
+    x_shape: torch.Size,
+    inputs: Tensor,
+    seed: int,
+    kind: str,
+    scale: float,
     method: str,
 ) -> Tensor:
     if noise is not None:
