@@ -142,6 +142,7 @@ def per_sample_scores(
         ValueError: Unknown name, or a mask metric without masks.
 
     Example:
+        >>> import torch
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         >>> x = torch.rand(2, 1, 4, 4)
         >>> per_sample_scores("deletion_auc", model, x, torch.rand(2, 1, 4, 4), steps=4).shape
