@@ -42,7 +42,7 @@ def model_copy(model: nn.Module) -> nn.Module:
     shared, not copied."""
     memo: dict[int, object] = {}
     for module in model.modules():
-        for key in ("_trainer", "_fabric", "_logger", "_jit_is_scripting"):
+        for key in ("_trainer", "_fabric"):
             value = module.__dict__.get(key)
             if value is not None and not isinstance(value, (bool, int, float, str)):
                 memo[id(value)] = value
