@@ -36,7 +36,7 @@ from lightning_xai.data import ShapesDataModule
 from lightning_xai.demo import ShapesClassifier
 from lightning_xai.metrics.functional import data_randomization, parameter_randomization, randomization_layers, roar
 from lightning_xai.render import save_png
-from lightning_xai.render.plots import metric_curve_plot, randomization_plot
+from lightning_xai.render.quality_plots import metric_curve_plot, randomization_plot
 
 NAMES = ["gradient", "grad_cam", "guided_backprop"]
 

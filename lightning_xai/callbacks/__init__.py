@@ -1,8 +1,23 @@
 """Lightning callbacks that run lightning_xai's methods on a schedule and log the results."""
 
 from lightning_xai.callbacks.base import MonitorBase, ProbeMonitor, RunInfo
-from lightning_xai.callbacks.saliency import SaliencyMonitor
+from lightning_xai.callbacks.dissection import DissectionMonitor
+from lightning_xai.callbacks.prototypes import PrototypeMonitor, PrototypePush, PrototypeStages
 from lightning_xai.callbacks.quality import MetricsMonitor, SanityCheckMonitor
+from lightning_xai.callbacks.saliency import SaliencyMonitor
+from lightning_xai.callbacks.tcav import TCAVMonitor
+from lightning_xai.callbacks.tracin import TracInMonitor
 
-__all__ = ["MonitorBase", "ProbeMonitor", "RunInfo", "SaliencyMonitor"]
+__all__ = [
+    "DissectionMonitor",
+    "MonitorBase",
+    "ProbeMonitor",
+    "PrototypeMonitor",
+    "PrototypePush",
+    "PrototypeStages",
+    "RunInfo",
+    "SaliencyMonitor",
+    "TCAVMonitor",
+    "TracInMonitor",
+]
 __all__ += ["MetricsMonitor", "SanityCheckMonitor"]

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_xai.attribution.base import Explainer, observe, select_output
-from lightning_xai.callbacks.base import OutputSpec, ProbeMonitor, RunInfo
+from lightning_xai.attribution.base import Explainer, OutputType, observe, select_output
+from lightning_xai.callbacks.base import ProbeMonitor, RunInfo
 from lightning_xai.callbacks.saliency import ExplainerSpec, SaliencyMonitor
 from lightning_xai.data.probe import Probe
 from lightning_xai.errors import LightningXAIError
@@ -37,7 +37,7 @@ _SKIPPABLE = (LightningXAIError, ValueError, TypeError, RuntimeError)
 class _Scores(nn.Module):
     """``model`` with ``select_output`` applied, so metric functions see ``[B, C]`` scores."""
 
-    def __init__(self, model: nn.Module, output: OutputSpec) -> None:
+    def __init__(self, model: nn.Module, output: OutputType) -> None:
         super().__init__()
         self.model = model
         self.output = output
@@ -168,7 +168,7 @@ class MetricsMonitor(_QualityMonitor):
         names: Optional[list[str]] = None,
         seed: int = 0,
         probe: Optional[Any] = None,
-        output: OutputSpec = None,
+        output: OutputType = None,
         max_overhead: Optional[float] = None,
         synchronous_logging: bool = False,
     ) -> None:
@@ -325,7 +325,7 @@ class SanityCheckMonitor(_QualityMonitor):
         names: Optional[list[str]] = None,
         seed: int = 0,
         probe: Optional[Any] = None,
-        output: OutputSpec = None,
+        output: OutputType = None,
         max_overhead: Optional[float] = None,
         synchronous_logging: bool = False,
     ) -> None:
@@ -391,7 +391,7 @@ class SanityCheckMonitor(_QualityMonitor):
 
     @override
     def render(self, sinks: Sequence[Sink], info: RunInfo, probe: Probe, results: dict[str, Tensor]) -> None:
-        from lightning_xai.render.plots import randomization_plot
+        from lightning_xai.render.quality_plots import randomization_plot
 
         curves: dict[str, Tensor] = {}
         spread: dict[str, Tensor] = {}

@@ -395,7 +395,8 @@ class FileSink(Sink):
     """Writes files for any logger without image support (``CSVLogger``, MLflow, ...).
 
     Scalars go through ``logger.log_metrics`` (so they land in the CSV of a ``CSVLogger``).
-    Everything else is written under ``root`` (default ``<logger.log_dir or logger.save_dir>/xai``):
+    Everything else is written under ``root`` (default ``<logger.log_dir or logger.save_dir>``; the
+    monitors' tags all start with ``xai/``, so their files land in ``<log_dir>/xai/``):
     ``<tag>/step_<step>.png`` (caption in ``step_<step>.txt`` beside it), text as
     ``<tag>/step_<step>.txt``, histograms as ``<tag>/step_<step>.hist.csv`` (bin edges and
     counts), tables as ``<key>/step_<step>.csv`` with image cells saved as
@@ -416,7 +417,7 @@ class FileSink(Sink):
         """The folder everything but scalars is written into (resolved on first use)."""
         if self._root is None:
             base = getattr(self.logger, "log_dir", None) or getattr(self.logger, "save_dir", None) or "."
-            self._root = Path(base) / "xai"
+            self._root = Path(base)  # tags start with "xai/": files land in <log_dir>/xai/...
         return self._root
 
     def _path(self, tag: str, step: int, suffix: str) -> Path:

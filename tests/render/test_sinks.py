@@ -139,13 +139,13 @@ def test_file_sink_with_csv_logger(tmp_path):
     _log_everything(FileSink(logger))
     root = tmp_path / "csv" / "version_0"
     for step in (0, 7):
-        png = root / "xai" / "xai" / "saliency" / f"step_{step}.png"
+        png = root / "xai" / "saliency" / f"step_{step}.png"
         assert np.asarray(Image.open(png).convert("RGB")).shape == (20, 24, 3)
         assert (png.with_suffix(".txt")).read_text() == "true: circle\npred: square (0.93)"
-        assert (root / "xai" / "xai" / "notes" / f"step_{step}.txt").read_text() == "hello\nworld"
-        with (root / "xai" / "xai" / "attr_hist" / f"step_{step}.hist.csv").open() as f:
+        assert (root / "xai" / "notes" / f"step_{step}.txt").read_text() == "hello\nworld"
+        with (root / "xai" / "attr_hist" / f"step_{step}.hist.csv").open() as f:
             assert sum(int(r["count"]) for r in csv.DictReader(f)) == 200
-        table = root / "xai" / "xai" / "table" / f"step_{step}.csv"
+        table = root / "xai" / "table" / f"step_{step}.csv"
         with table.open() as f:
             rows = list(csv.DictReader(f))
         assert [r["label"] for r in rows] == ["circle", "square"] and float(rows[1]["score"]) == 0.5
