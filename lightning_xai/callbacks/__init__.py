@@ -3,6 +3,7 @@
 from lightning_xai.callbacks.base import MonitorBase, ProbeMonitor, RunInfo
 from lightning_xai.callbacks.dissection import DissectionMonitor
 from lightning_xai.callbacks.prototypes import PrototypeMonitor, PrototypePush, PrototypeStages
+from lightning_xai.callbacks.quality import MetricsMonitor, SanityCheckMonitor
 from lightning_xai.callbacks.saliency import SaliencyMonitor
 from lightning_xai.callbacks.tcav import TCAVMonitor
 from lightning_xai.callbacks.tracin import TracInMonitor
@@ -19,3 +20,4 @@ __all__ = [
     "TCAVMonitor",
     "TracInMonitor",
 ]
+__all__ += ["MetricsMonitor", "SanityCheckMonitor"]

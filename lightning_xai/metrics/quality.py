@@ -1,0 +1,612 @@
+"""Explanation-quality scores as torchmetrics ``Metric`` classes (accumulate over batches, sync
+over DDP ranks) over the pure functions in :mod:`lightning_xai.metrics.functional`.
+
+Metrics that perturb inputs take the model in ``update``; those that call an explainer hold it
+as configuration (explainers hold no model, so a metric stays picklable). Per-sample values that
+are NaN (an empty mask, a constant score) are counted in ``skipped`` and left out of the mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from lightning_xai._validation import check_float, check_int
+from lightning_xai.attribution.base import TargetType
+from lightning_xai.metrics.functional._common import BaselineType, ExplainFn
+from lightning_xai.metrics.functional.faithfulness import (
+    _check_order,
+    _deletion_curve_update,
+    _faithfulness_correlation_update,
+    _infidelity_update,
+    _pixel_flipping_update,
+    _region_perturbation_update,
+    curve_auc,
+)
+from lightning_xai.metrics.functional.localisation import _mask_aupr_update, _mask_mass_update, _pointing_game_update
+from lightning_xai.metrics.functional.randomisation import (
+    _data_randomization_update,
+    _input_invariance_update,
+    _parameter_randomization_update,
+    randomization_layers,
+)
+from lightning_xai.metrics.functional.reliability import metric_reliability
+from lightning_xai.metrics.functional.removal import DEFAULT_FRACTIONS, _check_fractions, _road_update
+from lightning_xai.metrics.functional.robustness import (
+    _check_explainer,
+    _fragility_update,
+    _local_lipschitz_update,
+    _max_sensitivity_update,
+)
+from lightning_xai.metrics.functional.similarity import _map_similarity_update, check_measure
+
+__all__ = [
+    "DeletionAUC",
+    "InsertionAUC",
+    "PixelFlipping",
+    "RegionPerturbation",
+    "FaithfulnessCorrelation",
+    "Infidelity",
+    "LocalLipschitz",
+    "MaxSensitivity",
+    "Fragility",
+    "PointingGame",
+    "MaskAUPR",
+    "MaskMass",
+    "MapSimilarity",
+    "ParameterRandomization",
+    "DataRandomization",
+    "InputInvariance",
+    "ROAR",
+    "ROAD",
+    "MetricReliability",
+]
+
+
+class _FiniteMean(Metric):
+    """Mean of per-sample values over every update and rank; NaN values are counted as skipped."""
+
+    is_differentiable = False
+    full_state_update = False
+    needs_model: bool = False
+    """``update(model, inputs, ...)`` (perturbation metrics) rather than ``update(maps, ...)``."""
+    needs_masks: bool = False
+    """``update(attributions, masks)`` (localisation metrics)."""
+    needs_explainer: bool = False
+    """Holds an explainer and calls it (robustness and sanity checks)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("skipped", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def _accumulate(self, values: Tensor) -> None:
+        values = values.detach().to(self.total.device, torch.float64).reshape(-1)
+        finite = torch.isfinite(values)
+        self.total += values[finite].sum()
+        self.count += finite.sum()
+        self.skipped += (~finite).sum()
+
+    def compute(self) -> Tensor:
+        """The mean over every finite per-sample value (NaN before any)."""
+        if int(self.count) == 0:
+            return torch.tensor(float("nan"))
+        return (self.total / self.count).to(torch.get_default_dtype())
+
+
+# ---------------------------------------------------------------------------------------------
+# faithfulness
+# ---------------------------------------------------------------------------------------------
+class DeletionAUC(_FiniteMean):
+    """Mean deletion AUC (see :func:`~lightning_xai.metrics.functional.deletion_auc`); lower is better.
+
+    Example:
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+        >>> metric = DeletionAUC(steps=4)
+        >>> metric.update(model, torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4))
+        >>> metric.compute().shape
+        torch.Size([])
+    """
+
+    higher_is_better = False
+    needs_model = True
+    _insert = False
+
+    def __init__(self, steps: int = 20, baseline: BaselineType = 0.0, softmax: bool = True,
+                 batch_size: int | None = 256, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        self.steps = check_int("steps", steps, 1)
+        self.baseline = baseline
+        self.softmax = bool(softmax)
+        self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+
+    def update(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType = None) -> None:
+        curves = _deletion_curve_update(
+            model, inputs, attributions, target, steps=self.steps, baseline=self.baseline, insert=self._insert,
+            softmax=self.softmax, batch_size=self.batch_size, method=type(self).__name__,
+        )  # fmt: skip
+        self._accumulate(curve_auc(curves))
+
+
+class InsertionAUC(DeletionAUC):
+    """Mean insertion AUC (see :func:`~lightning_xai.metrics.functional.insertion_auc`); higher is better.
+
+    Example:
+        >>> metric = InsertionAUC(steps=4)
+        >>> metric.update(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4))
+        >>> 0 <= float(metric.compute()) <= 1
+        True
+    """
+
+    higher_is_better = True
+    _insert = True
+
+    def __init__(self, steps: int = 20, baseline: BaselineType = "blur", softmax: bool = True,
+                 batch_size: int | None = 256, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(steps=steps, baseline=baseline, softmax=softmax, batch_size=batch_size, **kwargs)
+
+
+class PixelFlipping(_FiniteMean):
+    """Mean normalised area under the pixel-flipping curve (see
+    :func:`~lightning_xai.metrics.functional.pixel_flipping`); lower is better for ``"morf"``,
+    higher for ``"lerf"`` (``higher_is_better`` describes the default ``"morf"``)."""
+
+    higher_is_better = False
+    needs_model = True
+
+    def __init__(self, features_in_step: int = 1, order: str = "morf", baseline: BaselineType = "black",
+                 softmax: bool = True, batch_size: int | None = 256, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        self.features_in_step = check_int("features_in_step", features_in_step, 1)
+        self.order = _check_order(order, type(self).__name__)
+        self.baseline, self.softmax = baseline, bool(softmax)
+        self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+
+    def update(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType = None) -> None:
+        curves = _pixel_flipping_update(
+            model, inputs, attributions, target, features_in_step=self.features_in_step, order=self.order,
+            baseline=self.baseline, softmax=self.softmax, batch_size=self.batch_size,
+        )  # fmt: skip
+        self._accumulate(curve_auc(curves))
+
+
+class RegionPerturbation(_FiniteMean):
+    """Mean area over the perturbation curve (AOPC: the mean score drop over the region steps, see
+    :func:`~lightning_xai.metrics.functional.region_perturbation`); higher is better for ``"morf"``,
+    lower for ``"lerf"`` (``higher_is_better`` describes the default ``"morf"``)."""
+
+    higher_is_better = True
+    needs_model = True
+
+    def __init__(self, patch_size: int = 8, regions: int = 100, order: str = "morf",
+                 baseline: BaselineType = "black", softmax: bool = True, batch_size: int | None = 256,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        self.patch_size = check_int("patch_size", patch_size, 1)
+        self.regions = check_int("regions", regions, 1)
+        self.order = _check_order(order, type(self).__name__)
+        self.baseline, self.softmax = baseline, bool(softmax)
+        self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+
+    def update(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType = None) -> None:
+        drops = _region_perturbation_update(
+            model, inputs, attributions, target, patch_size=self.patch_size, regions=self.regions,
+            order=self.order, baseline=self.baseline, softmax=self.softmax, batch_size=self.batch_size,
+        )  # fmt: skip
+        self._accumulate(drops.mean(dim=1))
+
+
+class FaithfulnessCorrelation(_FiniteMean):
+    """Mean faithfulness correlation (see
+    :func:`~lightning_xai.metrics.functional.faithfulness_correlation`); higher is better.
+
+    Each update draws its subsets from ``seed`` plus the number of updates so far, so two batches
+    never share their draws while a rerun gives the same numbers.
+    """
+
+    higher_is_better = True
+    needs_model = True
+
+    def __init__(self, runs: int = 100, subset_size: int = 224, baseline: BaselineType = "black",
+                 softmax: bool = False, seed: int = 0, batch_size: int | None = 256, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        self.runs = check_int("runs", runs, 2)
+        self.subset_size = check_int("subset_size", subset_size, 1)
+        self.baseline, self.softmax = baseline, bool(softmax)
+        self.seed = check_int("seed", seed, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+
+    def update(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType = None) -> None:
+        self._accumulate(
+            _faithfulness_correlation_update(
+                model, inputs, attributions, target, runs=self.runs, subset_size=self.subset_size,
+                baseline=self.baseline, softmax=self.softmax, seed=self.seed + self._update_count,
+                batch_size=self.batch_size,
+            )
+        )  # fmt: skip
+
+
+class Infidelity(_FiniteMean):
+    """Mean infidelity (see :func:`~lightning_xai.metrics.functional.infidelity`); lower is better."""
+
+    higher_is_better = False
+    needs_model = True
+
+    def __init__(self, runs: int = 16, noise_std: float = 0.1, normalize: bool = True, softmax: bool = False,
+                 seed: int = 0, batch_size: int | None = 256, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        self.runs = check_int("runs", runs, 1)
+        self.noise_std = check_float("noise_std", noise_std, 0.0)
+        self.normalize, self.softmax = bool(normalize), bool(softmax)
+        self.seed = check_int("seed", seed, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+
+    def update(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType = None) -> None:
+        self._accumulate(
+            _infidelity_update(
+                model, inputs, attributions, target, runs=self.runs, noise_std=self.noise_std,
+                normalize=self.normalize, softmax=self.softmax, seed=self.seed + self._update_count,
+                batch_size=self.batch_size,
+            )
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# robustness (hold an explainer)
+# ---------------------------------------------------------------------------------------------
+class _ExplainerMetric(_FiniteMean):
+    needs_model = True
+    needs_explainer = True
+
+    def __init__(self, explainer: ExplainFn, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        _check_explainer(explainer, type(self).__name__)
+        self.explainer = explainer
+
+
+class LocalLipschitz(_ExplainerMetric):
+    """Mean local Lipschitz estimate of ``explainer`` (see
+    :func:`~lightning_xai.metrics.functional.local_lipschitz`); lower is better.
+
+    Example:
+        >>> from lightning_xai.attribution import Saliency
+        >>> metric = LocalLipschitz(Saliency(), samples=4)
+        >>> metric.update(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), torch.rand(2, 1, 4, 4))
+        >>> metric.compute()
+        tensor(0.)
+    """
+
+    higher_is_better = False
+
+    def __init__(self, explainer: ExplainFn, samples: int = 10, std: float = 0.1, seed: int = 0,
+                 batch_size: int | None = None, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(explainer, **kwargs)
+        self.samples = check_int("samples", samples, 1)
+        self.std = check_float("std", std, 0.0)
+        self.seed = check_int("seed", seed, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+
+    def update(self, model: nn.Module, inputs: Tensor, target: TargetType = None,
+               attributions: Tensor | None = None) -> None:  # fmt: skip
+        self._accumulate(
+            _local_lipschitz_update(
+                model, inputs, self.explainer, target, attributions=attributions, samples=self.samples,
+                std=self.std, seed=self.seed + self._update_count, batch_size=self.batch_size,
+            )
+        )  # fmt: skip
+
+
+class MaxSensitivity(_ExplainerMetric):
+    """Mean max-sensitivity of ``explainer`` (see
+    :func:`~lightning_xai.metrics.functional.max_sensitivity`); lower is better."""
+
+    higher_is_better = False
+
+    def __init__(self, explainer: ExplainFn, samples: int = 10, radius: float = 0.2, seed: int = 0,
+                 batch_size: int | None = None, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(explainer, **kwargs)
+        self.samples = check_int("samples", samples, 1)
+        self.radius = check_float("radius", radius, 0.0)
+        self.seed = check_int("seed", seed, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+
+    def update(self, model: nn.Module, inputs: Tensor, target: TargetType = None,
+               attributions: Tensor | None = None) -> None:  # fmt: skip
+        self._accumulate(
+            _max_sensitivity_update(
+                model, inputs, self.explainer, target, attributions=attributions, samples=self.samples,
+                radius=self.radius, seed=self.seed + self._update_count, batch_size=self.batch_size,
+            )
+        )  # fmt: skip
+
+
+class Fragility(_ExplainerMetric):
+    """Mean top-k intersection after the fragility attack (see
+    :func:`~lightning_xai.metrics.functional.fragility`); higher is better (a robust map). The
+    mean centre-of-mass shift is kept too: :meth:`compute_all` returns both."""
+
+    higher_is_better = True
+
+    def __init__(self, explainer: ExplainFn, epsilon: float = 8 / 255, iterations: int = 8, candidates: int = 8,
+                 k: float = 0.1, seed: int = 0, batch_size: int | None = None, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(explainer, **kwargs)
+        self.epsilon = check_float("epsilon", epsilon, 0.0)
+        self.iterations = check_int("iterations", iterations, 1)
+        self.candidates = check_int("candidates", candidates, 1)
+        self.k = check_float("k", k, 0.0, 1.0)
+        if not 0.0 < self.k < 1.0:
+            raise ValueError(f"Expected argument `k` to be a fraction in (0, 1), but got {k}.")
+        self.seed = check_int("seed", seed, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+        self.add_state("shift_total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, model: nn.Module, inputs: Tensor, target: TargetType = None) -> None:
+        result = _fragility_update(
+            model, inputs, self.explainer, target, epsilon=self.epsilon, iterations=self.iterations,
+            candidates=self.candidates, k=self.k, seed=self.seed + self._update_count, batch_size=self.batch_size,
+        )  # fmt: skip
+        self._accumulate(result.topk_intersection)
+        self.shift_total += result.center_shift.detach().to(self.shift_total.device, torch.float64).sum()
+
+    def compute_all(self) -> dict[str, Tensor]:
+        """``{"topk_intersection": ..., "center_shift": ...}`` means."""
+        count = self.count.clamp_min(1)
+        return {"topk_intersection": self.compute(), "center_shift": (self.shift_total / count).float()}
+
+
+# ---------------------------------------------------------------------------------------------
+# localisation
+# ---------------------------------------------------------------------------------------------
+class PointingGame(_FiniteMean):
+    """Pointing-game accuracy (see :func:`~lightning_xai.metrics.functional.pointing_game`).
+
+    Example:
+        >>> mask = torch.zeros(2, 1, 4, 4); mask[..., :2, :2] = 1
+        >>> metric = PointingGame()
+        >>> metric.update(mask, mask)
+        >>> metric.compute()
+        tensor(1.)
+    """
+
+    higher_is_better = True
+    needs_masks = True
+
+    def update(self, attributions: Tensor, masks: Tensor) -> None:
+        self._accumulate(_pointing_game_update(attributions, masks))
+
+
+class MaskAUPR(_FiniteMean):
+    """Mean AUPR of maps against masks (see :func:`~lightning_xai.metrics.functional.mask_aupr`)."""
+
+    higher_is_better = True
+    needs_masks = True
+
+    def update(self, attributions: Tensor, masks: Tensor) -> None:
+        self._accumulate(_mask_aupr_update(attributions, masks))
+
+
+class MaskMass(_FiniteMean):
+    """Mean positive attribution mass inside masks (see :func:`~lightning_xai.metrics.functional.mask_mass`)."""
+
+    higher_is_better = True
+    needs_masks = True
+
+    def update(self, attributions: Tensor, masks: Tensor) -> None:
+        self._accumulate(_mask_mass_update(attributions, masks))
+
+
+class MapSimilarity(_FiniteMean):
+    """Mean similarity of maps to reference maps (see
+    :func:`~lightning_xai.metrics.functional.map_similarity`)."""
+
+    higher_is_better = True
+
+    def __init__(self, measure: str = "spearman", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.measure = check_measure(measure)
+
+    def update(self, maps: Tensor, reference: Tensor) -> None:
+        self._accumulate(_map_similarity_update(maps, reference, self.measure))
+
+
+# ---------------------------------------------------------------------------------------------
+# sanity checks
+# ---------------------------------------------------------------------------------------------
+class ParameterRandomization(_ExplainerMetric):
+    """Model parameter randomisation test (see
+    :func:`~lightning_xai.metrics.functional.parameter_randomization`).
+
+    ``compute()`` returns the mean similarity per randomised layer, ``[L]`` in the order of
+    :attr:`layers` (set by the first update); lower is better (the map depends on the weights).
+    """
+
+    higher_is_better = False
+
+    def __init__(self, explainer: ExplainFn, mode: str = "cascading", measure: str = "spearman",
+                 order: str = "top_down", seed: int = 43, batch_size: int | None = None, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(explainer, **kwargs)
+        if mode not in ("cascading", "independent"):
+            raise ValueError(f"Expected argument `mode` in ('cascading', 'independent'), but got {mode!r}.")
+        if order not in ("top_down", "bottom_up"):
+            raise ValueError(f"Expected argument `order` in ('top_down', 'bottom_up'), but got {order!r}.")
+        self.mode, self.measure, self.order = mode, check_measure(measure), order
+        self.seed = check_int("seed", seed, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+        self.layers: list[str] = []
+        self.add_state("rows", default=[], dist_reduce_fx="cat")
+
+    def update(self, model: nn.Module, inputs: Tensor, target: TargetType = None,
+               attributions: Tensor | None = None) -> None:  # fmt: skip
+        self.layers = randomization_layers(model, self.order)
+        sims = _parameter_randomization_update(
+            model, inputs, self.explainer, target, mode=self.mode, measure=self.measure, order=self.order,
+            seed=self.seed, attributions=attributions, batch_size=self.batch_size,
+        )  # fmt: skip
+        self.rows.append(sims.T.detach().to(torch.float64))  # [B, L]
+        self._accumulate(sims.mean(dim=0))
+
+    def compute(self) -> Tensor:
+        """``[L]`` mean similarity per randomised layer (NaN-free samples only)."""
+        rows = dim_zero_cat(self.rows)
+        return torch.nanmean(rows, dim=0).to(torch.get_default_dtype())
+
+
+class DataRandomization(_ExplainerMetric):
+    """Mean similarity between maps of a model and of its copy trained on permuted labels (see
+    :func:`~lightning_xai.metrics.functional.data_randomization`); lower is better."""
+
+    higher_is_better = False
+
+    def __init__(self, explainer: ExplainFn, measure: str = "spearman", batch_size: int | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(explainer, **kwargs)
+        self.measure = check_measure(measure)
+        self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+
+    def update(self, model: nn.Module, random_model: nn.Module, inputs: Tensor, target: TargetType = None) -> None:
+        self._accumulate(
+            _data_randomization_update(
+                model, random_model, inputs, self.explainer, target, measure=self.measure, batch_size=self.batch_size
+            )  # fmt: skip
+        )
+
+
+class InputInvariance(_ExplainerMetric):
+    """Share of inputs whose map is invariant to a constant input shift absorbed by the first
+    layer (see :func:`~lightning_xai.metrics.functional.input_invariance`); higher is better."""
+
+    higher_is_better = True
+
+    def __init__(self, explainer: ExplainFn, shift: float = -1.0, atol: float = 1e-4,
+                 batch_size: int | None = None, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(explainer, **kwargs)
+        self.shift = check_float("shift", shift)
+        self.atol = check_float("atol", atol, 0.0)
+        self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+
+    def update(self, model: nn.Module, inputs: Tensor, target: TargetType = None) -> None:
+        self._accumulate(
+            _input_invariance_update(
+                model, inputs, self.explainer, target, shift=self.shift, atol=self.atol, batch_size=self.batch_size
+            )  # fmt: skip
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# remove and evaluate
+# ---------------------------------------------------------------------------------------------
+class ROAD(Metric):
+    """Mean ROAD curve (see :func:`~lightning_xai.metrics.functional.road`): ``[F]`` mean target
+    score per removed fraction; for ``"morf"`` lower is better."""
+
+    is_differentiable = False
+    full_state_update = False
+    higher_is_better = False
+    needs_model = True
+
+    def __init__(self, fractions: Sequence[float] = DEFAULT_FRACTIONS, order: str = "morf", noise_std: float = 0.01,
+                 iterations: int = 64, softmax: bool = True, seed: int = 0, batch_size: int | None = 256,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        self.fractions = tuple(float(f) for f in _check_fractions(fractions, type(self).__name__).tolist())
+        if order not in ("morf", "lerf", "random"):
+            raise ValueError(f"Expected argument `order` in ('morf', 'lerf', 'random'), but got {order!r}.")
+        self.order = order
+        self.noise_std = check_float("noise_std", noise_std, 0.0)
+        self.iterations = check_int("iterations", iterations, 1)
+        self.softmax = bool(softmax)
+        self.seed = check_int("seed", seed, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+        self.add_state("total", default=torch.zeros(len(self.fractions), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType = None) -> None:
+        curves = _road_update(
+            model, inputs, attributions, target, fractions=self.fractions, order=self.order,
+            noise_std=self.noise_std, iterations=self.iterations, softmax=self.softmax,
+            seed=self.seed + self._update_count, batch_size=self.batch_size,
+        )  # fmt: skip
+        self.total += curves.detach().to(self.total.device, torch.float64).sum(dim=0)
+        self.count += curves.shape[0]
+
+    def compute(self) -> Tensor:
+        """``[F]`` mean score per fraction."""
+        return (self.total / self.count.clamp_min(1)).to(torch.get_default_dtype())
+
+
+class ROAR(Metric):
+    """ROAR accuracies (Hooker et al. 2019) accumulated from the retrained models' predictions.
+
+    Retraining is :func:`~lightning_xai.metrics.functional.roar`'s job; this metric sums, per
+    fraction, the correct predictions of the model retrained with top-attributed pixels removed
+    and of the one retrained with random pixels removed, over batches and ranks.
+    ``compute()`` returns ``{"accuracy": [F], "random_accuracy": [F], "gap": scalar}`` where the
+    gap (random minus attribution accuracy, averaged over fractions) is higher for better maps.
+
+    Example:
+        >>> metric = ROAR(fractions=[0.5])
+        >>> labels = torch.tensor([0, 1])
+        >>> metric.update(torch.tensor([[0, 0]]), torch.tensor([[0, 1]]), labels)
+        >>> metric.compute()["gap"]
+        tensor(0.5000)
+    """
+
+    is_differentiable = False
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, fractions: Sequence[float] = DEFAULT_FRACTIONS, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fractions = tuple(float(f) for f in _check_fractions(fractions, type(self).__name__).tolist())
+        n = len(self.fractions)
+        self.add_state("correct", default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("random_correct", default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, random_preds: Tensor, labels: Tensor) -> None:
+        """``preds``/``random_preds``: ``[F, B]`` class indices (or ``[F, B, K]`` scores) of the two
+        retrained models per fraction; ``labels``: ``[B]``."""
+        n = len(self.fractions)
+        for name, p in (("preds", preds), ("random_preds", random_preds)):
+            if p.ndim not in (2, 3) or p.shape[0] != n or p.shape[1] != labels.shape[0]:
+                raise ValueError(f"Expected `{name}` of shape [{n}, {labels.shape[0]}(, K)], but got {tuple(p.shape)}.")
+        hit = lambda p: ((p.argmax(-1) if p.ndim == 3 else p) == labels.view(1, -1)).sum(dim=1)  # noqa: E731
+        self.correct += hit(preds).to(self.correct.device, torch.float64)
+        self.random_correct += hit(random_preds).to(self.correct.device, torch.float64)
+        self.count += labels.shape[0]
+
+    def compute(self) -> dict[str, Tensor]:
+        """Accuracies per fraction and their mean gap."""
+        c = self.count.clamp_min(1)
+        acc, rnd = (self.correct / c).float(), (self.random_correct / c).float()
+        return {"accuracy": acc, "random_accuracy": rnd, "gap": (rnd - acc).mean()}
+
+
+class MetricReliability(Metric):
+    """Inter-rater reliability (ordinal Krippendorff alpha) of a metric across explainers (see
+    :func:`~lightning_xai.metrics.functional.metric_reliability`): update with ``[B, E]`` scores
+    of ``E`` explainers on ``B`` samples; rows are gathered over batches and ranks."""
+
+    is_differentiable = False
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+
+    def update(self, scores: Tensor) -> None:
+        if not isinstance(scores, Tensor) or scores.ndim != 2 or scores.shape[1] < 2:
+            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise ValueError(f"Expected `scores` of shape [samples, explainers >= 2], but got {shape}.")
+        self.scores.append(scores.detach().to(torch.float64))
+
+    def compute(self) -> Tensor:
+        """Scalar alpha over every sample seen."""
+        return metric_reliability(dim_zero_cat(self.scores)).to(torch.get_default_dtype())

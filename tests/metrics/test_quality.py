@@ -1,0 +1,283 @@
+"""Explanation-quality metrics: the papers' properties, Metric classes against their functions,
+reliability against published values, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_xai.attribution import GradCAM, GuidedBackprop, Saliency
+from lightning_xai.errors import LightningXAIError
+from lightning_xai.metrics import (
+    ROAD,
+    ROAR,
+    DeletionAUC,
+    FaithfulnessCorrelation,
+    InsertionAUC,
+    LocalLipschitz,
+    MapSimilarity,
+    MaskAUPR,
+    MaskMass,
+    MetricReliability,
+    ParameterRandomization,
+    PointingGame,
+)
+from lightning_xai.metrics import functional as MF
+from tests.metrics.helpers import trained_shapes_model
+
+
+def _linear() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+
+
+# -- localisation ------------------------------------------------------------------------------
+def test_true_mask_as_map_scores_pointing_game_and_aupr_one() -> None:
+    _, test = trained_shapes_model()
+    masks = test.masks[:16]
+    assert MF.pointing_game(masks, masks).tolist() == [1.0] * 16
+    assert torch.allclose(MF.mask_aupr(masks, masks), torch.ones(16))
+    assert torch.allclose(MF.mask_mass(masks, masks), torch.ones(16))
+    inverted = 1 - masks  # everything but the object: never a hit, AUPR at chance or below
+    assert MF.pointing_game(inverted, masks).sum() == 0
+    assert (MF.mask_aupr(inverted, masks) <= masks.flatten(1).mean(1) + 1e-6).all()
+
+
+def test_mask_aupr_equals_scikit_learn_with_ties() -> None:
+    sklearn = pytest.importorskip("sklearn.metrics")
+    gen = torch.Generator().manual_seed(0)
+    maps = torch.randint(0, 5, (6, 1, 8, 8), generator=gen).float()  # many ties
+    masks = (torch.rand(6, 1, 8, 8, generator=gen) > 0.6).float()
+    ours = MF.mask_aupr(maps, masks)
+    theirs = [sklearn.average_precision_score(masks[i].flatten(), maps[i].flatten()) for i in range(6)]
+    assert torch.allclose(ours.double(), torch.tensor(theirs, dtype=torch.float64), atol=1e-6)
+
+
+# -- faithfulness on a trained model -----------------------------------------------------------
+def test_deletion_auc_of_gradient_beats_random_on_shapes() -> None:
+    model, test = trained_shapes_model()
+    x, y = test.images[:32], test.labels[:32]
+    grad = Saliency()(model, x, y)
+    random = torch.rand(grad.shape, generator=torch.Generator().manual_seed(0))
+    ours, rnd = MF.deletion_auc(model, x, grad, y), MF.deletion_auc(model, x, random, y)
+    assert ours.mean() < rnd.mean() - 0.05
+    ins, ins_rnd = MF.insertion_auc(model, x, grad, y), MF.insertion_auc(model, x, random, y)
+    assert ins.mean() > ins_rnd.mean()
+
+
+def test_cascading_randomisation_gradient_and_gradcam_decorrelate_guided_backprop_does_not() -> None:
+    """Adebayo et al. 2018: guided backprop is insensitive to the top layers' weights."""
+    model, test = trained_shapes_model()
+    x, y = test.images[:16], test.labels[:16]
+    top = {}
+    for name, explainer in (("gradient", Saliency()), ("grad_cam", GradCAM()), ("guided", GuidedBackprop())):
+        sims = MF.parameter_randomization(model, x, explainer, y, mode="cascading")
+        top[name] = float(sims[:2].mean())  # after randomising the classifier and the last conv
+    assert top["gradient"] < 0.35 and top["grad_cam"] < 0.35
+    assert top["guided"] > 0.5
+
+
+def test_independent_randomisation_restores_other_layers() -> None:
+    model, test = trained_shapes_model()
+    x, y = test.images[:4], test.labels[:4]
+    layers = MF.randomization_layers(model)
+    indep = MF.parameter_randomization(model, x, Saliency(), y, mode="independent")
+    casc = MF.parameter_randomization(model, x, Saliency(), y, mode="cascading")
+    assert indep.shape == casc.shape == (len(layers), 4)
+    assert torch.allclose(indep[0], casc[0])  # the first step is the same in both modes
+    single = MF.parameter_randomization(model, x, Saliency(), y, layers=[layers[2]])
+    assert torch.allclose(single[0], indep[2])
+
+
+def test_faithfulness_correlation_of_a_linear_models_exact_attribution_is_one() -> None:
+    model = _linear()
+    x = torch.rand(3, 1, 4, 4)
+    target = torch.tensor([0, 1, 2])
+    phi = (model[1].weight[target].view(3, 1, 4, 4) * x).detach()  # exact contributions w.r.t. a 0 baseline
+    corr = MF.faithfulness_correlation(model, x, phi, target, runs=20, subset_size=5, baseline=0.0)
+    assert torch.allclose(corr, torch.ones(3, dtype=corr.dtype), atol=1e-5)
+
+
+def test_infidelity_equals_captum() -> None:
+    captum_metrics = pytest.importorskip("captum.metrics")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    x, target = torch.rand(3, 1, 4, 4), torch.tensor([0, 1, 2])
+    phi = Saliency(abs=False)(model, x, target)
+    noise = torch.randn(6, 3, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.1
+    queue = list(noise)
+
+    def perturb(inputs):
+        n = queue.pop(0)
+        return n, inputs - n
+
+    theirs = captum_metrics.infidelity(model, perturb, x, phi, target=target, n_perturb_samples=1,
+                                       max_examples_per_batch=3, normalize=True)  # fmt: skip
+    theirs_all = [theirs]
+    for _ in range(5):
+        theirs_all.append(captum_metrics.infidelity(model, perturb, x, phi, target=target, n_perturb_samples=1,
+                                                    normalize=False))  # fmt: skip
+    ours = MF.infidelity(model, x, phi, target, perturbations=noise[:1], normalize=True)
+    assert torch.allclose(ours, theirs_all[0].to(ours.dtype), rtol=1e-4, atol=1e-8)
+    ours_raw = MF.infidelity(model, x, phi, target, perturbations=noise[1:2], normalize=False)
+    assert torch.allclose(ours_raw, theirs_all[1].to(ours.dtype), rtol=1e-4, atol=1e-8)
+
+
+def test_road_most_relevant_first_drops_faster_than_random() -> None:
+    model, test = trained_shapes_model()
+    x, y = test.images[:16], test.labels[:16]
+    grad = Saliency()(model, x, y)
+    morf = MF.road(model, x, grad, y, fractions=[0.1, 0.3, 0.5], iterations=16)
+    rnd = MF.road(model, x, grad, y, fractions=[0.1, 0.3, 0.5], iterations=16, order="random")
+    assert morf.shape == (16, 3) and morf.mean() < rnd.mean()
+
+
+def test_linear_imputation_is_harmonic() -> None:
+    x = torch.linspace(0, 1, 8).view(1, 1, 1, 8).expand(1, 2, 8, 8).contiguous()  # a linear ramp
+    removed = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    removed[..., 2:6, 2:6] = True
+    filled = MF.linear_imputation(x, removed, iterations=400)
+    assert torch.allclose(filled, x, atol=1e-4)
+
+
+def test_roar_retrains_per_fraction() -> None:
+    calls = []
+
+    def fit(images, labels):
+        calls.append(images.shape)
+        return _linear()
+
+    x, y = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    acc, rnd = MF.roar(fit, x, y, x, x, y, x, fractions=[0.25, 0.5])
+    assert len(calls) == 4 and acc.shape == rnd.shape == (2,)
+
+
+# -- robustness ----------------------------------------------------------------------------------
+def test_fragility_finds_a_label_preserving_move_on_a_relu_net() -> None:
+    model, test = trained_shapes_model()
+    x, y = test.images[:4], test.labels[:4]
+    result = MF.fragility(model, x, Saliency(), y, epsilon=0.05, iterations=3, candidates=4)
+    assert (result.topk_intersection < 1).all() and (result.center_shift >= 0).all()
+    with torch.no_grad():
+        assert result.topk_intersection.shape == (4,)
+
+
+def test_local_lipschitz_is_zero_for_a_linear_models_gradient_and_seeded() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    x = torch.rand(3, 1, 4, 4)
+    a1 = MF.local_lipschitz(model, x, Saliency(), samples=4, seed=3)
+    a2 = MF.local_lipschitz(model, x, Saliency(), samples=4, seed=3, batch_size=5)
+    assert torch.equal(a1, a2) and (a1 > 0).all()
+    state = torch.get_rng_state()
+    MF.max_sensitivity(model, x, Saliency(), samples=4)
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is never touched
+    assert MF.local_lipschitz(_linear(), x, Saliency(), samples=4).abs().max() == 0
+
+
+# -- reliability ---------------------------------------------------------------------------------
+def test_krippendorff_alpha_matches_krippendorffs_published_example() -> None:
+    """Krippendorff (2011), 'Computing Krippendorff's alpha-reliability': 4 observers x 12 units."""
+    n = float("nan")
+    ratings = torch.tensor([
+        [1, 2, 3, 3, 2, 1, 4, 1, 2, n, n, n],
+        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, n, 3],
+        [n, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, n],
+        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, n],
+    ])  # fmt: skip
+    expected = {"nominal": 0.743, "ordinal": 0.815, "interval": 0.849, "ratio": 0.797}
+    for level, value in expected.items():
+        assert abs(float(MF.krippendorff_alpha(ratings, level)) - value) < 5e-4, level
+
+
+def test_metric_reliability_high_for_consistent_rankings_low_for_noise() -> None:
+    gen = torch.Generator().manual_seed(0)
+    consistent = torch.tensor([0.1, 0.5, 0.9]) + 0.01 * torch.randn(20, 3, generator=gen)
+    noise = torch.rand(20, 3, generator=gen)
+    assert MF.metric_reliability(consistent) > 0.9
+    assert MF.metric_reliability(noise) < 0.3
+    metric = MetricReliability()
+    metric.update(consistent[:10])
+    metric.update(consistent[10:])
+    assert torch.allclose(metric.compute().double(), MF.metric_reliability(consistent))
+
+
+# -- Metric classes equal their functions ----------------------------------------------------
+def test_metric_classes_accumulate_the_functional_values() -> None:
+    model, test = trained_shapes_model()
+    x, y, masks = test.images[:8], test.labels[:8], test.masks[:8]
+    grad = Saliency()(model, x, y)
+    cases = [
+        (DeletionAUC(steps=8), (model, x, grad, y), MF.deletion_auc(model, x, grad, y, steps=8)),
+        (InsertionAUC(steps=8), (model, x, grad, y), MF.insertion_auc(model, x, grad, y, steps=8)),
+        (PointingGame(), (grad, masks), MF.pointing_game(grad, masks)),
+        (MaskAUPR(), (grad, masks), MF.mask_aupr(grad, masks)),
+        (MaskMass(), (grad, masks), MF.mask_mass(grad, masks)),
+        (MapSimilarity("ssim"), (grad, grad.flip(-1)), MF.map_similarity(grad, grad.flip(-1), "ssim")),
+    ]
+    for metric, args, values in cases:
+        metric.update(*[a[:4] if isinstance(a, torch.Tensor) else a for a in args])
+        metric.update(*[a[4:] if isinstance(a, torch.Tensor) else a for a in args])
+        assert torch.allclose(metric.compute(), values.float().nanmean(), atol=1e-6), type(metric).__name__
+    prt = ParameterRandomization(Saliency())
+    prt.update(model, x[:4], y[:4])
+    prt.update(model, x[4:], y[4:])
+    assert torch.allclose(prt.compute(), MF.parameter_randomization(model, x, Saliency(), y).mean(dim=1), atol=1e-6)
+    assert prt.layers == MF.randomization_layers(model)
+    lip = LocalLipschitz(Saliency(), samples=3)
+    lip.update(model, x[:4], y[:4])
+    assert torch.allclose(lip.compute(), MF.local_lipschitz(model, x[:4], Saliency(), y[:4], samples=3, seed=1).mean())
+    road = ROAD(fractions=[0.2, 0.6], iterations=8)
+    road.update(model, x, grad, y)
+    assert road.compute().shape == (2,)
+    roar = ROAR(fractions=[0.5])
+    roar.update(torch.tensor([[0, 1]]), torch.tensor([[1, 1]]), torch.tensor([0, 1]))
+    assert roar.compute()["accuracy"].reshape(-1).tolist() == [1.0] and float(roar.compute()["gap"]) == -0.5
+
+
+def test_nan_values_are_skipped_and_counted() -> None:
+    metric = PointingGame()
+    maps = torch.rand(2, 1, 4, 4)
+    masks = torch.zeros(2, 1, 4, 4)
+    masks[0].view(-1)[maps[0].flatten().argmax()] = 1  # sample 1's mask is empty
+    metric.update(maps, masks)
+    assert float(metric.compute()) == 1.0 and int(metric.skipped) == 1
+
+
+# -- bad input -------------------------------------------------------------------------------
+def test_bad_input_errors() -> None:
+    model = _linear()
+    x, a = torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"attributions.*\[2, 1 or 1, 4, 4\]"):
+        MF.deletion_auc(model, x, torch.rand(2, 1, 3, 4))
+    with pytest.raises(ValueError, match="masks.*None"):
+        MF.pointing_game(a, None)
+    with pytest.raises(ValueError, match=r"masks.*\[2, 1, 4, 4\]"):
+        MF.mask_aupr(a, torch.ones(2, 1, 5, 5))
+    with pytest.raises(ValueError, match=r"fraction in \(0, 1\).*1.5"):
+        MF.road(model, x, a, fractions=[0.5, 1.5])
+    with pytest.raises(ValueError, match="fraction in"):
+        MF.fragility(model, x, Saliency(), k=0.0)
+    with pytest.raises(LightningXAIError, match="NaN"):
+        MF.pixel_flipping(model, x, torch.full_like(a, float("nan")))
+
+    def nan_explainer(model, inputs, target):
+        return torch.full_like(inputs, float("nan"))
+
+    with pytest.raises(LightningXAIError, match="explainer output.*NaN"):
+        MF.local_lipschitz(model, x, nan_explainer, samples=2)
+    with pytest.raises(ValueError, match="measure"):
+        MF.map_similarity(a, a, "cosine")
+    with pytest.raises(ValueError, match="mode"):
+        MF.parameter_randomization(model, x, Saliency(), mode="top")
+    with pytest.raises(TypeError, match="explainer"):
+        MF.max_sensitivity(model, x, "saliency")
+    with pytest.raises(ValueError, match="steps"):
+        DeletionAUC(steps=0)
+    with pytest.raises(ValueError, match="baseline"):
+        MF.deletion_auc(model, x, a, baseline="grey")
+    with pytest.raises(ValueError, match="subset_size"):
+        MF.faithfulness_correlation(model, x, a, subset_size=17)
+    with pytest.raises(ValueError, match="level"):
+        MF.krippendorff_alpha(torch.rand(2, 3), "cardinal")
+    with pytest.raises(ValueError, match="runs"):
+        FaithfulnessCorrelation(runs=1)

@@ -1,0 +1,24 @@
+"""examples/metrics_sanity.py runs end to end on a tiny configuration and writes both figures."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "metrics_sanity.py"
+
+
+def test_metrics_sanity_example_writes_the_readme_figures(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("metrics_sanity", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    summary = module.main([
+        "--epochs", "2", "--num-train", "128", "--image-size", "16", "--probe", "4",
+        "--log-dir", str(tmp_path / "logs"), "--docs", str(tmp_path / "docs"),
+        "--retrain", "--retrain-epochs", "1", "--roar-fractions", "0.5",
+    ])  # fmt: skip
+    for name in ("metrics_curve.png", "sanity_randomization.png"):
+        assert (tmp_path / "docs" / name).stat().st_size > 5000
+    assert set(summary["pointing_game"]) == {"gradient", "grad_cam", "guided_backprop"}
+    assert -1.0 <= summary["data_randomization/gradient"] <= 1.0
+    assert len(summary["roar"]["gradient"]) == len(summary["roar"]["random"]) == 1
