@@ -10,6 +10,7 @@ from lightning_xai.callbacks.tracin import TracInMonitor
 
 __all__ = [
     "DissectionMonitor",
+    "MetricsMonitor",
     "MonitorBase",
     "ProbeMonitor",
     "PrototypeMonitor",
@@ -17,7 +18,7 @@ __all__ = [
     "PrototypeStages",
     "RunInfo",
     "SaliencyMonitor",
+    "SanityCheckMonitor",
     "TCAVMonitor",
     "TracInMonitor",
 ]
-__all__ += ["MetricsMonitor", "SanityCheckMonitor"]
