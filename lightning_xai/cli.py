@@ -60,6 +60,13 @@ def _demo_parser() -> argparse.ArgumentParser:
         help="attach TCAVMonitor: is the first class learned from its corner marker or its shape? (default: on)",
     )
     parser.add_argument(
+        "--quality",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="attach MetricsMonitor (deletion AUC, pointing game, mask AUPR of Grad-CAM and IG) and "
+        "SanityCheckMonitor (cascading randomisation every 2 epochs) (default: on)",
+    )
+    parser.add_argument(
         "--max-overhead",
         type=float,
         default=None,
@@ -128,6 +135,28 @@ def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
 
             callbacks.append(
                 tcav_demo_monitor(image_size=args.image_size, num_classes=dm.num_classes, shortcut_class=0, seed=args.seed)
+            )
+        if args.quality:
+            from lightning_xai.callbacks import MetricsMonitor, SanityCheckMonitor
+
+            callbacks.append(
+                MetricsMonitor(
+                    ["grad_cam", presets["integrated_gradients"]()],
+                    metrics=["deletion_auc", "pointing_game", "mask_aupr"],
+                    metric_kwargs={"deletion_auc": {"steps": 10}},
+                    num_samples=args.num_samples,
+                    probe=probe,
+                    max_overhead=args.max_overhead,
+                )
+            )
+            callbacks.append(
+                SanityCheckMonitor(
+                    ["saliency", "grad_cam", "guided_backprop"],
+                    num_samples=args.num_samples,
+                    every_n_epochs=2,
+                    probe=probe,
+                    max_overhead=args.max_overhead,
+                )
             )
     if args.logger == "wandb":
         from pytorch_lightning.loggers import WandbLogger
