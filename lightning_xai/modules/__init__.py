@@ -1,0 +1,26 @@
+"""Interpretable modules: heads and masks a user trains beside or inside a network.
+
+The plain modules (:class:`SoftDecisionTree`) import no Lightning; the LightningModules that
+train them (:class:`TreeDistillation`) are imported on first access of their names here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lightning_xai.modules.tree import MAX_TREE_DEPTH, SoftDecisionTree
+
+if TYPE_CHECKING:
+    from lightning_xai.modules.distill import TreeDistillation
+
+__all__ = ["MAX_TREE_DEPTH", "SoftDecisionTree", "TreeDistillation"]
+
+_LIGHTNING_NAMES = {"TreeDistillation": "lightning_xai.modules.distill"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LIGHTNING_NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(_LIGHTNING_NAMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

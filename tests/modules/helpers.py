@@ -1,0 +1,70 @@
+"""Importable helpers for the module tests (ddp_spawn pickles what it runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class TinyTeacher(nn.Module):
+    """A fixed linear classifier on 1x4x4 images (16 features, 3 classes)."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x.flatten(1))
+
+
+class SoftmaxTeacher(TinyTeacher):
+    """Returns probabilities instead of logits (a bad teacher)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x).softmax(dim=1)
+
+
+class TupleTeacher(TinyTeacher):
+    """Returns a tuple (a bad teacher)."""
+
+    def forward(self, x: Tensor) -> Any:
+        return super().forward(x), x
+
+
+def tiny_image_loader(n: int = 32, batch_size: int = 8, seed: int = 0, num_classes: int = 3) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 4, 4, generator=gen)
+    y = torch.arange(n) % num_classes
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+def trainer(tmp_path: Path, **overrides: Any) -> pl.Trainer:
+    kwargs: dict[str, Any] = dict(
+        default_root_dir=str(tmp_path),
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        logger=False,
+    )
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs)
+
+
+def read_tensorboard(log_dir: str | Path) -> list[Any]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accs = []
+    for f in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f), size_guidance={"images": 0, "scalars": 0})
+        acc.Reload()
+        accs.append(acc)
+    return accs
