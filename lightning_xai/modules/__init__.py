@@ -8,14 +8,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lightning_xai.modules.gates import ClassSpecificGates
 from lightning_xai.modules.tree import MAX_TREE_DEPTH, SoftDecisionTree
 
 if TYPE_CHECKING:
     from lightning_xai.modules.distill import TreeDistillation
+    from lightning_xai.modules.gate_training import ClassSpecificGateTraining
 
-__all__ = ["MAX_TREE_DEPTH", "SoftDecisionTree", "TreeDistillation"]
+__all__ = [
+    "MAX_TREE_DEPTH",
+    "ClassSpecificGateTraining",
+    "ClassSpecificGates",
+    "SoftDecisionTree",
+    "TreeDistillation",
+]
 
-_LIGHTNING_NAMES = {"TreeDistillation": "lightning_xai.modules.distill"}
+_LIGHTNING_NAMES = {
+    "TreeDistillation": "lightning_xai.modules.distill",
+    "ClassSpecificGateTraining": "lightning_xai.modules.gate_training",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -30,7 +30,7 @@ def figure_to_tensor(fig: object) -> Tensor:
 
 def _node_xy(level: int, index: int, levels: int) -> tuple[float, float]:
     """Centre of the ``index``-th node of ``level`` (0 = root) in a ``[0, 1] x [0, 1]`` canvas."""
-    return (index + 0.5) / 2**level, 1.0 - (level + 0.5) / (levels + 1)
+    return (index + 0.5) / 2**level, 1.0 - (level + 0.6) / (levels + 0.2)
 
 
 def render_tree(
@@ -102,7 +102,7 @@ def render_tree(
     draw_leaves = depth <= max_depth
     levels = shown + (1 if draw_leaves else 0)
     width_nodes = 2 ** (levels - 1)
-    fig = Figure(figsize=(max(6.0, 1.0 * width_nodes), 1.5 * (levels + 1)), dpi=80)
+    fig = Figure(figsize=(max(6.0, 1.0 * width_nodes), 1.4 * levels + 0.4), dpi=80)
     canvas = fig.add_axes((0, 0, 1, 1))
     canvas.set_xlim(0, 1)
     canvas.set_ylim(0, 1)
@@ -122,7 +122,7 @@ def render_tree(
             on_path.add((level, leaf >> (depth - level)))
 
     box = 0.8 / width_nodes
-    box_h = 0.7 / (levels + 1)
+    box_h = 0.7 / (levels + 0.2)
     maps = filters.view(n_inner, *shape)
     if len(shape) == 3:
         maps = maps.mean(dim=1)

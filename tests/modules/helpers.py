@@ -68,3 +68,19 @@ def read_tensorboard(log_dir: str | Path) -> list[Any]:
         acc.Reload()
         accs.append(acc)
     return accs
+
+
+def tiny_cnn(num_classes: int = 3, width: int = 4) -> nn.Module:
+    from tests.helpers.models import SmallCNN
+
+    torch.manual_seed(0)
+    return SmallCNN(in_channels=3, num_classes=num_classes, width=width)
+
+
+def tiny_rgb_loader(n: int = 32, batch_size: int = 8, seed: int = 0, num_classes: int = 3, size: int = 8) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % num_classes
+    x = torch.rand(n, 3, size, size, generator=gen) * 0.2
+    x[:, 0] += (y == 0).float()[:, None, None] * 0.5  # a learnable signal per class
+    x[:, 1] += (y == 1).float()[:, None, None] * 0.5
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
