@@ -57,7 +57,7 @@ def train(gated: bool, data: tuple[ShapesDataset, ShapesDataset], args: argparse
     if gated:
         gates = ClassSpecificGates(2 * args.width, train_set.num_classes, sparsity=args.sparsity)
         module: pl.LightningModule = ClassSpecificGateTraining(
-            model, gates, layer="features.7", lr=args.lr, class_names=train_set.classes, render_every_n_epochs=0
+            model, gates, layer="features.7", lr=args.lr, gate_lr=args.gate_lr, class_names=train_set.classes, render_every_n_epochs=0
         )
     else:
         module = model
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--sparsity", type=float, default=2.0)
+    parser.add_argument("--gate-lr", type=float, default=0.05)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="gates_shapes.png")
     args = parser.parse_args(argv)

@@ -34,7 +34,7 @@ class ClassSpecificGateTraining(pl.LightningModule):
 
     the standard step adds ``0 * G.sum()`` so the gates are part of every step's graph (DDP requires
     every parameter to be used; Adam's momentum still moves ``G`` a little on standard steps). One
-    optimiser (Adam) updates the network and the gates; after every step ``G`` is projected
+    optimiser (Adam, the gates in their own parameter group with ``gate_lr``) updates the network and the gates; after every step ``G`` is projected
     onto ``[0, 1]``. ``forward`` (and so validation, prediction and every explainer given this
     module or ``module.model``) is the standard path. Validation logs ``val/acc`` of the standard
     path. Every ``render_every_n_epochs`` training epochs rank zero logs ``gates/density`` (share of
@@ -47,7 +47,10 @@ class ClassSpecificGateTraining(pl.LightningModule):
             the first gated step, before any optimiser step).
         layer: Dotted name of the gated layer; ``None``: the last ``nn.Conv2d``.
         gated_weight: ``lambda_1``.
-        lr: Adam learning rate.
+        lr: Adam learning rate of the network.
+        gate_lr: Adam learning rate of the gates (Adam moves each gate by about ``gate_lr`` per step
+            whatever the gradient's scale, so with the network's small rate the gates could not
+            travel from 1 to 0 in a short training).
         class_names: Names for the picture's columns.
         render_every_n_epochs: 0 turns the picture off.
 
@@ -69,6 +72,7 @@ class ClassSpecificGateTraining(pl.LightningModule):
         layer: Optional[str] = None,
         gated_weight: float = 1.0,
         lr: float = 3e-3,
+        gate_lr: float = 0.05,
         class_names: Optional[Sequence[str]] = None,
         render_every_n_epochs: int = 1,
     ) -> None:
@@ -89,6 +93,7 @@ class ClassSpecificGateTraining(pl.LightningModule):
         self.gates = gates
         self.gated_weight = check_float("gated_weight", gated_weight, 0.0)
         self.lr = check_float("lr", lr, 0.0)
+        self.gate_lr = check_float("gate_lr", gate_lr, 0.0)
         self.class_names = list(class_names) if class_names is not None else None
         self.render_every_n_epochs = check_int("render_every_n_epochs", render_every_n_epochs, 0)
         self._labels: Optional[Tensor] = None
@@ -152,4 +157,8 @@ class ClassSpecificGateTraining(pl.LightningModule):
             sink.log_scalars(scalars, step=self.global_step)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        gate_ids = {id(p) for p in self.gates.parameters()}
+        network = [p for p in self.parameters() if id(p) not in gate_ids and p.requires_grad]
+        return torch.optim.Adam(
+            [{"params": network, "lr": self.lr}, {"params": list(self.gates.parameters()), "lr": self.gate_lr}]
+        )

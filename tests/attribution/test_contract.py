@@ -26,6 +26,8 @@ from lightning_xai.attribution import (
     get_explainer,
 )
 from tests.helpers.models import make
+from lightning_xai.attribution import MaskingModelExplainer
+from tests.modules.helpers import contract_masker
 
 EXPLAINERS = {
     "saliency": lambda: Saliency(),
@@ -43,11 +45,14 @@ EXPLAINERS = {
     "grad_cam_plus_plus": lambda: GradCAMPlusPlus(),
     "score_cam": lambda: ScoreCAM(),
     "full_grad": lambda: FullGrad(),
+    "masking_model": lambda: MaskingModelExplainer(contract_masker()),
 }
 NEEDS_GAP_HEAD = {"cam"}
 # Score-CAM at vgg's last Conv2d sees pre-ReLU activations (the in-place ReLU after it is not part of the
 # layer's output), whose weighted sum is negative everywhere on this random model: explain the ReLU instead.
 OVERRIDES = {("score_cam", "vgg"): lambda: ScoreCAM(layer="features.6")}
+# The masking model reads the image too: vgg's inputs have 3 channels (small's have 1).
+OVERRIDES[("masking_model", "vgg")] = lambda: MaskingModelExplainer(contract_masker(in_channels=3))
 
 
 def build(name: str, model_name: str) -> Explainer:

@@ -84,3 +84,35 @@ def tiny_rgb_loader(n: int = 32, batch_size: int = 8, seed: int = 0, num_classes
     x[:, 0] += (y == 0).float()[:, None, None] * 0.5  # a learnable signal per class
     x[:, 1] += (y == 1).float()[:, None, None] * 0.5
     return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+class QuadrantClassifier(nn.Module):
+    """Hand-built: class 1's logit is 10 * the mean over the top-left 4x4 quadrant of an 8x8 image of
+    ``x * checkerboard`` (a +-1 pattern), class 0's its negative. Nothing else of the image matters, and a
+    blur (the masking model's "removed" pixels) erases the evidence. The conv is the identity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+        self.register_buffer("board", checkerboard())
+
+    def forward(self, x: Tensor) -> Tensor:
+        score = 10.0 * (self.conv(x)[:, 0, :4, :4] * self.board).mean(dim=(1, 2))
+        return torch.stack([-score, score], dim=1)
+
+
+def checkerboard() -> Tensor:
+    """A 4x4 +-1 checkerboard."""
+    i = torch.arange(4)
+    return ((i[:, None] + i[None, :]) % 2 * 2 - 1).float()
+
+
+def contract_masker(in_channels: int = 1, feature_channels: int = 16, num_classes: int = 10) -> Any:
+    """A seeded, untrained masking model for the contract suite (without touching the global RNG)."""
+    from lightning_xai.modules import MaskingModel
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return MaskingModel(feature_channels, num_classes, in_channels=in_channels, hidden=4)
