@@ -8,7 +8,7 @@ Grad-CAM and CAM on the true class: mask share (share of the map's mass inside t
 ``lightning_xai.metrics.functional.mask_share``) and the pointing game (the map's maximum lies in
 the mask), averaged over seeds. Writes the learnt filter-class matrix as PNG.
 
-    python examples/gates_shapes.py [--epochs 8] [--seeds 0 1 2] [--sparsity 2.0] [--out docs/gates_shapes.png]
+    python examples/gates_shapes.py [--epochs 10] [--seeds 0 1] [--sparsity 1.0] [--gate-lr 0.01] [--out docs/gates_shapes.png]
 """
 
 from __future__ import annotations
@@ -81,14 +81,14 @@ def evaluate(model: nn.Module, val: ShapesDataset) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--num-train", type=int, default=2048)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--num-train", type=int, default=1536)
     parser.add_argument("--num-val", type=int, default=512)
-    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=24)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--sparsity", type=float, default=2.0)
-    parser.add_argument("--gate-lr", type=float, default=0.05)
+    parser.add_argument("--sparsity", type=float, default=1.0)
+    parser.add_argument("--gate-lr", type=float, default=0.01)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="gates_shapes.png")
     args = parser.parse_args(argv)

@@ -9,7 +9,7 @@ shallow convolutional branch at half resolution) and the classifier's own featur
 gives the mask, bilinearly upsampled to the input size.
 
 The paper's objective (:meth:`MaskingModel.loss_terms`), with ``Phi(x, m) = x * m + A * (1 - m)``
-and ``A`` a Gaussian blur of ``x``::
+and ``A`` a Gaussian blur of ``x`` (or its mean colour, ``fill="mean"``)::
 
     L(m) = smooth_weight * TV(m) + area_weight * AV(m)
            - log f_c(Phi(x, m))                                  (preserve)
@@ -20,7 +20,7 @@ and ``A`` a Gaussian blur of ``x``::
 ``destroy_weight=5`` and ``destroy_power=0.3``; the area and smoothness weights depend on the image
 size and are set here for small images. Not implemented from the paper: the pretrained ResNet-50
 encoder (the classifier itself is the encoder here), the random choice among several
-alternatives ``A`` (blur only) and training with fake class labels.
+alternatives ``A`` (one fixed choice here: blur or mean colour) and training with fake class labels.
 """
 
 from __future__ import annotations
@@ -63,6 +63,9 @@ class MaskingModel(nn.Module):
         destroy_weight: ``lambda_3``.
         destroy_power: ``lambda_4``.
         blur_sigma: Standard deviation (pixels) of the blur that replaces removed pixels.
+        fill: What replaces removed pixels, ``A``: ``"blur"`` (``x`` blurred with ``blur_sigma``) or
+            ``"mean"`` (each image's mean colour; removes a uniform shape's interior too, which a
+            blur keeps).
 
     Raises:
         TypeError, ValueError: Bad arguments.
@@ -85,6 +88,7 @@ class MaskingModel(nn.Module):
         destroy_weight: float = 5.0,
         destroy_power: float = 0.3,
         blur_sigma: float = 3.0,
+        fill: str = "blur",
     ) -> None:
         super().__init__()
         self.feature_channels = check_int("feature_channels", feature_channels, 1)
@@ -101,6 +105,9 @@ class MaskingModel(nn.Module):
         self.blur_sigma = check_float("blur_sigma", blur_sigma, 0.0)
         if self.blur_sigma <= 0:
             raise ValueError(f"Expected argument `blur_sigma` to be > 0, but got {blur_sigma}.")
+        if fill not in ("blur", "mean"):
+            raise ValueError(f"Expected argument `fill` to be 'blur' or 'mean', but got {fill!r}.")
+        self.fill = fill
         h = self.hidden
         self.image_branch = nn.Sequential(
             nn.Conv2d(self.in_channels, h, 3, padding=1),
@@ -117,7 +124,7 @@ class MaskingModel(nn.Module):
         """The constructor arguments (what :meth:`save` stores beside the weights)."""
         names = (
             "feature_channels num_classes in_channels layer hidden area_weight smooth_weight destroy_weight "
-            "destroy_power blur_sigma"
+            "destroy_power blur_sigma fill"
         ).split()
         return {n: getattr(self, n) for n in names}
 
@@ -196,7 +203,10 @@ class MaskingModel(nn.Module):
 
     # -- the objective ----------------------------------------------------------------------------
     def alternative(self, x: Tensor) -> Tensor:
-        """What replaces removed pixels: ``x`` blurred with ``blur_sigma`` (no gradient flows into it)."""
+        """What replaces removed pixels (no gradient flows into it): ``x`` blurred with ``blur_sigma``
+        (``fill="blur"``) or each image's per-channel mean (``fill="mean"``)."""
+        if self.fill == "mean":
+            return x.detach().mean(dim=(2, 3), keepdim=True).expand_as(x)
         return gaussian_blur(x, self.blur_sigma)
 
     def loss_terms(self, classifier: nn.Module, x: Tensor, mask: Tensor, target: Tensor) -> dict[str, Tensor]:

@@ -57,6 +57,13 @@ def test_loss_terms_by_hand() -> None:
     torch.testing.assert_close(terms["destroy"], destroy)
     torch.testing.assert_close(terms["area"], 0.7 * m.mean())
     torch.testing.assert_close(terms["smoothness"], 2.0 * (horizontal + vertical))
+    # fill="mean": the removed pixels take each image's mean colour
+    mean_fill = MaskingModel(2, 3, in_channels=1, fill="mean")
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    keep_mean = torch.softmax(clf(x * m + mean * (1 - m)), dim=1)
+    torch.testing.assert_close(
+        mean_fill.loss_terms(clf, x, m, y)["preserve"], -(keep_mean[0, 2].log() + keep_mean[1, 0].log()) / 2
+    )
 
 
 def test_trained_mask_finds_the_only_region_the_classifier_looks_at() -> None:
