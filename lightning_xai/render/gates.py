@@ -14,7 +14,7 @@ __all__ = ["render_gate_matrix"]
 
 def render_gate_matrix(gate: Tensor, class_names: Sequence[str] | None = None, title: str | None = None) -> Tensor:
     """Draw ``G`` ``[K filters, C classes]`` in ``[0, 1]`` as a heat map, filters sorted by the class
-    they serve most (then by gate value), with each column's share of open gates (> 0.1) in its label.
+    they serve most (then by gate value; filters with every gate closed, <= 0.1, last), with each column's share of open gates (> 0.1) in its label.
 
     Args:
         gate: ``[K, C]`` gate values.
@@ -40,8 +40,8 @@ def render_gate_matrix(gate: Tensor, class_names: Sequence[str] | None = None, t
     names = list(class_names) if class_names is not None else [str(c) for c in range(classes)]
     if len(names) != classes:
         raise ValueError(f"Expected {classes} class names, but got {len(names)}.")
-    best = g.argmax(dim=1)
-    order = sorted(range(channels), key=lambda k: (int(best[k]), -float(g[k, best[k]])))
+    best = torch.where(g.amax(dim=1) > 0.1, g.argmax(dim=1), classes)  # closed filters last
+    order = sorted(range(channels), key=lambda k: (int(best[k]), -float(g[k].max())))
     g = g[torch.tensor(order)]
     fig = Figure(figsize=(1.0 + 0.6 * classes, 1.2 + 0.12 * channels), dpi=80)
     ax = fig.add_axes((0.25, 0.12, 0.6, 0.78))
