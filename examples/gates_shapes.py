@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -57,7 +56,13 @@ def train(gated: bool, data: tuple[ShapesDataset, ShapesDataset], args: argparse
     if gated:
         gates = ClassSpecificGates(2 * args.width, train_set.num_classes, sparsity=args.sparsity)
         module: pl.LightningModule = ClassSpecificGateTraining(
-            model, gates, layer="features.7", lr=args.lr, gate_lr=args.gate_lr, class_names=train_set.classes, render_every_n_epochs=0
+            model,
+            gates,
+            layer="features.7",
+            lr=args.lr,
+            gate_lr=args.gate_lr,
+            class_names=train_set.classes,
+            render_every_n_epochs=0,
         )
     else:
         module = model
@@ -109,8 +114,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                 gates = model.gates
             print(f"seed {seed} {kind}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[kind][-1].items()))
     summary = {k: {m: sum(r[m] for r in v) / len(v) for m in v[0]} for k, v in rows.items()}
-    print(f"\nshapes {args.image_size}px, {args.epochs} epochs, sparsity {args.sparsity}, {len(args.seeds)} seed(s), "
-          f"{time.perf_counter() - start:.0f} s")
+    print(
+        f"\nshapes {args.image_size}px, {args.epochs} epochs, sparsity {args.sparsity}, {len(args.seeds)} seed(s), "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     cols = list(summary["plain"])
     print(f"{'model':<10}" + "".join(f"{c:>20}" for c in cols))
     for kind, s in summary.items():

@@ -77,9 +77,19 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         acc = (classifier(val.images).argmax(dim=1) == val.labels).float().mean().item()
     print(f"classifier: val acc {acc:.3f} ({time.perf_counter() - start:.0f} s)")
 
-    masker = MaskingModel(32, 4, in_channels=3, layer="features.7", area_weight=args.area, smooth_weight=args.smooth,
-                          blur_sigma=args.image_size / 6, fill=args.fill)
-    _trainer(args.mask_epochs).fit(MaskingModelTraining(classifier, masker, lr=args.lr, render_every_n_epochs=0), loader)
+    masker = MaskingModel(
+        32,
+        4,
+        in_channels=3,
+        layer="features.7",
+        area_weight=args.area,
+        smooth_weight=args.smooth,
+        blur_sigma=args.image_size / 6,
+        fill=args.fill,
+    )
+    _trainer(args.mask_epochs).fit(
+        MaskingModelTraining(classifier, masker, lr=args.lr, render_every_n_epochs=0), loader
+    )
     print(f"masking model trained ({time.perf_counter() - start:.0f} s)")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,7 +103,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         for name, explainer in explainers.items():
             explainer(classifier, x[:8], y[:8])  # warm-up (and the weights file is loaded once)
             t0 = time.perf_counter()
-            maps[name] = torch.cat([explainer(classifier, x[i : i + 128], y[i : i + 128]) for i in range(0, len(x), 128)])
+            maps[name] = torch.cat(
+                [explainer(classifier, x[i : i + 128], y[i : i + 128]) for i in range(0, len(x), 128)]
+            )
             per_image = (time.perf_counter() - t0) / len(x)
             summary[name] = {
                 "mask_share": mask_share(maps[name], masks).item(),
@@ -110,7 +122,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print(f"(a uniform map's mask share is the shapes' mean area: {area:.3f})")
 
     display = to_display(x[:8])
-    tiles = [display, overlay(display, maps["masking_model"][:8], signed=False), overlay(display, maps["grad_cam"][:8], signed=False)]
+    tiles = [
+        display,
+        overlay(display, maps["masking_model"][:8], signed=False),
+        overlay(display, maps["grad_cam"][:8], signed=False),
+    ]
     rows = torch.stack([t[i] for i in range(8) for t in tiles])
     captions = [c for i in range(8) for c in (val.classes[int(y[i])], "masking model", "Grad-CAM")]
     out = save_png(annotated_grid(rows, captions, ncols=6, title="real-time masks vs Grad-CAM"), args.out)

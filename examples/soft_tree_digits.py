@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -147,8 +146,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]['acc']:.3f}" for k, v in rows.items()))
 
     summary = {k: {m: sum(r[m] for r in v) / len(v) for m in v[0]} for k, v in rows.items()}
-    print(f"\ndigits, depth {args.depth}, T={args.temperature}, {len(args.seeds)} seed(s), "
-          f"{time.perf_counter() - start:.0f} s")
+    print(
+        f"\ndigits, depth {args.depth}, T={args.temperature}, {len(args.seeds)} seed(s), "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     print(f"{'model':<22}{'test acc':>10}{'max-path acc':>14}{'fidelity':>10}")
     names = {"teacher": "teacher CNN", "soft": "tree, distilled (soft)", "hard": "tree, hard labels"}
     for key, name in names.items():

@@ -223,7 +223,9 @@ class MaskingModel(nn.Module):
         logits = classifier(torch.cat([kept, removed]))
         log_p = logits.log_softmax(dim=1).gather(1, target.repeat(2).view(-1, 1)).squeeze(1)
         log_keep, log_removed = log_p.chunk(2)
-        tv = (mask[..., :, 1:] - mask[..., :, :-1]).square().mean() + (mask[..., 1:, :] - mask[..., :-1, :]).square().mean()
+        tv = (mask[..., :, 1:] - mask[..., :, :-1]).square().mean() + (
+            mask[..., 1:, :] - mask[..., :-1, :]
+        ).square().mean()
         return {
             "preserve": -log_keep.mean(),
             "destroy": self.destroy_weight * log_removed.exp().clamp_min(1e-12).pow(self.destroy_power).mean(),

@@ -88,7 +88,9 @@ def render_tree(
         )
     shape = tuple(int(s) for s in image_shape)
     if int(np.prod(shape)) != filters.shape[1] or len(shape) not in (2, 3):
-        raise ValueError(f"Expected `image_shape` (H, W) or (C, H, W) with {filters.shape[1]} elements, but got {shape}.")
+        raise ValueError(
+            f"Expected `image_shape` (H, W) or (C, H, W) with {filters.shape[1]} elements, but got {shape}."
+        )
     if path_probs is not None:
         path_probs = path_probs.detach().float().cpu().reshape(-1)
         if path_probs.numel() != n_leaves:

@@ -31,6 +31,7 @@ from lightning_xai.attribution import (
     GuidedGradCAM,
     InputXGradient,
     IntegratedGradients,
+    MaskingModelExplainer,
     NoiseTunnel,
     Saliency,
     ScoreCAM,
@@ -39,7 +40,6 @@ from lightning_xai.attribution import (
 )
 from lightning_xai.attribution.base import _REGISTRY
 from tests.helpers.models import make
-from lightning_xai.attribution import MaskingModelExplainer
 from tests.modules.helpers import contract_masker
 
 EXPLAINERS = {

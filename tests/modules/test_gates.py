@@ -115,7 +115,9 @@ def test_fit_projects_logs_and_round_trips(tmp_path: Path) -> None:
 
 
 def test_fit_under_ddp_spawn(tmp_path: Path) -> None:
-    module = ClassSpecificGateTraining(tiny_cnn(), ClassSpecificGates(8, 3, sparsity=0.5), lr=0.05, render_every_n_epochs=0)
+    module = ClassSpecificGateTraining(
+        tiny_cnn(), ClassSpecificGates(8, 3, sparsity=0.5), lr=0.05, render_every_n_epochs=0
+    )
     trainer(tmp_path, strategy="ddp_spawn", devices=2).fit(module, tiny_rgb_loader())
     assert module.gates.gate.min() < 1.0  # rank zero's trained gates came back
 

@@ -20,7 +20,9 @@ from tests.modules.helpers import QuadrantClassifier, checkerboard, read_tensorb
 
 def _clf() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3)).eval()
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3)
+    ).eval()
 
 
 def test_mask_shape_range_and_gradients() -> None:
@@ -36,12 +38,16 @@ def test_mask_shape_range_and_gradients() -> None:
     # the class selector (initialised to ones: every class alike) changes the mask once it differs per class
     with torch.no_grad():
         masker.class_selector.weight.normal_()
-    assert not torch.allclose(masker.explain(clf, x, torch.tensor([0, 0, 0])), masker.explain(clf, x, torch.tensor([1, 1, 1])))
+    assert not torch.allclose(
+        masker.explain(clf, x, torch.tensor([0, 0, 0])), masker.explain(clf, x, torch.tensor([1, 1, 1]))
+    )
 
 
 def test_loss_terms_by_hand() -> None:
     clf = _clf()
-    masker = MaskingModel(2, 3, in_channels=1, area_weight=0.7, smooth_weight=2.0, destroy_weight=5.0, destroy_power=0.3, blur_sigma=1.0)
+    masker = MaskingModel(
+        2, 3, in_channels=1, area_weight=0.7, smooth_weight=2.0, destroy_weight=5.0, destroy_power=0.3, blur_sigma=1.0
+    )
     x = torch.rand(2, 1, 4, 4)
     m = torch.rand(2, 1, 4, 4)
     y = torch.tensor([2, 0])
@@ -50,7 +56,9 @@ def test_loss_terms_by_hand() -> None:
     removed = torch.softmax(clf(x * (1 - m) + alt * m), dim=1)
     preserve = -(keep[0, 2].log() + keep[1, 0].log()) / 2
     destroy = 5.0 * (removed[0, 2] ** 0.3 + removed[1, 0] ** 0.3) / 2
-    horizontal = sum((m[b, 0, i, j] - m[b, 0, i, j + 1]) ** 2 for b in range(2) for i in range(4) for j in range(3)) / 24
+    horizontal = (
+        sum((m[b, 0, i, j] - m[b, 0, i, j + 1]) ** 2 for b in range(2) for i in range(4) for j in range(3)) / 24
+    )
     vertical = sum((m[b, 0, i, j] - m[b, 0, i + 1, j]) ** 2 for b in range(2) for i in range(3) for j in range(4)) / 24
     terms = masker.loss_terms(clf, x, m, y)
     torch.testing.assert_close(terms["preserve"], preserve)
@@ -70,7 +78,9 @@ def test_trained_mask_finds_the_only_region_the_classifier_looks_at() -> None:
     """The paper's property: the mask keeps the evidence. QuadrantClassifier only sees the top-left quadrant."""
     torch.manual_seed(0)
     clf = QuadrantClassifier().eval()
-    masker = MaskingModel(1, 2, in_channels=1, layer="conv", hidden=8, area_weight=1.0, smooth_weight=0.5, blur_sigma=2.0)
+    masker = MaskingModel(
+        1, 2, in_channels=1, layer="conv", hidden=8, area_weight=1.0, smooth_weight=0.5, blur_sigma=2.0
+    )
     x = torch.rand(64, 1, 8, 8) * 0.5 + 0.25
     x[:32, :, :4, :4] += 0.2 * checkerboard()  # class 1: the checkerboard in the top-left quadrant
     x[32:, :, :4, :4] -= 0.2 * checkerboard()  # class 0: its inverse

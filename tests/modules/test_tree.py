@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from lightning_xai.modules import MAX_TREE_DEPTH, SoftDecisionTree, TreeDistillation
@@ -109,9 +108,7 @@ def test_depth_one_loss_terms_by_hand() -> None:
     torch.testing.assert_close(terms["balance"], -0.5 * (0.5 * alpha.log() + 0.5 * (1 - alpha).log()))
     # soft targets: the same formula with T in place of the one-hot
     t = torch.tensor([[0.3, 0.7], [0.9, 0.1]])
-    soft = [
-        -(1 - p[s]) * (t[s] * q_left.log()).sum() - p[s] * (t[s] * q_right.log()).sum() for s in range(2)
-    ]
+    soft = [-(1 - p[s]) * (t[s] * q_left.log()).sum() - p[s] * (t[s] * q_right.log()).sum() for s in range(2)]
     torch.testing.assert_close(tree.loss_terms(x, t)["classification"], (soft[0] + soft[1]) / 2)
     # the forward pass, by hand
     torch.testing.assert_close(tree(x), (1 - p)[:, None] * q_left + p[:, None] * q_right)
@@ -127,8 +124,12 @@ def test_penalty_matches_the_papers_formula() -> None:
         alpha = float((reach[:, i] * p[:, i]).sum() / reach[:, i].sum())
         expected += 2.0**-d * (0.5 * math.log(alpha) + 0.5 * math.log(1 - alpha))
     expected *= -0.3
-    torch.testing.assert_close(tree.loss_terms(x, torch.zeros(9, dtype=torch.long))["balance"].double(),
-                               torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        tree.loss_terms(x, torch.zeros(9, dtype=torch.long))["balance"].double(),
+        torch.tensor(expected, dtype=torch.float64),
+        rtol=1e-5,
+        atol=1e-7,
+    )
     # a perfectly balanced tree (all nodes 50/50) costs the minimum: lambda * log(2) * sum_d 2^d 2^-d
     with torch.no_grad():
         tree.inner.weight.zero_()
@@ -200,7 +201,11 @@ def test_distillation_rejects_bad_teachers(tmp_path: Path) -> None:
         TreeDistillation(TinyTeacher().eval(), tree, mode="both")
     with pytest.raises(TypeError, match="SoftDecisionTree"):
         TreeDistillation(TinyTeacher().eval(), torch.nn.Linear(16, 3))
-    for teacher, match in [(SoftmaxTeacher(), "probabilities"), (TupleTeacher(), "tuple"), (TinyTeacher(4), r"\[B, 3\]")]:
+    for teacher, match in [
+        (SoftmaxTeacher(), "probabilities"),
+        (TupleTeacher(), "tuple"),
+        (TinyTeacher(4), r"\[B, 3\]"),
+    ]:
         module = TreeDistillation(teacher.eval(), SoftDecisionTree(16, 3, depth=2))
         before = module.tree.inner.weight.clone()
         with pytest.raises(ValueError, match=match):
