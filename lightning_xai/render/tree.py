@@ -59,8 +59,10 @@ def render_tree(
         path_probs: Optional ``[2**depth]`` path probabilities of one input.
         image: Optional input to show, ``[H, W]`` or ``[C, H, W]`` (``C`` in 1 or 3).
         class_names: Optional names for the ``C`` classes.
-        max_depth: Draw at most this many levels of inner nodes; deeper trees are cut there and
-            their leaves are not drawn (the caption says so).
+        max_depth: Draw at most this many levels of inner nodes. A deeper tree is drawn as the
+            subtree of its last ``max_depth`` levels that the input's most probable path goes
+            through (with ``path_probs``), or cut after its top ``max_depth`` levels with no leaves
+            (without); the caption says which.
         title: Optional figure title.
 
     Returns:
@@ -101,7 +103,12 @@ def render_tree(
         raise ValueError(f"Expected {num_classes} class names, but got {len(names)}.")
 
     shown = min(depth, max_depth)
-    draw_leaves = depth <= max_depth
+    # deeper than max_depth: with a path, draw the bottom max_depth levels of the subtree the input
+    # goes through (its leaves included); without one, the top levels (no leaves)
+    start, root = 0, 0
+    if depth > max_depth and path_probs is not None:
+        start, root = depth - max_depth, int(path_probs.argmax()) >> max_depth
+    draw_leaves = depth <= max_depth or path_probs is not None
     levels = shown + (1 if draw_leaves else 0)
     width_nodes = 2 ** (levels - 1)
     fig = Figure(figsize=(max(6.0, 1.0 * width_nodes), 1.4 * levels + 0.4), dpi=80)
@@ -129,12 +136,14 @@ def render_tree(
     if len(shape) == 3:
         maps = maps.mean(dim=1)
     for level in range(levels):
+        absolute = start + level
         for index in range(2**level):
+            a_index = root * 2**level + index
             x, y = _node_xy(level, index, levels)
             if level + 1 < levels:
                 for child in (2 * index, 2 * index + 1):
                     cx, cy = _node_xy(level + 1, child, levels)
-                    hot = (level, index) in on_path and (level + 1, child) in on_path
+                    hot = (absolute, a_index) in on_path and (absolute + 1, root * 2 ** (level + 1) + child) in on_path
                     canvas.plot(
                         [x, cx],
                         [y - box_h / 2, cy + box_h / 2],
@@ -143,23 +152,23 @@ def render_tree(
                         zorder=1,
                     )
             ax = fig.add_axes((x - box / 2, y - box_h / 2, box, box_h))
-            if level < shown:
-                node = 2**level - 1 + index
+            if absolute < depth:
+                node = 2**absolute - 1 + a_index
                 w = maps[node]
                 lim = float(w.abs().max()) or 1.0
                 ax.imshow(w.numpy(), cmap="bwr", vmin=-lim, vmax=lim, interpolation="nearest")
                 ax.set_xticks([])
                 ax.set_yticks([])
             else:
-                probs = leaf_probs[index].numpy()
+                probs = leaf_probs[a_index].numpy()
                 ax.bar(range(num_classes), probs, color="0.35")
                 ax.set_ylim(0, 1)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 ax.set_xlabel(names[int(probs.argmax())], fontsize=7, labelpad=1)
             if reach_levels:
-                ax.set_title(f"{float(reach_levels[level][index]):.2f}", fontsize=6, pad=1)
-            if (level, index) in on_path:
+                ax.set_title(f"{float(reach_levels[absolute][a_index]):.2f}", fontsize=6, pad=1)
+            if (absolute, a_index) in on_path:
                 for spine in ax.spines.values():
                     spine.set_edgecolor(_PATH_COLOR)
                     spine.set_linewidth(2.0)
@@ -180,6 +189,8 @@ def render_tree(
     caption = title or ""
     if not draw_leaves:
         caption += f"  (top {shown} of {depth} levels; leaves not drawn)"
+    elif start:
+        caption += f"  (levels {start}-{depth} of the subtree the input goes through)"
     if caption.strip():
         fig.text(0.5, 0.995, caption.strip(), ha="center", va="top", fontsize=9)
     return figure_to_tensor(fig)

@@ -258,3 +258,13 @@ def test_hard_label_fit_under_ddp_spawn(tmp_path: Path) -> None:
     before = module.tree.leaf_logits.clone()
     trainer(tmp_path, strategy="ddp_spawn", devices=2).fit(module, tiny_image_loader())
     assert not torch.equal(module.tree.leaf_logits, before)  # rank zero's trained weights came back
+
+
+def test_render_deep_tree_draws_the_subtree_of_the_path() -> None:
+    tree = _tree(4, in_features=16)
+    x = torch.rand(1, 16)
+    path = tree.path_probabilities(x)[0]
+    cut = render_tree(tree.inner.weight, tree.leaf_distributions(), (4, 4), max_depth=2)
+    subtree = render_tree(tree.inner.weight, tree.leaf_distributions(), (4, 4), path, max_depth=2)
+    # with a path the bottom levels are drawn down to the leaves: one row more than the cut tree
+    assert subtree.shape[1] > cut.shape[1]
