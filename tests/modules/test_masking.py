@@ -175,3 +175,15 @@ def test_fit_under_ddp_spawn(tmp_path: Path) -> None:
     before = module.masker.decoder[2].weight.clone()
     trainer(tmp_path, strategy="ddp_spawn", devices=2).fit(module, tiny_rgb_loader())
     assert not torch.equal(module.masker.decoder[2].weight, before)
+
+
+def test_saliency_monitor_logs_the_masking_model(tmp_path: Path) -> None:
+    from lightning_xai.callbacks import SaliencyMonitor
+    from tests.callbacks.helpers import fit
+
+    masker = MaskingModel(8, 3, in_channels=3, hidden=4)  # matches tests.callbacks.helpers.tiny_model(3)
+    logger = TensorBoardLogger(str(tmp_path), name="monitor")
+    monitor = SaliencyMonitor(explainers=[MaskingModelExplainer(masker)], num_samples=3, synchronous_logging=True)
+    fit(tmp_path, [monitor], logger=logger, max_epochs=1)
+    tags = {t for a in read_tensorboard(logger.log_dir) for t in a.Tags()["images"]}
+    assert any("masking_model" in t for t in tags), tags
