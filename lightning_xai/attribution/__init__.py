@@ -106,3 +106,16 @@ __all__ = [
     "KernelSHAP",
     "superpixels",
 ]
+
+# The trained masking model's explainer lives with its module; importing it registers "masking_model".
+# (lightning_xai.modules.masking imports this package: when it is the one importing us, it is
+# still half-built here, so its class is looked up on access.)
+import lightning_xai.modules.masking as _masking  # noqa: E402
+
+__all__ += ["MaskingModelExplainer"]
+
+
+def __getattr__(name: str) -> object:
+    if name == "MaskingModelExplainer":
+        return _masking.MaskingModelExplainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

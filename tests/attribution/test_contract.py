@@ -38,6 +38,7 @@ from lightning_xai.attribution import (
     InputXGradient,
     IntegratedGradients,
     KernelSHAP,
+    MaskingModelExplainer,
     MeaningfulPerturbation,
     NoiseTunnel,
     Occlusion,
@@ -49,6 +50,7 @@ from lightning_xai.attribution import (
 )
 from lightning_xai.attribution.base import _REGISTRY
 from tests.helpers.models import make
+from tests.modules.helpers import contract_masker
 
 EXPLAINERS = {
     "saliency": lambda: Saliency(),
@@ -66,6 +68,7 @@ EXPLAINERS = {
     "grad_cam_plus_plus": lambda: GradCAMPlusPlus(),
     "score_cam": lambda: ScoreCAM(),
     "full_grad": lambda: FullGrad(),
+    "masking_model": lambda: MaskingModelExplainer(contract_masker()),
 }
 NEEDS_GAP_HEAD = {"cam"}
 
@@ -97,6 +100,10 @@ RELU_MODELS = ["shared_relu", "functional_relu"]
 RELU_METHODS = ["guided_backprop", "deconvnet", "grad_cam", "guided_grad_cam", "grad_cam_plus_plus", "score_cam", "cam"]
 # Score-CAM at resnet18's default layer (512 channels) needs 512 masked forwards per image: use layer1 (64)
 OVERRIDES = {("score_cam", "resnet18"): lambda: ScoreCAM(layer="layer1")}
+# The masking model reads the image too (vgg's and resnet18's inputs have 3 channels, small's 1) and
+# resnet18's last conv has 512 channels.
+OVERRIDES[("masking_model", "vgg")] = lambda: MaskingModelExplainer(contract_masker(in_channels=3))
+OVERRIDES[("masking_model", "resnet18")] = lambda: MaskingModelExplainer(contract_masker(3, 512))
 CASES: list[Case] = [
     Case(e, m, OVERRIDES.get((e, m), EXPLAINERS[e]))
     for m in MODELS
