@@ -34,6 +34,7 @@ from lightning_xai.attribution.gradient import (
     modified_relu,
 )
 from lightning_xai.attribution.path import IntegratedGradients, gaussian_blur, make_baseline
+from lightning_xai.attribution.propagation import LRP, Composite, DeepLift, DeepTaylor
 
 __all__ = [
     "CAM",
@@ -63,4 +64,8 @@ __all__ = [
     "register_explainer",
     "resolve_target",
     "upsample",
+    "LRP",
+    "Composite",
+    "DeepLift",
+    "DeepTaylor",
 ]
