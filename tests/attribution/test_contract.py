@@ -25,6 +25,7 @@ from lightning_xai.attribution import (
     available_explainers,
     get_explainer,
 )
+from lightning_xai.attribution import LRP, DeepLift, DeepTaylor
 from tests.helpers.models import make
 
 EXPLAINERS = {
@@ -44,6 +45,15 @@ EXPLAINERS = {
     "score_cam": lambda: ScoreCAM(),
     "full_grad": lambda: FullGrad(),
 }
+EXPLAINERS.update(
+    {
+        "lrp": lambda: LRP(),
+        "lrp_gamma_box": lambda: LRP("epsilon_gamma_box", low=0.0, high=1.0),
+        "lrp_alpha2_beta1": lambda: LRP("epsilon_alpha2_beta1"),
+        "deep_taylor": lambda: DeepTaylor(low=0.0, high=1.0),
+        "deep_lift": lambda: DeepLift(),
+    }
+)
 NEEDS_GAP_HEAD = {"cam"}
 # Score-CAM at vgg's last Conv2d sees pre-ReLU activations (the in-place ReLU after it is not part of the
 # layer's output), whose weighted sum is negative everywhere on this random model: explain the ReLU instead.

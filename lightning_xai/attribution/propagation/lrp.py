@@ -52,6 +52,7 @@ class LRP(Explainer):
         torch.Size([2, 1, 6, 6])
     """
 
+    registry_name = "lrp"
     _checks_while_attributing = True
 
     def __init__(self, composite: CompositeSpec = "epsilon_plus_flat", **rule_parameters: Any) -> None:
