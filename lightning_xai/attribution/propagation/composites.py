@@ -46,6 +46,15 @@ POOL_TYPES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn
 RuleKey = Union[type, str]
 
 
+def _fits(rule: Rule, module: nn.Module) -> bool:
+    """Whether a name pattern's ``rule`` applies to ``module`` (patterns skip layers it cannot fit)."""
+    if isinstance(module, LINEAR_TYPES):
+        return True
+    if isinstance(module, POOL_TYPES):
+        return not rule.needs_weights
+    return rule.name == "pass"
+
+
 class Composite:
     """A mapping from layers to rules.
 
@@ -91,7 +100,7 @@ class Composite:
     def rule_for(self, name: str, module: nn.Module, *, first: bool) -> Rule | None:
         """The rule of layer ``name`` (``None``: ordinary gradient)."""
         for key, rule in self.rules.items():
-            if isinstance(key, str) and fnmatch.fnmatchcase(name, key):
+            if isinstance(key, str) and fnmatch.fnmatchcase(name, key) and _fits(rule, module):
                 return rule
         if first and self.is_first_candidate(module):
             return self.first

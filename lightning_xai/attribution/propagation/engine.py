@@ -188,8 +188,8 @@ def plan(model: nn.Module, composite: Composite, method: str) -> Plan:
             if rule is not None and rule.needs_weights and not isinstance(module, LINEAR_TYPES):
                 raise ValueError(f"{where}: rule {rule!r} needs weights, but layer {name!r} is a {type(module).__name__}.")
             rules[name] = (module, rule)
-        elif composite.rules and isinstance(module, nn.ReLU):
-            rule = composite.rule_for(name, module, first=False)
+        elif isinstance(module, nn.ReLU):
+            rule = next((r for k, r in composite.rules.items() if isinstance(k, type) and isinstance(module, k)), None)
             if rule is not None and rule.name != "pass":
                 raise ValueError(f"{where}: activation {name!r} takes the pass rule only, but was mapped to {rule!r}.")
     return Plan(rules, batchnorms)
