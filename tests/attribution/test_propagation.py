@@ -106,7 +106,9 @@ def test_matches_zennit(composite: str, model_name: str) -> None:
 
 def test_deep_taylor_matches_zennit_zplus_zbox() -> None:
     from zennit.composites import SpecialFirstLayerMapComposite
-    from zennit.rules import Norm, Pass, ZBox as ZennitZBox, ZPlus as ZennitZPlus
+    from zennit.rules import Norm, Pass
+    from zennit.rules import ZBox as ZennitZBox
+    from zennit.rules import ZPlus as ZennitZPlus
     from zennit.types import Activation, AvgPool, Linear
 
     model, x = make("vgg")
@@ -309,7 +311,9 @@ def test_deeplift_matches_captum(baseline: str) -> None:
     assert _rel_err(ours, oracle.detach()) < 1e-5
 
 
-def _literal_deeplift(layers: list[nn.Module], x: torch.Tensor, ref: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _literal_deeplift(
+    layers: list[nn.Module], x: torch.Tensor, ref: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
     """DeepLift-Rescale layer by layer from the definitions (captum's max-pooling rule), for a chain."""
     acts = [(x, ref)]
     with torch.no_grad():

@@ -40,7 +40,14 @@ __all__ = [
 LINEAR_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 """Layers with weights that rules apply to."""
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-POOL_TYPES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+POOL_TYPES = (
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+)
 """Sum pooling: proportional redistribution (``Norm``)."""
 
 RuleKey = Union[type, str]
@@ -159,7 +166,9 @@ def epsilon_alpha2_beta1(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Com
 
 def epsilon_alpha2_beta1_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
     """As :func:`epsilon_alpha2_beta1` with flat for the first layer (zennit ``EpsilonAlpha2Beta1Flat``)."""
-    return _conv_composite("epsilon_alpha2_beta1_flat", AlphaBeta(2.0, 1.0, stabilizer), epsilon, stabilizer, Flat(stabilizer))
+    return _conv_composite(
+        "epsilon_alpha2_beta1_flat", AlphaBeta(2.0, 1.0, stabilizer), epsilon, stabilizer, Flat(stabilizer)
+    )
 
 
 def epsilon(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
@@ -170,8 +179,10 @@ def epsilon(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
 def deep_taylor(low: float | None = None, high: float | None = None, stabilizer: float = 1e-6) -> Composite:
     """Deep Taylor decomposition (Montavon et al. 2017): z+ for every layer above the input, z^B
     for the input layer when the input box ``[low, high]`` is given, else w-square."""
-    first: Rule = WSquare(stabilizer) if low is None and high is None else ZBox(
-        0.0 if low is None else low, 1.0 if high is None else high, stabilizer
+    first: Rule = (
+        WSquare(stabilizer)
+        if low is None and high is None
+        else ZBox(0.0 if low is None else low, 1.0 if high is None else high, stabilizer)
     )
     rules: dict[RuleKey, Rule] = {t: ZPlus(stabilizer) for t in LINEAR_TYPES}
     rules.update({t: Norm(stabilizer) for t in POOL_TYPES})
@@ -208,9 +219,7 @@ def make_composite(spec: CompositeSpec, **parameters: Any) -> Composite:
         allowed = list(inspect.signature(factory).parameters)
         unknown = sorted(set(parameters) - set(allowed))
         if unknown:
-            raise ValueError(
-                f"Composite {spec!r} takes the rule parameters {allowed}, but got {unknown}."
-            )
+            raise ValueError(f"Composite {spec!r} takes the rule parameters {allowed}, but got {unknown}.")
         return factory(**parameters)
     if parameters:
         raise ValueError(f"Rule parameters {sorted(parameters)} apply to named composites only; configure the rules.")

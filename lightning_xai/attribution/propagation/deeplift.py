@@ -34,8 +34,16 @@ _EPS = 1e-10
 _RELU = {"relu", "relu_"}
 _ELEMENTWISE = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}
 _MAXPOOL = {"max_pool1d", "max_pool2d", "max_pool3d"}
-_NONLINEAR_STRUCTURE = {"max", "amax", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
-                        "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices"}
+_NONLINEAR_STRUCTURE = {
+    "max",
+    "amax",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool3d",
+    "max_pool1d_with_indices",
+    "max_pool2d_with_indices",
+    "max_pool3d_with_indices",
+}
 _LINEAR_OK = (_METADATA | _STRUCTURE | _IN_MODULE) - _NONLINEAR_STRUCTURE
 
 
@@ -57,7 +65,9 @@ class _Rescale(torch.autograd.Function):
             ctx.mark_dirty(x)
         else:
             out = fn(x)
-        multiplier = torch.where(small, slope, (out - fn(ref)) / torch.where(small, torch.ones_like(delta_in), delta_in))
+        multiplier = torch.where(
+            small, slope, (out - fn(ref)) / torch.where(small, torch.ones_like(delta_in), delta_in)
+        )
         ctx.save_for_backward(multiplier)
         return out
 

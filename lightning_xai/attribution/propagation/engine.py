@@ -54,22 +54,119 @@ SUPPORTED_LAYERS: tuple[type, ...] = (
 
 # torch functions by name (``func.__name__``), as the Tracer classifies them
 _METADATA = {
-    "__get__", "dim", "size", "numel", "ndimension", "__len__", "is_floating_point", "is_contiguous",
-    "stride", "get_device", "element_size", "__format__", "__repr__", "requires_grad_", "data_ptr",
-    "__bool__", "item", "tolist", "gt", "lt", "ge", "le", "eq", "ne", "__gt__", "__lt__", "__ge__",
-    "__le__", "__eq__", "__ne__", "argmax", "argmin", "isfinite", "isnan", "dtype", "device", "type",
+    "__get__",
+    "dim",
+    "size",
+    "numel",
+    "ndimension",
+    "__len__",
+    "is_floating_point",
+    "is_contiguous",
+    "stride",
+    "get_device",
+    "element_size",
+    "__format__",
+    "__repr__",
+    "requires_grad_",
+    "data_ptr",
+    "__bool__",
+    "item",
+    "tolist",
+    "gt",
+    "lt",
+    "ge",
+    "le",
+    "eq",
+    "ne",
+    "__gt__",
+    "__lt__",
+    "__ge__",
+    "__le__",
+    "__eq__",
+    "__ne__",
+    "argmax",
+    "argmin",
+    "isfinite",
+    "isnan",
+    "dtype",
+    "device",
+    "type",
 }
 _STRUCTURE = {  # move, copy, drop or add values: the gradient is the right rule in signal form
-    "relu", "relu_", "max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices",
-    "max_pool2d_with_indices", "max_pool3d_with_indices", "adaptive_max_pool1d", "adaptive_max_pool2d",
-    "adaptive_max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
-    "adaptive_avg_pool2d", "adaptive_avg_pool3d", "mean", "sum", "max", "amax", "flatten", "unflatten",
-    "view", "view_as", "reshape", "reshape_as", "contiguous", "permute", "transpose", "t", "squeeze",
-    "unsqueeze", "expand", "expand_as", "repeat", "clone", "to", "float", "double", "half", "type_as",
-    "detach", "dropout", "dropout_", "dropout1d", "dropout2d", "dropout3d", "feature_dropout",
-    "alpha_dropout", "__getitem__", "cat", "concat", "concatenate", "stack", "chunk", "split", "narrow",
-    "select", "pad", "constant_pad_nd", "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_",
-    "__sub__", "__rsub__", "__isub__", "neg", "__neg__", "identity",
+    "relu",
+    "relu_",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "max_pool1d_with_indices",
+    "max_pool2d_with_indices",
+    "max_pool3d_with_indices",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool3d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "mean",
+    "sum",
+    "max",
+    "amax",
+    "flatten",
+    "unflatten",
+    "view",
+    "view_as",
+    "reshape",
+    "reshape_as",
+    "contiguous",
+    "permute",
+    "transpose",
+    "t",
+    "squeeze",
+    "unsqueeze",
+    "expand",
+    "expand_as",
+    "repeat",
+    "clone",
+    "to",
+    "float",
+    "double",
+    "half",
+    "type_as",
+    "detach",
+    "dropout",
+    "dropout_",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "feature_dropout",
+    "alpha_dropout",
+    "__getitem__",
+    "cat",
+    "concat",
+    "concatenate",
+    "stack",
+    "chunk",
+    "split",
+    "narrow",
+    "select",
+    "pad",
+    "constant_pad_nd",
+    "add",
+    "add_",
+    "__add__",
+    "__radd__",
+    "__iadd__",
+    "sub",
+    "sub_",
+    "__sub__",
+    "__rsub__",
+    "__isub__",
+    "neg",
+    "__neg__",
+    "identity",
 }
 _SCALING = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__", "__itruediv__"}
 _IN_MODULE = {"conv1d", "conv2d", "conv3d", "linear", "batch_norm"}
@@ -186,7 +283,9 @@ def plan(model: nn.Module, composite: Composite, method: str) -> Plan:
                 first, first_seen = True, True
             rule = composite.rule_for(name, module, first=first)
             if rule is not None and rule.needs_weights and not isinstance(module, LINEAR_TYPES):
-                raise ValueError(f"{where}: rule {rule!r} needs weights, but layer {name!r} is a {type(module).__name__}.")
+                raise ValueError(
+                    f"{where}: rule {rule!r} needs weights, but layer {name!r} is a {type(module).__name__}."
+                )
             rules[name] = (module, rule)
         elif isinstance(module, nn.ReLU):
             rule = next((r for k, r in composite.rules.items() if isinstance(k, type) and isinstance(module, k)), None)
@@ -258,7 +357,7 @@ def _register(model: nn.Module, the_plan: Plan, state: _State, ctx: ExplainConte
         finally:
             state.internal -= 1
 
-    for name, (module, _) in the_plan.rules.items():
+    for _name, (module, _) in the_plan.rules.items():
         if isinstance(module, LINEAR_TYPES):
             ctx.add_hook(module.register_forward_pre_hook(enter))
             ctx.add_hook(module.register_forward_hook(linear_hook))
@@ -327,9 +426,7 @@ def propagate(
     scores, _, _ = forward_scores(lambda _: outputs, inputs, target)
     extra = [leaf for leaf, _ in state.leaves]
     names = list(captured)
-    grads = torch.autograd.grad(
-        scores.sum(), [inputs, *extra, *(captured[n] for n in names)], allow_unused=True
-    )
+    grads = torch.autograd.grad(scores.sum(), [inputs, *extra, *(captured[n] for n in names)], allow_unused=True)
     g_in = grads[0]
     relevance = inputs.detach() * g_in if g_in is not None else torch.zeros_like(inputs)
     for (leaf, _), grad in zip(state.leaves, grads[1 : 1 + len(extra)]):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch  # noqa: F401  (used by the docstring examples)
 from torch import Tensor, nn
 
 from lightning_xai.attribution.base import ExplainContext, Explainer, TargetType
 from lightning_xai.attribution.propagation.composites import (
-    Composite,
     CompositeSpec,
     deep_taylor,
     make_composite,
@@ -85,7 +85,6 @@ class LRP(Explainer):
 
         Example:
             >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-            >>> r, per_layer = LRP("epsilon")(model, torch.rand(1, 4)), None
             >>> r, per_layer = LRP("epsilon").relevances(model, torch.rand(1, 4), 0, ["1"])
             >>> sorted(per_layer)
             ['1']
