@@ -441,3 +441,38 @@ def expand_target(target: Tensor, repeats: int) -> Tensor:
 
 
 __all__ += ["forward_scores", "input_gradient", "expand_target"]
+
+
+def select_output(raw: Any, output: Any = None) -> Tensor:
+    """Pick the ``[B, C]`` scores from a model's raw output.
+
+    Args:
+        raw: What the model's forward returned.
+        output: ``None`` (``raw`` is the scores), an ``int`` index into a tuple/list, a ``str`` key
+            of a mapping or attribute of an object (a dataclass), or a callable ``raw -> scores``.
+
+    Raises:
+        TypeError: the selection does not give a tensor; the message says how to use ``output=``.
+    """
+    if output is None:
+        scores = raw
+    elif callable(output):
+        scores = output(raw)
+    elif isinstance(output, int) and isinstance(raw, (tuple, list)):
+        scores = raw[output]
+    elif isinstance(output, str) and isinstance(raw, dict):
+        scores = raw[output]
+    elif isinstance(output, str):
+        scores = getattr(raw, output)
+    else:
+        scores = None
+    if not isinstance(scores, Tensor):
+        raise TypeError(
+            f"Expected the model's output to be a [B, C] tensor of scores, but got {type(raw).__name__}. Pick the scores "
+            "with `output=`: an int index (tuple outputs), a str key or attribute (dicts, dataclasses), or a "
+            "callable mapping the raw output to scores."
+        )
+    return scores
+
+
+__all__ += ["select_output"]

@@ -1,6 +1,6 @@
 """Lightning callbacks that run lightning_xai's methods on a schedule and log the results."""
 
-from lightning_xai.callbacks.base import XAIMonitor
+from lightning_xai.callbacks.base import MonitorBase, ProbeMonitor, RunInfo
 from lightning_xai.callbacks.saliency import SaliencyMonitor
 
-__all__ = ["SaliencyMonitor", "XAIMonitor"]
+__all__ = ["MonitorBase", "ProbeMonitor", "RunInfo", "SaliencyMonitor"]

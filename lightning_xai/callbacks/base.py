@@ -1,14 +1,26 @@
-"""The machinery every lightning_xai monitor reuses: schedule, probe set, sinks, distribution.
+"""The machinery every lightning_xai monitor reuses, in two layers.
 
-A monitor decides *when* (a schedule) and *on what* (a fixed probe set chosen at ``setup``) to
-run a library call, then hands the tensors to :mod:`lightning_xai.render`. It never computes an
-explanation itself and never talks to a logger backend directly.
+:class:`MonitorBase` knows *when* to run (a schedule, an optional time budget), how to keep state
+in checkpoints (``state_key``, ``state_dict``), where results go (one sink per logger, written by a
+bounded background worker on rank zero), and how to spread work over DDP ranks (shard a list of
+work, gather tensors, stream the training set without touching the training stream). Subclasses
+implement :meth:`MonitorBase.run`.
+
+:class:`ProbeMonitor` adds a fixed, class-balanced probe set chosen at ``setup`` and kept in the
+checkpoint: each run computes per-probe rows on every rank (:meth:`ProbeMonitor.compute`), gathers
+them, and renders them in the background (:meth:`ProbeMonitor.render`).
+
+A monitor decides when and on what to run a library call; it never computes an explanation
+itself and never talks to a logger backend directly.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from abc import abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import pytorch_lightning as pl
@@ -16,127 +28,205 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
 from typing_extensions import override
 
-from lightning_xai._validation import check_int
+from lightning_xai._validation import check_float, check_int
 from lightning_xai.data.probe import Probe, select_probe
-from lightning_xai.render.sinks import Sink, check_loggers, sinks_for
+from lightning_xai.render.sinks import DryRunSink, Sink, check_loggers, sinks_for
+from lightning_xai.render.writer import BackgroundWriter
 
-__all__ = ["XAIMonitor"]
+__all__ = ["RunInfo", "MonitorBase", "ProbeMonitor", "OutputSpec"]
+
+OutputSpec = Any
+"""How to pick the ``[B, C]`` scores from a model whose forward returns a tuple, dict or
+dataclass: ``None`` (the output is the scores), an ``int`` index, a ``str`` key or attribute, or a
+callable ``raw_output -> scores``."""
 
 
-class XAIMonitor(Callback):
-    """Base class of the lightning_xai monitors.
+@dataclass(frozen=True)
+class RunInfo:
+    """What a background render gets instead of the trainer.
 
-    Subclasses implement :meth:`compute` (runs on every rank over this rank's shard of the probe
-    set) and :meth:`publish` (rank zero only, with the gathered results and the sinks).
+    Attributes:
+        step: The step Lightning logs its own metrics at (so our images and scalars share the
+            x-axis with ``val/*`` and ``train/*``).
+        epoch: The current epoch.
+    """
+
+    step: int
+    epoch: int
+
+
+def _log_step(trainer: pl.Trainer) -> int:
+    # Lightning logs metrics at `fit_loop.epoch_loop._batches_that_stepped` (LoggerConnector.log_metrics);
+    # there is no public accessor for it. `global_step` is one ahead of it at validation-epoch end.
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    step = getattr(loop, "_batches_that_stepped", None)
+    return int(step) if isinstance(step, int) else int(trainer.global_step)
+
+
+def _first_loader(loader: Any) -> Optional[DataLoader]:
+    """The first DataLoader in what ``trainer.train_dataloader`` / a data source returns."""
+    if isinstance(loader, DataLoader):
+        return loader
+    if isinstance(loader, (list, tuple)):
+        for item in loader:
+            found = _first_loader(item)
+            if found is not None:
+                return found
+    if isinstance(loader, dict):
+        for item in loader.values():
+            found = _first_loader(item)
+            if found is not None:
+                return found
+    iterables = getattr(loader, "iterables", None)  # a CombinedLoader
+    if iterables is not None and iterables is not loader:
+        return _first_loader(iterables)
+    return None
+
+
+def _move(batch: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    if isinstance(batch, Tensor):
+        return fn(batch)
+    if isinstance(batch, dict):
+        return {k: _move(v, fn) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [_move(v, fn) for v in batch]
+        return type(batch)(moved) if not hasattr(batch, "_fields") else type(batch)(*moved)
+    return batch
+
+
+class MonitorBase(Callback):
+    """The scheduling base of every lightning_xai monitor.
 
     Schedule: by default at the end of every ``every_n_epochs``-th validation epoch (at the end of
     the training epoch when the run has no validation loop); with ``every_n_steps`` after every
-    n-th optimizer step instead. Never during the sanity check or a ``fast_dev_run``.
+    n-th optimizer step instead. Never during the sanity check or a ``fast_dev_run``. With
+    ``max_overhead`` a due run is skipped (and the skip logged as ``xai/<key>/skipped_runs``)
+    while the time the monitor has spent on the training thread exceeds that fraction of the
+    training time so far, so the cost stays bounded without tuning the schedule by hand.
+
+    Subclasses implement :meth:`run` (called on every rank) and may override :meth:`check`
+    (``setup``: configuration errors), :meth:`prepare` (fit start, every rank) and
+    :meth:`dry_run` (fit start: exercise the whole path once, so nothing fails later for a reason
+    knowable at the start). Results are handed to :meth:`publish`, which renders and writes them
+    on a background thread on rank zero.
 
     Args:
-        num_samples: Size of the probe set, chosen once at ``setup``, class-balanced.
         every_n_epochs: Run every n epochs (ignored when ``every_n_steps`` is set).
-        every_n_steps: Run every n training steps instead of at epoch ends.
-        seed: Seed of the probe selection: the order in which a Dataset or tensors are read, or the
-            shuffling of a shuffled DataLoader (an unshuffled loader is read in its own order).
-        probe: Optional user-provided probe: a tuple ``(inputs[, targets[, masks]])`` of tensors, or
-            a ``Dataset``/``DataLoader``. By default the probe is read from the validation
-            dataloader (or the training dataloader when there is none).
+        every_n_steps: Run every n optimizer steps instead of at epoch ends.
+        max_overhead: Optional time budget as a fraction of training time (``0.05``: at most 5%
+            spent in this monitor's runs on the training thread); ``None`` runs on schedule.
+        synchronous_logging: Render and write on the training thread instead of in the background
+            (for debugging).
     """
 
     def __init__(
         self,
-        num_samples: int = 8,
         every_n_epochs: int = 1,
         every_n_steps: Optional[int] = None,
-        seed: int = 0,
-        probe: Optional[Any] = None,
+        max_overhead: Optional[float] = None,
+        synchronous_logging: bool = False,
     ) -> None:
-        check_int("num_samples", num_samples, 1)
         check_int("every_n_epochs", every_n_epochs, 1)
         check_int("every_n_steps", every_n_steps, 1, allow_none=True)
-        self.num_samples = num_samples
+        if max_overhead is not None:
+            check_float("max_overhead", max_overhead, 0.0, 10.0)
+            if max_overhead <= 0:
+                raise ValueError(f"Expected argument `max_overhead` to be a float > 0 or None, but got {max_overhead}.")
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
-        self.seed = seed
-        self._user_probe = probe
-        self.probe: Optional[Probe] = None
+        self.max_overhead = max_overhead
+        self.synchronous_logging = synchronous_logging
         self._last_epoch_run = -1
         self._last_step_run = -1
         self._sinks: list[Sink] = []
+        self._writer = BackgroundWriter(name=f"lightning-xai-{type(self).__name__}", synchronous=synchronous_logging)
+        self._spent = 0.0
+        self._fit_start_time: Optional[float] = None
+        self._skipped_runs = 0
+        self._dry_running = False
 
-    # -- state ---------------------------------------------------------------------------------
+    @property
+    def dry_running(self) -> bool:
+        """``True`` while :meth:`dry_run` renders into encode-only sinks: renders must keep no history then."""
+        return self._dry_running
+
+    # -- identity and state --------------------------------------------------------------------
+    @property
+    def log_key(self) -> str:
+        """The name this monitor's own bookkeeping scalars are logged under (``xai/<log_key>/...``)."""
+        return type(self).__name__
+
     @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(**self._state_key_fields())
 
     def _state_key_fields(self) -> dict[str, Any]:
-        return {
-            "num_samples": self.num_samples,
-            "every_n_epochs": self.every_n_epochs,
-            "every_n_steps": self.every_n_steps,
-        }
+        """The configuration that makes two instances of one class distinct (extend in subclasses)."""
+        return {"every_n_epochs": self.every_n_epochs, "every_n_steps": self.every_n_steps}
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        self._writer.flush()  # state the background renders update must be complete
         return {
-            "probe": None if self.probe is None else self.probe.state_dict(),
             "last_epoch_run": self._last_epoch_run,
+            "last_step_run": self._last_step_run,
+            "skipped_runs": self._skipped_runs,
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        probe = state_dict.get("probe")
-        if probe is not None:
-            self.probe = Probe.from_state_dict(probe)
         self._last_epoch_run = state_dict.get("last_epoch_run", -1)
+        self._last_step_run = state_dict.get("last_step_run", -1)
+        self._skipped_runs = state_dict.get("skipped_runs", 0)
 
-    # -- setup ---------------------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         check_loggers(trainer.loggers)
-        self.check(pl_module)
-        if self.probe is None:
-            # Reading a dataloader draws from the global RNG (its base seed): keep training's stream.
-            with torch.random.fork_rng(devices=[]):
-                self.probe = select_probe(self._probe_source(trainer), num_samples=self.num_samples, seed=self.seed)
-        if len(self.probe) == 0:
-            raise ValueError(f"{type(self).__name__}: the probe set is empty; is the validation dataloader empty?")
+        self.check(trainer, pl_module)
 
-    def _probe_source(self, trainer: pl.Trainer) -> Any:
-        if self._user_probe is not None:
-            return self._user_probe
-        for source in (trainer.fit_loop.epoch_loop.val_loop._data_source, trainer.fit_loop._data_source):
-            if source.is_defined():
-                loader = source.dataloader()
-                if isinstance(loader, (list, tuple)):
-                    loader = loader[0] if loader else None
-                if isinstance(loader, dict):
-                    loader = next(iter(loader.values()), None)
-                if loader is not None:
-                    return loader
-        raise ValueError(
-            f"{type(self).__name__}: found no validation or training dataloader to choose a probe set from; "
-            "pass `probe=(inputs, targets)`."
-        )
-
-    def check(self, pl_module: pl.LightningModule) -> None:
-        """Validate the monitor's configuration against the model (called at ``setup``)."""
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Validate the configuration against the model and data (at ``setup``; raise ``ValueError``)."""
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._sinks = sinks_for(trainer.loggers) if trainer.is_global_zero else []
-        assert self.probe is not None
-        self.probe = self.probe.to(pl_module.device)
-        self.dry_run(pl_module)
+        self._spent = 0.0
+        self._fit_start_time = time.perf_counter()
+        self.prepare(trainer, pl_module)
+        self.dry_run(trainer, pl_module)
 
-    def dry_run(self, pl_module: pl.LightningModule) -> None:
-        """Run the computation once on one probe sample so shape errors surface before training."""
-        assert self.probe is not None
-        self.compute(pl_module, self.probe[:1])
+    def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Per-fit preparation on every rank (move state to the model's device and dtype)."""
+
+    def dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Exercise the whole path (compute, render, encoding) once on a tiny input at fit start."""
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._writer.close()
+        for sink in self._sinks:
+            sink.flush()
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._writer.flush()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Write what was computed before the failure; a render failure must not mask the original error.
+        try:
+            self._writer.close()
+            for sink in self._sinks:
+                sink.flush()
+        except Exception as err:  # noqa: BLE001
+            rank_zero_warn(f"{type(self).__name__}: could not flush its logs after an exception: {err}")
 
     # -- schedule ------------------------------------------------------------------------------
     def _skip(self, trainer: pl.Trainer) -> bool:
@@ -152,13 +242,15 @@ class XAIMonitor(Callback):
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "fit" and not self._skip(trainer) and self._epoch_due(trainer):
-            self._run(trainer, pl_module)
+            self._last_epoch_run = trainer.current_epoch
+            self._maybe_run(trainer, pl_module)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Runs without a validation loop (validation, when it runs, ends before this hook).
         if not self._skip(trainer) and self._epoch_due(trainer):
-            self._run(trainer, pl_module)
+            self._last_epoch_run = trainer.current_epoch
+            self._maybe_run(trainer, pl_module)
 
     @override
     def on_train_batch_end(
@@ -172,46 +264,343 @@ class XAIMonitor(Callback):
             and step % self.every_n_steps == 0
         ):
             self._last_step_run = step
-            self._run(trainer, pl_module)
+            self._maybe_run(trainer, pl_module)
 
-    # -- one run -------------------------------------------------------------------------------
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        assert self.probe is not None
-        self._last_epoch_run = trainer.current_epoch
-        probe = self.probe.to(pl_module.device)
-        world, rank = trainer.world_size, trainer.global_rank
-        n = len(probe)
-        if world > 1:
-            per_rank = math.ceil(n / world)
-            index = torch.arange(rank * per_rank, (rank + 1) * per_rank).clamp_max(n - 1)
-            results = self.compute(pl_module, probe[index])
-            results = {k: self._gather(trainer, v, n) for k, v in results.items()}
-        else:
-            results = self.compute(pl_module, probe)
-        if trainer.is_global_zero:
-            self.publish(trainer, pl_module, probe, results, self._sinks)
-            for sink in self._sinks:
+    def _over_budget(self, trainer: pl.Trainer) -> bool:
+        if self.max_overhead is None or self._fit_start_time is None:
+            return False
+        training = max(time.perf_counter() - self._fit_start_time - self._spent, 1e-9)
+        over = self._spent / training > self.max_overhead
+        # every rank must take the same decision, or the collectives of a run would hang
+        return bool(trainer.strategy.reduce_boolean_decision(over, all=False))
+
+    def _maybe_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._over_budget(trainer):
+            self._skipped_runs += 1
+            if self._skipped_runs == 1:
+                self.warn(
+                    f"skipping runs to keep within max_overhead={self.max_overhead} of training time "
+                    f"(logged as xai/{self.log_key}/skipped_runs)."
+                )
+            self._publish_scalars(trainer, {f"xai/{self.log_key}/skipped_runs": float(self._skipped_runs)})
+            return
+        start = time.perf_counter()
+        try:
+            self.run(trainer, pl_module)
+        finally:
+            self._spent += time.perf_counter() - start
+
+    @abstractmethod
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """One scheduled run, called on every rank (compute, then :meth:`publish`)."""
+
+    # -- publishing ----------------------------------------------------------------------------
+    def run_info(self, trainer: pl.Trainer) -> RunInfo:
+        """The step and epoch a run's logs are written at."""
+        return RunInfo(step=_log_step(trainer), epoch=int(trainer.current_epoch))
+
+    def publish(self, trainer: pl.Trainer, render: Callable[[list[Sink], RunInfo], None]) -> None:
+        """Queue ``render(sinks, info)`` on the background writer (rank zero; a no-op elsewhere).
+
+        ``render`` must close over CPU tensors only (copy them with ``.cpu()`` first) and must not
+        touch the trainer or the model: training goes on while it runs. Sinks are flushed after it.
+        """
+        if not trainer.is_global_zero:
+            return
+        info = self.run_info(trainer)
+        sinks = list(self._sinks)
+
+        def job() -> None:
+            render(sinks, info)
+            for sink in sinks:
                 sink.flush()
 
+        self._writer.submit(job, name=f"{type(self).__name__} step {info.step}")
+
+    def _publish_scalars(self, trainer: pl.Trainer, scalars: dict[str, float]) -> None:
+        def render(sinks: list[Sink], info: RunInfo) -> None:
+            for sink in sinks:
+                sink.log_scalars(scalars, info.step)
+
+        self.publish(trainer, render)
+
+    def flush(self) -> None:
+        """Wait for every queued render/write of this monitor (raises a failure of one of them)."""
+        self._writer.flush()
+
     @staticmethod
-    def _gather(trainer: pl.Trainer, value: Tensor, n: int) -> Tensor:
+    def dry_run_sinks() -> list[Sink]:
+        """Sinks that encode everything (PNG, tables, scalars) and write nothing, for :meth:`dry_run`."""
+        return [DryRunSink()]
+
+    # -- distribution helpers ------------------------------------------------------------------
+    @staticmethod
+    def shard(trainer: pl.Trainer, n: int) -> Tensor:
+        """This rank's indices into ``range(n)``: contiguous blocks of ``ceil(n / world)``, the last
+        rank's padded by repeating index ``n - 1`` (so every rank has the same count for
+        :meth:`gather`)."""
+        world, rank = trainer.world_size, trainer.global_rank
+        if world <= 1:
+            return torch.arange(n)
+        per_rank = math.ceil(n / world)
+        return torch.arange(rank * per_rank, (rank + 1) * per_rank).clamp_max(max(n - 1, 0))
+
+    @staticmethod
+    def gather(trainer: pl.Trainer, value: Tensor, n: int) -> Tensor:
+        """All ranks' :meth:`shard` rows of ``value``, concatenated in rank order, first ``n`` kept."""
+        if trainer.world_size <= 1:
+            return value[:n]
         gathered = trainer.strategy.all_gather(value.contiguous())  # [world, per_rank, ...]
         return gathered.reshape(-1, *value.shape[1:])[:n]
 
-    @abstractmethod
-    def compute(self, pl_module: pl.LightningModule, probe: Probe) -> dict[str, Tensor]:
-        """Compute this rank's share: a dict of tensors whose first dimension is the probe index."""
+    @staticmethod
+    def to_model(trainer: pl.Trainer, pl_module: pl.LightningModule, x: Tensor) -> Tensor:
+        """``x`` on the model's device, in the dtype the precision plugin feeds the model
+        (``bf16-true``: bfloat16; mixed precision: unchanged, autocast handles it)."""
+        x = x.to(pl_module.device)
+        if x.is_floating_point():
+            x = trainer.precision_plugin.convert_input(x)
+        return x
 
-    @abstractmethod
-    def publish(
+    def iter_dataset(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
+        dataset: Optional[Dataset] = None,
+        batch_size: Optional[int] = None,
+    ) -> Iterator[tuple[Tensor, Any]]:
+        """Stream a dataset (default: the training dataloader's) without touching training.
+
+        Yields ``(indices, batch)``: the global dataset indices of the batch's samples and the
+        batch with every tensor on the model's device (floating inputs in the model's dtype). Under
+        DDP each rank reads its own strided share (``rank, rank + world, ...``), so gathered
+        results cover the dataset once. The order is fixed (no shuffling), no worker processes are
+        started (``num_workers=0``), and the global RNG is saved and restored around every batch
+        read, so random augmentations in the dataset do not advance training's random stream.
+
+        Args:
+            trainer: The trainer.
+            pl_module: The model (for its device and precision).
+            dataset: A map-style dataset; default the training dataloader's ``dataset``.
+            batch_size: Default: the training dataloader's batch size (64 if unknown).
+
+        Raises:
+            ValueError: No dataset is given and the trainer has no training dataloader with a
+                map-style dataset.
+        """
+        loader = None
+        if dataset is None:
+            loader = _first_loader(trainer.train_dataloader)
+            if loader is None:
+                # the fit loop has not loaded its data yet (before the first epoch): the same source it will use
+                source = trainer.fit_loop._data_source  # private: no public accessor before the loop runs
+                loader = _first_loader(source.dataloader()) if source.is_defined() else None
+            dataset = getattr(loader, "dataset", None)
+        if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+            raise ValueError(
+                f"{type(self).__name__}: needs a map-style training dataset (with __len__ and __getitem__) to stream; "
+                f"got {type(dataset).__name__}."
+            )
+        if batch_size is None:
+            batch_size = getattr(loader, "batch_size", None) or 64
+        n = len(dataset)  # type: ignore[arg-type]
+        world, rank = trainer.world_size, trainer.global_rank
+        indices = torch.arange(rank, n, world) if world > 1 else torch.arange(n)
+        collate = getattr(loader, "collate_fn", None)
+        reader = DataLoader(
+            Subset(dataset, indices.tolist()),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=0,
+            collate_fn=collate,
+        )
+        device_fn = lambda t: self.to_model(trainer, pl_module, t)  # noqa: E731
+        iterator = iter(reader)
+        start = 0
+        while True:
+            with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    return
+            size = _batch_size(batch)
+            yield indices[start : start + size], _move(batch, device_fn)
+            start += size
+
+    def warn(self, message: str) -> None:
+        """A rank-zero warning prefixed with the class name."""
+        rank_zero_warn(f"{type(self).__name__}: {message}")
+
+    _warn = warn
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, Tensor):
+        return int(batch.shape[0])
+    if isinstance(batch, dict):
+        return _batch_size(next(iter(batch.values())))
+    if isinstance(batch, (list, tuple)) and batch:
+        return _batch_size(batch[0])
+    raise TypeError(f"Cannot tell the batch size of a {type(batch).__name__}.")
+
+
+class ProbeMonitor(MonitorBase):
+    """A monitor over a fixed probe set: the same class-balanced inputs explained every run.
+
+    The probe is chosen at ``setup`` (from the validation dataloader, the training dataloader
+    when there is none, or ``probe=``) and kept in the checkpoint, so a resumed run explains the
+    same images. Each run, every rank computes :meth:`compute` over its shard of the probe; the
+    rows are gathered and rank zero renders them with :meth:`render` in the background.
+
+    Args:
+        num_samples: Size of the probe set, chosen once at ``setup``, class-balanced.
+        every_n_epochs: Run every n epochs (ignored when ``every_n_steps`` is set).
+        every_n_steps: Run every n training steps instead of at epoch ends.
+        seed: Seed of the probe selection: the order in which a Dataset or tensors are read, or the
+            shuffling of a shuffled DataLoader (an unshuffled loader is read in its own order).
+        probe: Optional user-provided probe: a tuple ``(inputs[, targets[, masks]])`` of tensors, or
+            a ``Dataset``/``DataLoader``. By default the probe is read from the validation
+            dataloader (or the training dataloader when there is none).
+        output: How to pick the ``[B, C]`` scores when the model returns a tuple, dict or
+            dataclass: an index, a key/attribute name or a callable (see :data:`OutputSpec`).
+        max_overhead: Time budget as a fraction of training time (see :class:`MonitorBase`).
+        synchronous_logging: Render on the training thread (debugging).
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 8,
+        every_n_epochs: int = 1,
+        every_n_steps: Optional[int] = None,
+        seed: int = 0,
+        probe: Optional[Any] = None,
+        output: OutputSpec = None,
+        max_overhead: Optional[float] = None,
+        synchronous_logging: bool = False,
+    ) -> None:
+        super().__init__(
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            max_overhead=max_overhead,
+            synchronous_logging=synchronous_logging,
+        )
+        check_int("num_samples", num_samples, 1)
+        check_int("seed", seed)
+        if output is not None and not isinstance(output, (int, str)) and not callable(output):
+            raise TypeError(
+                f"Expected argument `output` to be None, an int index, a str key or a callable, but got {output!r}."
+            )
+        self.num_samples = num_samples
+        self.seed = seed
+        self.output = output
+        self._user_probe = probe
+        self.probe: Optional[Probe] = None
+
+    @override
+    def _state_key_fields(self) -> dict[str, Any]:
+        # num_samples first: the key is pinned (changing it orphans the state in existing checkpoints)
+        return {"num_samples": self.num_samples, **super()._state_key_fields()}
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["probe"] = None if self.probe is None else self.probe.state_dict()
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        probe = state_dict.get("probe")
+        if probe is not None:
+            self.probe = Probe.from_state_dict(probe)
+
+    # -- setup ---------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        check_loggers(trainer.loggers)
+        if self.probe is None:
+            # Reading a dataloader draws from the global RNG (its base seed): keep training's stream.
+            with torch.random.fork_rng(devices=[]):
+                self.probe = select_probe(self._probe_source(trainer), num_samples=self.num_samples, seed=self.seed)
+        if len(self.probe) == 0:
+            raise ValueError(f"{type(self).__name__}: the probe set is empty; is the validation dataloader empty?")
+        if len(self.probe) < self.num_samples and trainer.is_global_zero:
+            self.warn(
+                f"asked for num_samples={self.num_samples} probe inputs but the data holds only {len(self.probe)}; "
+                f"using {len(self.probe)}."
+            )
+        self.check(trainer, pl_module)
+
+    def _probe_source(self, trainer: pl.Trainer) -> Any:
+        if self._user_probe is not None:
+            return self._user_probe
+        # No public API gives the validation dataloader before the validation loop first runs;
+        # `_data_source` resolves datamodule / module / `fit(val_dataloaders=...)` exactly as the loops will.
+        for source in (trainer.fit_loop.epoch_loop.val_loop._data_source, trainer.fit_loop._data_source):
+            if source.is_defined():
+                loader = source.dataloader()
+                if isinstance(loader, (list, tuple)):
+                    loader = loader[0] if loader else None
+                if isinstance(loader, dict):
+                    loader = next(iter(loader.values()), None)
+                if loader is not None:
+                    return loader
+        raise ValueError(
+            f"{type(self).__name__}: found no validation or training dataloader to choose a probe set from; "
+            "pass `probe=(inputs, targets)`."
+        )
+
+    @override
+    def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.probe is not None
+        probe = self.probe.to(pl_module.device)
+        self.probe = Probe(self.to_model(trainer, pl_module, probe.inputs), probe.targets, probe.masks)
+
+    @override
+    def dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Compute on one probe sample and render it into encode-only sinks, at fit start."""
+        assert self.probe is not None
+        sample = self.probe[:1]
+        results = self.compute(trainer, pl_module, sample)
+        if trainer.is_global_zero:
+            cpu = {k: v.detach().cpu() for k, v in results.items()}
+            self._dry_running = True
+            try:
+                self.render(self.dry_run_sinks(), self.run_info(trainer), sample.to("cpu"), cpu)
+            finally:
+                self._dry_running = False
+
+    # -- one run -------------------------------------------------------------------------------
+    @override
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.probe is not None
+        probe = self.probe
+        n = len(probe)
+        if trainer.world_size > 1:
+            results = self.compute(trainer, pl_module, probe[self.shard(trainer, n)])
+            results = {k: self.gather(trainer, v, n) for k, v in results.items()}
+        else:
+            results = self.compute(trainer, pl_module, probe)
+        if not trainer.is_global_zero:
+            return
+        cpu_results = {k: v.detach().cpu() for k, v in results.items()}  # one copy off the device
+        cpu_probe = probe.to("cpu")
+        self.publish(trainer, lambda sinks, info: self.render(sinks, info, cpu_probe, cpu_results))
+
+    @abstractmethod
+    def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: Probe) -> dict[str, Tensor]:
+        """This rank's share: a dict of tensors whose first dimension is the probe index."""
+
+    @abstractmethod
+    def render(
+        self,
+        sinks: Sequence[Sink],
+        info: RunInfo,
         probe: Probe,
         results: dict[str, Tensor],
-        sinks: list[Sink],
     ) -> None:
-        """Render and log the gathered results (rank zero only)."""
+        """Render and log the gathered results (rank zero, background thread, CPU tensors).
 
-    def _warn(self, message: str) -> None:
-        rank_zero_warn(f"{type(self).__name__}: {message}")
+        During :meth:`dry_run` (``self.dry_running`` is ``True``; encode-only sinks) it must not
+        change any history it keeps.
+        """

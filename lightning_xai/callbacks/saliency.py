@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from typing import Any, Optional, Union
@@ -13,19 +12,11 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_xai.attribution.base import Explainer, get_explainer, observe
-from lightning_xai.callbacks.base import XAIMonitor
+from lightning_xai.callbacks.base import OutputSpec, ProbeMonitor, RunInfo
 from lightning_xai.data.probe import Probe
 from lightning_xai.errors import LightningXAIError
-from lightning_xai.metrics.functional.maps import map_entropy, map_ssim, mask_share
-from lightning_xai.render import (
-    annotated_grid,
-    evolution_strip,
-    normalize_maps,
-    overlay,
-    reduce_channels,
-    save_png,
-    to_display,
-)
+from lightning_xai.render import evolution_strip, reduce_channels, save_png
+from lightning_xai.render.saliency import SaliencyRenderer
 from lightning_xai.render.sinks import Sink
 
 __all__ = ["SaliencyMonitor"]
@@ -39,7 +30,7 @@ def _default_explainers() -> list[Explainer]:
     return [GradCAM(), IntegratedGradients(n_steps=16)]
 
 
-class SaliencyMonitor(XAIMonitor):
+class SaliencyMonitor(ProbeMonitor):
     """Compute saliency maps on a fixed probe set during training and log them to every logger.
 
     Per explainer and run it logs, to each logger the Trainer has (TensorBoard, W&B, others as
@@ -78,6 +69,18 @@ class SaliencyMonitor(XAIMonitor):
         seed: Seed of the probe selection: the order in which a Dataset or tensors are read, or the
             shuffling of a shuffled DataLoader (an unshuffled loader is read in its own order).
         probe: Optional user probe ``(inputs[, targets[, masks]])``, Dataset or DataLoader.
+        names: One name per explainer for the log keys (default: registry names; two explainers
+            of one class with different layers become ``grad_cam@layer3`` and ``grad_cam@layer4``).
+        output: How to pick the ``[B, C]`` scores when the model's forward returns a tuple, dict or
+            dataclass: an int index, a str key/attribute, or a callable ``raw -> scores``.
+        max_overhead: Time budget as a fraction of training time (``0.05``); runs are skipped, and
+            the skip logged, to keep within it. ``None``: always run on schedule.
+        synchronous_logging: Render and write on the training thread instead of the background
+            writer (debugging).
+
+    Inputs need not be images: flat feature vectors ``[B, D]`` and sequences ``[B, C, L]`` are
+    drawn as heat strips. Rendering happens on a background thread on rank zero, so training does
+    not wait for PNG encoding; it is flushed at the end of fit, at checkpoint saves and on errors.
 
     Example:
         >>> from lightning_xai.attribution import GradCAM, IntegratedGradients
@@ -93,6 +96,7 @@ class SaliencyMonitor(XAIMonitor):
         every_n_steps: Optional[int] = None,
         target: str = "predicted",
         class_names: Optional[list[str]] = None,
+        names: Optional[list[str]] = None,
         max_history: int = 16,
         overlay_alpha: float = 0.5,
         clip_percentile: float = 99.0,
@@ -100,9 +104,19 @@ class SaliencyMonitor(XAIMonitor):
         log_histograms: bool = True,
         seed: int = 0,
         probe: Optional[Any] = None,
+        output: OutputSpec = None,
+        max_overhead: Optional[float] = None,
+        synchronous_logging: bool = False,
     ) -> None:
         super().__init__(
-            num_samples=num_samples, every_n_epochs=every_n_epochs, every_n_steps=every_n_steps, seed=seed, probe=probe
+            num_samples=num_samples,
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            seed=seed,
+            probe=probe,
+            output=output,
+            max_overhead=max_overhead,
+            synchronous_logging=synchronous_logging,
         )
         if target not in ("predicted", "label"):
             raise ValueError(f"Expected argument `target` to be 'predicted' or 'label', but got {target!r}.")
@@ -120,7 +134,7 @@ class SaliencyMonitor(XAIMonitor):
         if not resolved:
             raise ValueError("Expected argument `explainers` to hold at least one explainer, but got an empty list.")
         self.explainers: list[Explainer] = resolved
-        self.names = self._unique_names(resolved)
+        self.names = self._check_names(names, resolved) if names is not None else self._unique_names(resolved)
         self.target = target
         self.class_names = list(class_names) if class_names is not None else None
         self.max_history = max_history
@@ -128,8 +142,20 @@ class SaliencyMonitor(XAIMonitor):
         self.clip_percentile = clip_percentile
         self.log_evolution = log_evolution
         self.log_histograms = log_histograms
-        self._history: dict[str, list[tuple[int, Tensor, Tensor]]] = {name: [] for name in self.names}
-        self._previous: dict[str, Tensor] = {}
+        self.renderer = self._make_renderer()
+
+    def _make_renderer(self) -> SaliencyRenderer:
+        return SaliencyRenderer(
+            self.names,
+            [e.signed for e in self.explainers],
+            class_names=self.class_names,
+            max_history=self.max_history,
+            overlay_alpha=self.overlay_alpha,
+            clip_percentile=self.clip_percentile,
+            log_evolution=self.log_evolution,
+            log_histograms=self.log_histograms,
+            warn=self.warn,
+        )
 
     @staticmethod
     def _resolve(spec: ExplainerSpec) -> Explainer:
@@ -142,10 +168,25 @@ class SaliencyMonitor(XAIMonitor):
         )
 
     @staticmethod
+    def _check_names(names: Sequence[str], explainers: Sequence[Explainer]) -> list[str]:
+        if len(names) != len(explainers) or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(
+                f"Expected argument `names` to hold one non-empty str per explainer ({len(explainers)}), but got {names!r}."
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"Expected argument `names` to hold distinct names, but got {names!r}.")
+        return list(names)
+
+    @staticmethod
     def _unique_names(explainers: Sequence[Explainer]) -> list[str]:
+        """Registry names; an explainer configured with a ``layer`` gets it appended when two
+        explainers of one class would otherwise share a name (``grad_cam@layer3``)."""
+        bases = [e.registry_name or type(e).__name__.lower() for e in explainers]
         names: list[str] = []
-        for e in explainers:
-            base = e.registry_name or type(e).__name__.lower()
+        for e, base in zip(explainers, bases):
+            layer = getattr(e, "layer", None)
+            if bases.count(base) > 1 and isinstance(layer, str):
+                base = f"{base}@{layer}"
             name, k = base, 2
             while name in names:
                 name, k = f"{base}_{k}", k + 1
@@ -156,151 +197,108 @@ class SaliencyMonitor(XAIMonitor):
     def _state_key_fields(self) -> dict[str, Any]:
         return {**super()._state_key_fields(), "explainers": [repr(e) for e in self.explainers], "target": self.target}
 
-    # -- configuration checks ------------------------------------------------------------------
     @override
-    def check(self, pl_module: pl.LightningModule) -> None:
-        for explainer in self.explainers:
-            explainer.check(pl_module)
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()  # flushes the background writer first
+        state["renderer"] = self.renderer.state_dict()
+        return state
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.renderer.load_state_dict(state_dict.get("renderer", {}))
+
+    # -- configuration checks ------------------------------------------------------------------
+    @override
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.target == "label" and self.probe is not None and self.probe.targets is None:
             raise ValueError("SaliencyMonitor(target='label') needs labels, but the probe set has none.")
+        if self.probe is not None and not 2 <= self.probe.inputs.ndim <= 4:
+            raise ValueError(
+                f"SaliencyMonitor renders inputs of shape [B, D], [B, C, L] or [B, C, H, W]; the probe inputs have "
+                f"shape {tuple(self.probe.inputs.shape)}."
+            )
+        for explainer in self.explainers:
+            explainer.check(pl_module)
         if self.class_names is None:
             self.class_names = self._find_class_names(trainer)
+            self.renderer.class_names = self.class_names
 
     @staticmethod
     def _find_class_names(trainer: pl.Trainer) -> Optional[list[str]]:
-        for owner in (trainer.datamodule, getattr(trainer.datamodule, "val_dataset", None)):
+        datamodule = getattr(trainer, "datamodule", None)
+        for owner in (datamodule, getattr(datamodule, "val_dataset", None)):
             names = getattr(owner, "classes", None)
             if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
                 return list(names)
         return None
 
     @override
-    def dry_run(self, pl_module: pl.LightningModule) -> None:
-        assert self.probe is not None
-        sample = self.probe[:1]
-        for name, explainer in zip(self.names, self.explainers):
-            try:
-                explainer(pl_module, sample.inputs, self._targets(sample))
-            except (LightningXAIError, RuntimeError) as err:
-                raise ValueError(
-                    f"SaliencyMonitor: explainer {name!r} ({explainer!r}) fails on a probe input of shape "
-                    f"{tuple(sample.inputs.shape)}: {err}"
-                ) from err
+    def dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        try:
+            super().dry_run(trainer, pl_module)
+        except (LightningXAIError, RuntimeError) as err:
+            assert self.probe is not None
+            raise ValueError(
+                f"SaliencyMonitor fails on a probe input of shape {tuple(self.probe.inputs[:1].shape)} at fit start "
+                f"(before training): {err}"
+            ) from err
 
     # -- computation (every rank, its shard) ---------------------------------------------------
     def _targets(self, probe: Probe) -> Optional[Tensor]:
         return probe.targets if self.target == "label" else None
 
+    def _call_kwargs(self) -> dict[str, Any]:
+        return {} if self.output is None else {"output": self.output}
+
     @override
-    def compute(self, pl_module: pl.LightningModule, probe: Probe) -> dict[str, Tensor]:
+    def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: Probe) -> dict[str, Tensor]:
+        from lightning_xai.attribution.base import select_output
+
         with observe(pl_module), torch.no_grad():
-            probs = torch.softmax(pl_module(probe.inputs).float(), dim=1)
+            outputs = select_output(pl_module(probe.inputs), self.output)
+            probs = torch.softmax(outputs.float(), dim=1)
         results: dict[str, Tensor] = {"probs": probs}
         target = self._targets(probe)
         if target is None:
             target = probs.argmax(dim=1)
         for name, explainer in zip(self.names, self.explainers):
             try:
-                maps = explainer(pl_module, probe.inputs, target)
+                maps = explainer(pl_module, probe.inputs, target, **self._call_kwargs())
+            except torch.OutOfMemoryError:
+                raise
             except LightningXAIError as err:
-                self._warn(f"explainer {name!r} failed and is skipped this time: {err}")
-                maps = torch.full((len(probe), 1, *probe.inputs.shape[-2:]), float("nan"), device=probe.inputs.device)
-            if maps.shape[1] != 1:
+                if self.dry_running:
+                    raise
+                self.warn(f"explainer {name!r} failed and is skipped this time: {err}")
+                maps = torch.full((len(probe), 1, *probe.inputs.shape[2:]), float("nan"), device=probe.inputs.device)
+            if maps.ndim == 4 and maps.shape[1] != 1:
                 maps = reduce_channels(maps, signed=explainer.signed)
+            elif maps.ndim == 3:  # sequences [B, C, L]
+                maps = maps.float().sum(dim=1, keepdim=True) if explainer.signed else maps.float().abs().sum(1, True)
             results[name] = maps.float()
         return results
 
-    # -- rendering (rank zero) -----------------------------------------------------------------
-    def _class_name(self, index: int) -> str:
-        if self.class_names is not None and 0 <= index < len(self.class_names):
-            return self.class_names[index]
-        return str(index)
-
-    def _captions(self, probe: Probe, probs: Tensor) -> list[str]:
-        conf, pred = probs.max(dim=1)
-        captions = []
-        for i in range(len(probe)):
-            true = self._class_name(int(probe.targets[i])) if probe.targets is not None else "?"
-            captions.append(f"true: {true}\npred: {self._class_name(int(pred[i]))} ({float(conf[i]):.2f})")
-        return captions
-
+    # -- rendering (rank zero, background thread) ----------------------------------------------
     @override
-    def publish(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        probe: Probe,
-        results: dict[str, Tensor],
-        sinks: list[Sink],
-    ) -> None:
-        step, epoch = trainer.global_step, trainer.current_epoch
-        images = to_display(probe.inputs.float()).cpu()
-        captions = self._captions(probe, results["probs"].cpu())
-        scalars: dict[str, float] = {}
-        table_maps: dict[str, Tensor] = {}
-        for name, explainer in zip(self.names, self.explainers):
-            maps = results[name].cpu()
-            finite = bool(torch.isfinite(maps).all())
-            scalars[f"xai/{name}/nonfinite"] = 0.0 if finite else 1.0
-            if not finite:
-                self._warn(f"explainer {name!r} produced NaN/inf maps at epoch {epoch} (step {step}); skipped.")
-                continue
-            signed = bool(explainer.signed and maps.min() < 0)
-            normalized = normalize_maps(maps, signed=signed, clip_percentile=self.clip_percentile)
-            overlays = overlay(images, normalized, signed=signed, alpha=self.overlay_alpha)
-            table_maps[name] = overlays
-            grid = annotated_grid(overlays, captions, ncols=min(4, len(probe)), title=f"{name} - epoch {epoch}")
-            for sink in sinks:
-                sink.log_image(f"xai/{name}/overlays", grid, step, caption=f"{name}, epoch {epoch}")
-            scalars[f"xai/{name}/entropy"] = float(map_entropy(maps))
-            if probe.masks is not None:
-                scalars[f"xai/{name}/mask_share"] = float(mask_share(maps, probe.masks.cpu()))
-            previous = self._previous.get(name)
-            if previous is not None and previous.shape == maps.shape:
-                scalars[f"xai/{name}/ssim_prev"] = float(map_ssim(maps, previous))
-            self._previous[name] = maps
-            if self.log_histograms:
-                for sink in sinks:
-                    sink.log_histogram(f"xai/{name}/values", maps, step)
-            if self.log_evolution:
-                self._log_evolution(name, epoch, overlays, sinks, step)
-        for sink in sinks:
-            sink.log_scalars(scalars, step)
-        if table_maps:
-            self._log_table(images, captions, table_maps, sinks, step)
-
-    def _log_evolution(self, name: str, epoch: int, overlays: Tensor, sinks: list[Sink], step: int) -> None:
-        # Each run's frames are captioned once, as cells; a strip is then a concatenation of cells,
-        # so re-logging the growing strips every run costs little more than their PNG encoding.
-        scale = self._strip_scale(overlays)
-        cells = torch.stack(
-            [annotated_grid(frame[None], [f"epoch {epoch}"], ncols=1, scale=scale) for frame in overlays]
+    def render(self, sinks: Sequence[Sink], info: RunInfo, probe: Probe, results: dict[str, Tensor]) -> None:
+        self.renderer(
+            sinks,
+            info.step,
+            info.epoch,
+            probe.inputs,
+            results["probs"],
+            {name: results[name] for name in self.names},
+            targets=probe.targets,
+            masks=probe.masks,
+            keep_history=not self.dry_running,
         )
-        history = self._history[name]
-        history.append((epoch, overlays, cells))
-        if len(history) > self.max_history:  # thin out evenly, always keeping the first and the newest
-            keep = torch.linspace(0, len(history) - 1, self.max_history).round().long().unique().tolist()
-            history[:] = [history[i] for i in keep]
-        for i in range(overlays.shape[0]):
-            strip = torch.cat([run_cells[i] for _, _, run_cells in history], dim=-1)
-            for sink in sinks:
-                sink.log_image(f"xai/{name}/evolution/{i:02d}", strip, step, caption=f"probe {i}: {name} over epochs")
-
-    @staticmethod
-    def _strip_scale(overlays: Tensor) -> int:
-        """Upscaling of strip frames to at least 48 pixels: strips are many and are re-logged every
-        run (their PNG encoding is most of a run's cost), so they stay small; the overview grid
-        shows the same maps large."""
-        return max(1, math.ceil(48 / max(overlays.shape[-2:])))
 
     def history(self, name: Optional[str] = None) -> list[tuple[int, Tensor]]:
         """The overlays logged so far for explainer ``name`` (default: the first) as
         ``[(epoch, overlays [N, 3, H, W]), ...]`` (thinned to ``max_history``; rank zero only)."""
-        return [(epoch, overlays) for epoch, overlays, _ in self._history[name or self.names[0]]]
+        self.flush()
+        return self.renderer.histories[name or self.names[0]].runs()
 
     def save_evolution_png(
         self, path: Union[str, os.PathLike[str]], name: Optional[str] = None, max_images: int = 4
@@ -317,14 +315,3 @@ class SaliencyMonitor(XAIMonitor):
         width = max(r.shape[-1] for r in rows)
         rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1]), value=1.0) for r in rows]
         save_png(torch.cat(rows, dim=1), path)
-
-    def _log_table(
-        self, images: Tensor, captions: list[str], maps: dict[str, Tensor], sinks: list[Sink], step: int
-    ) -> None:
-        columns = ["probe", "label", "input", *maps]
-        rows = [
-            [i, captions[i].replace("\n", ", "), images[i], *(m[i] for m in maps.values())]
-            for i in range(images.shape[0])
-        ]
-        for sink in sinks:
-            sink.log_table("xai/probe_table", columns, rows, step)

@@ -360,7 +360,7 @@ def annotated_grid(
     ncols: int = 4,
     title: str | None = None,
     scale: int | None = None,
-    fontsize: float = 9.0,
+    fontsize: float = 12.0,
 ) -> Tensor:
     """A grid of images, each captioned below, as an RGB tensor.
 

@@ -40,6 +40,7 @@ __all__ = [
     "TensorBoardSink",
     "WandbSink",
     "FileSink",
+    "DryRunSink",
     "sinks_for",
     "check_loggers",
     "use_fast_tensorboard_crc",
@@ -75,30 +76,46 @@ def _fast_masked_crc32c(data: bytes) -> int:
     return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def use_fast_tensorboard_crc() -> bool:
-    """Give TensorBoard's event writer a C implementation of its record checksum.
+def use_fast_tensorboard_crc(enable: bool = True) -> bool:
+    """Opt in to a C implementation of TensorBoard's record checksum (process-wide, undoable).
 
     Without TensorFlow, ``tensorboard`` checksums every event record with a pure-Python CRC-32C
-    (about 10 ms per 100 kB): for a monitor that logs a dozen images an epoch, that checksum, not
-    the explanation, was the largest cost, and it holds the GIL against training. With
-    ``google-crc32c`` installed (a dependency of lightning-xai) the writer's
-    ``masked_crc32c`` is replaced by the same function computed in C (identical output; TensorBoard's
-    reader verifies it). Set ``LIGHTNING_XAI_FAST_CRC=0`` to leave TensorBoard untouched.
+    (about 10 ms per 100 kB of images). With ``google-crc32c`` installed, this replaces
+    ``tensorboard.summary.writer.record_writer.masked_crc32c`` by the same function computed in C
+    (identical output; TensorBoard's reader verifies it). It changes another library for every
+    ``SummaryWriter`` in the process, so lightning_xai never calls it for you: call it yourself
+    (once, before training) if the checksum shows up in your profile, and
+    ``use_fast_tensorboard_crc(False)`` to put TensorBoard's own function back. Monitors write in a
+    background thread, so the checksum does not stall training either way.
+
+    Args:
+        enable: ``True`` installs the C checksum, ``False`` restores TensorBoard's original.
 
     Returns:
-        Whether the fast checksum is in use.
-    """
-    import os
+        Whether the fast checksum is in use after the call.
 
-    if os.environ.get("LIGHTNING_XAI_FAST_CRC", "1") == "0":
+    Example:
+        >>> use_fast_tensorboard_crc(False)
+        False
+    """
+    try:
+        from tensorboard.summary.writer import record_writer
+    except ImportError:  # pragma: no cover - tensorboard is a dependency
+        return False
+    original = getattr(record_writer, "_lightning_xai_original_crc", None)
+    if not enable:
+        if original is not None:
+            record_writer.masked_crc32c = original
+            del record_writer._lightning_xai_original_crc
         return False
     try:
         import google_crc32c
-        from tensorboard.summary.writer import record_writer
     except ImportError:
         return False
     if getattr(google_crc32c, "implementation", "c") != "c":
         return False
+    if original is None:
+        record_writer._lightning_xai_original_crc = record_writer.masked_crc32c
     record_writer.masked_crc32c = _fast_masked_crc32c
     return True
 
@@ -198,7 +215,6 @@ class TensorBoardSink(Sink):
 
     def __init__(self, logger: Logger) -> None:
         self.logger = logger
-        use_fast_tensorboard_crc()
 
     @property
     def writer(self) -> Any:
@@ -317,6 +333,54 @@ class WandbSink(Sink):
         self._log({key: self._wandb().Table(columns=list(columns), data=data)}, step)
 
 
+class DryRunSink(Sink):
+    """Encodes everything it is given exactly as a real sink would, and writes nothing.
+
+    A monitor's fit-start dry run renders into it, so a picture that cannot be drawn or encoded
+    (wrong shape, non-finite scalar type, ragged table) fails before the first training step.
+    """
+
+    def log_image(self, tag: str, image: Tensor, step: int, caption: str | None = None) -> None:
+        import io
+
+        from PIL import Image
+
+        Image.fromarray(to_uint8_hwc(_check_image(image))).save(io.BytesIO(), format="PNG", compress_level=0)
+
+    def log_scalars(self, scalars: dict[str, float], step: int) -> None:
+        for name, value in scalars.items():
+            float(value)
+            if not isinstance(name, str):
+                raise TypeError(f"Expected scalar names to be str, but got {name!r}.")
+
+    def log_histogram(self, tag: str, values: Tensor, step: int) -> None:
+        values.detach().float().cpu().flatten()
+
+    def log_text(self, tag: str, text: str, step: int) -> None:
+        if not isinstance(text, str):
+            raise TypeError(f"Expected `text` to be a str, but got {type(text).__name__}.")
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        _check_table(columns, rows)
+        for row in rows:
+            for value in row:
+                if _is_image(value):
+                    to_uint8_hwc(_check_image(value))
+
+    def log_embedding(
+        self,
+        tag: str,
+        vectors: Tensor,
+        step: int,
+        labels: list[str] | None = None,
+        images: Tensor | None = None,
+    ) -> None:
+        if vectors.ndim != 2:
+            raise ValueError(f"Expected `vectors` of shape [N, D], but got {tuple(vectors.shape)}.")
+        if labels is not None and len(labels) != vectors.shape[0]:
+            raise ValueError(f"Expected {vectors.shape[0]} labels (one per vector), but got {len(labels)}.")
+
+
 _SAFE = re.compile(r"[^A-Za-z0-9_.\-=]+")
 
 
@@ -331,7 +395,8 @@ class FileSink(Sink):
     """Writes files for any logger without image support (``CSVLogger``, MLflow, ...).
 
     Scalars go through ``logger.log_metrics`` (so they land in the CSV of a ``CSVLogger``).
-    Everything else is written under ``root`` (default ``<logger.log_dir or logger.save_dir>/xai``):
+    Everything else is written under ``root`` (default ``<logger.log_dir or logger.save_dir>``; the
+    monitors' tags all start with ``xai/``, so their files land in ``<log_dir>/xai/``):
     ``<tag>/step_<step>.png`` (caption in ``step_<step>.txt`` beside it), text as
     ``<tag>/step_<step>.txt``, histograms as ``<tag>/step_<step>.hist.csv`` (bin edges and
     counts), tables as ``<key>/step_<step>.csv`` with image cells saved as
@@ -352,7 +417,7 @@ class FileSink(Sink):
         """The folder everything but scalars is written into (resolved on first use)."""
         if self._root is None:
             base = getattr(self.logger, "log_dir", None) or getattr(self.logger, "save_dir", None) or "."
-            self._root = Path(base) / "xai"
+            self._root = Path(base)  # tags start with "xai/": files land in <log_dir>/xai/...
         return self._root
 
     def _path(self, tag: str, step: int, suffix: str) -> Path:

@@ -92,14 +92,20 @@ class RecordingSaliencyMonitor(SaliencyMonitor):
         super().__init__(**kwargs)
         self.out_file = out_file
 
-    def publish(self, trainer, pl_module, probe, results, sinks):  # type: ignore[override]
-        torch.save(
-            {
-                "results": {k: v.cpu() for k, v in results.items()},
-                "probe": probe.to("cpu").state_dict(),
-                "weights": {k: v.cpu() for k, v in pl_module.state_dict().items()},
-                "world_size": trainer.world_size,
-            },
-            self.out_file,
-        )
-        super().publish(trainer, pl_module, probe, results, sinks)
+    def run(self, trainer, pl_module):  # type: ignore[override]
+        self._trainer_world = trainer.world_size
+        self._weights = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        super().run(trainer, pl_module)
+
+    def render(self, sinks, info, probe, results):  # type: ignore[override]
+        if not self.dry_running:
+            torch.save(
+                {
+                    "results": {k: v.cpu() for k, v in results.items()},
+                    "probe": probe.to("cpu").state_dict(),
+                    "weights": self._weights,
+                    "world_size": self._trainer_world,
+                },
+                self.out_file,
+            )
+        super().render(sinks, info, probe, results)

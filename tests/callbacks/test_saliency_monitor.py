@@ -210,9 +210,12 @@ def test_resumed_fit_explains_the_same_probe(tmp_path: Path) -> None:
     )
     # the resumed run's validation data differ (another seed), so setup alone would pick other images...
     trainer.fit(tiny_model(), datamodule=tiny_datamodule(seed=7), ckpt_path=str(ckpt))
-    # ...but the checkpoint's probe wins, and the resumed run explains it at epoch 1
+    # ...but the checkpoint's probe wins, and the resumed run explains it at epoch 1, continuing the
+    # evolution strips the checkpoint holds instead of starting them over
     assert torch.equal(resumed.probe.inputs.cpu(), first.probe.inputs.cpu())
-    assert [e for e, _ in resumed.history()] == [1]
+    assert [e for e, _ in resumed.history()] == [0, 1]
+    assert torch.equal(resumed.history()[0][1], first.history()[0][1])
+    assert resumed.state_dict()["last_epoch_run"] == 1
     fresh = _monitor(num_samples=3)
     fit(tmp_path / "c", [fresh], dm_kwargs={"seed": 7}, logger=TensorBoardLogger(str(tmp_path / "c")), max_epochs=1)
     assert not torch.equal(fresh.probe.inputs.cpu(), first.probe.inputs.cpu()), "other data, other probe"

@@ -1,5 +1,6 @@
 import csv
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,13 +139,13 @@ def test_file_sink_with_csv_logger(tmp_path):
     _log_everything(FileSink(logger))
     root = tmp_path / "csv" / "version_0"
     for step in (0, 7):
-        png = root / "xai" / "xai" / "saliency" / f"step_{step}.png"
+        png = root / "xai" / "saliency" / f"step_{step}.png"
         assert np.asarray(Image.open(png).convert("RGB")).shape == (20, 24, 3)
         assert (png.with_suffix(".txt")).read_text() == "true: circle\npred: square (0.93)"
-        assert (root / "xai" / "xai" / "notes" / f"step_{step}.txt").read_text() == "hello\nworld"
-        with (root / "xai" / "xai" / "attr_hist" / f"step_{step}.hist.csv").open() as f:
+        assert (root / "xai" / "notes" / f"step_{step}.txt").read_text() == "hello\nworld"
+        with (root / "xai" / "attr_hist" / f"step_{step}.hist.csv").open() as f:
             assert sum(int(r["count"]) for r in csv.DictReader(f)) == 200
-        table = root / "xai" / "xai" / "table" / f"step_{step}.csv"
+        table = root / "xai" / "table" / f"step_{step}.csv"
         with table.open() as f:
             rows = list(csv.DictReader(f))
         assert [r["label"] for r in rows] == ["circle", "square"] and float(rows[1]["score"]) == 0.5
@@ -186,7 +187,7 @@ def test_check_loggers(tmp_path, monkeypatch):
     check_loggers([TensorBoardLogger(tmp_path)])  # fine without wandb when W&B is not used
 
 
-def test_fast_tensorboard_crc_is_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fast_tensorboard_crc_is_identical_and_opt_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import os
 
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
@@ -198,7 +199,9 @@ def test_fast_tensorboard_crc_is_identical(monkeypatch: pytest.MonkeyPatch) -> N
         data = os.urandom(size)
         assert _fast_masked_crc32c(data) == masked_crc32c(data)
     monkeypatch.setattr(record_writer, "masked_crc32c", masked_crc32c)
-    monkeypatch.setenv("LIGHTNING_XAI_FAST_CRC", "0")
-    assert not use_fast_tensorboard_crc() and record_writer.masked_crc32c is masked_crc32c
-    monkeypatch.delenv("LIGHTNING_XAI_FAST_CRC")
+    # opt-in only: creating sinks never patches TensorBoard
+    TensorBoardSink(TensorBoardLogger(str(tmp_path)))
+    assert record_writer.masked_crc32c is masked_crc32c
     assert use_fast_tensorboard_crc() and record_writer.masked_crc32c is _fast_masked_crc32c
+    assert use_fast_tensorboard_crc()  # idempotent: the original is remembered once
+    assert not use_fast_tensorboard_crc(False) and record_writer.masked_crc32c is masked_crc32c

@@ -87,10 +87,13 @@ def _map_ssim_update(maps: Tensor, reference: Tensor) -> Tensor:
         raise ValueError(f"Expected maps of equal shape, but got {tuple(maps.shape)} and {tuple(reference.shape)}.")
     a = _normalise01(maps.detach().abs().sum(dim=1, keepdim=True))
     b = _normalise01(reference.detach().abs().sum(dim=1, keepdim=True))
-    kernel = min(7, min(a.shape[-2:]) - (1 - min(a.shape[-2:]) % 2))
-    kernel = max(kernel, 1)
+    side = min(a.shape[-2:])
+    if side >= 11:  # torchmetrics' default: an 11x11 Gaussian window, sigma 1.5
+        options: dict = {"gaussian_kernel": True, "sigma": 1.5}
+    else:  # smaller maps: the largest odd uniform window that fits
+        options = {"gaussian_kernel": False, "kernel_size": max(1, side - (1 - side % 2))}
     return structural_similarity_index_measure(
-        a.float(), b.float(), data_range=1.0, kernel_size=kernel, reduction="none"
+        a.float(), b.float(), data_range=1.0, reduction="none", **options
     ).to(maps.dtype)
 
 
