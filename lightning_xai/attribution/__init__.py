@@ -34,7 +34,15 @@ from lightning_xai.attribution.gradient import (
     modified_relu,
 )
 from lightning_xai.attribution.path import IntegratedGradients, gaussian_blur, make_baseline
-from lightning_xai.attribution.propagation import LRP, Composite, DeepLift, DeepTaylor
+from lightning_xai.attribution.propagation import (
+    LRP,
+    Composite,
+    DeepLift,
+    DeepTaylor,
+    PatternAttribution,
+    PatternNet,
+    estimate_patterns,
+)
 
 __all__ = [
     "CAM",
@@ -68,4 +76,7 @@ __all__ = [
     "Composite",
     "DeepLift",
     "DeepTaylor",
+    "PatternAttribution",
+    "PatternNet",
+    "estimate_patterns",
 ]

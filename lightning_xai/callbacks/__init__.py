@@ -2,5 +2,6 @@
 
 from lightning_xai.callbacks.base import MonitorBase, ProbeMonitor, RunInfo
 from lightning_xai.callbacks.saliency import SaliencyMonitor
+from lightning_xai.callbacks.patterns import PatternEstimator
 
-__all__ = ["MonitorBase", "ProbeMonitor", "RunInfo", "SaliencyMonitor"]
+__all__ = ["MonitorBase", "ProbeMonitor", "RunInfo", "SaliencyMonitor", "PatternEstimator"]

@@ -25,8 +25,9 @@ from lightning_xai.attribution import (
     available_explainers,
     get_explainer,
 )
-from lightning_xai.attribution import LRP, DeepLift, DeepTaylor
+from lightning_xai.attribution import LRP, DeepLift, DeepTaylor, PatternAttribution, PatternNet
 from tests.helpers.models import make
+from tests.helpers.patterns import pattern_file
 
 EXPLAINERS = {
     "saliency": lambda: Saliency(),
@@ -52,12 +53,20 @@ EXPLAINERS.update(
         "lrp_alpha2_beta1": lambda: LRP("epsilon_alpha2_beta1"),
         "deep_taylor": lambda: DeepTaylor(low=0.0, high=1.0),
         "deep_lift": lambda: DeepLift(),
+        "pattern_net": lambda: PatternNet(pattern_file("small")),
+        "pattern_attribution": lambda: PatternAttribution(pattern_file("small")),
     }
 )
 NEEDS_GAP_HEAD = {"cam"}
 # Score-CAM at vgg's last Conv2d sees pre-ReLU activations (the in-place ReLU after it is not part of the
 # layer's output), whose weighted sum is negative everywhere on this random model: explain the ReLU instead.
 OVERRIDES = {("score_cam", "vgg"): lambda: ScoreCAM(layer="features.6")}
+OVERRIDES.update(
+    {
+        ("pattern_net", "vgg"): lambda: PatternNet(pattern_file("vgg")),
+        ("pattern_attribution", "vgg"): lambda: PatternAttribution(pattern_file("vgg")),
+    }
+)
 
 
 def build(name: str, model_name: str) -> Explainer:

@@ -8,6 +8,14 @@ from lightning_xai.attribution.propagation.canonizers import batchnorm_pairs, me
 from lightning_xai.attribution.propagation.composites import COMPOSITES, Composite, make_composite
 from lightning_xai.attribution.propagation.deeplift import DeepLift
 from lightning_xai.attribution.propagation.lrp import LRP, DeepTaylor
+from lightning_xai.attribution.propagation.patterns import (
+    PatternAttribution,
+    PatternNet,
+    PatternStatistics,
+    estimate_patterns,
+    get_patterns,
+    set_patterns,
+)
 from lightning_xai.attribution.propagation.rules import (
     RULES,
     AlphaBeta,
@@ -35,11 +43,17 @@ __all__ = [
     "LRP",
     "Norm",
     "Pass",
+    "PatternAttribution",
+    "PatternNet",
+    "PatternStatistics",
     "Rule",
     "WSquare",
     "ZBox",
     "ZPlus",
     "batchnorm_pairs",
+    "estimate_patterns",
+    "get_patterns",
     "make_composite",
     "merged_parameters",
+    "set_patterns",
 ]
