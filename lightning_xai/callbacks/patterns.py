@@ -173,22 +173,20 @@ class PatternEstimator(MonitorBase):
             return
         self.patterns = stats.patterns(self._modules)
         set_patterns(pl_module, self.patterns)
-        samples = float(sum(float(s["n_plus"].sum() + s["n_minus"].sum()) for s in stats.sums.values()))
+        scalars: dict[str, float] = {}
+        total = 0.0
+        for name, sums in stats.sums.items():
+            active, inactive = float(sums["n_plus"].sum()), float(sums["n_minus"].sum())
+            scalars[f"xai/{self.log_key}/{name}/active_fraction"] = active / max(active + inactive, 1.0)
+            total += active + inactive
+        scalars[f"xai/{self.log_key}/samples"] = total
         if self.reset_each_run:
             self.statistics.reset()
         if self.path is not None and trainer.is_global_zero:
             torch.save({n: {k: v.detach().cpu() for k, v in p.items()} for n, p in self.patterns.items()}, self.path)
-        norms = {
-            f"xai/{self.log_key}/{name}/active_fraction": float(
-                stats.sums[name]["n_plus"].sum()
-                / (stats.sums[name]["n_plus"].sum() + stats.sums[name]["n_minus"].sum())
-            )
-            for name in self.patterns
-        }
-        norms[f"xai/{self.log_key}/samples"] = samples
 
         def render(sinks: list[Sink], info: RunInfo) -> None:
             for sink in sinks:
-                sink.log_scalars(norms, info.step)
+                sink.log_scalars(scalars, info.step)
 
         self.publish(trainer, render)

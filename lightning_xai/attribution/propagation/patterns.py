@@ -230,6 +230,8 @@ def _match(patterns: Mapping[str, Mapping[str, Tensor]], name: str) -> Mapping[s
     ``name`` or has ``name`` as its dotted suffix (patterns of a bare network used on a wrapper)."""
     if name in patterns:
         return patterns[name]
+    if not name:  # the model is the layer itself
+        return next(iter(patterns.values())) if len(patterns) == 1 else None
     close = [k for k in patterns if name.endswith("." + k) or k.endswith("." + name)]
     return patterns[close[0]] if len(close) == 1 else None
 
