@@ -10,7 +10,10 @@ from torch import nn
 
 from lightning_xai.attribution import (
     CAM,
+    LRP,
     Deconvnet,
+    DeepLift,
+    DeepTaylor,
     Explainer,
     FullGrad,
     GradCAM,
@@ -20,12 +23,13 @@ from lightning_xai.attribution import (
     InputXGradient,
     IntegratedGradients,
     NoiseTunnel,
+    PatternAttribution,
+    PatternNet,
     Saliency,
     ScoreCAM,
     available_explainers,
     get_explainer,
 )
-from lightning_xai.attribution import LRP, DeepLift, DeepTaylor, PatternAttribution, PatternNet
 from tests.helpers.models import make
 from tests.helpers.patterns import pattern_file
 

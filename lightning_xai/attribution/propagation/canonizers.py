@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["batchnorm_pairs", "merged_parameters"]
+__all__ = ["batchnorm_affine", "batchnorm_pairs", "merged_parameters"]
 
 _LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -63,15 +63,13 @@ def batchnorm_pairs(model: nn.Module) -> dict[str, str]:
     return pairs
 
 
-def merged_parameters(layer: nn.Module, bn: _BatchNorm) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(weight', bias', scale, shift)``: ``layer`` with the eval-mode ``bn`` after it folded in,
-    and the per-channel affine map ``y = scale * x + shift`` the BatchNorm applies.
+def batchnorm_affine(bn: _BatchNorm) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)``: the per-channel affine map ``y = scale * x + shift`` of an eval-mode BatchNorm.
 
     Example:
-        >>> conv, bn = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2).eval()
-        >>> w, b, s, t = merged_parameters(conv, bn)
-        >>> w.shape, b.shape
-        (torch.Size([2, 1, 3, 3]), torch.Size([2]))
+        >>> scale, shift = batchnorm_affine(nn.BatchNorm2d(3).eval())
+        >>> scale.shape
+        torch.Size([3])
     """
     with torch.no_grad():
         var = bn.running_var if bn.running_var is not None else torch.ones(bn.num_features)
@@ -82,6 +80,21 @@ def merged_parameters(layer: nn.Module, bn: _BatchNorm) -> tuple[Tensor, Tensor,
         shift = -mean * scale
         if bn.bias is not None:
             shift = shift + bn.bias
+    return scale, shift
+
+
+def merged_parameters(layer: nn.Module, bn: _BatchNorm) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(weight', bias', scale, shift)``: ``layer`` with the eval-mode ``bn`` after it folded in,
+    and the per-channel affine map ``y = scale * x + shift`` the BatchNorm applies.
+
+    Example:
+        >>> conv, bn = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2).eval()
+        >>> w, b, s, t = merged_parameters(conv, bn)
+        >>> w.shape, b.shape
+        (torch.Size([2, 1, 3, 3]), torch.Size([2]))
+    """
+    scale, shift = batchnorm_affine(bn)
+    with torch.no_grad():
         weight: Tensor = layer.weight  # type: ignore[assignment]
         bias = layer.bias
         merged_w = weight * scale.view(-1, *([1] * (weight.ndim - 1)))

@@ -22,7 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
 from lightning_xai.attribution.base import ExplainContext, TargetType, forward_scores
-from lightning_xai.attribution.propagation.canonizers import batchnorm_pairs, merged_parameters
+from lightning_xai.attribution.propagation.canonizers import batchnorm_affine, batchnorm_pairs
 from lightning_xai.attribution.propagation.composites import LINEAR_TYPES, POOL_TYPES, Composite
 from lightning_xai.attribution.propagation.rules import LayerView, Rule
 from lightning_xai.errors import LightningXAIError
@@ -182,12 +182,28 @@ def _grad_tensors(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
     return count
 
 
+class _Relevance(torch.autograd.Function):
+    """Output ``z`` (the layer's value, passed inside a list so autograd sees a fresh output), backward
+    ``g -> f_k * g`` into every term ``t_k`` (see :mod:`~lightning_xai.attribution.propagation.rules`)."""
+
+    @staticmethod
+    def forward(ctx: Any, box: list[Any], *terms: Tensor) -> Tensor:  # type: ignore[override]
+        value, factors = box
+        ctx.factors = factors
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        factors = ctx.factors
+        ctx.factors = None
+        return (None, *(grad if f is None else grad * f for f in factors))
+
+
 @dataclass
 class _State:
     method: str
     inputs: Tensor
     inside: int = 0
-    internal: int = 0
     leaves: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (leaf, the layer input it stands for)
     outputs: dict[int, Tensor] = field(default_factory=dict)  # id(linear module) -> its last output
 
@@ -215,8 +231,6 @@ class Tracer(TorchFunctionMode):
     ) -> Any:
         kwargs = kwargs or {}
         state = self.state
-        if state.internal:
-            return func(*args, **kwargs)
         name = getattr(func, "__name__", "")
         if name in _METADATA or name in _STRUCTURE:
             pass
@@ -321,28 +335,29 @@ def _register(model: nn.Module, the_plan: Plan, state: _State, ctx: ExplainConte
     def enter(module: nn.Module, args: Any) -> None:
         state.inside += 1
 
-    def linear_hook(module: nn.Module, args: Any, output: Tensor) -> Tensor:
+    def linear_hook(module: nn.Module, args: Any, output: Tensor) -> Tensor | None:
         state.inside -= 1
         name = names[id(module)]
         _, rule = the_plan.rules[name]
         bn = merged.get(name)
         x = args[0]
-        state.internal += 1
-        try:
+        with torch._C.DisableTorchFunction():  # our own operations are not the model's: skip the Tracer
+            scale = scale_c = shift_c = None
             if bn is not None:
-                weight, bias, scale, shift = merged_parameters(module, bn)
+                scale_c, shift_c = batchnorm_affine(bn)
                 shape = (1, -1) + (1,) * (output.ndim - 2)
-                z = output * scale.view(shape) + shift.view(shape)
+                scale = scale_c.view(shape)
+                with torch.no_grad():
+                    z = torch.addcmul(shift_c.view(shape), output, scale)
             else:
-                weight, bias, z = module.weight, module.bias, output  # type: ignore[assignment]
-            out = z
+                z = output.detach()
+            terms = None
             if rule is not None:
                 leaf = _leaf_maker(state, x, state.method, name, rule) if rule.input_layer else _no_leaf
-                a = rule.surrogate(LayerView(module, weight, bias), x, z, leaf)
-                if a is not z:
-                    out = z.detach() + (a - a.detach())
-        finally:
-            state.internal -= 1
+                terms = rule.terms(LayerView(module, scale_c, shift_c), x, output, z, scale, leaf)
+            if terms is None and bn is not None:
+                terms = [(output, scale)]
+            out = output if terms is None else _Relevance.apply([z, [f for _, f in terms]], *[t for t, _ in terms])
         state.outputs[id(module)] = out
         return out
 
@@ -350,12 +365,11 @@ def _register(model: nn.Module, the_plan: Plan, state: _State, ctx: ExplainConte
         _, rule = the_plan.rules[names[id(module)]]
         if rule is None:
             return None
-        state.internal += 1
-        try:
-            a = rule.surrogate(None, args[0], output, _no_leaf)
-            return output if a is output else output.detach() + (a - a.detach())
-        finally:
-            state.internal -= 1
+        with torch._C.DisableTorchFunction():
+            terms = rule.terms(None, args[0], output, output.detach(), None, _no_leaf)
+            if terms is None:
+                return None
+            return _Relevance.apply([output.detach(), [f for _, f in terms]], *[t for t, _ in terms])
 
     for _name, (module, _) in the_plan.rules.items():
         if isinstance(module, LINEAR_TYPES):

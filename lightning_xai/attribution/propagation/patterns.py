@@ -297,7 +297,7 @@ class _PatternMethod(Explainer):
         two = self.two_component
 
         def hook(module: nn.Module, args: Any, output: Tensor) -> Tensor:
-            view = LayerView(module, plus, None)
+            view = LayerView(module, weight=plus)
             x = args[0]
             a = view.op(x, plus, None)
             if two:

@@ -4,12 +4,13 @@ Relevance travels backwards as a *signal* ``g`` with ``R = t * g`` for every ten
 forward pass. In that form the ordinary gradient already is the right rule for every operation
 that only moves or adds values (reshapes, max-pooling's winner-take-all, ReLU's pass-through,
 residual additions, whose gradient splits relevance in proportion to each summand, conserving it
-exactly), so a rule only has to touch the layers with weights. A rule builds, from the layer's
-input ``x`` and its output ``z``, a *surrogate* tensor ``a`` whose gradient with respect to ``x``
-is the rule's backward signal; the layer's output becomes ``z + (a - a)`` (value ``z`` exactly,
-gradient that of ``a``). The cost is what the rule needs: nothing extra for epsilon (the surrogate
-rescales the output itself), one more forward of the layer for z+ (the positive part), two for
-alpha-beta and gamma.
+exactly), so a rule only has to touch the layers with weights. A rule returns *terms* ``(t_k, f_k)``:
+tensors ``t_k`` computed from the layer's input ``x`` (with autograd) and detached factors
+``f_k``; the layer's output keeps its value ``z`` exactly, and its backward signal ``g`` goes back
+as ``sum_k (dt_k/dx)^T (f_k g)`` (a custom autograd function; see
+:mod:`~lightning_xai.attribution.propagation.engine`). The cost is what the rule needs: nothing
+extra for epsilon (the term is the layer's own output), one more forward of the layer for z+ (the
+positive part), two for alpha-beta, one double-width one for gamma.
 
 Rules follow Montavon et al. 2019, "Layer-Wise Relevance Propagation: An Overview", with the
 stabiliser conventions of zennit (``t + eps * sign(t)``, ``sign(0) = +1``): epsilon, gamma
@@ -21,7 +22,6 @@ rather than onto ``x * g`` and apply to a layer that reads the model's input onl
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
 import torch
@@ -45,6 +45,7 @@ __all__ = [
     "ZPlus",
     "make_rule",
     "stabilize",
+    "Term",
 ]
 
 
@@ -53,19 +54,52 @@ def stabilize(t: Tensor, eps: float) -> Tensor:
     return torch.where(t >= 0, t + eps, t - eps)
 
 
-@dataclass
 class LayerView:
-    """What a rule sees of one linear layer for one call.
+    """What a rule sees of one linear layer for one call: its operation and its parameters, with a
+    following BatchNorm (``y = scale * out + shift`` per channel) merged in when the canonizer
+    merged one. Merged parameters are computed on first use only, and the signed parts of the
+    weight are applied as ``scale * op(x, w+)`` where every scale is positive (one pass over the
+    weight fewer than merging first).
 
-    Attributes:
+    Args:
         module: The ``nn.Conv*d`` or ``nn.Linear``.
-        weight: Its weight, with a following BatchNorm merged in when the canonizer merged one.
-        bias: Its bias (merged likewise), or ``None``.
+        scale: The merged BatchNorm's per-channel scale, or ``None``.
+        shift: Its per-channel shift, or ``None``.
+        weight: Override the weight (PatternNet's patterns); the merge does not apply then.
     """
 
-    module: nn.Module
-    weight: Tensor
-    bias: Tensor | None
+    def __init__(
+        self,
+        module: nn.Module,
+        scale: Tensor | None = None,
+        shift: Tensor | None = None,
+        weight: Tensor | None = None,
+    ) -> None:
+        self.module = module
+        self.scale = scale
+        self.shift = shift
+        self._weight = weight
+        self._bias: Tensor | None = None
+        self._scale_positive: bool | None = None
+
+    @property
+    def weight(self) -> Tensor:
+        """The (merged) weight."""
+        if self._weight is None:
+            w: Tensor = self.module.weight  # type: ignore[assignment]
+            self._weight = w if self.scale is None else w * self.scale.view(-1, *([1] * (w.ndim - 1)))
+        return self._weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        """The (merged) bias, or ``None``."""
+        b: Tensor | None = self.module.bias  # type: ignore[assignment]
+        if self.scale is None:
+            return b
+        if self._bias is None:
+            assert self.shift is not None
+            self._bias = self.shift if b is None else b * self.scale + self.shift
+        return self._bias
 
     def op(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """The layer's own operation with other parameters (``conv`` or ``linear``)."""
@@ -73,6 +107,23 @@ class LayerView:
         if isinstance(m, nn.Linear):
             return F.linear(x, weight, bias)
         return m._conv_forward(x, weight, bias)  # type: ignore[operator,union-attr]
+
+    def signed_op(self, x: Tensor, positive: bool, bias: bool = True) -> Tensor:
+        """``op(x, W+, b+)`` (``positive``) or ``op(x, W-, b-)`` with the merged parameters."""
+        clamp = {"min": 0} if positive else {"max": 0}
+        b = self.bias
+        b = None if b is None or not bias else b.clamp(**clamp)
+        if self.scale is not None and self._weight is None:
+            if self._scale_positive is None:
+                self._scale_positive = bool((self.scale > 0).all())
+            if self._scale_positive:
+                raw: Tensor = self.module.weight  # type: ignore[assignment]
+                out = self.op(x, raw.clamp(**clamp), None)
+                shape = (1, -1) + (1,) * (out.ndim - 2)
+                if b is None:
+                    return out * self.scale.view(shape)
+                return torch.addcmul(b.view(shape), out, self.scale.view(shape))
+        return self.op(x, self.weight.clamp(**clamp), b)
 
 
 LeafMaker = Callable[[Tensor], Tensor]
@@ -88,18 +139,22 @@ def _neg(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.clamp(max=0)
 
 
-def _rescaled(a: Tensor, z: Tensor, denominator: Tensor, eps: float) -> Tensor:
-    """``a * (z / stab(denominator))`` with the factor detached: the backward signal of ``a`` carries
-    the output relevance ``z * g`` divided by the rule's normaliser."""
-    return a * (z / stabilize(denominator, eps)).detach()
+def _factor(z: Tensor, denominator: Tensor, eps: float) -> Tensor:
+    """``z / stab(denominator)``: the output relevance ``z * g`` over the rule's normaliser, per ``g``."""
+    return z / stabilize(denominator, eps)
 
 
 def _has_negative(x: Tensor) -> bool:
     return bool((x < 0).any())
 
 
+Term = tuple[Tensor, Union[Tensor, None]]
+"""``(t, f)``: a tensor with autograd history back to the layer input (or a leaf), and the
+detached factor its backward signal is multiplied by (``None``: 1)."""
+
+
 class Rule:
-    """Base of every rule. A rule is configuration (plain floats) plus :meth:`surrogate`.
+    """Base of every rule. A rule is configuration (plain floats) plus :meth:`terms`.
 
     Class attributes:
         needs_weights: applies to layers with weights (``Conv*d``, ``Linear``) only.
@@ -111,9 +166,19 @@ class Rule:
     input_layer: ClassVar[bool] = False
     name: ClassVar[str] = "rule"
 
-    def surrogate(self, layer: LayerView | None, x: Tensor, z: Tensor, leaf: LeafMaker) -> Tensor:
-        """The tensor whose gradient w.r.t. ``x`` (or the leaves made by ``leaf``) is this rule's
-        backward signal. ``z`` is the layer's output (BatchNorm merged), with its graph."""
+    def terms(
+        self, layer: LayerView | None, x: Tensor, output: Tensor, z: Tensor, scale: Tensor | None, leaf: LeafMaker
+    ) -> list[Term] | None:
+        """The rule's backward as terms (see the module docstring); ``None`` keeps the gradient.
+
+        Args:
+            layer: The layer's merged parameters (``None`` for parameter-free layers).
+            x: The layer's input (requires grad).
+            output: The module's own output, with its autograd history.
+            z: The layer's output value, BatchNorm merged, detached.
+            scale: The merged BatchNorm's per-channel scale (``z = scale * output + shift``), or ``None``.
+            leaf: Makes input-shaped leaves (input-layer rules).
+        """
         raise NotImplementedError
 
     def _config(self) -> dict[str, Any]:
@@ -142,15 +207,15 @@ class Pass(Rule):
     needs_weights = False
     name = "pass"
 
-    def surrogate(self, layer: LayerView | None, x: Tensor, z: Tensor, leaf: LeafMaker) -> Tensor:
-        return z
+    def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
+        return None
 
 
 class Epsilon(Rule):
     """LRP-epsilon (Bach et al. 2015): ``R_i = sum_j x_i w_ij R_j / (z_j + eps sign(z_j))``.
 
     ``epsilon=0`` is LRP-0, whose signal is the plain gradient (relevance = gradient x input).
-    Costs nothing beyond an element-wise rescaling of the output.
+    Costs nothing beyond an element-wise rescaling of the output's backward signal.
 
     Args:
         epsilon: The stabiliser added to the denominator (``>= 0``).
@@ -165,10 +230,11 @@ class Epsilon(Rule):
     def __init__(self, epsilon: float = 1e-6) -> None:
         self.epsilon = check_float("epsilon", epsilon, 0.0)
 
-    def surrogate(self, layer: LayerView | None, x: Tensor, z: Tensor, leaf: LeafMaker) -> Tensor:
+    def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
         if self.epsilon == 0.0:
-            return z
-        return _rescaled(z, z, z, self.epsilon)
+            return None if scale is None else [(output, scale)]
+        factor = _factor(z, z, self.epsilon)
+        return [(output, factor if scale is None else factor * scale)]
 
 
 class Norm(Epsilon):
@@ -182,6 +248,14 @@ class Norm(Epsilon):
 
     needs_weights = False
     name = "norm"
+
+
+def _split(layer: LayerView, x: Tensor, positive: bool, negative_inputs: bool) -> Tensor:
+    """``op(x+, W+, b+) + op(x-, W-)`` (``positive``) or ``op(x+, W-, b-) + op(x-, W+)``; the
+    inputs are not clamped when none is negative."""
+    if not negative_inputs:
+        return layer.signed_op(x, positive)
+    return layer.signed_op(x.clamp(min=0), positive) + layer.signed_op(x.clamp(max=0), not positive, bias=False)
 
 
 class ZPlus(Rule):
@@ -203,26 +277,10 @@ class ZPlus(Rule):
     def __init__(self, stabilizer: float = 1e-6) -> None:
         self.stabilizer = check_float("stabilizer", stabilizer, 0.0)
 
-    @staticmethod
-    def positive(layer: LayerView, x: Tensor) -> Tensor:
-        w, b = layer.weight, layer.bias
-        out = layer.op(x.clamp(min=0), w.clamp(min=0), _pos(b))
-        if _has_negative(x):
-            out = out + layer.op(x.clamp(max=0), w.clamp(max=0), None)
-        return out
-
-    @staticmethod
-    def negative(layer: LayerView, x: Tensor) -> Tensor:
-        w, b = layer.weight, layer.bias
-        out = layer.op(x.clamp(min=0), w.clamp(max=0), _neg(b))
-        if _has_negative(x):
-            out = out + layer.op(x.clamp(max=0), w.clamp(min=0), None)
-        return out
-
-    def surrogate(self, layer: LayerView | None, x: Tensor, z: Tensor, leaf: LeafMaker) -> Tensor:
+    def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
         assert layer is not None
-        pos = self.positive(layer, x)
-        return _rescaled(pos, z, pos, self.stabilizer)
+        pos = _split(layer, x, True, _has_negative(x))
+        return [(pos, z / (pos.detach() + self.stabilizer))]  # pos >= 0: stab(pos) = pos + eps
 
 
 class AlphaBeta(Rule):
@@ -251,14 +309,15 @@ class AlphaBeta(Rule):
             raise ValueError(f"Expected `alpha - beta` to be 1, but got alpha={alpha}, beta={beta}.")
         self.stabilizer = check_float("stabilizer", stabilizer, 0.0)
 
-    def surrogate(self, layer: LayerView | None, x: Tensor, z: Tensor, leaf: LeafMaker) -> Tensor:
+    def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
         assert layer is not None
-        pos = ZPlus.positive(layer, x)
-        out = _rescaled(pos, z, pos, self.stabilizer) * self.alpha
+        negative = _has_negative(x)
+        pos = _split(layer, x, True, negative)
+        terms: list[Term] = [(pos, z * self.alpha / (pos.detach() + self.stabilizer))]
         if self.beta:
-            neg = ZPlus.negative(layer, x)
-            out = out - _rescaled(neg, z, neg, self.stabilizer) * self.beta
-        return out
+            neg = _split(layer, x, False, negative)  # <= 0: stab(neg) = neg - eps
+            terms.append((neg, z * -self.beta / (neg.detach() - self.stabilizer)))
+        return terms
 
 
 class Gamma(Rule):
@@ -281,26 +340,29 @@ class Gamma(Rule):
         self.gamma = check_float("gamma", gamma, 0.0)
         self.stabilizer = check_float("stabilizer", stabilizer, 0.0)
 
-    def surrogate(self, layer: LayerView | None, x: Tensor, z: Tensor, leaf: LeafMaker) -> Tensor:
+    def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
         assert layer is not None
         g, w, b = self.gamma, layer.weight, layer.bias
         w_up, w_down = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
         b_up = None if b is None else b + g * b.clamp(min=0)
         b_down = None if b is None else b + g * b.clamp(max=0)
-        xp = x.clamp(min=0)
+        negative = _has_negative(x)
+        xp = x.clamp(min=0) if negative else x
         if isinstance(layer.module, nn.Linear) or getattr(layer.module, "groups", 1) == 1:
             # one forward of both weight sets, stacked along the output channels
             both_b = None if b is None else torch.cat([b_up, b_down])  # type: ignore[list-item]
-            both = layer.op(xp, torch.cat([w_up, w_down]), both_b)
-            up, down = both.chunk(2, dim=1)
+            up, down = layer.op(xp, torch.cat([w_up, w_down]), both_b).chunk(2, dim=1)
         else:
             up, down = layer.op(xp, w_up, b_up), layer.op(xp, w_down, b_down)
-        if _has_negative(x):
+        if negative:
             xn = x.clamp(max=0)
             up = up + layer.op(xn, w_down, None)
             down = down + layer.op(xn, w_up, None)
-        zd = z.detach()
-        return _rescaled(up, zd * (zd > 0), up, self.stabilizer) + _rescaled(down, zd * (zd < 0), down, self.stabilizer)
+        eps = self.stabilizer
+        return [
+            (up, z.clamp(min=0) / stabilize(up.detach(), eps)),
+            (down, z.clamp(max=0) / stabilize(down.detach(), eps)),
+        ]
 
 
 class Flat(Rule):
@@ -321,11 +383,10 @@ class Flat(Rule):
     def __init__(self, stabilizer: float = 1e-6) -> None:
         self.stabilizer = check_float("stabilizer", stabilizer, 0.0)
 
-    def surrogate(self, layer: LayerView | None, x: Tensor, z: Tensor, leaf: LeafMaker) -> Tensor:
+    def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
         assert layer is not None
-        ones = leaf(torch.ones_like(x))
-        out = layer.op(ones, torch.ones_like(layer.weight), None)
-        return _rescaled(out, z, out, self.stabilizer)
+        out = layer.op(leaf(torch.ones_like(x)), torch.ones_like(layer.weight), None)
+        return [(out, _factor(z, out.detach(), self.stabilizer))]
 
 
 class WSquare(Rule):
@@ -346,12 +407,11 @@ class WSquare(Rule):
     def __init__(self, stabilizer: float = 1e-6) -> None:
         self.stabilizer = check_float("stabilizer", stabilizer, 0.0)
 
-    def surrogate(self, layer: LayerView | None, x: Tensor, z: Tensor, leaf: LeafMaker) -> Tensor:
+    def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
         assert layer is not None
-        ones = leaf(torch.ones_like(x))
         b = layer.bias
-        out = layer.op(ones, layer.weight**2, None if b is None else b**2)
-        return _rescaled(out, z, out, self.stabilizer)
+        out = layer.op(leaf(torch.ones_like(x)), layer.weight**2, None if b is None else b**2)
+        return [(out, _factor(z, out.detach(), self.stabilizer))]
 
 
 BoxBound = Union[float, Tensor]
@@ -396,14 +456,14 @@ class ZBox(Rule):
                 cfg[key] = cfg[key].tolist()
         return cfg
 
-    def surrogate(self, layer: LayerView | None, x: Tensor, z: Tensor, leaf: LeafMaker) -> Tensor:
+    def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
         assert layer is not None
         w, b = layer.weight, layer.bias
         x0 = leaf(x.detach())
         low = leaf(torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand_as(x).clone())
         high = leaf(torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand_as(x).clone())
         out = layer.op(x0, w, b) - layer.op(low, w.clamp(min=0), _pos(b)) - layer.op(high, w.clamp(max=0), _neg(b))
-        return _rescaled(out, z, out, self.stabilizer)
+        return [(out, _factor(z, out.detach(), self.stabilizer))]
 
 
 RULES: dict[str, type[Rule]] = {
