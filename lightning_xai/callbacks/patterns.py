@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_xai._validation import check_int
+from lightning_xai.attribution.base import observe
 from lightning_xai.attribution.propagation.patterns import (
     Patterns,
     PatternStatistics,
@@ -49,10 +51,16 @@ class PatternEstimator(MonitorBase):
         every_n_steps: ... or every n optimizer steps instead.
         reset_each_run: Restart the sums after every run.
         path: File the latest patterns are saved to (rank zero), or ``None``.
+        initial_batches: At fit start (unless resumed with patterns), estimate first patterns from
+            this many batches of the training set (streamed with ``iter_dataset``, eval mode, no
+            autograd, inside ``observe``), so explainers scheduled before the first run (a
+            ``SaliencyMonitor``'s dry run) have patterns; ``0`` skips it. Training's own sums start
+            empty either way.
         max_overhead: See :class:`~lightning_xai.callbacks.base.MonitorBase`.
 
     Raises:
         TypeError: ``layers``, ``reset_each_run`` or ``path`` of the wrong type.
+        ValueError: a negative ``initial_batches``.
 
     Example:
         >>> estimator = PatternEstimator(layers=["features.0", "fc"], path="patterns.pt")
@@ -67,6 +75,7 @@ class PatternEstimator(MonitorBase):
         every_n_steps: Optional[int] = None,
         reset_each_run: bool = True,
         path: Optional[str] = None,
+        initial_batches: int = 1,
         max_overhead: Optional[float] = None,
     ) -> None:
         super().__init__(every_n_epochs=every_n_epochs, every_n_steps=every_n_steps, max_overhead=max_overhead)
@@ -81,10 +90,12 @@ class PatternEstimator(MonitorBase):
         self.layers = None if layers is None else list(layers)
         self.reset_each_run = reset_each_run
         self.path = None if path is None else str(path)
+        self.initial_batches = check_int("initial_batches", initial_batches, 0)
         self.statistics = PatternStatistics()
         self.patterns: Patterns = {}
         self._handles: list[RemovableHandle] = []
         self._active = False
+        self._target = self.statistics
         self._modules: dict[str, nn.Module] = {}
 
     # -- identity and state --------------------------------------------------------------------
@@ -120,6 +131,29 @@ class PatternEstimator(MonitorBase):
             self._handles.append(module.register_forward_hook(self._hook(name)))
         if self.patterns:  # resumed from a checkpoint: the explainers can use them right away
             set_patterns(pl_module, self.patterns)
+        elif self.initial_batches:
+            self._initial_estimate(trainer, pl_module)
+
+    def _initial_estimate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        stats = PatternStatistics()
+        self._target, self._active = stats, True
+        try:
+            with observe(pl_module), torch.no_grad():
+                for count, (_, batch) in enumerate(self.iter_dataset(trainer, pl_module)):
+                    if count >= self.initial_batches:
+                        break
+                    inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
+                    if not isinstance(inputs, Tensor):
+                        self.warn("cannot tell the inputs of a training batch; patterns appear after the first run.")
+                        return
+                    pl_module(inputs)
+        except ValueError as err:  # no map-style training set to stream
+            self.warn(f"no initial patterns ({err}); they appear after the first run.")
+            return
+        finally:
+            self._target, self._active = self.statistics, False
+        if stats.sums:
+            set_patterns(pl_module, stats.patterns(self._modules))
 
     def _hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -127,7 +161,7 @@ class PatternEstimator(MonitorBase):
                 x, y = args[0], output
                 if x.dtype in (torch.float16, torch.bfloat16):
                     x, y = x.float(), y.float()
-                self.statistics.update(name, module, x, y)
+                self._target.update(name, module, x, y)
 
         return hook
 

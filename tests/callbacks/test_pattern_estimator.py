@@ -12,7 +12,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_xai.attribution import PatternNet, Saliency
+from lightning_xai.attribution import LRP, PatternAttribution, PatternNet, Saliency
 from lightning_xai.attribution.propagation import get_patterns
 from lightning_xai.callbacks import PatternEstimator
 from tests.attribution.test_patterns import FILTER, SIGNAL, toy_data
@@ -127,3 +127,16 @@ def test_bad_configuration(tmp_path: Path) -> None:
         PatternEstimator(every_n_epochs=0)
     with pytest.raises(ValueError, match="features.99"):
         fit(tmp_path, [PatternEstimator(layers=["features.99"])], logger=TensorBoardLogger(str(tmp_path)))
+
+
+def test_saliency_monitor_uses_the_latest_patterns(tmp_path: Path) -> None:
+    """PatternNet() / PatternAttribution() in a SaliencyMonitor read what the estimator published
+    (initial patterns from one training batch at fit start, so the monitor's dry run works)."""
+    from lightning_xai.callbacks import SaliencyMonitor
+
+    estimator = PatternEstimator()
+    monitor = SaliencyMonitor([PatternNet(), PatternAttribution(), LRP()], num_samples=3)
+    fit(tmp_path, [estimator, monitor], logger=TensorBoardLogger(str(tmp_path), name="s"), max_epochs=1)
+    for name in ("pattern_net", "pattern_attribution", "lrp"):
+        (epoch, overlays), *_ = monitor.history(name)
+        assert overlays.shape[0] == 3 and torch.isfinite(overlays).all()
