@@ -63,6 +63,7 @@ def _canonizers(w: Workload) -> list[Any]:
 
 def _zennit_composite(name: str, w: Workload) -> Any:
     from zennit import composites
+    from zennit.layer import Sum
     from zennit.rules import Norm, Pass, ZBox, ZPlus
     from zennit.types import Activation, AvgPool, Linear
 
@@ -74,7 +75,7 @@ def _zennit_composite(name: str, w: Workload) -> Any:
     if name == "EpsilonAlpha2Beta1":
         return composites.EpsilonAlpha2Beta1(canonizers=canonizers)
     return composites.SpecialFirstLayerMapComposite(  # Deep Taylor
-        layer_map=[(Activation, Pass()), (AvgPool, Norm()), (Linear, ZPlus())],
+        layer_map=[(Activation, Pass()), (Sum, Norm()), (AvgPool, Norm()), (Linear, ZPlus())],
         first_map=[(Linear, ZBox(low=0.0, high=1.0))],
         canonizers=canonizers,
     )

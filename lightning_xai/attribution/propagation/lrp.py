@@ -35,13 +35,19 @@ class LRP(Explainer):
 
     Agrees with zennit's composites of the same name (with its BatchNorm canonizer) to 1e-4.
 
-    COST: 1 forward + 1 backward pass, plus one extra forward of each layer under z+
-    (two under alpha-beta / gamma, three under z^B); about 1.5 passes on a z+ network.
+    Rule parameters are keyword-only plain floats (a LightningCLI YAML can set them); left out,
+    they take the composite's defaults.
+
+    COST: 1 forward + 1 backward pass, plus one extra forward of each layer under z+ (two under
+    alpha-beta, one of double width under gamma, three under z^B); about 1.5 passes on a z+ network.
 
     Args:
         composite: The composite (name, :class:`Composite` or mapping).
-        **rule_parameters: Parameters of a named composite: ``epsilon``, ``stabilizer``, and
-            ``gamma``, ``low``, ``high`` for ``"epsilon_gamma_box"``.
+        epsilon: The epsilon rule's stabiliser (named composites; default 1e-6).
+        gamma: The gamma rule's parameter (``"epsilon_gamma_box"``; default 0.25).
+        low: The input box's lower bound for z^B (``"epsilon_gamma_box"``; default -3).
+        high: Its upper bound (default 3).
+        stabilizer: The other rules' stabiliser (named composites; default 1e-6).
 
     Raises:
         ValueError: unknown composite name or parameters it does not take.
@@ -55,7 +61,18 @@ class LRP(Explainer):
     registry_name = "lrp"
     _checks_while_attributing = True
 
-    def __init__(self, composite: CompositeSpec = "epsilon_plus_flat", **rule_parameters: Any) -> None:
+    def __init__(
+        self,
+        composite: CompositeSpec = "epsilon_plus_flat",
+        *,
+        epsilon: float | None = None,
+        gamma: float | None = None,
+        low: float | None = None,
+        high: float | None = None,
+        stabilizer: float | None = None,
+    ) -> None:
+        given = {"epsilon": epsilon, "gamma": gamma, "low": low, "high": high, "stabilizer": stabilizer}
+        rule_parameters: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         self._composite = make_composite(composite, **rule_parameters)
         self.composite = composite
         for key, value in rule_parameters.items():
