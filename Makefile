@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench clean docs-pictures
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,15 @@ demo: $(VENV)/.installed-core
 	$(BIN)/lightning-xai demo $(ARGS)
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(ARGS)  # tests/ and the doctests of lightning_xai/ (pyproject: testpaths, --doctest-modules)
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/bench_attribution.py $(ARGS)
+
+# README pictures come from the current code: this regenerates docs/saliency_evolution.png from the demo.
+docs-pictures: $(VENV)/.installed-core
+	$(BIN)/lightning-xai demo --log-dir demo_logs
+	cp demo_logs/saliency_evolution.png docs/saliency_evolution.png
 
 clean:
 	rm -rf $(VENV) demo_logs lightning_logs .pytest_cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal, Optional, overload
 
-__all__ = ["check_float", "check_int"]
+__all__ = ["check_bool", "check_choice", "check_float", "check_int"]
 
 
 @overload
@@ -63,3 +63,37 @@ def check_float(name: str, value: object, low: Optional[float] = None, high: Opt
         )
         raise ValueError(f"Expected argument `{name}` to be a finite float {bound}, but got {value}.")
     return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a bool.
+
+    Raises:
+        TypeError: ``value`` is not a bool.
+
+    Example:
+        >>> check_bool("abs", True)
+        True
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"Expected argument `{name}` to be a bool, but got {value!r} of type {type(value).__name__}.")
+    return value
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...] | list[str]) -> str:
+    """Return ``value`` if it is one of ``choices``.
+
+    Raises:
+        ValueError: ``value`` is not one of ``choices`` (the message lists them and the closest).
+
+    Example:
+        >>> check_choice("kind", "vargrad", ("smoothgrad", "vargrad"))
+        'vargrad'
+    """
+    if isinstance(value, str) and value in choices:
+        return value
+    import difflib
+
+    close = difflib.get_close_matches(str(value), list(choices), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"Expected argument `{name}` to be one of {list(choices)}, but got {value!r}.{hint}")

@@ -2,9 +2,9 @@
 
 ``lightning-xai demo`` trains the small demo CNN on the generated shapes data with the monitors
 attached and writes TensorBoard (or W&B) logs. ``lightning-xai fit --config config.yaml`` is
-Lightning's own CLI over :class:`~lightning_xai.demo.ShapesClassifier` and
-:class:`~lightning_xai.data.ShapesDataModule` (or any ``class_path``), so callbacks are configured
-in YAML::
+Lightning's own CLI over any LightningModule and data module (``class_path``; by default the demo's
+:class:`~lightning_xai.demo.ShapesClassifier` and :class:`~lightning_xai.data.ShapesDataModule`), so
+callbacks are configured in YAML::
 
     trainer:
       callbacks:
@@ -47,6 +47,18 @@ def _demo_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=48, help="image side in pixels (default: 48)")
     parser.add_argument("--num-samples", type=int, default=8, help="probe images explained every epoch")
     parser.add_argument("--no-monitors", action="store_true", help="train without any monitor (for timing)")
+    parser.add_argument(
+        "--explainers",
+        default="grad_cam,integrated_gradients",
+        help="comma-separated registered explainer names, or smoothgrad (default: grad_cam,integrated_gradients; "
+        "IG and SmoothGrad use 16 steps/samples)",
+    )
+    parser.add_argument(
+        "--max-overhead",
+        type=float,
+        default=None,
+        help="time budget of the monitors as a fraction of training time, e.g. 0.05 (default: none)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -77,7 +89,7 @@ def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
     callbacks: list[pl.Callback] = []
     monitor = None
     if not args.no_monitors:
-        from lightning_xai.attribution import GradCAM, IntegratedGradients
+        from lightning_xai.attribution import get_explainer
         from lightning_xai.callbacks import SaliencyMonitor
 
         probe = None
@@ -91,8 +103,18 @@ def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
                 seed=args.seed + 1000,
             )
             probe = (shortcut_set.images, shortcut_set.labels, shortcut_set.masks)
+        presets = {  # demo-sized settings; any other registered name gets its defaults
+            "integrated_gradients": lambda: get_explainer("integrated_gradients", n_steps=16),
+            "smoothgrad": lambda: get_explainer("noise_tunnel", explainer="saliency", n_samples=16),
+        }
+        names = [n.strip() for n in args.explainers.split(",") if n.strip()]
+        explainers = [presets[n]() if n in presets else get_explainer(n) for n in names]
         monitor = SaliencyMonitor(
-            [GradCAM(), IntegratedGradients(n_steps=16)], num_samples=args.num_samples, probe=probe, class_names=None
+            explainers,
+            num_samples=args.num_samples,
+            probe=probe,
+            class_names=None,
+            max_overhead=args.max_overhead,
         )
         callbacks.append(monitor)
     if args.logger == "wandb":
@@ -143,15 +165,27 @@ def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
 
 
 def lightning_cli(args: Sequence[str] | None = None) -> object:
-    """Lightning's ``LightningCLI`` over the demo model and datamodule (any ``class_path`` works)."""
+    """Lightning's ``LightningCLI`` over any LightningModule and data module.
+
+    ``model`` and ``data`` take any ``class_path`` (any ``LightningModule`` / ``LightningDataModule``
+    subclass, with its ``init_args``); when a config names neither, they default to the demo's
+    :class:`~lightning_xai.demo.ShapesClassifier` and :class:`~lightning_xai.data.ShapesDataModule`,
+    so a config holding only ``trainer.callbacks`` runs as written.
+    """
     from pytorch_lightning.cli import LightningCLI
 
     from lightning_xai.data import ShapesDataModule
     from lightning_xai.demo import ShapesClassifier
 
-    return LightningCLI(
-        ShapesClassifier,
-        ShapesDataModule,
+    class _CLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
+            from jsonargparse import lazy_instance
+
+            parser.set_defaults({"model": lazy_instance(ShapesClassifier), "data": lazy_instance(ShapesDataModule)})
+
+    return _CLI(
+        None,
+        None,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=list(args) if args is not None else None,

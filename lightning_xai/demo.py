@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ShapesClassifier"]
+__all__ = ["ShapesClassifier", "ShapesClassifierMixin"]
 
 
-class ShapesClassifier(pl.LightningModule):
+class ShapesClassifierMixin:
     """A small CNN (conv/BN/ReLU blocks, global average pool, linear head) for the shapes data.
 
     The global-average-pool + linear head makes every CAM method applicable; ``features.7`` is
@@ -28,7 +28,7 @@ class ShapesClassifier(pl.LightningModule):
         self, num_classes: int = 4, in_channels: int = 3, width: int = 16, lr: float = 3e-3, dropout: float = 0.1
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # type: ignore[attr-defined]
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1),
             nn.BatchNorm2d(width),
@@ -64,3 +64,7 @@ class ShapesClassifier(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+class ShapesClassifier(ShapesClassifierMixin, pl.LightningModule):
+    __doc__ = ShapesClassifierMixin.__doc__

@@ -71,6 +71,36 @@ def test_lightning_cli_yaml_configures_the_monitor(tmp_path: Path) -> None:
     assert {"xai/grad_cam/overlays", "xai/integrated_gradients/overlays", "xai/saliency/overlays"} <= tags
 
 
+def _readme_yaml() -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### From a LightningCLI YAML") :]
+    return section[section.index("```yaml\n") + len("```yaml\n") : section.index("```\n", section.index("```yaml"))]
+
+
+def test_readme_cli_config_runs_verbatim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text(_readme_yaml())
+    cli = lightning_cli(["fit", "--config", "config.yaml"])  # the README's command, as written
+    assert type(cli.model).__name__ == "ShapesClassifier"  # the demo model by default
+    monitor = next(c for c in cli.trainer.callbacks if type(c).__name__ == "SaliencyMonitor")
+    tags = {t for acc in read_tensorboard(tmp_path) for t in acc.Tags()["images"]}
+    assert {f"xai/{name}/overlays" for name in monitor.names} <= tags
+
+
+def test_lightning_cli_takes_any_lightning_module(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        CONFIG.format(root=tmp_path)
+        .replace("lightning_xai.demo.ShapesClassifier", "tests.callbacks.helpers.PlainCNN")
+        .replace("    width: 4\n", "")
+        .replace("layer: features.7", "layer: body.0")
+    )
+    cli = lightning_cli(["fit", "--config", str(config)])
+    assert type(cli.model).__name__ == "PlainCNN"
+    tags = {t for acc in read_tensorboard(tmp_path / "yaml") for t in acc.Tags()["images"]}
+    assert "xai/grad_cam/overlays" in tags
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

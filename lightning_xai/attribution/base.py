@@ -13,10 +13,13 @@ piece of state a training run depends on when it exits, on every exit path.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import re
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
@@ -28,12 +31,20 @@ from torch.utils.hooks import RemovableHandle
 from lightning_xai.errors import LightningXAIError
 
 __all__ = [
+    "DEFAULT_CHUNK_ELEMENTS",
+    "OutputType",
     "TargetType",
     "Explainer",
     "ExplainContext",
+    "accumulation_dtype",
+    "default_chunk_rows",
+    "model_dtype",
     "observe",
     "resolve_target",
+    "run_chunked",
+    "select_output",
     "select_scores",
+    "value_bounds",
     "target_indices",
     "get_layer",
     "last_conv_layer_name",
@@ -49,6 +60,114 @@ TargetType = Union[int, Tensor, None]
 """An ``int`` class index for the whole batch, a ``[B]`` tensor of indices, or ``None`` for the
 predicted class of each input."""
 
+OutputType = Union[int, str, Callable[[Any], Tensor], None]
+"""How to find the ``[B, C]`` scores in a model's raw output (see :func:`select_output`): ``None``
+(the output is the scores tensor), an ``int`` index into a tuple or list, a ``str`` key of a dict
+or attribute of a dataclass / named tuple, or a callable ``raw -> scores``."""
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------------------------
+# model outputs
+# --------------------------------------------------------------------------------------------
+_OUTPUT_HINT = (
+    "pass `output=` to the explainer call to pick the [B, C] scores: an int index for a tuple or list, "
+    "a str key or attribute name for a dict, dataclass or named tuple, or a callable mapping the raw "
+    "output to the scores, e.g. `explainer(model, inputs, target, output=\"logits\")`"
+)
+
+
+def _fields(raw: Any) -> list[str]:
+    if isinstance(raw, Mapping):
+        return [repr(k) for k in raw]
+    if dataclasses.is_dataclass(raw) and not isinstance(raw, type):
+        return [repr(f.name) for f in dataclasses.fields(raw)]
+    if isinstance(raw, tuple) and hasattr(raw, "_fields"):
+        return [repr(f) for f in raw._fields]
+    return []
+
+
+def check_output(output: object) -> OutputType:
+    """Return ``output`` if it is a valid ``output=`` selector (see :data:`OutputType`).
+
+    Raises:
+        TypeError: ``output`` is not None, an int, a str or a callable.
+    """
+    if output is None or callable(output) or isinstance(output, str):
+        return output  # type: ignore[return-value]
+    if isinstance(output, int) and not isinstance(output, bool):
+        return output
+    raise TypeError(
+        "Expected argument `output` to be None, an int index, a str key or attribute, or a callable, "
+        f"but got {output!r} of type {type(output).__name__}."
+    )
+
+
+def select_output(raw: Any, output: OutputType = None) -> Tensor:
+    """The scores tensor in a model's raw output.
+
+    Args:
+        raw: What the model's forward returned.
+        output: ``None`` (``raw`` must be a tensor), an ``int`` index into a tuple or list, a
+            ``str`` key of a mapping or attribute of any other object (dataclass, named tuple),
+            or a callable ``raw -> Tensor``.
+
+    Returns:
+        The selected tensor (unchanged: no copy, no detach).
+
+    Raises:
+        TypeError: ``raw`` is not a tensor and ``output`` is None (the message says how to use
+            ``output=``), ``output`` has an unsupported type, or the selection is not a tensor.
+        ValueError: the index, key or attribute does not exist (the message lists what does).
+
+    Example:
+        >>> raw = {"logits": torch.zeros(2, 3), "features": torch.zeros(2, 8)}
+        >>> select_output(raw, "logits").shape
+        torch.Size([2, 3])
+        >>> select_output((torch.ones(2, 5), None), 0).shape
+        torch.Size([2, 5])
+        >>> select_output(raw, lambda out: out["logits"] * 2).shape
+        torch.Size([2, 3])
+    """
+    check_output(output)
+    if output is None:
+        if isinstance(raw, Tensor):
+            return raw
+        fields = _fields(raw)
+        found = f" (with fields {', '.join(fields)})" if fields else ""
+        raise TypeError(f"The model returned a {type(raw).__name__}{found}, not a [B, C] scores tensor: {_OUTPUT_HINT}.")
+    if callable(output):
+        selected = output(raw)
+        what = "the `output` callable's result"
+    elif isinstance(output, int):
+        if not isinstance(raw, (tuple, list)):
+            raise ValueError(
+                f"`output={output}` indexes a tuple or list, but the model returned a {type(raw).__name__}; {_OUTPUT_HINT}."
+            )
+        if not -len(raw) <= output < len(raw):
+            raise ValueError(f"`output={output}` is out of range for a model output of length {len(raw)}.")
+        selected = raw[output]
+        what = f"output[{output}]"
+    else:
+        if isinstance(raw, Mapping):
+            if output not in raw:
+                keys = [str(k) for k in raw]
+                close = difflib.get_close_matches(output, keys, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"`output={output!r}` is not a key of the model's output.{hint} Keys: {keys}.")
+            selected = raw[output]
+        else:
+            if not hasattr(raw, output):
+                names = _fields(raw)
+                shown = f" Fields: {', '.join(names)}." if names else ""
+                raise ValueError(f"The model's output ({type(raw).__name__}) has no attribute {output!r}.{shown}")
+            selected = getattr(raw, output)
+        what = f"output {output!r}"
+    if not isinstance(selected, Tensor):
+        raise TypeError(f"Expected {what} to be the [B, C] scores tensor, but got a {type(selected).__name__}.")
+    return selected
+
 
 # --------------------------------------------------------------------------------------------
 # observe: the one context manager every computation runs inside
@@ -63,6 +182,7 @@ class ExplainContext:
 
     model: nn.Module
     device: torch.device
+    dtype: torch.dtype | None = None
     handles: list[RemovableHandle] = field(default_factory=list)
 
     def add_hook(self, handle: RemovableHandle) -> RemovableHandle:
@@ -71,11 +191,13 @@ class ExplainContext:
         return handle
 
     def prepare(self, inputs: Tensor) -> Tensor:
-        """A fresh leaf copy of ``inputs`` on the model's device that requires grad.
+        """A fresh leaf copy of ``inputs`` on the model's device, in the model's floating-point
+        dtype (a ``bf16-true`` model gets bf16 inputs), that requires grad.
 
         Works on inference tensors (created under ``torch.inference_mode``) too.
         """
-        return inputs.detach().to(self.device).clone().requires_grad_(True)
+        dtype = self.dtype if self.dtype is not None and inputs.is_floating_point() else inputs.dtype
+        return inputs.detach().to(device=self.device, dtype=dtype).clone().requires_grad_(True)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -85,6 +207,27 @@ def model_device(model: nn.Module) -> torch.device:
     for tensor in model.buffers():
         return tensor.device
     return torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating-point parameter (or buffer); ``None`` if it has none."""
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    for tensor in model.buffers():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums and returned maps use: float32 for float16/bfloat16, else ``dtype``.
+
+    Example:
+        >>> accumulation_dtype(torch.bfloat16), accumulation_dtype(torch.float64)
+        (torch.float32, torch.float64)
+    """
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
 def _rng_state() -> tuple[Tensor, list[Tensor] | None]:
@@ -99,8 +242,21 @@ def _set_rng_state(state: tuple[Tensor, list[Tensor] | None]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def _autocast_off(device: torch.device) -> contextlib.ExitStack:
+    """Disable an enclosing ``torch.autocast`` on the CPU and on ``device``'s type."""
+    stack = contextlib.ExitStack()
+    for kind in dict.fromkeys(("cpu", device.type)):
+        try:
+            enabled = torch.is_autocast_enabled(kind)
+        except (RuntimeError, TypeError):  # a device type autocast does not know
+            continue
+        if enabled:
+            stack.enter_context(torch.autocast(kind, enabled=False))
+    return stack
+
+
 @contextlib.contextmanager
-def observe(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ExplainContext]:
+def observe(model: nn.Module, *, eval_mode: bool = True, output: OutputType = None) -> Iterator[ExplainContext]:
     """Run an explanation without perturbing training.
 
     Inside the block: ``torch.inference_mode`` is off, autograd is on, the model is in eval mode
@@ -109,6 +265,16 @@ def observe(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ExplainCont
     every path: every module's ``training`` flag, every parameter's ``requires_grad`` and
     ``.grad``, BatchNorm running statistics and the CPU/CUDA RNG states are restored, and every
     hook registered through the yielded :class:`ExplainContext` is removed.
+
+    **Precision.** An enclosing ``torch.autocast`` (a ``bf16-mixed`` training step) is switched
+    off inside the block when the model's parameters are float32 or float64, so explanations are
+    computed in the model's own precision, as in an fp32 run; a model whose parameters are
+    float16/bfloat16 (``bf16-true``, ``16-true``) runs in that dtype, with autocast left as it is.
+    :meth:`ExplainContext.prepare` casts inputs to the model's dtype.
+
+    **Outputs.** With ``output`` (see :func:`select_output`), a forward hook on ``model`` replaces
+    its raw output (a tuple, dict or dataclass) with the selected scores for the whole block, so
+    ``model(x)`` returns ``[B, C]`` scores; sub-module names are unchanged.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 2))
@@ -123,10 +289,17 @@ def observe(model: nn.Module, *, eval_mode: bool = True) -> Iterator[ExplainCont
     requires_grad = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
     rng = _rng_state()
-    ctx = ExplainContext(model=model, device=model_device(model))
+    dtype = model_dtype(model)
+    ctx = ExplainContext(model=model, device=model_device(model), dtype=dtype)
     bn_stats: list[tuple[nn.Module, dict[str, Tensor]]] = []
+    low_precision = any(p.dtype in _LOW_PRECISION for p in params)
     try:
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), contextlib.ExitStack() as stack:
+            if not low_precision:
+                stack.enter_context(_autocast_off(ctx.device))
+            if output is not None:
+                check_output(output)
+                ctx.add_hook(model.register_forward_hook(lambda module, args, raw: select_output(raw, output)))
             if eval_mode and any(modes):
                 model.eval()
             # Only a BatchNorm still in training mode can update its running statistics.
@@ -184,6 +357,34 @@ def target_indices(target: int | Tensor, batch: int, device: torch.device | str)
     return resolved
 
 
+_TARGETS_CHECKED: ContextVar[bool] = ContextVar("lightning_xai_targets_checked", default=False)
+
+
+def _format_values(values: list[int], limit: int = 5) -> str:
+    shown = ", ".join(map(str, values[:limit]))
+    return f"[{shown}{', ...' if len(values) > limit else ''}]"
+
+
+def check_target_range(target: Tensor, classes: int) -> None:
+    """Raise if a class index of the ``[B]`` ``target`` is outside ``[0, classes)``.
+
+    One device-to-host synchronisation. Inside :func:`run_chunked`, after the first chunk, the
+    check is skipped: the targets of one call are checked once.
+
+    Raises:
+        ValueError: an index is out of range (the message shows the offending values, truncated).
+    """
+    if _TARGETS_CHECKED.get() or target.numel() == 0:
+        return
+    bad = (target < 0) | (target >= classes)
+    if bool(bad.any()):
+        values = torch.unique(target[bad]).tolist()
+        raise ValueError(
+            f"Expected `target` class indices in [0, {classes}), but got {len(values)} distinct out-of-range "
+            f"values: {_format_values(values)}."
+        )
+
+
 def resolve_target(target: TargetType, outputs: Tensor) -> Tensor:
     """Turn ``target`` into a ``[B]`` long tensor of class indices on ``outputs``' device.
 
@@ -202,8 +403,7 @@ def resolve_target(target: TargetType, outputs: Tensor) -> Tensor:
     if target is None:
         return outputs.detach().argmax(dim=1)
     resolved = target_indices(target, batch, outputs.device)
-    if resolved.numel() and (int(resolved.min()) < 0 or int(resolved.max()) >= classes):
-        raise ValueError(f"Expected `target` class indices in [0, {classes}), but got {resolved.tolist()}.")
+    check_target_range(resolved, classes)
     return resolved
 
 
@@ -259,11 +459,107 @@ def last_conv_layer_name(model: nn.Module, *, method: str = "explainer") -> str:
 # --------------------------------------------------------------------------------------------
 # batching
 # --------------------------------------------------------------------------------------------
+DEFAULT_CHUNK_ELEMENTS = 2**22
+"""Input elements per forward/backward chunk of the batched explainers (Integrated Gradients,
+NoiseTunnel) by default: ``2**22 // numel(x_i)`` rows, 27 images of 3 x 224 x 224 (16 MiB of
+float32 input). Measured on resnet50 (random init, 224 x 224, CPU): a chunk's peak is about 80 MiB
+per image of activations kept for the backward pass, so 27 rows stay near 2.3 GiB."""
+
+
 def chunks(total: int, size: int | None) -> Iterator[slice]:
-    """Slices ``[start, stop)`` covering ``range(total)`` in pieces of at most ``size``."""
+    """Slices ``[start, stop)`` covering ``range(total)`` in pieces of at most ``size``.
+
+    Example:
+        >>> [(s.start, s.stop) for s in chunks(5, 2)]
+        [(0, 2), (2, 4), (4, 5)]
+    """
     size = total if not size or size <= 0 else size
     for start in range(0, total, size):
         yield slice(start, min(start + size, total))
+
+
+def default_chunk_rows(inputs: Tensor, elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
+    """Rows of ``inputs``' shape per chunk so a chunk holds at most ``elements`` input elements
+    (at least 1).
+
+    Example:
+        >>> default_chunk_rows(torch.zeros(8, 3, 224, 224))
+        27
+    """
+    return max(1, elements // max(1, inputs[0].numel()))
+
+
+def run_chunked(total: int, size: int, body: Callable[[slice], None], *, method: str, adaptive: bool) -> None:
+    """The chunk loop of the batched explainers: ``body(rows)`` for consecutive slices covering
+    ``range(total)``, at most ``size`` rows each.
+
+    ``body`` must fold its results into its accumulators as its last step, so a chunk that fails
+    leaves nothing behind. Targets are range-checked once: after the first chunk succeeded,
+    :func:`check_target_range` is skipped for the rest of the loop (no device sync per chunk).
+
+    On ``torch.OutOfMemoryError``: with ``adaptive`` (the chunk size is a default), the failed
+    slice is retried at half the size, with a warning, down to one row; otherwise (a size the user
+    chose, or one row) the error propagates (and :class:`Explainer` re-raises it naming
+    ``internal_batch_size``).
+
+    Args:
+        total: Number of rows.
+        size: Most rows per call of ``body``.
+        body: Computes and folds the rows of one slice.
+        method: Name used in the warning.
+        adaptive: Halve the chunk on out-of-memory instead of raising.
+
+    Example:
+        >>> seen = []
+        >>> run_chunked(5, 2, lambda rows: seen.append((rows.start, rows.stop)), method="demo", adaptive=False)
+        >>> seen
+        [(0, 2), (2, 4), (4, 5)]
+    """
+    size = max(1, int(size))
+    start = 0
+    token = None
+    try:
+        while start < total:
+            stop = min(start + size, total)
+            try:
+                body(slice(start, stop))
+            except torch.OutOfMemoryError:
+                if not adaptive or stop - start <= 1:
+                    raise
+                failed = True
+            else:
+                failed = False
+            if failed:  # outside the except block: the failed chunk's tensors are released
+                size = max(1, (stop - start) // 2)
+                if torch.cuda.is_available() and torch.cuda.is_initialized():
+                    torch.cuda.empty_cache()
+                warnings.warn(
+                    f"{method}: out of memory at {stop - start} rows per chunk; retrying at {size}. Pass "
+                    f"`internal_batch_size={size}` (or smaller) to start there.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            start = stop
+            if token is None and not _TARGETS_CHECKED.get():
+                token = _TARGETS_CHECKED.set(True)
+    finally:
+        if token is not None:
+            _TARGETS_CHECKED.reset(token)
+
+
+def value_bounds(inputs: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample ``(min, max - min)`` over every non-batch dimension, each ``[B, 1, ..., 1]``.
+
+    Example:
+        >>> low, spread = value_bounds(torch.tensor([[1.0, 3.0], [0.0, -2.0]]))
+        >>> low.flatten().tolist(), spread.flatten().tolist()
+        ([1.0, -2.0], [2.0, 2.0])
+    """
+    flat = inputs.detach().flatten(1)
+    low, high = flat.amin(dim=1), flat.amax(dim=1)
+    shape = (-1, *([1] * (inputs.ndim - 1)))
+    return low.view(shape), (high - low).view(shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,7 +594,11 @@ def get_explainer(name: str, **kwargs: Any) -> Explainer:
     try:
         cls = _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"Unknown explainer {name!r}. Known explainers: {', '.join(sorted(_REGISTRY))}.") from None
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(
+            f"Unknown explainer {name!r}.{hint} Known explainers: {', '.join(sorted(_REGISTRY))}."
+        ) from None
     return cls(**kwargs)
 
 
@@ -323,6 +623,29 @@ class Explainer(ABC):
       size (CAM family, masks); ``False`` for input-shaped pixel attributions.
     * ``signed``: ``True`` when the map has meaningful negative values (diverging colour map).
     * ``registry_name``: the name :func:`get_explainer` knows the class by.
+
+    **Precision.** Inputs are cast to the model's floating-point dtype, so a ``bf16-true`` or
+    ``16-true`` model gets bf16/fp16 inputs and runs in its own dtype; sums over many passes
+    (Integrated Gradients' path sum, NoiseTunnel's moments, CAM channel weights) accumulate in
+    float32, and maps are returned in float32 (float64 stays float64). Under an enclosing
+    ``torch.autocast`` (a ``bf16-mixed`` step), a model with float32 parameters is explained with
+    autocast *off*: maps are those of the float32 model, not of its bf16 shadow (on an H200,
+    Saliency under bf16 autocast differed from float32 by 36% of the map's maximum). See
+    :func:`observe`.
+
+    **Model outputs.** Every call accepts ``output=`` (:func:`select_output`) for models whose
+    forward returns a tuple, dict or dataclass.
+
+    Example:
+        >>> class TwoHeads(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.body = nn.Linear(4, 3)
+        ...     def forward(self, x):
+        ...         return {"logits": self.body(x), "aux": x.sum(1)}
+        >>> from lightning_xai.attribution import Saliency
+        >>> Saliency()(TwoHeads(), torch.rand(2, 4), target=0, output="logits").shape
+        torch.Size([2, 4])
     """
 
     region: ClassVar[bool] = False
@@ -338,49 +661,87 @@ class Explainer(ABC):
             register_explainer(cls)
 
     # -- public API ---------------------------------------------------------------------------
-    def __call__(self, model: nn.Module, inputs: Tensor, target: TargetType = None) -> Tensor:
+    def __call__(
+        self, model: nn.Module, inputs: Tensor, target: TargetType = None, *, output: OutputType = None
+    ) -> Tensor:
         """Explain ``model``'s decision for ``inputs``.
 
         Args:
-            model: Any ``nn.Module`` mapping ``[B, ...]`` inputs to ``[B, C]`` scores.
-            inputs: A ``[B, ...]`` batch (an inference tensor is fine).
+            model: Any ``nn.Module`` mapping ``[B, ...]`` inputs to ``[B, C]`` scores (or to a
+                tuple, dict or dataclass holding them: see ``output``).
+            inputs: A ``[B, ...]`` batch (an inference tensor is fine); cast to the model's
+                floating-point dtype.
             target: Class to explain: ``int``, ``[B]`` tensor, or ``None`` for the predicted class.
+            output: Where the scores are in the model's output (:func:`select_output`): ``None``
+                (the output is the tensor), an ``int`` index, a ``str`` key or attribute, or a
+                callable ``raw -> [B, C] scores``.
 
         Returns:
-            A detached tensor on the model's device: input-shaped for pixel methods,
-            ``[B, 1, H, W]`` for region methods.
-        """
-        return self._run(model, inputs, lambda x, ctx: self._attribute(model, x, target, ctx))
+            A detached tensor on the model's device, at least float32 (a bf16 model gives float32
+            maps): input-shaped for pixel methods, ``[B, 1, H, W]`` for region methods.
 
-    def _run(self, model: nn.Module, inputs: Tensor, compute: Callable[[Tensor, ExplainContext], Any]) -> Any:
+        Raises:
+            torch.OutOfMemoryError: the device ran out of memory; the message names the knob
+                (``internal_batch_size``) where the explainer has one.
+        """
+        return self._run(model, inputs, lambda x, ctx: self._attribute(model, x, target, ctx), output=output)
+
+    def _run(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        compute: Callable[[Tensor, ExplainContext], Any],
+        *,
+        output: OutputType = None,
+    ) -> Any:
         """Validate ``inputs``, run ``compute(leaf_inputs, ctx)`` inside :func:`observe` with the
-        error wrapping of :meth:`__call__`, and detach the result (a tensor or a tuple of tensors).
+        error wrapping of :meth:`__call__`, and detach the result (a tensor or a tuple of tensors),
+        cast to at least float32.
 
         For public entry points besides :meth:`__call__` (``IntegratedGradients.with_delta``).
         """
+        name = type(self).__name__
         if not isinstance(inputs, Tensor):
-            raise TypeError(f"{type(self).__name__}: expected `inputs` to be a Tensor, got {type(inputs).__name__}.")
+            raise TypeError(f"{name}: expected `inputs` to be a Tensor, got {type(inputs).__name__}.")
         if inputs.ndim < 2:
-            raise ValueError(
-                f"{type(self).__name__}: expected a batch of inputs [B, ...], got shape {tuple(inputs.shape)}."
-            )
+            raise ValueError(f"{name}: expected a batch of inputs [B, ...], got shape {tuple(inputs.shape)}.")
         if not inputs.is_floating_point():
-            raise TypeError(f"{type(self).__name__}: expected floating-point inputs, got dtype {inputs.dtype}.")
+            raise TypeError(f"{name}: expected floating-point inputs, got dtype {inputs.dtype}.")
+        check_output(output)
         if not self._checks_while_attributing:
             self.check(model)
-        with observe(model) as ctx:
+        with observe(model, output=output) as ctx:
+            if output is None and not isinstance(model, torch.jit.ScriptModule):  # no hooks on TorchScript
+                ctx.add_hook(model.register_forward_hook(_require_tensor_output))
             x = ctx.prepare(inputs)
             try:
                 result = compute(x, ctx)
             except (ValueError, TypeError, LightningXAIError):
                 raise
+            except torch.OutOfMemoryError as err:
+                raise torch.OutOfMemoryError(self._oom_message(inputs, err)) from err
             except RuntimeError as err:
                 raise LightningXAIError(
-                    f"{type(self).__name__} failed on inputs of shape {tuple(inputs.shape)}{self._where()}: {err}"
+                    f"{name} failed on inputs of shape {tuple(inputs.shape)}{self._where()}: {err}"
                 ) from err
         if isinstance(result, tuple):
-            return tuple(r.detach() if isinstance(r, Tensor) else r for r in result)
-        return result.detach()
+            return tuple(_finish(r) if isinstance(r, Tensor) else r for r in result)
+        return _finish(result)
+
+    def _oom_message(self, inputs: Tensor, err: BaseException) -> str:
+        name = type(self).__name__
+        knob = _find_knob(self)
+        if knob is not None:
+            owner, value = knob
+            hint = (
+                f"lower `internal_batch_size` of {owner} (now {value}), or explain fewer inputs per call"
+                if value is not None
+                else f"pass a small `internal_batch_size` to {owner} (its default adapts to out-of-memory "
+                "by halving, down to one row), or explain fewer inputs per call"
+            )
+        else:
+            hint = "explain fewer inputs per call"
+        return f"{name}: out of memory on inputs of shape {tuple(inputs.shape)}{self._where()}; {hint}. ({err})"
 
     def check(self, model: nn.Module) -> None:
         """Validate this explainer's configuration against ``model`` (layer names, head shape).
@@ -413,6 +774,31 @@ class Explainer(ABC):
         return hash(repr(self))
 
 
+def _require_tensor_output(module: nn.Module, args: Any, raw: Any) -> None:
+    """Forward hook on the root model: a non-tensor output raises the ``output=`` hint."""
+    if not isinstance(raw, Tensor):
+        select_output(raw, None)
+
+
+def _finish(result: Tensor) -> Tensor:
+    result = result.detach()
+    if result.is_floating_point() and result.dtype in _LOW_PRECISION:
+        return result.float()
+    return result
+
+
+def _find_knob(explainer: Explainer) -> tuple[str, int | None] | None:
+    """``(class name, internal_batch_size)`` of the explainer, or of the one it wraps, that has the knob."""
+    seen = 0
+    current: Any = explainer
+    while current is not None and seen < 8:
+        if hasattr(current, "internal_batch_size"):
+            return type(current).__name__, current.internal_batch_size
+        current = getattr(current, "explainer", None)
+        seen += 1
+    return None
+
+
 def forward_scores(
     model: nn.Module | Callable[[Tensor], Tensor], inputs: Tensor, target: TargetType
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -442,37 +828,3 @@ def expand_target(target: Tensor, repeats: int) -> Tensor:
 
 __all__ += ["forward_scores", "input_gradient", "expand_target"]
 
-
-def select_output(raw: Any, output: Any = None) -> Tensor:
-    """Pick the ``[B, C]`` scores from a model's raw output.
-
-    Args:
-        raw: What the model's forward returned.
-        output: ``None`` (``raw`` is the scores), an ``int`` index into a tuple/list, a ``str`` key
-            of a mapping or attribute of an object (a dataclass), or a callable ``raw -> scores``.
-
-    Raises:
-        TypeError: the selection does not give a tensor; the message says how to use ``output=``.
-    """
-    if output is None:
-        scores = raw
-    elif callable(output):
-        scores = output(raw)
-    elif isinstance(output, int) and isinstance(raw, (tuple, list)):
-        scores = raw[output]
-    elif isinstance(output, str) and isinstance(raw, dict):
-        scores = raw[output]
-    elif isinstance(output, str):
-        scores = getattr(raw, output)
-    else:
-        scores = None
-    if not isinstance(scores, Tensor):
-        raise TypeError(
-            f"Expected the model's output to be a [B, C] tensor of scores, but got {type(raw).__name__}. Pick the scores "
-            "with `output=`: an int index (tuple outputs), a str key or attribute (dicts, dataclasses), or a "
-            "callable mapping the raw output to scores."
-        )
-    return scores
-
-
-__all__ += ["select_output"]

@@ -23,6 +23,16 @@ gradients w.r.t. the *pre-ReLU* output (on GPU ``.cpu()`` copies, giving the tru
 agrees with this module when the in-place flag is off, and when the ReLU module itself is the
 explained layer.
 
+**The default layer.** Every layer method (:class:`CAM`, :class:`GradCAM`,
+:class:`GradCAMPlusPlus`, :class:`ScoreCAM`, :class:`GuidedGradCAM`) explains by default the
+feature map the global pool consumes: the input of the last ``nn.AdaptiveAvgPool2d(1)`` after the
+last convolution (``layer4``'s activated output on a ResNet, not ``layer4.1.conv2`` inside its
+residual branch), captured by a forward pre-hook on the pool; :func:`default_cam_layer` names the
+module that produces it. Without a global pooling module (VGG's 7 x 7 pool, densenet's functional
+pool) the default is the last conv block's activated output (:func:`activated_last_conv`).
+``layer="last_conv"`` keeps the last ``nn.Conv2d``. A layer with a 1 x 1 output (a global pool)
+is refused, as its map would be constant.
+
 A layer must run exactly once per forward pass: a reused module (one ``nn.ReLU`` applied after
 every block) has no single activation, and asking for it raises
 :class:`~lightning_xai.errors.LightningXAIError`.
@@ -30,6 +40,7 @@ every block) has no single activation, and asking for it raises
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -37,21 +48,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from lightning_xai._validation import check_int
 from lightning_xai.attribution.base import (
+    DEFAULT_CHUNK_ELEMENTS,
     ExplainContext,
     Explainer,
+    OutputType,
     TargetType,
-    chunks,
+    accumulation_dtype,
+    default_chunk_rows,
     forward_scores,
     get_layer,
     last_conv_layer_name,
+    observe,
     resolve_target,
+    run_chunked,
     select_scores,
 )
 from lightning_xai.attribution.gradient import GuidedBackprop
 from lightning_xai.errors import LightningXAIError
 
 __all__ = [
+    "LAST_CONV",
     "CAM",
     "FullGrad",
     "GradCAM",
@@ -59,13 +77,39 @@ __all__ = [
     "GuidedGradCAM",
     "LayerCapture",
     "ScoreCAM",
+    "activated_last_conv",
     "capture_layer",
+    "default_cam_layer",
+    "forward_chunk_rows",
+    "global_pool_name",
+    "pooled_layer",
     "layer_activation_and_gradient",
     "minmax_normalize",
     "upsample",
 ]
 
 _INTERPOLATE_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
+
+LAST_CONV = "last_conv"
+"""``layer=LAST_CONV`` explains the last ``nn.Conv2d`` (in ``named_modules`` order): the CAM
+family's default before it moved to the feature map the global pool consumes."""
+
+_INPUT_SUFFIX = ":input"
+_ACTIVATIONS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Mish,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.PReLU,
+    nn.Hardtanh,
+)
+_GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,8 +162,8 @@ def minmax_normalize(maps: Tensor, eps: float = 1e-7) -> Tensor:
         A tensor of ``maps``' shape.
 
     Example:
-        >>> minmax_normalize(torch.tensor([[[[1.0, 3.0]]]]))
-        tensor([[[[0.0000, 1.0000]]]])
+        >>> minmax_normalize(torch.tensor([[[[1.0, 2.0, 3.0]]]]), eps=0.0).flatten().tolist()
+        [0.0, 0.5, 1.0]
     """
     low = maps.amin(dim=(-2, -1), keepdim=True)
     shifted = maps - low
@@ -149,6 +193,9 @@ def _check_name(argument: str, name: object) -> None:
 class LayerCapture:
     """Forward hook recording a layer's output; the rest of the network receives a clone.
 
+    For a name ending in ``":input"`` (``"avgpool:input"``) it is a forward pre-hook recording
+    the module's first input instead (the tensor itself, a node of the autograd graph).
+
     Handing downstream modules a clone keeps the recorded tensor equal to the layer's true output
     when a following operation works in place (``ReLU(inplace=True)``, ``out += identity``), and
     keeps it a node of the autograd graph whose gradient is the gradient w.r.t. that output.
@@ -166,7 +213,16 @@ class LayerCapture:
         self.outputs: list[Tensor] = []
         self._handle: Any = None
 
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+    def __call__(self, module: nn.Module, args: Any, output: Any = None) -> Any:
+        if self.name.endswith(_INPUT_SUFFIX):  # a forward pre-hook: the layer's first input
+            value = args[0] if args else None
+            if not isinstance(value, Tensor):
+                raise LightningXAIError(
+                    f"{self.method}: the first input of {self.name[: -len(_INPUT_SUFFIX)]!r} is a "
+                    f"{type(value).__name__}; a class activation map needs a tensor."
+                )
+            self.outputs.append(value)
+            return None
         if not isinstance(output, Tensor):
             raise LightningXAIError(
                 f"{self.method}: layer {self.name!r} returned a {type(output).__name__}; "
@@ -207,7 +263,7 @@ def capture_layer(
     Args:
         ctx: The :class:`~lightning_xai.attribution.base.ExplainContext` of the running explainer.
         model: The model.
-        name: Dotted name of the layer.
+        name: Dotted name of the layer; with the suffix ``":input"``, the module's first input.
         method: Method name used in error messages.
         clone: Hand downstream modules a clone of the output (see :class:`LayerCapture`).
 
@@ -218,9 +274,137 @@ def capture_layer(
         ValueError: ``model`` has no layer ``name`` (the message lists the valid names).
     """
     capture = LayerCapture(name, method, clone=clone)
-    layer = get_layer(model, name, method=method)
-    capture._handle = ctx.add_hook(layer.register_forward_hook(capture))
+    if name.endswith(_INPUT_SUFFIX):
+        layer = get_layer(model, name[: -len(_INPUT_SUFFIX)], method=method)
+        capture._handle = ctx.add_hook(layer.register_forward_pre_hook(capture))
+    else:
+        layer = get_layer(model, name, method=method)
+        capture._handle = ctx.add_hook(layer.register_forward_hook(capture))
     return capture
+
+
+# --------------------------------------------------------------------------------------------
+# the default layer: the feature map the global pool consumes
+# --------------------------------------------------------------------------------------------
+def _modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if n]
+
+
+def _is_global_pool(module: nn.Module) -> bool:
+    return isinstance(module, _GLOBAL_POOLS) and _is_global(module.output_size)
+
+
+def global_pool_name(model: nn.Module) -> str | None:
+    """The last global pooling module (``nn.AdaptiveAvgPool2d(1)``, or max) registered after the
+    last ``nn.Conv2d``: the pool in front of the head. ``None`` when there is none (a functional
+    pool such as densenet's ``F.adaptive_avg_pool2d``, or a non-global pool such as VGG's 7 x 7);
+    squeeze-and-excitation pools inside the blocks come before the last conv and are skipped.
+
+    Example:
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        >>> global_pool_name(model)
+        '2'
+    """
+    modules = _modules(model)
+    last_conv = max((i for i, (_, m) in enumerate(modules) if isinstance(m, nn.Conv2d)), default=-1)
+    pools = [n for i, (n, m) in enumerate(modules) if i > last_conv and _is_global_pool(m)]
+    return pools[-1] if pools else None
+
+
+def activated_last_conv(model: nn.Module, *, method: str = "explainer") -> str:
+    """The last conv block's activated output: the first activation module (ReLU, SiLU, GELU,
+    Hardswish, ...) registered after the last ``nn.Conv2d`` and before any ``nn.Linear``,
+    ``nn.Flatten`` or pooling; without one, the top-level child of ``model`` that holds the last
+    ``nn.Conv2d`` (the conv itself when it is a direct child).
+
+    Raises:
+        ValueError: the model has no ``nn.Conv2d``.
+
+    Example:
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4, 2))
+        >>> activated_last_conv(model)
+        '1'
+    """
+    conv = last_conv_layer_name(model, method=method)
+    modules = _modules(model)
+    index = [n for n, _ in modules].index(conv)
+    for name, module in modules[index + 1 :]:
+        if name.startswith(conv + "."):
+            continue
+        if isinstance(module, (nn.Linear, nn.Flatten, nn.modules.pooling._AdaptiveAvgPoolNd)) or _is_global_pool(module):
+            break
+        if isinstance(module, _ACTIVATIONS):
+            return name
+    return conv.split(".")[0]
+
+
+def pooled_layer(model: nn.Module, *, method: str = "explainer") -> str:
+    """The CAM family's default layer, found structurally: ``"<pool>:input"`` (the feature map
+    the global pool consumes, :func:`global_pool_name`), else :func:`activated_last_conv`.
+
+    Raises:
+        ValueError: no global pool and no ``nn.Conv2d``.
+
+    Example:
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        >>> pooled_layer(model)
+        '2:input'
+    """
+    pool = global_pool_name(model)
+    if pool is not None:
+        return pool + _INPUT_SUFFIX
+    return activated_last_conv(model, method=method)
+
+
+def default_cam_layer(
+    model: nn.Module, inputs: Tensor, *, output: OutputType = None, method: str = "explainer"
+) -> str:
+    """The name of the module whose output is the CAM family's default feature map.
+
+    One hooked forward pass of ``inputs`` (under :func:`~lightning_xai.attribution.base.observe`,
+    no gradients) finds the module that produced the tensor the global pool consumes: the last
+    module to return that very tensor, unmodified since (``layer4`` on a torchvision ResNet,
+    ``features`` on EfficientNet). Falls back to the structural :func:`pooled_layer` spec when no
+    module produced it (a functional operation in between) and to :func:`activated_last_conv`
+    without a global pool.
+
+    Example:
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        >>> default_cam_layer(model, torch.rand(1, 3, 8, 8))
+        '1'
+    """
+    spec = pooled_layer(model, method=method)
+    if not spec.endswith(_INPUT_SUFFIX):
+        return spec
+    pool = model.get_submodule(spec[: -len(_INPUT_SUFFIX)])
+    produced: list[tuple[str, Tensor, int]] = []
+    consumed: list[tuple[Tensor, int]] = []
+
+    def recorder(name: str) -> Any:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            if isinstance(out, Tensor):
+                produced.append((name, out, out._version))
+
+        return hook
+
+    def record_input(module: nn.Module, args: Any) -> None:
+        if args and isinstance(args[0], Tensor):
+            consumed.append((args[0], args[0]._version))
+
+    with observe(model, output=output) as ctx:
+        for name, module in _modules(model):
+            if module is not pool:
+                ctx.add_hook(module.register_forward_hook(recorder(name)))
+        ctx.add_hook(pool.register_forward_pre_hook(record_input))
+        with torch.no_grad():
+            model(ctx.prepare(inputs).detach())
+    if len(consumed) != 1:
+        return spec
+    tensor, version = consumed[0]
+    for name, out, out_version in reversed(produced):
+        if out is tensor and out_version == version:
+            return name
+    return spec
 
 
 def layer_activation_and_gradient(
@@ -266,12 +450,40 @@ def _spatial(activation: Tensor, method: str, layer: str) -> Tensor:
             f"{method}: layer {layer!r} returned shape {tuple(activation.shape)}; a class activation map "
             "needs a [B, C, H, W] feature map (a convolutional layer or block)."
         )
+    if activation.shape[-2:] == (1, 1):
+        warnings.warn(
+            f"{method}: layer {layer!r} has a 1 x 1 output, so the map is constant over the image; explain "
+            "a layer with a spatial feature map (leave `layer` unset for the one the global pool consumes).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return activation
 
 
 def _weighted_sum(weights: Tensor, activation: Tensor) -> Tensor:
-    """``ReLU(sum_k w_k A_k)`` as a ``[B, 1, h, w]`` map."""
-    return (weights[:, :, None, None] * activation).sum(dim=1, keepdim=True).clamp_min(0)
+    """``ReLU(sum_k w_k A_k)`` as a ``[B, 1, h, w]`` map, accumulated in float32 (or float64)."""
+    acc = accumulation_dtype(activation.dtype)
+    return (weights.to(acc)[:, :, None, None] * activation.to(acc)).sum(dim=1, keepdim=True).clamp_min(0)
+
+
+def forward_chunk_rows(inputs: Tensor) -> int:
+    """Default rows per no-grad forward chunk (Score-CAM's masked inputs), sized from the device.
+
+    On CUDA: a quarter of the free device memory (``torch.cuda.mem_get_info``) divided by 32 times
+    one input's bytes (a forward pass without autograd keeps a few activations alive at a time;
+    resnet50 at 224 x 224 needs about 20 times its input), between 32 and 1024 rows. Elsewhere
+    (CPU): :data:`~lightning_xai.attribution.base.DEFAULT_CHUNK_ELEMENTS` input elements (27
+    images at 3 x 224 x 224), at most 1024 rows.
+
+    Example:
+        >>> forward_chunk_rows(torch.zeros(2, 3, 224, 224))
+        27
+    """
+    row_bytes = max(1, inputs[0].numel() * inputs.element_size())
+    if inputs.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(inputs.device)
+        return int(min(1024, max(32, (free // 4) // (32 * row_bytes))))
+    return min(1024, default_chunk_rows(inputs, DEFAULT_CHUNK_ELEMENTS))
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,32 +507,51 @@ class _LayerCAMBase(Explainer):
         return type(self).__name__
 
     def layer_name(self, model: nn.Module) -> str:
-        """The dotted name of the explained layer: ``layer``, or the last ``nn.Conv2d``.
+        """The explained layer, resolved structurally (no forward pass).
+
+        ``layer`` itself when given; :data:`LAST_CONV` gives the last ``nn.Conv2d``; ``None`` gives
+        :func:`pooled_layer`: ``"<pool>:input"``, the feature map the global pool consumes (call
+        :func:`default_cam_layer` with inputs for the module that produces it), or the last conv
+        block's activated output when there is no global pooling module.
 
         Raises:
             ValueError: ``layer`` is not a sub-module of ``model`` (the message lists the valid
-                names), or ``layer`` is None and the model has no ``nn.Conv2d``.
+                names), is a global pooling module (a 1 x 1 output gives a constant map), or no
+                default exists (no ``nn.Conv2d``).
         """
+        method = self._method
         if self.layer is None:
-            return last_conv_layer_name(model, method=self._method)
-        get_layer(model, self.layer, method=self._method)
+            return pooled_layer(model, method=method)
+        if self.layer == LAST_CONV:
+            return last_conv_layer_name(model, method=method)
+        name = self.layer[: -len(_INPUT_SUFFIX)] if self.layer.endswith(_INPUT_SUFFIX) else self.layer
+        module = get_layer(model, name, method=method)
+        if name == self.layer and (_is_global_pool(module) or isinstance(module, (nn.Flatten, nn.Linear))):
+            raise ValueError(
+                f"{method}: layer {name!r} ({type(module).__name__}) has no spatial output (1 x 1 at most), so its "
+                f"map would be constant over the image. Explain the feature map it consumes (`layer={name + _INPUT_SUFFIX!r}`"
+                ", the default when it is the global pool) or a convolutional block."
+            )
         return self.layer
 
     def check(self, model: nn.Module) -> None:
         """Validate ``layer`` against ``model``.
 
         Raises:
-            ValueError: unknown layer name (the message lists the valid names) or, with the
-                default layer, a model without ``nn.Conv2d``.
+            ValueError: unknown layer name (the message lists the valid names), a layer without a
+                spatial output, or, with the default layer, a model without a global pool or
+                ``nn.Conv2d``.
         """
         self.layer_name(model)
 
-    def attribute_layer(self, model: nn.Module, inputs: Tensor, target: TargetType = None) -> Tensor:
+    def attribute_layer(
+        self, model: nn.Module, inputs: Tensor, target: TargetType = None, *, output: OutputType = None
+    ) -> Tensor:
         """The map at the layer's own resolution, ``[B, 1, h, w]``, before :func:`upsample`.
 
         Same arguments, checks and cost as calling the explainer.
         """
-        return self._run(model, inputs, lambda x, ctx: self._layer_map(model, x, target, ctx)[0])
+        return self._run(model, inputs, lambda x, ctx: self._layer_map(model, x, target, ctx)[0], output=output)
 
     def _attribute(self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext) -> Tensor:
         maps, _ = self._layer_map(model, inputs, target, ctx)
@@ -333,7 +564,7 @@ class _LayerCAMBase(Explainer):
         raise NotImplementedError
 
     def _where(self) -> str:
-        return f" at layer {self.layer!r}" if self.layer else " at the default layer"
+        return f" at layer {self.layer!r}" if self.layer else " at the default layer (the global pool's input)"
 
 
 class GradCAM(_LayerCAMBase):
@@ -350,22 +581,30 @@ class GradCAM(_LayerCAMBase):
     Cost: 1 forward and 1 backward pass.
 
     Args:
-        layer: Dotted name of the layer to explain (``model.get_submodule``); ``None`` (default)
-            picks the last ``nn.Conv2d`` in ``model.named_modules()`` order.
+        layer: The layer to explain: a dotted module name (``model.get_submodule``), a name with
+            the suffix ``":input"`` for a module's input (``"avgpool:input"``), ``"last_conv"``
+            (:data:`LAST_CONV`) for the last ``nn.Conv2d``, or ``None`` (default) for the feature
+            map the global pool consumes (:func:`pooled_layer`: ``layer4``'s output on a ResNet),
+            or the last conv block's activated output when the model has no global pooling module.
         interpolate_mode: How the layer map is resized to the input (see :func:`upsample`).
 
     Raises:
         TypeError: ``layer`` is not a string or None.
         ValueError: ``layer`` is empty or ``interpolate_mode`` is unknown; when called or checked, ``layer`` is not a
-            layer of the model (the message lists the valid names).
+            layer of the model (the message lists the valid names) or has no spatial output.
 
     Example:
-        >>> cam = GradCAM(layer="layer4")(model, images, target=3)  # [B, 1, H, W]
-        >>> coarse = GradCAM(layer="layer4").attribute_layer(model, images, 3)  # [B, 1, h, w]
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                       nn.Flatten(), nn.Linear(8, 4))
+        >>> images = torch.rand(2, 3, 16, 16)
+        >>> GradCAM()(model, images, target=3).shape  # the input of the pool: the ReLU's output
+        torch.Size([2, 1, 16, 16])
+        >>> GradCAM(layer="last_conv").attribute_layer(model, images, 3).shape  # before upsampling
+        torch.Size([2, 1, 16, 16])
     """
 
     def _weights(self, activation: Tensor, gradient: Tensor) -> Tensor:
-        return gradient.mean(dim=(2, 3))
+        return gradient.to(accumulation_dtype(gradient.dtype)).mean(dim=(2, 3))
 
     def _layer_map(
         self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext
@@ -393,7 +632,11 @@ class GradCAMPlusPlus(GradCAM):
     Cost: 1 forward and 1 backward pass.
 
     Args:
-        layer: Dotted name of the layer; ``None`` (default) picks the last ``nn.Conv2d``.
+        layer: The layer to explain: a dotted module name (``model.get_submodule``), a name with
+            the suffix ``":input"`` for a module's input (``"avgpool:input"``), ``"last_conv"``
+            (:data:`LAST_CONV`) for the last ``nn.Conv2d``, or ``None`` (default) for the feature
+            map the global pool consumes (:func:`pooled_layer`: ``layer4``'s output on a ResNet),
+            or the last conv block's activated output when the model has no global pooling module.
         interpolate_mode: How the layer map is resized to the input (see :func:`upsample`).
 
     Raises:
@@ -402,10 +645,16 @@ class GradCAMPlusPlus(GradCAM):
             of the model.
 
     Example:
-        >>> cam = GradCAMPlusPlus()(model, images)  # explains the predicted classes
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                       nn.Flatten(), nn.Linear(8, 4))
+        >>> images = torch.rand(2, 3, 16, 16)
+        >>> GradCAMPlusPlus()(model, images).shape  # explains the predicted classes
+        torch.Size([2, 1, 16, 16])
     """
 
     def _weights(self, activation: Tensor, gradient: Tensor) -> Tensor:
+        acc = accumulation_dtype(gradient.dtype)
+        gradient, activation = gradient.to(acc), activation.to(acc)
         grad2 = gradient.pow(2)
         grad3 = grad2 * gradient
         total = activation.sum(dim=(2, 3), keepdim=True)
@@ -432,8 +681,15 @@ class ScoreCAM(_LayerCAMBase):
     ``internal_batch_size`` masked inputs under ``torch.no_grad``; no backward pass.
 
     Args:
-        layer: Dotted name of the layer; ``None`` (default) picks the last ``nn.Conv2d``.
-        internal_batch_size: Masked inputs per forward pass (the ``B * K`` of a batch are chunked).
+        layer: The layer to explain: a dotted module name (``model.get_submodule``), a name with
+            the suffix ``":input"`` for a module's input (``"avgpool:input"``), ``"last_conv"``
+            (:data:`LAST_CONV`) for the last ``nn.Conv2d``, or ``None`` (default) for the feature
+            map the global pool consumes (:func:`pooled_layer`: ``layer4``'s output on a ResNet),
+            or the last conv block's activated output when the model has no global pooling module.
+        internal_batch_size: Masked inputs per forward pass (the ``B * K`` of a batch are
+            chunked); ``None`` (default) sizes it from the device (:func:`forward_chunk_rows`:
+            from the free memory on CUDA, ``2**22`` input elements on the CPU) and halves it, with
+            a warning, on out-of-memory. A value you pass is used as is.
         interpolate_mode: How the final layer map is resized to the input (see :func:`upsample`).
 
     Raises:
@@ -442,18 +698,18 @@ class ScoreCAM(_LayerCAMBase):
             unknown or, when called, ``layer`` is not a layer of the model.
 
     Example:
-        >>> cam = ScoreCAM(layer="layer4", internal_batch_size=64)(model, images, target)
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                       nn.Flatten(), nn.Linear(8, 4))
+        >>> images = torch.rand(2, 3, 16, 16)
+        >>> ScoreCAM(internal_batch_size=64)(model, images, target=1).shape
+        torch.Size([2, 1, 16, 16])
     """
 
     def __init__(
-        self, layer: str | None = None, internal_batch_size: int = 32, *, interpolate_mode: str = "bilinear"
+        self, layer: str | None = None, internal_batch_size: int | None = None, *, interpolate_mode: str = "bilinear"
     ) -> None:
         super().__init__(layer, interpolate_mode=interpolate_mode)
-        if isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, int) or internal_batch_size < 1:
-            raise ValueError(
-                f"Expected argument `internal_batch_size` to be a positive int, but got {internal_batch_size!r}."
-            )
-        self.internal_batch_size = internal_batch_size
+        self.internal_batch_size = check_int("internal_batch_size", internal_batch_size, 1, allow_none=True)
 
     def _layer_map(
         self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext
@@ -466,19 +722,28 @@ class ScoreCAM(_LayerCAMBase):
                 outputs = model(x)
             finally:
                 capture.remove()
-            resolved = resolve_target(target, outputs)
+            resolved = resolve_target(target, outputs)  # the one check of the targets' range
             activation = _spatial(capture.activation, self._method, name)
             batch, channels = activation.shape[:2]
             flat = activation.reshape(batch * channels, 1, *activation.shape[2:])
-            scores = x.new_empty(batch * channels)
+            scores = torch.empty(batch * channels, dtype=accumulation_dtype(outputs.dtype), device=x.device)
             size = tuple(x.shape[-2:])
-            for part in chunks(batch * channels, self.internal_batch_size):
+
+            def body(part: slice) -> None:
                 sample = torch.arange(part.start, part.stop, device=x.device) // channels
                 masks = F.interpolate(flat[part], size=size, mode="bilinear", align_corners=True)
                 low = masks.amin(dim=(2, 3), keepdim=True)
                 high = masks.amax(dim=(2, 3), keepdim=True)
                 masks = (masks - low) / (high - low + 1e-8)
-                scores[part] = select_scores(model(x[sample] * masks), resolved[sample])
+                scores[part] = select_scores(model(x[sample] * masks.to(x.dtype)), resolved[sample])
+
+            run_chunked(
+                batch * channels,
+                self.internal_batch_size or forward_chunk_rows(x),
+                body,
+                method=self._method,
+                adaptive=self.internal_batch_size is None,
+            )
             weights = torch.softmax(scores.view(batch, channels), dim=1)
             return _weighted_sum(weights, activation), resolved
 
@@ -514,7 +779,10 @@ class CAM(_LayerCAMBase):
             :class:`GradCAM`).
 
     Example:
-        >>> cam = CAM()(resnet, images, target)  # layer4 -> avgpool -> fc
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                       nn.Flatten(), nn.Linear(8, 4))
+        >>> CAM()(model, torch.rand(2, 3, 16, 16), target=0).shape  # features -> pool -> linear
+        torch.Size([2, 1, 16, 16])
     """
 
     def __init__(self, layer: str | None = None, fc: str | None = None, *, interpolate_mode: str = "bilinear") -> None:
@@ -583,7 +851,18 @@ class CAM(_LayerCAMBase):
         """
         self._head(model)
         if self.layer is not None:
-            get_layer(model, self.layer, method=self._method)
+            _LayerCAMBase.layer_name(self, model)
+
+    def layer_name(self, model: nn.Module) -> str:
+        """``layer`` (resolved as in :meth:`GradCAM.layer_name`), or by default ``"<gap>:input"``:
+        the input of the global average pooling in front of ``fc``.
+
+        Raises:
+            ValueError: unknown layer names, or no global-average-pooling + linear head.
+        """
+        if self.layer is None:
+            return self._head(model)[2] + _INPUT_SUFFIX
+        return _LayerCAMBase.layer_name(self, model)
 
     def _layer_map(
         self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext
@@ -613,7 +892,7 @@ class CAM(_LayerCAMBase):
             activation = pooled[0]
             where = f"the input of the global average pooling {gap_name!r}"
         else:
-            name = self.layer
+            name = _LayerCAMBase.layer_name(self, model)
             capture = capture_layer(ctx, model, name, method=self._method)
             with torch.no_grad():
                 outputs = model(inputs.detach())
@@ -623,16 +902,18 @@ class CAM(_LayerCAMBase):
         resolved = resolve_target(target, outputs)
         if len(head_inputs) != 1 or not isinstance(head_inputs[0], Tensor):
             raise LightningXAIError(f"{self._method}: the classifier {fc_name!r} ran {len(head_inputs)} times.")
-        features = head_inputs[0]
-        means = activation.mean(dim=(2, 3))
+        acc = accumulation_dtype(activation.dtype)
+        features = head_inputs[0].to(acc)
+        means = activation.to(acc).mean(dim=(2, 3))
         scale = float(means.abs().max()) if means.numel() else 0.0
-        if features.shape != means.shape or not torch.allclose(features, means, rtol=1e-4, atol=1e-4 * scale):
+        tol = 1e-2 if activation.dtype != acc else 1e-4  # bf16/fp16 models pool in their own dtype
+        if features.shape != means.shape or not torch.allclose(features, means, rtol=tol, atol=tol * scale):
             raise ValueError(
                 f"{self._method}: the input of the classifier {fc_name!r} (shape {tuple(features.shape)}) is not the "
                 f"global average of {where} (shape {tuple(activation.shape)}), so class activation maps are undefined "
                 "for this layer; choose the layer whose output is pooled, or use GradCAM."
             )
-        weights = fc.weight[resolved].to(activation.dtype)
+        weights = fc.weight[resolved]
         return _weighted_sum(weights, activation), resolved
 
 
@@ -651,7 +932,8 @@ class GuidedGradCAM(Explainer):
     Cost: 2 forward and 2 backward passes (Grad-CAM, then guided backprop).
 
     Args:
-        layer: Dotted name of the Grad-CAM layer; ``None`` (default) picks the last ``nn.Conv2d``.
+        layer: The Grad-CAM layer, as for :class:`GradCAM` (default: the feature map the global
+            pool consumes; ``"last_conv"`` for the last ``nn.Conv2d``).
         interpolate_mode: How the Grad-CAM map is resized to the input (captum's default
             ``"nearest"``).
 
@@ -661,7 +943,10 @@ class GuidedGradCAM(Explainer):
             of the model.
 
     Example:
-        >>> attribution = GuidedGradCAM(layer="layer4")(model, images, target)  # images' shape
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                       nn.Flatten(), nn.Linear(8, 4))
+        >>> GuidedGradCAM()(model, torch.rand(2, 3, 16, 16), target=2).shape  # the images' shape
+        torch.Size([2, 3, 16, 16])
     """
 
     region: ClassVar[bool] = False
@@ -681,6 +966,10 @@ class GuidedGradCAM(Explainer):
         maps, resolved = self._grad_cam._layer_map(model, inputs, target, ctx)
         guided = GuidedBackprop()._attribute(model, ctx.prepare(inputs), resolved, ctx)  # same observe block
         return guided.to(maps.dtype) * upsample(maps, inputs.shape[-2:], self.interpolate_mode)
+
+    def layer_name(self, model: nn.Module) -> str:
+        """The Grad-CAM layer (see :meth:`GradCAM.layer_name`)."""
+        return self._grad_cam.layer_name(model)
 
     def _where(self) -> str:
         return self._grad_cam._where()
@@ -714,7 +1003,10 @@ class FullGrad(Explainer):
         ValueError: ``interpolate_mode`` is unknown.
 
     Example:
-        >>> saliency = FullGrad()(model, images, target)  # [B, 1, H, W]
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+        >>> FullGrad()(model, torch.rand(2, 3, 16, 16), target=1).shape
+        torch.Size([2, 1, 16, 16])
     """
 
     region: ClassVar[bool] = True
@@ -764,12 +1056,13 @@ class FullGrad(Explainer):
         terms = [(m, z) for m, capture in captures for z in capture.outputs if z.ndim == 4 and z.requires_grad]
         grads = torch.autograd.grad(scores.sum(), [inputs] + [z for _, z in terms], allow_unused=True)
         size = inputs.shape[-2:]
-        input_grad = grads[0] if grads[0] is not None else torch.zeros_like(inputs)
-        total = minmax_normalize((input_grad * inputs.detach()).abs()).sum(dim=1, keepdim=True)
+        acc = accumulation_dtype(inputs.dtype)
+        input_grad = (grads[0] if grads[0] is not None else torch.zeros_like(inputs)).to(acc)
+        total = minmax_normalize((input_grad * inputs.detach().to(acc)).abs()).sum(dim=1, keepdim=True)
         for (module, _z), grad in zip(terms, grads[1:]):
             if grad is None:
                 continue
-            bias = self._bias(module).to(device=grad.device, dtype=grad.dtype)
-            part = minmax_normalize((bias[None, :, None, None] * grad).abs()).sum(dim=1, keepdim=True)
+            bias = self._bias(module).to(device=grad.device, dtype=acc)
+            part = minmax_normalize((bias[None, :, None, None] * grad.to(acc)).abs()).sum(dim=1, keepdim=True)
             total = total + upsample(part, size, self.interpolate_mode)
         return total

@@ -22,18 +22,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from lightning_xai._validation import check_float, check_int
+from lightning_xai._validation import check_bool, check_choice, check_float, check_int
 from lightning_xai.attribution.base import (
     ExplainContext,
     Explainer,
     TargetType,
-    chunks,
+    accumulation_dtype,
+    default_chunk_rows,
     expand_target,
     forward_scores,
     get_explainer,
     input_gradient,
     resolve_target,
+    run_chunked,
     target_indices,
+    value_bounds,
 )
 from lightning_xai.errors import LightningXAIError
 
@@ -244,9 +247,7 @@ class Saliency(Explainer):
     """
 
     def __init__(self, abs: bool = True) -> None:  # noqa: A002 (captum's name)
-        if not isinstance(abs, bool):
-            raise TypeError(f"Expected argument `abs` to be a bool, but got {abs!r}.")
-        self.abs = abs
+        self.abs = check_bool("abs", abs)
 
     @property
     def signed(self) -> bool:  # type: ignore[override]
@@ -332,13 +333,6 @@ class Deconvnet(_ModifiedReluGradient):
 _NOISE_KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 
-def _value_range(inputs: Tensor) -> Tensor:
-    """Per-sample ``max - min`` over every non-batch dimension, shaped ``[B, 1, ..., 1]``."""
-    flat = inputs.detach().flatten(1)
-    spread = flat.amax(dim=1) - flat.amin(dim=1)
-    return spread.view(-1, *([1] * (inputs.ndim - 1)))
-
-
 def _private_generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
@@ -362,7 +356,9 @@ class NoiseTunnel(Explainer):
     ``torch.Generator`` seeded with ``seed`` on the inputs' device (the global RNG is untouched),
     and every input in a batch gets the same standard-normal draws (scaled by its own range), so
     an input's map does not depend on the batch it comes in. The ``n_samples * B`` noisy copies
-    go through the wrapped explainer's ``_attribute`` in chunks of ``internal_batch_size`` rows.
+    go through the wrapped explainer's ``_attribute`` in chunks of ``internal_batch_size`` rows
+    (the chunk loop Integrated Gradients uses); the moments accumulate in float32 (float64 for
+    float64 inputs).
 
     COST: 1 forward pass of the batch (target resolution) + the wrapped explainer's cost on
     ``n_samples`` times the batch (for a gradient method: ``n_samples`` forward + backward passes
@@ -375,8 +371,11 @@ class NoiseTunnel(Explainer):
         n_samples: Number of noisy copies per input.
         stdev: Noise standard deviation as a fraction of each input's ``max - min``.
         seed: Seed of the private noise generator.
-        internal_batch_size: Most noisy copies per call of the wrapped explainer (``None``: all
-            ``n_samples * B`` at once).
+        internal_batch_size: Most noisy copies per call of the wrapped explainer (``None``: as
+            many as hold :data:`~lightning_xai.attribution.base.DEFAULT_CHUNK_ELEMENTS` input
+            elements, 27 images at 3 x 224 x 224, halved with a warning on out-of-memory). A value
+            you pass is used as is: out-of-memory then raises ``torch.OutOfMemoryError`` naming
+            this argument.
 
     Raises:
         ValueError: a bad ``kind``, ``n_samples``, ``stdev``, ``seed`` or ``internal_batch_size``,
@@ -406,8 +405,7 @@ class NoiseTunnel(Explainer):
                 f"Expected argument `explainer` to be an Explainer or a registered name, but got "
                 f"{type(explainer).__name__}."
             )
-        if kind not in _NOISE_KINDS:
-            raise ValueError(f"Expected argument `kind` to be one of {list(_NOISE_KINDS)}, but got {kind!r}.")
+        check_choice("kind", kind, _NOISE_KINDS)
         check_int("n_samples", n_samples, 1)
         check_float("stdev", stdev, 0.0)
         check_int("seed", seed)
@@ -450,10 +448,12 @@ class NoiseTunnel(Explainer):
         return scale.unsqueeze(0) * z.unsqueeze(1)
 
     def _noise_factors(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
-        """``(z [n_samples, ...], scale [B, 1, ...])``: noise ``[k, i]`` is ``scale[i] * z[k]``."""
+        """``(z [n_samples, ...], scale [B, 1, ...])``: noise ``[k, i]`` is ``scale[i] * z[k]``,
+        in float32 for bf16/fp16 inputs (else the inputs' dtype)."""
+        dtype = accumulation_dtype(inputs.dtype)
         gen = _private_generator(self.seed, inputs.device)
-        z = torch.randn((self.n_samples, *inputs.shape[1:]), generator=gen, device=inputs.device, dtype=inputs.dtype)
-        return z, self.stdev * _value_range(inputs)
+        z = torch.randn((self.n_samples, *inputs.shape[1:]), generator=gen, device=inputs.device, dtype=dtype)
+        return z, self.stdev * value_bounds(inputs.to(dtype))[1]
 
     def _attribute(self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext) -> Tensor:
         x = inputs.detach()
@@ -461,21 +461,26 @@ class NoiseTunnel(Explainer):
         if target is None:
             with torch.no_grad():
                 resolved = resolve_target(target, model(x))
-        else:  # the class range is checked by the first chunk's forward pass
+        else:  # the class range is checked once, by the first chunk's forward pass
             resolved = target_indices(target, batch, x.device)
         z, scale = self._noise_factors(x)  # row r of the noisy stack: copy r // B of input r % B
+        x_acc = x.to(z.dtype)
         targets = expand_target(resolved, self.n_samples)
-        total = self.n_samples * batch
-        count: Tensor | None = None
-        mean: Tensor | None = None
-        m2: Tensor | None = None
-        for rows in chunks(total, self.internal_batch_size):
+        moments: list[Tensor] = []  # count, mean, m2
+
+        def body(rows: slice) -> None:
             r = torch.arange(rows.start, rows.stop, device=x.device)
             index = r % batch
-            noisy = ctx.prepare(x[index] + scale[index] * z[r // batch])
+            noisy = ctx.prepare(x_acc[index] + scale[index] * z[r // batch])
             attr = self.explainer._attribute(model, noisy, targets[rows], ctx).detach()
-            count, mean, m2 = _merge_moments(count, mean, m2, attr, index, batch)
-        assert mean is not None and m2 is not None and count is not None
+            merged = _merge_moments(*(moments or (None, None, None)), attr.to(z.dtype), index, batch)
+            moments[:] = merged
+
+        size = self.internal_batch_size or default_chunk_rows(x)
+        run_chunked(
+            self.n_samples * batch, size, body, method=type(self).__name__, adaptive=self.internal_batch_size is None
+        )
+        count, mean, m2 = moments
         if self.kind == "smoothgrad":
             return mean
         variance = m2 / count.view(-1, *([1] * (mean.ndim - 1)))
@@ -491,7 +496,8 @@ def _merge_moments(
     counts, means and sums of squared deviations (Chan et al.'s pairwise update)."""
     shape = (batch, *values.shape[1:])
     ones = [1] * (values.ndim - 1)
-    n_b = torch.bincount(index, minlength=batch).to(values.dtype)
+    # per-input counts without bincount (which syncs with the host on CUDA)
+    n_b = values.new_zeros(batch).index_add_(0, index, values.new_ones(index.shape[0]))
     sum_b = values.new_zeros(shape).index_add_(0, index, values)
     mean_b = sum_b / n_b.clamp(min=1).view(-1, *ones)
     m2_b = values.new_zeros(shape).index_add_(0, index, (values - mean_b[index]) ** 2)

@@ -32,16 +32,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from typing_extensions import override
 
 from lightning_xai._validation import check_float, check_int
+from lightning_xai.attribution.base import OutputType
 from lightning_xai.data.probe import Probe, select_probe
 from lightning_xai.render.sinks import DryRunSink, Sink, check_loggers, sinks_for
 from lightning_xai.render.writer import BackgroundWriter
 
-__all__ = ["RunInfo", "MonitorBase", "ProbeMonitor", "OutputSpec"]
+__all__ = ["RunInfo", "MonitorBase", "ProbeMonitor"]
 
-OutputSpec = Any
-"""How to pick the ``[B, C]`` scores from a model whose forward returns a tuple, dict or
-dataclass: ``None`` (the output is the scores), an ``int`` index, a ``str`` key or attribute, or a
-callable ``raw_output -> scores``."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +144,7 @@ class MonitorBase(Callback):
         self._fit_start_time: Optional[float] = None
         self._skipped_runs = 0
         self._dry_running = False
+        self._step_offset = 0
 
     @property
     def dry_running(self) -> bool:
@@ -250,7 +248,12 @@ class MonitorBase(Callback):
         # Runs without a validation loop (validation, when it runs, ends before this hook).
         if not self._skip(trainer) and self._epoch_due(trainer):
             self._last_epoch_run = trainer.current_epoch
-            self._maybe_run(trainer, pl_module)
+            # Lightning logs epoch-end metrics one step back (FitLoop.on_advance_end): so do we
+            self._step_offset = -1
+            try:
+                self._maybe_run(trainer, pl_module)
+            finally:
+                self._step_offset = 0
 
     @override
     def on_train_batch_end(
@@ -297,7 +300,7 @@ class MonitorBase(Callback):
     # -- publishing ----------------------------------------------------------------------------
     def run_info(self, trainer: pl.Trainer) -> RunInfo:
         """The step and epoch a run's logs are written at."""
-        return RunInfo(step=_log_step(trainer), epoch=int(trainer.current_epoch))
+        return RunInfo(step=max(0, _log_step(trainer) + self._step_offset), epoch=int(trainer.current_epoch))
 
     def publish(self, trainer: pl.Trainer, render: Callable[[list[Sink], RunInfo], None]) -> None:
         """Queue ``render(sinks, info)`` on the background writer (rank zero; a no-op elsewhere).
@@ -415,10 +418,12 @@ class MonitorBase(Callback):
             collate_fn=collate,
         )
         device_fn = lambda t: self.to_model(trainer, pl_module, t)  # noqa: E731
-        iterator = iter(reader)
+        rng_devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices):  # creating the iterator draws a base seed
+            iterator = iter(reader)
         start = 0
         while True:
-            with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
+            with torch.random.fork_rng(devices=rng_devices):  # augmentations draw from the global RNG
                 try:
                     batch = next(iterator)
                 except StopIteration:
@@ -462,7 +467,8 @@ class ProbeMonitor(MonitorBase):
             a ``Dataset``/``DataLoader``. By default the probe is read from the validation
             dataloader (or the training dataloader when there is none).
         output: How to pick the ``[B, C]`` scores when the model returns a tuple, dict or
-            dataclass: an index, a key/attribute name or a callable (see :data:`OutputSpec`).
+            dataclass: an index, a key/attribute name or a callable (see
+            :func:`~lightning_xai.attribution.base.select_output`).
         max_overhead: Time budget as a fraction of training time (see :class:`MonitorBase`).
         synchronous_logging: Render on the training thread (debugging).
     """
@@ -474,7 +480,7 @@ class ProbeMonitor(MonitorBase):
         every_n_steps: Optional[int] = None,
         seed: int = 0,
         probe: Optional[Any] = None,
-        output: OutputSpec = None,
+        output: OutputType = None,
         max_overhead: Optional[float] = None,
         synchronous_logging: bool = False,
     ) -> None:

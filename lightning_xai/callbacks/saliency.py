@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_xai.attribution.base import Explainer, get_explainer, observe
-from lightning_xai.callbacks.base import OutputSpec, ProbeMonitor, RunInfo
+from lightning_xai.attribution.base import Explainer, OutputType, get_explainer, observe
+from lightning_xai.callbacks.base import ProbeMonitor, RunInfo
 from lightning_xai.data.probe import Probe
 from lightning_xai.errors import LightningXAIError
 from lightning_xai.render import evolution_strip, reduce_channels, save_png
@@ -104,7 +104,7 @@ class SaliencyMonitor(ProbeMonitor):
         log_histograms: bool = True,
         seed: int = 0,
         probe: Optional[Any] = None,
-        output: OutputSpec = None,
+        output: OutputType = None,
         max_overhead: Optional[float] = None,
         synchronous_logging: bool = False,
     ) -> None:

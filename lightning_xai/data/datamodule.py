@@ -2,6 +2,9 @@
 
 This is the one module of :mod:`lightning_xai.data` that imports Lightning; the package exports
 :class:`ShapesDataModule` lazily so ``ShapesDataset`` and ``select_probe`` stay Lightning-free.
+The body is a mixin, :class:`ShapesDataModuleMixin`, so the same data module exists for both
+Lightning packages: :class:`ShapesDataModule` here (``pytorch_lightning``) and
+``lightning_xai.unified.ShapesDataModule`` (the unified ``lightning`` package).
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ from torch.utils.data import DataLoader
 from lightning_xai._validation import check_float, check_int
 from lightning_xai.data.shapes import SHAPE_NAMES, ShapesDataset
 
-__all__ = ["ShapesDataModule"]
+__all__ = ["ShapesDataModule", "ShapesDataModuleMixin"]
 
 
-class ShapesDataModule(pl.LightningDataModule):
+class ShapesDataModuleMixin:
     """Train/val/test splits of :class:`ShapesDataset`, with the shortcut in training only.
 
     The train split carries the label-correlated marker when ``shortcut=True``; the validation
@@ -41,6 +44,7 @@ class ShapesDataModule(pl.LightningDataModule):
         ValueError: An argument is out of range.
 
     Example:
+        >>> from lightning_xai.data import ShapesDataModule
         >>> dm = ShapesDataModule(batch_size=16, num_train=64, num_val=32, shortcut=True)
         >>> dm.setup("fit")
         >>> images, labels, masks = next(iter(dm.train_dataloader()))
@@ -72,7 +76,7 @@ class ShapesDataModule(pl.LightningDataModule):
         self.num_workers = check_int("num_workers", num_workers, 0)
         self.seed = check_int("seed", seed, 0)
         self.shortcut_strength = check_float("shortcut_strength", shortcut_strength, 0.0, 1.0)
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # type: ignore[attr-defined]
         self.train_set: ShapesDataset | None = None
         self.val_set: ShapesDataset | None = None
         self.test_set: ShapesDataset | None = None
@@ -136,3 +140,7 @@ class ShapesDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """The validation loader."""
         return self.val_dataloader()
+
+
+class ShapesDataModule(ShapesDataModuleMixin, pl.LightningDataModule):
+    __doc__ = ShapesDataModuleMixin.__doc__

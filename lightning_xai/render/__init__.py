@@ -24,6 +24,7 @@ from lightning_xai.render.images import (
     to_display,
     to_uint8_hwc,
 )
+from lightning_xai.render.prototypes import crop_patches, draw_boxes, prototype_gallery, this_looks_like_that
 
 if TYPE_CHECKING:
     from lightning_xai.render.sinks import FileSink, Sink, TensorBoardSink, WandbSink, check_loggers, sinks_for
@@ -48,6 +49,10 @@ __all__ = [
     "sinks_for",
     "to_display",
     "to_uint8_hwc",
+    "crop_patches",
+    "draw_boxes",
+    "prototype_gallery",
+    "this_looks_like_that",
 ]
 
 _SINK_NAMES = frozenset({"FileSink", "Sink", "TensorBoardSink", "WandbSink", "check_loggers", "sinks_for"})

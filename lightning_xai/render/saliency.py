@@ -87,7 +87,7 @@ class EvolutionHistory:
         >>> for epoch in range(5):
         ...     history.append(epoch, torch.rand(2, 3, 8, 8))
         >>> [e for e, _ in history.runs()]
-        [0, 2, 4]
+        [0, 3, 4]
         >>> history.strip(0).shape[0]
         3
     """

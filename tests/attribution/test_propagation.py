@@ -25,7 +25,7 @@ from lightning_xai.attribution.propagation import (
     batchnorm_pairs,
 )
 from lightning_xai.errors import LightningXAIError
-from tests.attribution.test_contract import _assert_same, _snapshot
+from tests.attribution.test_contract import EXPLAINERS, PROPAGATION_RESNET, _assert_same, _snapshot, _training_like
 from tests.helpers.models import make, randomize_batchnorm, resnet18
 
 torch.set_num_threads(1)
@@ -538,3 +538,22 @@ def test_composite_by_type_and_name_pattern() -> None:
     torch.testing.assert_close(by_type(model, x, 1), expected)
     # a name pattern wins over the first-layer rule: features.0 gets z+ here
     assert not torch.allclose(by_name(model, x, 1), expected)
+
+
+@pytest.mark.parametrize("name", sorted(PROPAGATION_RESNET))
+def test_contract_on_resnet18(name: str) -> None:
+    """The contract suite's state and batch checks on resnet18, with a batch tolerance of 1e-4 of the
+    map's maximum (see PROPAGATION_RESNET in test_contract.py)."""
+    model, x = make("resnet18")
+    explainer = EXPLAINERS[name]()
+    target = torch.arange(x.shape[0]) % 3
+    _training_like(model)
+    before = _snapshot(model)
+    with torch.inference_mode():
+        batched = explainer(model, x.clone(), target)
+    _assert_same(before, _snapshot(model))
+    assert batched.shape == x.shape and torch.isfinite(batched).all() and batched.abs().sum() > 0
+    model.eval()
+    reference = explainer(model, x, target)
+    one_by_one = torch.cat([explainer(model, x[i : i + 1], target[i : i + 1]) for i in range(x.shape[0])])
+    assert _rel_err(one_by_one, reference) < 1e-4

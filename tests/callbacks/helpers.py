@@ -109,3 +109,56 @@ class RecordingSaliencyMonitor(SaliencyMonitor):
                 self.out_file,
             )
         super().render(sinks, info, probe, results)
+
+
+class FlatMLP(pl.LightningModule):
+    """An MLP on flat vectors (what a newcomer trains on 784-feature Fashion-MNIST rows)."""
+
+    def __init__(self, features: int = 48, num_classes: int = 3) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(features, 16), nn.ReLU(), nn.Linear(16, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch[0], batch[1]
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class TupleOutputClassifier(ShapesClassifier):
+    """Returns ``(logits, features)`` from forward, as many Lightning models do."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        features = torch.flatten(self.pool(self.features(x)), 1)
+        return self.fc(self.dropout(features)), features
+
+    def _step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
+        logits, _ = self(batch[0])
+        loss = torch.nn.functional.cross_entropy(logits, batch[1])
+        self.log(f"{stage}/loss", loss)
+        return loss
+
+
+class PlainCNN(pl.LightningModule):
+    """Any LightningModule (not a ShapesClassifier subclass), for the CLI."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(6, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return torch.nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val/loss", torch.nn.functional.cross_entropy(self(batch[0]), batch[1]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)

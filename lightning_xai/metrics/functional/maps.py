@@ -92,9 +92,9 @@ def _map_ssim_update(maps: Tensor, reference: Tensor) -> Tensor:
         options: dict = {"gaussian_kernel": True, "sigma": 1.5}
     else:  # smaller maps: the largest odd uniform window that fits
         options = {"gaussian_kernel": False, "kernel_size": max(1, side - (1 - side % 2))}
-    return structural_similarity_index_measure(
-        a.float(), b.float(), data_range=1.0, reduction="none", **options
-    ).to(maps.dtype)
+    return structural_similarity_index_measure(a.float(), b.float(), data_range=1.0, reduction="none", **options).to(
+        maps.dtype
+    )
 
 
 def _normalise01(maps: Tensor) -> Tensor:

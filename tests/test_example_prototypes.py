@@ -1,0 +1,33 @@
+"""The prototype example runs end to end on a tiny budget (the numbers need the full run)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "prototypes_shapes.py"
+
+
+def test_prototype_example_runs_and_writes_pictures(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("prototypes_shapes", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = [
+        "--num-train",
+        "96",
+        "--num-val",
+        "32",
+        "--pretrain-epochs",
+        "1",
+        "--epochs",
+        "2",
+        "--last-layer-epochs",
+        "1",
+    ]
+    results = module.main([*argv, "--log-dir", str(tmp_path / "logs"), "--docs", str(tmp_path / "docs")])
+    assert 0.0 <= results["prototype_acc"] <= 1.0 and 0.0 <= results["linear_acc"] <= 1.0
+    assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == [
+        "prototypes_gallery.png",
+        "prototypes_this_looks_like_that_0.png",
+        "prototypes_this_looks_like_that_2.png",
+    ]
