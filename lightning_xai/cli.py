@@ -54,6 +54,12 @@ def _demo_parser() -> argparse.ArgumentParser:
         "IG and SmoothGrad use 16 steps/samples)",
     )
     parser.add_argument(
+        "--tcav",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="attach TCAVMonitor: is the first class learned from its corner marker or its shape? (default: on)",
+    )
+    parser.add_argument(
         "--max-overhead",
         type=float,
         default=None,
@@ -117,6 +123,12 @@ def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
             max_overhead=args.max_overhead,
         )
         callbacks.append(monitor)
+        if args.tcav:
+            from lightning_xai.callbacks.tcav import tcav_demo_monitor
+
+            callbacks.append(
+                tcav_demo_monitor(image_size=args.image_size, num_classes=dm.num_classes, shortcut_class=0, seed=args.seed)
+            )
     if args.logger == "wandb":
         from pytorch_lightning.loggers import WandbLogger
 

@@ -1,17 +1,23 @@
 """Lightning callbacks that run lightning_xai's methods on a schedule and log the results."""
 
 from lightning_xai.callbacks.base import MonitorBase, ProbeMonitor, RunInfo
+from lightning_xai.callbacks.dissection import DissectionMonitor
 from lightning_xai.callbacks.patterns import PatternEstimator
 from lightning_xai.callbacks.prototypes import PrototypeMonitor, PrototypePush, PrototypeStages
 from lightning_xai.callbacks.saliency import SaliencyMonitor
+from lightning_xai.callbacks.tcav import TCAVMonitor
+from lightning_xai.callbacks.tracin import TracInMonitor
 
 __all__ = [
+    "DissectionMonitor",
     "MonitorBase",
+    "PatternEstimator",
     "ProbeMonitor",
-    "RunInfo",
-    "SaliencyMonitor",
     "PrototypeMonitor",
     "PrototypePush",
     "PrototypeStages",
-    "PatternEstimator",
+    "RunInfo",
+    "SaliencyMonitor",
+    "TCAVMonitor",
+    "TracInMonitor",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lightning_xai.data.concepts import CONCEPT_COLORS, ConceptSet, concept_sets, dissection_masks, random_images
 from lightning_xai.data.probe import INPUT_KEYS, MASK_KEYS, TARGET_KEYS, Probe, ProbeSource, select_probe
 from lightning_xai.data.shapes import MARKER_COLORS, SHAPE_NAMES, ShapesDataset
 
@@ -30,6 +31,11 @@ __all__ = [
     "ShapesDataset",
     "TARGET_KEYS",
     "select_probe",
+    "CONCEPT_COLORS",
+    "ConceptSet",
+    "concept_sets",
+    "dissection_masks",
+    "random_images",
 ]
 
 

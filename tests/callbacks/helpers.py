@@ -162,3 +162,31 @@ class PlainCNN(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+from lightning_xai.callbacks import TracInMonitor  # noqa: E402
+
+
+class RecordingTracInMonitor(TracInMonitor):
+    """A TracInMonitor that saves, after every run on rank zero, its sums and the weights they
+    were computed at (under ddp_spawn the callback's state lives in the child processes)."""
+
+    def __init__(self, out_file: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.out_file = out_file
+
+    def run(self, trainer, pl_module):  # type: ignore[override]
+        weights = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        super().run(trainer, pl_module)
+        if trainer.is_global_zero:
+            torch.save(
+                {
+                    "self_influence": self.self_influence,
+                    "probe_scores": self.probe_scores,
+                    "probe": self.probe.to("cpu").state_dict(),
+                    "weights": weights,
+                    "learning_rate": self.checkpoints[-1]["learning_rate"],
+                    "world_size": trainer.world_size,
+                },
+                self.out_file,
+            )

@@ -1,0 +1,512 @@
+"""``TCAVMonitor``: watch, epoch by epoch, whether a network learns concepts named by examples."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Union
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
+
+from lightning_xai._validation import check_int
+from lightning_xai.attribution.base import observe
+from lightning_xai.callbacks.base import MonitorBase, RunInfo, _first_loader
+from lightning_xai.concepts import TCAV
+from lightning_xai.concepts.cav import check_set_size
+from lightning_xai.concepts.examples import load_examples, sample_examples
+from lightning_xai.concepts.functional import layer_activations
+from lightning_xai.data.probe import select_probe
+from lightning_xai.render.sinks import Sink
+
+__all__ = ["TCAVMonitor", "TCAV_FIELDS", "tcav_demo_monitor"]
+
+TCAV_FIELDS: tuple[str, ...] = ("score", "score_std", "p_value", "significant", "accuracy", "separates", "random_mean")
+"""The leading fields of a packed result row; the ``n_random`` scores and ``n_random`` random
+scores follow."""
+
+
+def _classes_arg(target_classes: Union[int, Sequence[int]]) -> list[int]:
+    if isinstance(target_classes, int) and not isinstance(target_classes, bool):
+        target_classes = [target_classes]
+    if not isinstance(target_classes, Sequence) or not target_classes:
+        raise TypeError(
+            f"Expected argument `target_classes` to be an int or a non-empty list of ints, but got {target_classes!r}."
+        )
+    return [check_int("target_classes", k, 0) for k in target_classes]
+
+
+class TCAVMonitor(MonitorBase):
+    """TCAV scores of named concepts for chosen classes at chosen layers, every few epochs.
+
+    Each run trains every CAV afresh on the current weights (concept vs ``n_random`` random sets,
+    and random vs random, at every layer, from one forward pass over all examples) and scores
+    each target class on its own inputs (one forward and backward pass per class), with the
+    significance test of :class:`~lightning_xai.concepts.TCAV` (Bonferroni over concepts x layers).
+    It logs, to every logger:
+
+    * scalars ``tcav/<concept>/<layer>/<class>`` (the score), ``tcav_p/...`` (corrected p-value),
+      ``tcav_significant/...`` (1 or 0) and ``tcav_cav_accuracy/<concept>/<layer>`` (held-out CAV
+      accuracy; a CAV near chance is also warned about once and marked ``separates=False``);
+    * ``tcav/summary/<layer>``: the paper's bar chart (classes x concepts, error bars = standard
+      deviation over random runs, insignificant bars grey and hatched, never dropped), and
+      ``tcav/history/<layer>``: every concept x class score over the runs so far;
+    * the CAVs to TensorBoard's embedding projector (``tcav/cavs/<layer>``, labelled by concept;
+      ``random`` for the random-vs-random CAVs), and a table ``tcav/table`` (a ``wandb.Table`` on W&B).
+
+    The history of every run is kept in ``state_dict`` (a resumed run continues its curves).
+    Training is never perturbed (every computation runs inside
+    :func:`~lightning_xai.attribution.observe`). Under DDP the target classes are split over the
+    ranks (each rank fits the same CAVs from the same weights) and the rows gathered.
+
+    Args:
+        concepts: ``{name: examples}``: a tensor, ``Dataset``, ``DataLoader`` or image-folder path each.
+        layers: One dotted layer name or several.
+        target_classes: The class index or indices to score.
+        n_random: Random sets per concept (at least 2).
+        alpha: Significance level.
+        random_examples: Pool of random counter-examples (tensor, ``Dataset``) or a list of
+            ``n_random`` sets; default the training dataset (sets drawn once with ``seed``).
+        random_size: Examples per random set (default: the largest concept set).
+        inputs: The class inputs: a tuple ``(inputs, targets)`` of tensors, a ``Dataset`` or a
+            ``DataLoader``; default the validation dataloader (the training one without it).
+        num_inputs: Inputs per target class (chosen once at ``setup``, class-balanced).
+        class_names: Names for the class indices in the logs (default ``class_<k>``, or the
+            datamodule's ``classes``).
+        classifier: ``"logistic"`` or ``"svm"``.
+        test: ``"prediction"`` or ``"welch"`` (see :class:`~lightning_xai.concepts.TCAV`).
+        batch_size: Examples per forward pass.
+        seed: Seed of the random sets, the input choice and the CAV splits.
+        log_embeddings: Log the CAVs to the embedding projector.
+        every_n_epochs: Run every n epochs.
+        every_n_steps: Run every n training steps instead.
+        max_overhead: Time budget as a fraction of training time (see :class:`MonitorBase`).
+        synchronous_logging: Render on the training thread (debugging).
+
+    Raises:
+        TypeError, ValueError: bad arguments (here); at ``setup``: too few concept examples,
+            concept examples whose shape the model cannot take, an unknown layer, a class index
+            out of range.
+
+    Example:
+        >>> import torch
+        >>> monitor = TCAVMonitor({"red": torch.rand(20, 3, 16, 16)}, layers="features.6", target_classes=[0], n_random=4)
+        >>> monitor.layers, monitor.target_classes
+        (['features.6'], [0])
+    """
+
+    def __init__(
+        self,
+        concepts: Mapping[str, Any],
+        layers: Union[str, Sequence[str]],
+        target_classes: Union[int, Sequence[int]],
+        n_random: int = 10,
+        alpha: float = 0.05,
+        random_examples: Any = None,
+        random_size: Optional[int] = None,
+        inputs: Any = None,
+        num_inputs: int = 50,
+        class_names: Optional[Sequence[str]] = None,
+        classifier: str = "logistic",
+        test: str = "prediction",
+        batch_size: int = 64,
+        seed: int = 0,
+        log_embeddings: bool = True,
+        every_n_epochs: int = 1,
+        every_n_steps: Optional[int] = None,
+        max_overhead: Optional[float] = None,
+        synchronous_logging: bool = False,
+    ) -> None:
+        super().__init__(every_n_epochs, every_n_steps, max_overhead, synchronous_logging)
+        if not isinstance(concepts, Mapping) or not concepts:
+            raise TypeError(
+                f"Expected argument `concepts` to be a non-empty mapping {{name: examples}}, but got {concepts!r}."
+            )
+        for name in concepts:
+            if not isinstance(name, str) or not name or name == "random":
+                raise ValueError(
+                    f"Expected concept names to be non-empty strings other than 'random', but got {name!r}."
+                )
+        self.tcav = TCAV(
+            layers,
+            n_random=n_random,
+            alpha=alpha,
+            classifier=classifier,
+            random_size=random_size,
+            batch_size=batch_size,
+            seed=seed,
+            test=test,
+        )
+        self.concept_sources = dict(concepts)
+        self.layers = list(self.tcav.layers)
+        self.target_classes = _classes_arg(target_classes)
+        self.num_inputs = check_int("num_inputs", num_inputs, 2)
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
+        self.random_examples = random_examples
+        self.user_inputs = inputs
+        self.seed = seed
+        self.log_embeddings = bool(log_embeddings)
+        self.history: list[dict[str, Any]] = []
+        self._concepts: dict[str, Tensor] = {}
+        self._randoms: list[Tensor] = []
+        self._inputs: dict[int, Tensor] = {}
+        self._warned: set[tuple[str, str]] = set()
+
+    # -- identity and state --------------------------------------------------------------------
+    @property
+    def concept_names(self) -> list[str]:
+        """The concept names, in order."""
+        return list(self.concept_sources)
+
+    @override
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {
+            "concepts": tuple(self.concept_names),
+            "layers": tuple(self.layers),
+            "target_classes": tuple(self.target_classes),
+            **super()._state_key_fields(),
+        }
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["history"] = [dict(entry) for entry in self.history]
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.history = [dict(entry) for entry in state_dict.get("history", [])]
+
+    def class_name(self, k: int) -> str:
+        """The log name of class ``k``."""
+        if self.class_names is not None and k < len(self.class_names):
+            return self.class_names[k]
+        return f"class_{k}"
+
+    # -- setup ---------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+
+    @override
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        name = type(self).__name__
+        self.tcav.check(pl_module)
+        self._concepts = {}
+        for concept, source in self.concept_sources.items():
+            examples = load_examples(source, name=concept)
+            check_set_size(examples.shape[0], concept, name)
+            self._concepts[concept] = examples.detach().cpu()
+        first_name, first = next(iter(self._concepts.items()))
+        try:
+            layer_activations(pl_module, first[:1], self.layers, method=name, what=f"the {first_name!r} examples")
+        except ValueError as err:
+            raise ValueError(
+                f"{name}: concept {first_name!r} examples of shape {list(first.shape[1:])} do not fit the model: {err}"
+            ) from err
+        for concept, examples in self._concepts.items():
+            if examples.shape[1:] != first.shape[1:]:
+                raise ValueError(
+                    f"{name}: concept {concept!r} examples have shape {list(examples.shape[1:])}, but {first_name!r} "
+                    f"examples {list(first.shape[1:])}."
+                )
+        with observe(pl_module), torch.no_grad():
+            classes = int(pl_module(first[:1].to(pl_module.device)).shape[-1])
+        for k in self.target_classes:
+            if k >= classes:
+                raise ValueError(
+                    f"{name}: target class {k} is out of range: the model has {classes} classes [0, {classes})."
+                )
+        if self.class_names is None:
+            names = getattr(trainer.datamodule, "classes", None) if trainer.datamodule is not None else None
+            if isinstance(names, Sequence) and not isinstance(names, str):
+                self.class_names = [str(c) for c in names]
+        with torch.random.fork_rng(devices=[]):  # reading dataloaders must not move training's RNG
+            self._choose_inputs(trainer, classes)
+            self._choose_randoms(trainer, max(e.shape[0] for e in self._concepts.values()))
+        for i, r in enumerate(self._randoms):
+            if r.shape[1:] != first.shape[1:]:
+                raise ValueError(
+                    f"{name}: random set {i} has shape {list(r.shape[1:])}, but the concepts {list(first.shape[1:])}."
+                )
+
+    def _source(self, trainer: pl.Trainer, train: bool) -> Any:
+        loops = (
+            [trainer.fit_loop._data_source]
+            if train
+            else [trainer.fit_loop.epoch_loop.val_loop._data_source, trainer.fit_loop._data_source]
+        )
+        for source in loops:  # private: no public accessor before the loops run (as ProbeMonitor)
+            if source.is_defined():
+                loader = _first_loader(source.dataloader())
+                if loader is not None:
+                    return loader
+        return None
+
+    def _choose_inputs(self, trainer: pl.Trainer, classes: int) -> None:
+        name = type(self).__name__
+        source = self.user_inputs if self.user_inputs is not None else self._source(trainer, train=False)
+        if source is None:
+            raise ValueError(
+                f"{name}: found no validation or training dataloader for the class inputs; pass `inputs=(x, y)`."
+            )
+        probe = select_probe(source, num_samples=self.num_inputs * classes, num_classes=classes, seed=self.seed)
+        if probe.targets is None:
+            raise ValueError(f"{name}: the class inputs need targets; pass `inputs=(x, y)`.")
+        self._inputs = {}
+        for k in self.target_classes:
+            chosen = probe.inputs[probe.targets == k][: self.num_inputs]
+            if chosen.shape[0] < 2:
+                raise ValueError(f"{name}: found {chosen.shape[0]} inputs of target class {k}; at least 2 are needed.")
+            self._inputs[k] = chosen.detach().cpu()
+
+    def _choose_randoms(self, trainer: pl.Trainer, size: int) -> None:
+        pool = self.random_examples
+        if pool is None:
+            loader = self._source(trainer, train=True)
+            pool = getattr(loader, "dataset", None)
+            if pool is None:
+                raise ValueError(
+                    f"{type(self).__name__}: found no training dataset for random examples; pass `random_examples=`."
+                )
+        if isinstance(pool, DataLoader):
+            pool = pool.dataset
+        if isinstance(pool, (list, tuple)):
+            self._randoms = [t.detach().cpu() for t in self.tcav.random_sets(pool, size)]
+        elif isinstance(pool, (Tensor, Dataset)):
+            self._randoms = [
+                t.detach().cpu()
+                for t in sample_examples(pool, self.tcav.n_random, self.tcav.random_size or size, seed=self.seed)
+            ]
+        else:
+            raise TypeError(
+                f"Expected argument `random_examples` to be a tensor, a Dataset, a DataLoader or a list of example sets, "
+                f"but got {type(pool).__name__}."
+            )
+
+    @override
+    def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        move = lambda t: self.to_model(trainer, pl_module, t)  # noqa: E731
+        self._concepts = {k: move(v) for k, v in self._concepts.items()}
+        self._randoms = [move(r) for r in self._randoms]
+        self._inputs = {k: move(v) for k, v in self._inputs.items()}
+
+    @override
+    def dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Fit two random runs of the first concept and score the first class on two inputs,
+        then render into encode-only sinks."""
+        tiny = TCAV(self.layers, n_random=2, batch_size=self.tcav.batch_size, seed=self.seed, test=self.tcav.test)
+        first = next(iter(self._concepts))
+        k = self.target_classes[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cavs = tiny.fit(pl_module, {first: self._concepts[first]}, self._randoms[:2])
+            packed = self._pack(tiny.score(pl_module, self._inputs[k][:2], k, cavs), [first], 2).unsqueeze(0)
+        if trainer.is_global_zero:
+            self._dry_running = True
+            try:
+                self.render(
+                    self.dry_run_sinks(),
+                    self.run_info(trainer),
+                    packed.cpu(),
+                    {name: v.cpu() for name, v in cavs.vectors.items()},
+                    [first],
+                    [k],
+                    history=[],
+                )
+            finally:
+                self._dry_running = False
+
+    # -- one run -------------------------------------------------------------------------------
+    def _pack(self, results: Mapping[tuple[str, str], Any], concepts: list[str], n: int) -> Tensor:
+        rows = []
+        for concept in concepts:
+            per_layer = []
+            for layer in self.layers:
+                r = results[(concept, layer)]
+                head = torch.tensor(
+                    [
+                        r.score,
+                        r.score_std,
+                        r.p_value,
+                        float(r.significant),
+                        r.accuracy,
+                        float(r.separates),
+                        float(r.random_scores.mean()),
+                    ],
+                    dtype=torch.float64,
+                )
+                per_layer.append(torch.cat([head, r.scores.double(), r.random_scores.double()]))
+            rows.append(torch.stack(per_layer))
+        return torch.stack(rows)  # [C, L, F]
+
+    @override
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        concepts = self.concept_names
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # near-chance CAVs are warned about once below, not every run
+            cavs = self.tcav.fit(pl_module, self._concepts, self._randoms)
+        n_classes = len(self.target_classes)
+        mine = self.shard(trainer, n_classes).tolist()
+        packed = torch.stack(
+            [
+                self._pack(
+                    self.tcav.score(pl_module, self._inputs[self.target_classes[i]], self.target_classes[i], cavs),
+                    concepts,
+                    self.tcav.n_random,
+                )
+                for i in mine
+            ]
+        ).to(pl_module.device)
+        packed = self.gather(trainer, packed, n_classes)  # [T, C, L, F]
+        if not trainer.is_global_zero:
+            return
+        packed = packed.detach().double().cpu()
+        for c, concept in enumerate(concepts):
+            for li, layer in enumerate(self.layers):
+                if packed[0, c, li, 5] == 0 and (concept, layer) not in self._warned:
+                    self._warned.add((concept, layer))
+                    self.warn(
+                        f"the CAVs of concept {concept!r} at layer {layer!r} separate it from random examples with held-out "
+                        f"accuracy {float(packed[0, c, li, 4]):.2f}, near chance: its TCAV scores mean little (marked "
+                        "separates=False in the table)."
+                    )
+        info = self.run_info(trainer)
+        self.history.append({"epoch": info.epoch, "step": info.step, "results": packed})
+        history = list(self.history)
+        vectors = {name: v.detach().float().cpu() for name, v in cavs.vectors.items()} if self.log_embeddings else {}
+        classes = list(self.target_classes)
+        self.publish(trainer, lambda sinks, info: self.render(sinks, info, packed, vectors, concepts, classes, history))
+
+    def render(
+        self,
+        sinks: Sequence[Sink],
+        info: RunInfo,
+        packed: Tensor,
+        vectors: Mapping[str, Tensor],
+        concepts: list[str],
+        classes: list[int],
+        history: list[dict[str, Any]],
+    ) -> None:
+        """Log one run's packed ``[T, C, L, F]`` results (background thread, CPU tensors)."""
+        from lightning_xai.render.plots import tcav_bar_chart, tcav_history_plot
+
+        names = [self.class_name(k) for k in classes]
+        scalars: dict[str, float] = {}
+        rows: list[list[Any]] = []
+        for t, cls in enumerate(names):
+            for c, concept in enumerate(concepts):
+                for li, layer in enumerate(self.layers):
+                    row = packed[t, c, li]
+                    key = f"{concept}/{layer}/{cls}"
+                    scalars[f"tcav/{key}"] = float(row[0])
+                    scalars[f"tcav_p/{key}"] = float(row[2])
+                    scalars[f"tcav_significant/{key}"] = float(row[3])
+                    scalars[f"tcav_cav_accuracy/{concept}/{layer}"] = float(row[4])
+                    rows.append(
+                        [
+                            info.epoch,
+                            cls,
+                            concept,
+                            layer,
+                            round(float(row[0]), 4),
+                            round(float(row[1]), 4),
+                            float(row[2]),
+                            bool(row[3]),
+                            round(float(row[4]), 4),
+                            bool(row[5]),
+                        ]
+                    )
+        columns = [
+            "epoch",
+            "class",
+            "concept",
+            "layer",
+            "score",
+            "std",
+            "p_value",
+            "significant",
+            "cav_accuracy",
+            "separates",
+        ]
+        images = {}
+        for li, layer in enumerate(self.layers):
+            images[f"tcav/summary/{layer}"] = tcav_bar_chart(
+                packed[:, :, li, 0],
+                packed[:, :, li, 1],
+                packed[:, :, li, 3] > 0,
+                names,
+                concepts,
+                title=f"TCAV at {layer}, epoch {info.epoch}",
+                random_means=packed[:, :, li, 6],
+            )
+            if history:
+                epochs = [int(h["epoch"]) for h in history]
+                curves, sig = {}, {}
+                for t, cls in enumerate(names):
+                    for c, concept in enumerate(concepts):
+                        label = f"{concept} -> {cls}"
+                        curves[label] = torch.stack([h["results"][t, c, li, 0] for h in history])
+                        sig[label] = torch.stack([h["results"][t, c, li, 3] > 0 for h in history])
+                images[f"tcav/history/{layer}"] = tcav_history_plot(epochs, curves, sig, title=f"TCAV at {layer}")
+        for sink in sinks:
+            sink.log_scalars(scalars, info.step)
+            for tag, image in images.items():
+                sink.log_image(tag, image, info.step)
+            sink.log_table("tcav/table", columns, rows, info.step)
+            for layer, v in vectors.items():
+                n = v.shape[1]
+                labels = [concept for concept in concepts for _ in range(n)] + ["random"] * n
+                sink.log_embedding(f"tcav/cavs/{layer}", v.reshape(-1, v.shape[-1]), info.step, labels=labels)
+
+
+def tcav_demo_monitor(
+    image_size: int = 48,
+    num_classes: int = 4,
+    shortcut_class: int = 0,
+    layers: Union[str, Sequence[str]] = "features.6",
+    num_per_concept: int = 50,
+    n_random: int = 10,
+    every_n_epochs: int = 1,
+    every_n_steps: Optional[int] = None,
+    seed: int = 0,
+) -> TCAVMonitor:
+    """The ``TCAVMonitor`` for the shortcut demo (:class:`~lightning_xai.demo.ShapesClassifier` on
+    ``ShapesDataModule(shortcut=True)``): is the class learned from its corner marker or its shape?
+
+    Two concepts for ``shortcut_class``: its marker (``"marker_<shape>"``: the marker on random
+    shapes) and its shape (``"<shape>"``), against random shapes without a marker. On the shortcut
+    data the marker's TCAV score for the class rises to 1 while validation accuracy (no markers)
+    stalls.
+
+    Example:
+        >>> monitor = tcav_demo_monitor(image_size=16, num_classes=3, num_per_concept=8, n_random=3)
+        >>> monitor.concept_names, monitor.target_classes
+        (['marker_square', 'square'], [0])
+    """
+    from lightning_xai.data import SHAPE_NAMES, concept_sets, random_images
+
+    shape = SHAPE_NAMES[check_int("shortcut_class", shortcut_class, 0, num_classes - 1)]
+    sets = concept_sets(
+        num_per_concept,
+        image_size=image_size,
+        num_classes=num_classes,
+        concepts=[f"marker_{shape}", shape],
+        seed=seed + 100,
+    )
+    pool = random_images(num_per_concept * n_random, image_size=image_size, num_classes=num_classes, seed=seed + 7)
+    return TCAVMonitor(
+        concepts={name: s.images for name, s in sets.items()},
+        layers=layers,
+        target_classes=[shortcut_class],
+        n_random=n_random,
+        random_examples=pool,
+        random_size=num_per_concept,
+        every_n_epochs=every_n_epochs,
+        every_n_steps=every_n_steps,
+        seed=seed,
+    )

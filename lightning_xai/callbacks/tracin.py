@@ -1,0 +1,406 @@
+"""``TracInMonitor``: TracIn influence accumulated online while the model trains."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from torch import Tensor
+from torch.utils.data._utils.collate import default_collate
+from typing_extensions import override
+
+from lightning_xai._validation import check_int
+from lightning_xai.callbacks.base import ProbeMonitor, RunInfo, _first_loader
+from lightning_xai.data.probe import Probe, _as_targets, _split_batch
+from lightning_xai.errors import LightningXAIError
+from lightning_xai.influence import TracIn
+from lightning_xai.influence._common import LossType, selected_parameters
+from lightning_xai.influence.checkpoints import save_tracin_checkpoint
+from lightning_xai.render.images import to_display
+from lightning_xai.render.influence import class_name, proponents_grid, self_influence_grid
+from lightning_xai.render.sinks import Sink
+
+__all__ = ["TracInMonitor"]
+
+_MAX_INFLUENCERS = 8
+
+
+class TracInMonitor(ProbeMonitor):
+    """TracIn (Pruthi et al. 2020) during training: every checkpoint epoch adds
+    ``lr * <grad L(z), grad L(z')>`` at the current weights to running sums, so no checkpoint is
+    saved or reloaded.
+
+    At each scheduled run (a "checkpoint") it reads the learning rate from the optimizer (the
+    param group holding the first selected parameter; :attr:`lr_source` says which, and it is
+    logged at fit start), streams the whole training set (this rank's share under DDP, in a fixed
+    order, RNG and sampler untouched, through :meth:`~lightning_xai.callbacks.base.MonitorBase.iter_dataset`)
+    and accumulates
+
+    * every training example's self-influence ``sum_c lr_c |grad L(w_c, z)|^2`` (high: hard or
+      mislabelled examples), and
+    * every probe image's TracIn score against every training example (kept as a
+      ``num_samples x N`` matrix), from which its proponents (highest scores) and opponents
+      (lowest) are read.
+
+    It logs, on rank zero and in the background: ``xai/tracin/self_influence_top`` (a grid of the
+    ``top_k`` highest self-influence training images with index, label and score: the mislabel
+    candidates), ``xai/tracin/proponents/<i>`` (probe image *i* with its proponents and opponents,
+    ``min(top_k, 8)`` each), the ``xai/tracin/self_influence`` histogram, scalars
+    ``xai/tracin/learning_rate`` and ``xai/tracin/checkpoints``, and a table
+    ``xai/tracin/top_self_influence`` (index, label, score, image).
+
+    Cost per run: one pass of per-example gradients over the training set (``vmap``; with
+    ``layers`` set to one linear layer, one forward pass). With ``save_checkpoints=True`` each run
+    also writes a light checkpoint (weights + learning rate, see
+    :mod:`lightning_xai.influence.checkpoints`) that :class:`~lightning_xai.influence.TracIn` and
+    captum's ``TracInCP`` (``checkpoints_load_func=load_tracin_checkpoint``) read.
+
+    The accumulated sums are part of the callback's ``state_dict``, so a resumed fit continues
+    them. Under DDP every rank computes its share of the training set; the sums are gathered, so
+    every rank holds the full result and rank zero logs it.
+
+    Args:
+        every_n_epochs: A checkpoint every n epochs.
+        layers: ``None`` (every trainable parameter) or module names whose parameters count.
+        num_samples: Probe images (class-balanced, from the validation data) whose proponents
+            and opponents are tracked.
+        top_k: Highest self-influence examples shown and tabled.
+        projection_dim: Random projection of the gradients (see :class:`~lightning_xai.influence.TracIn`).
+        save_checkpoints: Also write light checkpoints to ``checkpoint_dir``.
+        checkpoint_dir: Where (default ``<log_dir>/tracin_checkpoints``).
+        loss: Loss name or per-example callable (see :class:`~lightning_xai.influence.TracIn`).
+        batch_size: Examples per per-example-gradient batch and per read of the training set.
+        class_names: Names for the class indices in captions (default: the datamodule's ``classes``).
+        every_n_steps: A checkpoint every n optimizer steps instead.
+        seed: Seed of the probe selection.
+        probe: Optional user probe ``(inputs, targets)``.
+        max_overhead: Time budget as a fraction of training time (see :class:`~lightning_xai.callbacks.base.MonitorBase`).
+        synchronous_logging: Render on the training thread (debugging).
+
+    Example:
+        >>> monitor = TracInMonitor(every_n_epochs=2, top_k=16, save_checkpoints=True)
+        >>> # pl.Trainer(callbacks=[monitor]).fit(model, datamodule); monitor.self_influence
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        layers: Optional[Sequence[str]] = None,
+        num_samples: int = 8,
+        top_k: int = 16,
+        projection_dim: Optional[int] = None,
+        save_checkpoints: bool = False,
+        checkpoint_dir: Optional[str] = None,
+        loss: LossType = "cross_entropy",
+        batch_size: int = 64,
+        class_names: Optional[list[str]] = None,
+        every_n_steps: Optional[int] = None,
+        seed: int = 0,
+        probe: Optional[Any] = None,
+        max_overhead: Optional[float] = None,
+        synchronous_logging: bool = False,
+    ) -> None:
+        super().__init__(
+            num_samples=num_samples,
+            every_n_epochs=every_n_epochs,
+            every_n_steps=every_n_steps,
+            seed=seed,
+            probe=probe,
+            max_overhead=max_overhead,
+            synchronous_logging=synchronous_logging,
+        )
+        self.tracin = TracIn(loss=loss, layers=layers, projection_dim=projection_dim, batch_size=batch_size)
+        self.layers = self.tracin.layers
+        self.projection_dim = projection_dim
+        self.top_k = check_int("top_k", top_k, 1)
+        self.batch_size = batch_size
+        self.save_checkpoints = bool(save_checkpoints)
+        self.checkpoint_dir = checkpoint_dir
+        self.class_names = list(class_names) if class_names is not None else None
+        self.self_influence: Optional[Tensor] = None
+        """``[N]`` accumulated self-influence of every training example (float64, CPU)."""
+        self.probe_scores: Optional[Tensor] = None
+        """``[num_samples, N]`` accumulated TracIn scores of the probe images (float64, CPU)."""
+        self.checkpoints: list[dict[str, Any]] = []
+        """One record per checkpoint added: epoch, step, learning rate, param group, file (if saved)."""
+        self.lr_source: Optional[str] = None
+        self._dir: Optional[Path] = None
+
+    @property
+    @override
+    def log_key(self) -> str:
+        return "tracin"
+
+    @override
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {**super()._state_key_fields(), "layers": self.layers, "projection_dim": self.projection_dim}
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(
+            self_influence=self.self_influence, probe_scores=self.probe_scores, checkpoints=list(self.checkpoints)
+        )
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.self_influence = state_dict.get("self_influence")
+        self.probe_scores = state_dict.get("probe_scores")
+        self.checkpoints = list(state_dict.get("checkpoints", []))
+
+    # -- setup ---------------------------------------------------------------------------------
+    @override
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        selected_parameters(pl_module, self.layers, type(self).__name__)  # unknown layer: ValueError now
+        if self.probe is not None and self.probe.targets is None:
+            raise ValueError("TracInMonitor needs labelled probe images (the loss needs targets); the probe has none.")
+        if self.class_names is None:
+            names = getattr(getattr(trainer, "datamodule", None), "classes", None)
+            if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+                self.class_names = list(names)
+
+    @override
+    def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().prepare(trainer, pl_module)
+        if self.save_checkpoints:
+            # every rank asks (trainer.log_dir is a collective under DDP); only rank zero writes
+            root = self.checkpoint_dir or str(Path(trainer.log_dir or trainer.default_root_dir) / "tracin_checkpoints")
+            self._dir = Path(root)
+        lr, source = self._learning_rate(trainer, pl_module)
+        self.lr_source = source
+        rank_zero_info(f"TracInMonitor: reads the learning rate from {source} (now {lr:g}).")
+
+    def _learning_rate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[float, str]:
+        names = selected_parameters(pl_module, self.layers, type(self).__name__)
+        params = dict(pl_module.named_parameters())
+        wanted = {id(params[n]) for n in names}
+        found: list[tuple[int, int, float]] = []
+        for o, optimizer in enumerate(trainer.optimizers):
+            for g, group in enumerate(optimizer.param_groups):
+                if any(id(p) in wanted for p in group["params"]):
+                    found.append((o, g, float(group["lr"])))
+        if not found:
+            raise ValueError(
+                "TracInMonitor: no optimizer param group holds the selected parameters, so there is no learning "
+                "rate to weight the checkpoints with."
+            )
+        o, g, lr = found[0]
+        if len({f[2] for f in found}) > 1:
+            self.warn(
+                f"the selected parameters sit in param groups with different learning rates "
+                f"{[f[2] for f in found]}; using optimizer {o}'s param group {g} (lr={lr:g})."
+            )
+        return lr, f"optimizer {o}, param group {g}"
+
+    # -- data ----------------------------------------------------------------------------------
+    def _dataset(self, trainer: pl.Trainer) -> Any:
+        loader = _first_loader(trainer.train_dataloader)
+        if loader is None:
+            source = trainer.fit_loop._data_source  # before the first epoch: the source the loop will use
+            loader = _first_loader(source.dataloader()) if source.is_defined() else None
+        return getattr(loader, "dataset", None), loader
+
+    def _triples(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, limit: Optional[int] = None
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        read = 0
+        for indices, batch in self.iter_dataset(trainer, pl_module, batch_size=self.batch_size):
+            x, y, _ = _split_batch(batch)
+            if y is None:
+                raise ValueError("TracInMonitor: the training batches hold no targets; TracIn needs (x, y).")
+            if limit is not None:
+                indices, x, y = indices[: limit - read], x[: limit - read], y[: limit - read]
+            yield indices, x, torch.as_tensor(y)
+            read += len(indices)
+            if limit is not None and read >= limit:
+                return
+
+    def _examples(self, trainer: pl.Trainer, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """Training images and labels at ``indices`` (CPU), read with the RNG untouched."""
+        dataset, loader = self._dataset(trainer)
+        collate = getattr(loader, "collate_fn", None) or default_collate
+        with torch.random.fork_rng(devices=[]):
+            batch = collate([dataset[int(i)] for i in indices])
+        x, y, _ = _split_batch(batch)
+        return torch.as_tensor(x).detach().cpu().float(), _as_targets(y, len(indices))
+
+    # -- computation ---------------------------------------------------------------------------
+    @override
+    def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: Probe) -> dict[str, Tensor]:
+        """One checkpoint over this rank's share of the training set, gathered: ``{"self_influence":
+        [N], "scores": [len(probe), N]}`` contributions at the current weights (not per-probe rows:
+        this monitor runs its own :meth:`run`)."""
+        lr, _ = self._learning_rate(trainer, pl_module)
+        return self._contributions(trainer, pl_module, probe, lr, limit=None)
+
+    def _contributions(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: Probe, lr: float, limit: Optional[int]
+    ) -> dict[str, Tensor]:
+        dataset, _ = self._dataset(trainer)
+        n = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else 0
+        device = pl_module.device
+        own_self = torch.zeros(n, device=device, dtype=torch.float64)
+        own_scores = torch.zeros(len(probe), n, device=device, dtype=torch.float64)
+        assert probe.targets is not None
+        try:
+            self.tracin.update(
+                pl_module,
+                lr,
+                self._triples(trainer, pl_module, limit),
+                self_influence=own_self,
+                test_inputs=probe.inputs,
+                test_targets=probe.targets.to(device),
+                scores=own_scores,
+            )
+        except LightningXAIError as err:
+            raise LightningXAIError(f"TracInMonitor at epoch {trainer.current_epoch}: {err}") from err
+        if trainer.world_size > 1 and limit is None:
+            # each example was read by exactly one rank: the sum over ranks places every row exactly
+            own_self = trainer.strategy.all_gather(own_self).reshape(-1, n).sum(0)
+            own_scores = trainer.strategy.all_gather(own_scores).reshape(-1, len(probe), n).sum(0)
+        return {"self_influence": own_self.cpu(), "scores": own_scores.cpu()}
+
+    @override
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.probe is not None
+        lr, source = self._learning_rate(trainer, pl_module)
+        contribution = self._contributions(trainer, pl_module, self.probe, lr, limit=None)
+        if self.self_influence is None or self.self_influence.shape != contribution["self_influence"].shape:
+            self.self_influence = torch.zeros_like(contribution["self_influence"])
+            self.probe_scores = torch.zeros_like(contribution["scores"])
+        assert self.probe_scores is not None
+        self.self_influence += contribution["self_influence"]
+        self.probe_scores += contribution["scores"]
+        record: dict[str, Any] = {
+            "epoch": int(trainer.current_epoch),
+            "step": int(trainer.global_step),
+            "learning_rate": lr,
+            "param_group": source,
+        }
+        if self.save_checkpoints and self._dir is not None:
+            path = self._dir / f"epoch={trainer.current_epoch:03d}-step={trainer.global_step}.pt"
+            if trainer.is_global_zero:
+                save_tracin_checkpoint(
+                    path,
+                    pl_module,
+                    lr,
+                    epoch=record["epoch"],
+                    step=record["step"],
+                    param_group=source,
+                    layers=self.layers,
+                )
+            record["path"] = str(path)
+        self.checkpoints.append(record)
+        if not trainer.is_global_zero:
+            return
+        results = self._picture_data(trainer, self.self_influence, self.probe_scores, lr)
+        probe = self.probe.to("cpu")
+        self.publish(trainer, lambda sinks, info: self.render(sinks, info, probe, results))
+
+    def _picture_data(
+        self, trainer: pl.Trainer, self_influence: Tensor, scores: Tensor, lr: float, index_map: Optional[Tensor] = None
+    ) -> dict[str, Tensor]:
+        """Everything :meth:`render` draws, as CPU tensors (images read from the training set).
+        ``index_map`` maps positions in ``self_influence`` to dataset indices (default: identity)."""
+        top = self_influence.float().topk(min(self.top_k, self_influence.numel()))
+        k = min(self.top_k, _MAX_INFLUENCERS, scores.shape[1])
+        pro = scores.float().topk(k, dim=1)
+        opp = scores.float().topk(k, dim=1, largest=False)
+        if index_map is not None:
+            pro_indices, opp_indices = index_map[pro.indices], index_map[opp.indices]
+            top_indices = index_map[self_influence.float().topk(min(self.top_k, self_influence.numel())).indices]
+        else:
+            pro_indices, opp_indices, top_indices = pro.indices, opp.indices, top.indices
+        wanted = torch.cat([top_indices, pro_indices.flatten(), opp_indices.flatten()])
+        images, labels = self._examples(trainer, wanted)
+        t, p = top_indices.numel(), pro_indices.numel()
+        shape = (scores.shape[0], k)
+        return {
+            "top_indices": top_indices,
+            "top_scores": top.values,
+            "top_images": images[:t],
+            "top_labels": labels[:t],
+            "pro_indices": pro_indices,
+            "pro_scores": pro.values,
+            "pro_images": images[t : t + p].reshape(*shape, *images.shape[1:]),
+            "pro_labels": labels[t : t + p].reshape(shape),
+            "opp_indices": opp_indices,
+            "opp_scores": opp.values,
+            "opp_images": images[t + p :].reshape(*shape, *images.shape[1:]),
+            "opp_labels": labels[t + p :].reshape(shape),
+            "self_influence": self_influence.float(),
+            "learning_rate": torch.tensor(lr),
+            "checkpoints": torch.tensor(len(self.checkpoints)),
+        }
+
+    @override
+    def dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """One probe image against the first two training examples, rendered into encode-only
+        sinks: a model, loss, dataset or picture that cannot work fails before training."""
+        assert self.probe is not None
+        lr, _ = self._learning_rate(trainer, pl_module)
+        try:
+            part = self._contributions(trainer, pl_module, self.probe[:1], lr, limit=2)
+        except (LightningXAIError, RuntimeError, TypeError) as err:
+            raise ValueError(f"TracInMonitor fails at fit start (before training): {err}") from err
+        if trainer.is_global_zero:
+            seen = (part["self_influence"] != 0).nonzero().flatten()  # the examples read
+            results = self._picture_data(
+                trainer, part["self_influence"][seen], part["scores"][:, seen], lr, index_map=seen
+            )
+            self._dry_running = True
+            try:
+                self.render(self.dry_run_sinks(), self.run_info(trainer), self.probe[:1].to("cpu"), results)
+            finally:
+                self._dry_running = False
+
+    # -- rendering (rank zero, background thread) ----------------------------------------------
+    @override
+    def render(self, sinks: Sequence[Sink], info: RunInfo, probe: Probe, results: dict[str, Tensor]) -> None:
+        names = self.class_names
+        grid = self_influence_grid(
+            results["top_images"],
+            results["top_labels"],
+            results["top_scores"],
+            results["top_indices"],
+            class_names=names,
+        )
+        pictures = {"xai/tracin/self_influence_top": grid}
+        assert probe.targets is not None
+        for i in range(len(probe)):
+            pictures[f"xai/tracin/proponents/{i:02d}"] = proponents_grid(
+                probe.inputs[i],
+                int(probe.targets[i]),
+                results["pro_images"][i],
+                results["pro_labels"][i],
+                results["pro_scores"][i],
+                results["opp_images"][i],
+                results["opp_labels"][i],
+                results["opp_scores"][i],
+                class_names=names,
+                title=f"probe {i}: proponents (top) and opponents (bottom)",
+            )
+        rows = [
+            [rank, int(index), class_name(int(label), names), float(score), to_display(image[None])[0]]
+            for rank, (index, label, score, image) in enumerate(
+                zip(results["top_indices"], results["top_labels"], results["top_scores"], results["top_images"])
+            )
+        ]
+        scalars = {
+            "xai/tracin/learning_rate": float(results["learning_rate"]),
+            "xai/tracin/checkpoints": float(results["checkpoints"]),
+        }
+        for sink in sinks:
+            for tag, picture in pictures.items():
+                sink.log_image(tag, picture, info.step)
+            sink.log_histogram("xai/tracin/self_influence", results["self_influence"], info.step)
+            sink.log_scalars(scalars, info.step)
+            sink.log_table(
+                "xai/tracin/top_self_influence", ["rank", "index", "label", "self_influence", "image"], rows, info.step
+            )

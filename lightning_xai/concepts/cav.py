@@ -1,0 +1,393 @@
+"""Concept activation vectors (Kim et al. 2018): a linear direction at a layer that separates a
+concept's examples from random ones.
+
+The classifier is trained in torch, full batch, on the model's device: an L2-regularised logistic
+regression (or a linear SVM with the squared hinge loss) minimised by Newton's method from zero
+(see :func:`fit_linear`), so the result depends on the data and the seed of the train/test split
+only. Many CAVs of one layer are
+trained as one batched problem (their losses are independent, so the sum's minimum is each
+one's minimum); :class:`~lightning_xai.concepts.TCAV` trains all of its CAVs in one call.
+
+Before fitting, each problem's activations are centred and divided by one scalar (their RMS
+norm). Neither changes the direction of the separating hyperplane's normal in the original
+activation space, which is what :attr:`CAV.vector` is.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from lightning_xai._validation import check_float, check_int
+from lightning_xai.concepts.examples import ExampleSource, load_examples
+from lightning_xai.concepts.functional import layer_activations
+
+__all__ = ["CAV", "CLASSIFIERS", "MIN_EXAMPLES", "fit_linear", "split_indices", "check_classifier"]
+
+CLASSIFIERS: tuple[str, ...] = ("logistic", "svm")
+"""The linear classifiers a CAV can be trained with."""
+
+MIN_EXAMPLES = 4
+"""The fewest examples a concept or random set may have: with a held-out split, at least one
+example of each set is tested and at least two are trained on."""
+
+
+def check_classifier(classifier: object) -> Literal["logistic", "svm"]:
+    """Return ``classifier`` if it is one of :data:`CLASSIFIERS`.
+
+    Raises:
+        ValueError: it is not.
+    """
+    if classifier not in CLASSIFIERS:
+        raise ValueError(f"Expected argument `classifier` to be one of {list(CLASSIFIERS)}, but got {classifier!r}.")
+    return classifier  # type: ignore[return-value]
+
+
+def check_set_size(n: int, name: str, method: str = "CAV") -> None:
+    """Raise ``ValueError`` when an example set is smaller than :data:`MIN_EXAMPLES`."""
+    if n < MIN_EXAMPLES:
+        raise ValueError(
+            f"{method}: the set {name!r} has {n} examples; at least {MIN_EXAMPLES} are needed to fit a CAV."
+        )
+
+
+def split_indices(n: int, test_fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A seeded ``(train, test)`` split of ``range(n)``: ``round(test_fraction * n)`` test indices,
+    at least one when ``test_fraction > 0``, and at least two training indices."""
+    order = torch.randperm(n, generator=generator)
+    n_test = 0 if test_fraction <= 0.0 else min(max(1, round(test_fraction * n)), n - 2)
+    return order[n_test:], order[:n_test]
+
+
+def fit_linear(
+    features: Tensor,
+    labels: Tensor,
+    weights: Tensor,
+    *,
+    classifier: str = "logistic",
+    regularization: float = 0.01,
+    max_iter: int = 50,
+) -> tuple[Tensor, Tensor]:
+    """Fit ``K`` independent linear binary classifiers at once, full batch, by Newton's method.
+
+    Problem ``k`` minimises ``sum_i c_ki * loss(y_ki * (v_k . x'_ki + b_k)) + reg / 2 * (|v_k|^2 + b_k^2)``
+    over its samples, where ``c_ki`` are the sample weights normalised to sum to 1 (0 marks padding
+    and held-out samples), ``x'`` are the problem's centred features divided by their RMS norm
+    (neither changes the direction of the normal in the original space), ``y`` is +1/-1 and
+    ``loss`` is ``log(1 + exp(-m))`` (logistic regression) or ``max(0, 1 - m)^2`` (linear SVM with
+    the squared hinge loss). The bias is an extra constant feature, regularised like the weights.
+
+    By the representer theorem the minimiser is ``v = sum_i alpha_i x'_i`` over the training
+    samples, so Newton's method runs on the ``N`` coefficients ``alpha`` with the ``N x N`` Gram
+    matrix (cheap when, as for CAVs, there are fewer examples than activations), batched over the
+    ``K`` problems, with a backtracking line search; it stops when every problem's step is
+    negligible. Deterministic: no random initialisation, no stochastic steps.
+
+    Args:
+        features: ``[K, N, D]`` features.
+        labels: ``[K, N]``, 1 for the positive class (the concept), 0 for the negative.
+        weights: ``[K, N]`` sample weights, 0 for padding and held-out samples.
+        classifier: ``"logistic"`` or ``"svm"``.
+        regularization: L2 strength on the scaled features, > 0.
+        max_iter: Newton iterations at most.
+
+    Returns:
+        ``(normal [K, D], bias [K])`` in the original feature space: ``x . normal + bias > 0`` is
+        the positive side.
+    """
+    k, n, d = features.shape
+    rows = torch.arange(k * n, device=features.device).view(k, n)
+    normal, bias, _ = _fit_rows(
+        features.reshape(k * n, d),
+        rows,
+        labels,
+        weights,
+        classifier=classifier,
+        regularization=regularization,
+        max_iter=max_iter,
+    )
+    return normal, bias
+
+
+def _fit_rows(
+    acts: Tensor,
+    rows: Tensor,
+    labels: Tensor,
+    weights: Tensor,
+    *,
+    classifier: str,
+    regularization: float,
+    max_iter: int = 50,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The solver of :func:`fit_linear` on problems given as row indices into one activation
+    matrix, which shares one Gram matrix ``acts @ acts.T`` (float64) between all problems.
+
+    Args:
+        acts: ``[M, D]`` activations.
+        rows: ``[K, N]`` row indices of each problem's samples (padding: any row, weight 0).
+        labels: ``[K, N]`` 1 positive / 0 negative.
+        weights: ``[K, N]`` training weights.
+
+    Returns:
+        ``(normal [K, D], bias [K], decision [K, N])``: the decision function on every sample of
+        each problem (test samples included).
+    """
+    classifier = check_classifier(classifier)
+    reg = max(float(regularization), 1e-8)
+    a = acts.detach().double()
+    full = a @ a.T  # [M, M]
+    gram = full[rows.unsqueeze(2), rows.unsqueeze(1)]  # [K, N, N]
+    w = weights.detach().double().to(gram.device)
+    total = w.sum(1, keepdim=True).clamp(min=1e-12)  # [K, 1]
+    # centre and scale in the Gram matrix: x' = (x - mu) / s, mu = sum_i w_i x_i / W
+    gw = torch.bmm(gram, w.unsqueeze(-1)).squeeze(-1) / total  # [K, N]: x_j . mu
+    mm = (gw * w).sum(1, keepdim=True) / total  # [K, 1]: mu . mu
+    centred = gram - gw.unsqueeze(2) - gw.unsqueeze(1) + mm.unsqueeze(2)
+    scale2 = ((torch.diagonal(centred, dim1=1, dim2=2) * w).sum(1, keepdim=True) / total).clamp(min=1e-24)  # s^2
+    kernel = centred / scale2.unsqueeze(2) + 1.0  # + 1: the bias feature
+    y = labels.detach().double().to(gram.device) * 2.0 - 1.0
+    alpha = _newton(kernel, y, w / total, classifier, reg, max_iter)
+    decision = torch.bmm(kernel, alpha.unsqueeze(-1)).squeeze(-1)
+    # normal = sum_i alpha_i (x_i - mu) / s^2, bias = sum_i alpha_i - normal . mu
+    coef = alpha / scale2 - (alpha.sum(1, keepdim=True) / scale2) * (w / total)  # [K, N]
+    scatter = torch.zeros(rows.shape[0], acts.shape[0], dtype=torch.float64, device=gram.device)
+    scatter.scatter_add_(1, rows, coef)
+    normal = scatter @ a  # [K, D]
+    mean_coef = torch.zeros_like(scatter).scatter_add_(1, rows, w / total)
+    mean = mean_coef @ a  # [K, D]
+    bias = alpha.sum(1) - (normal * mean).sum(1)
+    return normal.to(acts.dtype), bias.to(acts.dtype), decision
+
+
+def _loss_terms(margin: Tensor, classifier: str) -> tuple[Tensor, Tensor, Tensor]:
+    """``(loss, d loss / d m, d2 loss / d m2)`` of the margins."""
+    if classifier == "logistic":
+        p = torch.sigmoid(-margin)
+        return torch.nn.functional.softplus(-margin), -p, p * (1.0 - p)
+    gap = (1.0 - margin).clamp(min=0.0)
+    return gap.square(), -2.0 * gap, 2.0 * (gap > 0).to(margin.dtype)
+
+
+def _objective(gram: Tensor, alpha: Tensor, y: Tensor, c: Tensor, classifier: str, reg: float) -> Tensor:
+    f = torch.einsum("knm,...km->...kn", gram, alpha)
+    loss, _, _ = _loss_terms(y * f, classifier)
+    return (c * loss).sum(-1) + 0.5 * reg * (alpha * f).sum(-1)
+
+
+def _newton(gram: Tensor, y: Tensor, c: Tensor, classifier: str, reg: float, max_iter: int) -> Tensor:
+    """Minimise the kernelised objective of :func:`fit_linear` over ``alpha`` ``[K, N]``."""
+    k, n, _ = gram.shape
+    alpha = torch.zeros(k, n, dtype=gram.dtype, device=gram.device)
+    eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
+    steps = 0.5 ** torch.arange(12, dtype=gram.dtype, device=gram.device)  # line search candidates
+    value = _objective(gram, alpha, y, c, classifier, reg)
+    for _ in range(max_iter):
+        f = torch.bmm(gram, alpha.unsqueeze(-1)).squeeze(-1)
+        _, d1, d2 = _loss_terms(y * f, classifier)
+        u = c * y * d1  # d loss / d f
+        h = c * d2  # d2 loss / d f2 (y^2 = 1)
+        # Newton step: (K D K + reg K) delta = -K (u + reg alpha)  <=  (D K + reg I) delta = -(u + reg alpha)
+        system = h.unsqueeze(-1) * gram + reg * eye
+        delta = torch.linalg.solve(system, -(u + reg * alpha))
+        # grad . delta (the directional derivative) for the Armijo condition
+        slope = (torch.bmm(gram, (u + reg * alpha).unsqueeze(-1)).squeeze(-1) * delta).sum(-1)
+        trial = alpha.unsqueeze(0) + steps.view(-1, 1, 1) * delta.unsqueeze(0)  # [S, K, N]
+        values = _objective(gram, trial, y, c, classifier, reg)  # [S, K]
+        ok = values <= value.unsqueeze(0) + 1e-4 * steps.view(-1, 1) * slope.unsqueeze(0)
+        first = torch.where(
+            ok.any(0), ok.to(torch.int8).argmax(0), torch.full_like(value, len(steps) - 1, dtype=torch.long)
+        )
+        step = steps[first]
+        alpha = alpha + step.unsqueeze(1) * delta
+        value = values.gather(0, first.view(1, -1)).squeeze(0)
+        if float((step * slope).abs().max()) < 1e-12:
+            break
+    return alpha
+
+
+def fit_cavs(
+    acts: Tensor,
+    pairs: list[tuple[Tensor, Tensor]],
+    splits: list[tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]],
+    *,
+    classifier: str,
+    regularization: float,
+    max_iter: int = 50,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fit one CAV per (positive, negative) pair of example sets, all at once.
+
+    Args:
+        acts: ``[M, D]`` activations of every example of every set.
+        pairs: ``K`` pairs of row-index tensors into ``acts``: the positive (concept) set's rows and
+            the negative (random) set's rows.
+        splits: For each pair, ``((pos_train, pos_test), (neg_train, neg_test))`` positions within
+            the two sets.
+
+    Returns:
+        ``(unit vectors [K, D], biases [K] of the unit-normal hyperplanes, held-out accuracies [K])``;
+        the accuracy is measured on the training examples when a split has no test examples.
+    """
+    k = len(pairs)
+    n = max(int(p.numel() + q.numel()) for p, q in pairs)
+    device = acts.device
+    rows = torch.zeros(k, n, dtype=torch.long, device=device)
+    labels = torch.zeros(k, n, device=device)
+    train = torch.zeros(k, n, device=device)
+    test = torch.zeros(k, n, device=device)
+    for i, ((pos, neg), ((pos_tr, pos_te), (neg_tr, neg_te))) in enumerate(zip(pairs, splits)):
+        p = pos.numel()
+        rows[i, :p] = pos.to(device)
+        rows[i, p : p + neg.numel()] = neg.to(device)
+        labels[i, :p] = 1.0
+        train[i, pos_tr.to(device)] = 1.0
+        train[i, p + neg_tr.to(device)] = 1.0
+        test[i, pos_te.to(device)] = 1.0
+        test[i, p + neg_te.to(device)] = 1.0
+    normal, bias, decision = _fit_rows(
+        acts, rows, labels, train, classifier=classifier, regularization=regularization, max_iter=max_iter
+    )
+    evaluate = torch.where(test.sum(1, keepdim=True) == 0, train, test).double()
+    correct = ((decision > 0) == labels.bool()).double() * evaluate
+    acc = (correct.sum(1) / evaluate.sum(1).clamp(min=1.0)).float()
+    norm = normal.norm(dim=1).clamp(min=torch.finfo(normal.dtype).tiny)
+    return normal / norm.unsqueeze(1), bias / norm, acc
+
+
+@dataclass(eq=False)
+class CAV:
+    """A concept activation vector: the unit normal of a linear boundary between a concept's
+    activations and random activations at one layer, pointing towards the concept.
+
+    Attributes:
+        vector: Unit ``[D]`` tensor in the layer's flattened activation space for one input.
+        bias: Offset of the boundary for the unit vector: ``a . vector + bias > 0`` is the concept side.
+        accuracy: Held-out accuracy of the classifier (on ``test_fraction`` of each set).
+        layer: Dotted name of the layer.
+        concept: Name of the concept.
+        classifier: ``"logistic"`` or ``"svm"``.
+        min_accuracy: The accuracy below which the CAV counts as not separating its concept.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> concept, random = torch.randn(20, 2) + 3.0, torch.randn(20, 2)
+        >>> cav = CAV.fit(model, "1", concept, random, seed=0)
+        >>> cav.vector.shape, round(float(cav.vector.norm()), 4)
+        (torch.Size([4]), 1.0)
+    """
+
+    vector: Tensor
+    bias: float
+    accuracy: float
+    layer: str
+    concept: str = "concept"
+    classifier: str = "logistic"
+    min_accuracy: float = 0.6
+
+    @property
+    def separates(self) -> bool:
+        """Whether the held-out accuracy reaches :attr:`min_accuracy` (``False`` near chance)."""
+        return bool(self.accuracy >= self.min_accuracy)
+
+    @classmethod
+    def fit(
+        cls,
+        model: nn.Module,
+        layer: str,
+        concept: ExampleSource,
+        random: ExampleSource,
+        *,
+        classifier: str = "logistic",
+        test_fraction: float = 0.33,
+        seed: int = 0,
+        regularization: float = 0.01,
+        batch_size: int | None = 64,
+        name: str = "concept",
+        min_accuracy: float = 0.6,
+    ) -> CAV:
+        """Train a CAV for ``concept`` against ``random`` at ``layer`` of ``model``.
+
+        Both sets run through the model in one pass (inside ``observe``: nothing about the model
+        changes); the classifier trains on the model's device.
+
+        Args:
+            model: The model.
+            layer: Dotted name of the layer.
+            concept: Examples of the concept (tensor, ``Dataset``, ``DataLoader`` or image folder).
+            random: Random counter-examples, same formats.
+            classifier: ``"logistic"`` (L2 logistic regression) or ``"svm"`` (squared hinge).
+            test_fraction: Fraction of each set held out to measure :attr:`accuracy`, in ``[0, 0.9]``
+                (``0``: accuracy on the training examples).
+            seed: Seed of the train/test split; the same seed gives the same CAV.
+            regularization: L2 strength (on centred activations scaled to unit RMS norm).
+            batch_size: Forward at most this many examples at once.
+            name: Name of the concept (messages, :attr:`concept`).
+            min_accuracy: Warn when the held-out accuracy is below this.
+
+        Returns:
+            The fitted :class:`CAV`.
+
+        Raises:
+            ValueError: a set has fewer than :data:`MIN_EXAMPLES` examples, the sets' shapes differ
+                or do not fit the model, an unknown layer, or an argument is out of range.
+
+        Warns:
+            UserWarning: the held-out accuracy is below ``min_accuracy`` (the CAV does not
+                separate the concept from random; TCAV scores along it mean little).
+        """
+        classifier = check_classifier(classifier)
+        test_fraction = check_float("test_fraction", test_fraction, 0.0, 0.9)
+        seed = check_int("seed", seed, 0)
+        regularization = check_float("regularization", regularization, 0.0)
+        min_accuracy = check_float("min_accuracy", min_accuracy, 0.0, 1.0)
+        pos = load_examples(concept, name=name)
+        neg = load_examples(random, name="random")
+        check_set_size(pos.shape[0], name)
+        check_set_size(neg.shape[0], "random")
+        if pos.shape[1:] != neg.shape[1:]:
+            raise ValueError(
+                f"CAV: the examples of {name!r} have shape {list(pos.shape[1:])} but the random examples "
+                f"{list(neg.shape[1:])}."
+            )
+        acts = layer_activations(
+            model,
+            torch.cat([pos, neg.to(pos.device)]),
+            layer,
+            batch_size=batch_size,
+            method="CAV",
+            what=f"the {name!r} and random examples",
+        )[layer]
+        gen = torch.Generator().manual_seed(seed)
+        split = (split_indices(pos.shape[0], test_fraction, gen), split_indices(neg.shape[0], test_fraction, gen))
+        n = pos.shape[0]
+        rows = torch.arange(acts.shape[0], device=acts.device)
+        vectors, biases, acc = fit_cavs(
+            acts, [(rows[:n], rows[n:])], [split], classifier=classifier, regularization=regularization
+        )
+        cav = cls(
+            vector=vectors[0],
+            bias=float(biases[0]),
+            accuracy=float(acc[0]),
+            layer=layer,
+            concept=name,
+            classifier=classifier,
+            min_accuracy=min_accuracy,
+        )
+        if not cav.separates:
+            warn_near_chance(name, layer, cav.accuracy, min_accuracy)
+        return cav
+
+
+def warn_near_chance(concept: str, layer: str, accuracy: float, min_accuracy: float, method: str = "CAV") -> None:
+    """Warn that a concept's CAV does not separate it from random examples."""
+    warnings.warn(
+        f"{method}: the CAV of concept {concept!r} at layer {layer!r} separates it from random examples with "
+        f"held-out accuracy {accuracy:.2f} (< min_accuracy={min_accuracy:.2f}, near chance): the layer may not "
+        "represent the concept, and TCAV scores along this CAV mean little.",
+        UserWarning,
+        stacklevel=3,
+    )

@@ -1,0 +1,194 @@
+"""TCAVMonitor and DissectionMonitor: logs read back (TensorBoard, W&B offline), checkpoint round
+trip, bitwise-identical training, 2-process DDP equals one process, errors at setup."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+
+from lightning_xai.callbacks import DissectionMonitor, TCAVMonitor
+from lightning_xai.concepts import TCAV, NetworkDissection
+from tests.callbacks.concept_helpers import RecordingDissectionMonitor, RecordingTCAVMonitor, tiny_concepts
+from tests.callbacks.helpers import fit, read_tensorboard, tiny_model
+
+LAYERS = ["features.7", "features.8"]
+
+
+def _tcav(**kwargs) -> TCAVMonitor:
+    sets = tiny_concepts()
+    defaults = dict(
+        concepts={k: v.images for k, v in sets.items()}, layers=LAYERS, target_classes=[0, 2], n_random=3, num_inputs=6
+    )
+    defaults.update(kwargs)
+    return TCAVMonitor(**defaults)
+
+
+def _dissection(**kwargs) -> DissectionMonitor:
+    defaults = dict(layer="features.8", concepts=tiny_concepts(6, ("circle", "red", "marker_square")), quantile=0.02)
+    defaults.update(kwargs)
+    return DissectionMonitor(**defaults)
+
+
+def test_tensorboard_read_back(tmp_path: Path) -> None:
+    tcav, dissection = _tcav(), _dissection()
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(tmp_path, [tcav, dissection], logger=logger, max_epochs=2)
+    (acc,) = read_tensorboard(logger.log_dir)
+    scalars = acc.Tags()["scalars"]
+    for concept in ("circle", "marker_square"):
+        for layer in LAYERS:
+            for cls in ("square", "triangle"):  # the datamodule's class names for classes 0 and 2
+                values = [e.value for e in acc.Scalars(f"tcav/{concept}/{layer}/{cls}")]
+                assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
+                assert {e.value for e in acc.Scalars(f"tcav_significant/{concept}/{layer}/{cls}")} <= {0.0, 1.0}
+            assert f"tcav_cav_accuracy/{concept}/{layer}" in scalars
+    for layer in LAYERS:
+        assert len(acc.Images(f"tcav/summary/{layer}")) == 2 and len(acc.Images(f"tcav/history/{layer}")) == 2
+    assert "tcav/table/text_summary" in acc.Tags()["tensors"]
+    # the logged scores are the monitor's history
+    last = tcav.history[-1]["results"]
+    assert acc.Scalars("tcav/circle/features.7/triangle")[-1].value == pytest.approx(float(last[1, 0, 0, 0]))
+    projector = Path(logger.log_dir) / "projector_config.pbtxt"
+    assert projector.exists() and "tcav/cavs/features.7" in projector.read_text()
+    counts = [e.value for e in acc.Scalars("dissection/features.8/interpretable_units")]
+    assert len(counts) == 2 and counts[-1] == dissection.history[-1]["iou"].max(1).values.gt(0.04).sum()
+    assert len(acc.Images("dissection/features.8/top_units")) == 2
+    assert len(acc.Images("dissection/features.8/detectors")) == 2
+
+
+def test_wandb_offline_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="xai-test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(tmp_path, [_tcav(layers=["features.8"], target_classes=[1])], logger=logger, max_epochs=1)
+    logger.experiment.finish()
+    (run,) = list((tmp_path / "wandb").glob("offline-run-*"))
+    media = run / "files" / "media"
+    pngs = [str(p) for p in media.rglob("*.png")]
+    assert any("tcav/summary/features.8" in p for p in pngs) and any("tcav/history/features.8" in p for p in pngs), pngs
+    assert [p for p in media.rglob("*.table.json") if "tcav" in str(p)], list(media.rglob("*"))
+
+
+def test_checkpoint_round_trip_keeps_history(tmp_path: Path) -> None:
+    tcav, dissection = _tcav(target_classes=[1]), _dissection()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(
+            tmp_path,
+            [tcav, dissection],
+            logger=TensorBoardLogger(str(tmp_path)),
+            max_epochs=2,
+            enable_checkpointing=True,
+        )
+    state = torch.load(next(Path(tmp_path).rglob("*.ckpt")), weights_only=True)["callbacks"]
+    for monitor, fresh, key in ((tcav, _tcav(target_classes=[1]), "results"), (dissection, _dissection(), "iou")):
+        assert fresh.state_key == monitor.state_key
+        fresh.load_state_dict(state[monitor.state_key])
+        assert [h["epoch"] for h in fresh.history] == [0, 1]
+        assert torch.equal(fresh.history[-1][key], monitor.history[-1][key])
+    # pinned: changing it orphans the monitor state in users' existing checkpoints
+    assert tcav.state_key == (
+        "TCAVMonitor{'concepts': ('circle', 'marker_square'), 'layers': ('features.7', 'features.8'), "
+        "'target_classes': (1,), 'every_n_epochs': 1, 'every_n_steps': None}"
+    )
+
+
+def test_observe_never_perturb_bitwise(tmp_path: Path) -> None:
+    def weights(path: Path, callbacks: list) -> dict[str, torch.Tensor]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = fit(path, callbacks, logger=TensorBoardLogger(str(path)), max_epochs=2)
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    reference = weights(tmp_path / "without", [])
+    monitors = [_tcav(target_classes=[0]), _dissection(every_n_epochs=1)]
+    attached = weights(tmp_path / "with", monitors)
+    assert all(torch.equal(reference[k], attached[k]) for k in reference)
+    assert all(len(m.history) == 2 for m in monitors)
+
+
+def test_ddp_spawn_two_processes_equal_one(tmp_path: Path) -> None:
+    tcav_file, dis_file = tmp_path / "tcav.pt", tmp_path / "dissection.pt"
+    sets = tiny_concepts()
+    concepts = {k: v.images for k, v in sets.items()}
+    tcav = RecordingTCAVMonitor(
+        str(tcav_file), concepts=concepts, layers=LAYERS, target_classes=[0, 1, 2], n_random=3, num_inputs=6
+    )
+    dis_sets = tiny_concepts(6, ("circle", "red"))
+    dissection = RecordingDissectionMonitor(str(dis_file), layer="features.8", concepts=dis_sets, quantile=0.02)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(
+            tmp_path,
+            [tcav, dissection],
+            logger=TensorBoardLogger(str(tmp_path)),
+            max_epochs=1,
+            strategy="ddp_spawn",
+            devices=2,
+        )
+
+    published = torch.load(tcav_file, weights_only=True)
+    assert published["world_size"] == 2 and published["packed"].shape[0] == 3  # 2 + 2 classes, padding dropped
+    model = tiny_model(3)
+    model.load_state_dict(published["weights"])
+    model.eval()
+    single = TCAV(LAYERS, n_random=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cavs = single.fit(model, concepts, published["randoms"])
+    for t in range(3):
+        results = single.score(model, published["inputs"][t], t, cavs)
+        for c, concept in enumerate(concepts):
+            for li, layer in enumerate(LAYERS):
+                row = published["packed"][t, c, li]
+                assert float(row[0]) == pytest.approx(results[(concept, layer)].score, abs=1e-6)
+                assert float(row[2]) == pytest.approx(results[(concept, layer)].p_value, rel=1e-4, abs=1e-9)
+
+    published = torch.load(dis_file, weights_only=True)
+    model.load_state_dict(published["weights"])
+    images = torch.cat([s.images for s in dis_sets.values()])
+    masks = {}
+    start = 0
+    for name, s in dis_sets.items():
+        m = torch.zeros(images.shape[0], 16, 16)
+        m[start : start + len(s)] = s.masks[:, 0]
+        masks[name] = m
+        start += len(s)
+    expected = NetworkDissection("features.8", quantile=0.02)(model, images, masks)
+    torch.testing.assert_close(published["thresholds"], expected.thresholds, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(published["iou"], expected.iou, rtol=0, atol=1e-3)
+
+
+def test_setup_errors_name_the_value(tmp_path: Path) -> None:
+    def setup_error(monitor, match):
+        with pytest.raises(ValueError, match=match):
+            fit(tmp_path, [monitor], logger=TensorBoardLogger(str(tmp_path)), max_epochs=1)
+
+    images = tiny_concepts()["circle"].images
+    setup_error(_tcav(concepts={"few": images[:3]}), "'few' has 3 examples; at least 4")
+    setup_error(
+        _tcav(concepts={"big": torch.rand(8, 1, 16, 16)}), r"'big' examples of shape \[1, 16, 16\] do not fit the model"
+    )
+    setup_error(_tcav(layers=["features.77"]), "no layer named 'features.77'")
+    setup_error(_tcav(target_classes=[5]), "target class 5 is out of range")
+    setup_error(_dissection(layer="fc"), "dissection needs")
+    with pytest.raises(ValueError, match="`n_random` to be an int >= 2, but got 1"):
+        _tcav(n_random=1)
+
+
+def test_near_chance_concept_is_warned_once_and_marked(tmp_path: Path) -> None:
+    from lightning_xai.data import ShapesDataset
+
+    noise = {"noise": ShapesDataset(8, image_size=16, num_classes=3, seed=5).images}  # just like the random examples
+    monitor = _tcav(concepts=noise, layers=["features.8"], target_classes=[0])
+    with pytest.warns(UserWarning, match="concept 'noise' at layer 'features.8'.*near chance") as record:
+        fit(tmp_path, [monitor], logger=TensorBoardLogger(str(tmp_path)), max_epochs=2)
+    assert sum("near chance" in str(w.message) for w in record) == 1
+    assert monitor.history[-1]["results"][0, 0, 0, 5] == 0  # separates = False, in the logs' table too
