@@ -31,6 +31,17 @@ from tests.helpers.models import make, randomize_batchnorm, resnet18
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _nondeterministic_oracles_allowed():
+    """Trainer(deterministic=True) in other tests of the same process leaves
+    torch.use_deterministic_algorithms on; captum's DeepLift and the literal reference call
+    max_unpool2d, which has no deterministic implementation."""
+    flag = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)
+    yield
+    torch.use_deterministic_algorithms(flag)
+
+
 class BNNet(nn.Module):
     """BatchNorm after every conv and after a hidden Linear (BatchNorm1d)."""
 
@@ -557,3 +568,12 @@ def test_contract_on_resnet18(name: str) -> None:
     reference = explainer(model, x, target)
     one_by_one = torch.cat([explainer(model, x[i : i + 1], target[i : i + 1]) for i in range(x.shape[0])])
     assert _rel_err(one_by_one, reference) < 1e-4
+
+
+def test_deeplift_and_lrp_under_deterministic_algorithms() -> None:
+    """A Trainer(deterministic=True) turns torch.use_deterministic_algorithms on for the whole run."""
+    model, x = make("small")
+    expected = {e: e(model, x, 1) for e in (DeepLift(), LRP())}
+    torch.use_deterministic_algorithms(True)  # restored by the autouse fixture
+    for explainer, reference in expected.items():
+        torch.testing.assert_close(explainer(model, x, 1), reference, rtol=0, atol=0)

@@ -83,24 +83,26 @@ class _MaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, ref: Tensor, dims: int, params: dict[str, Any]) -> Tensor:  # type: ignore[override]
         pool = getattr(F, f"max_pool{dims}d")
-        out, idx = pool(x, return_indices=True, **params)
-        out_ref, idx_ref = pool(ref, return_indices=True, **params)
-        ctx.save_for_backward(x, ref, out, out_ref, idx, idx_ref)
-        ctx.dims, ctx.params = dims, params
+        out, out_ref = pool(x, **params), pool(ref, **params)
+        ctx.save_for_backward(x, ref, out, out_ref)
+        ctx.pool, ctx.params = pool, params
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
-        x, ref, out, out_ref, idx, idx_ref = ctx.saved_tensors
+        x, ref, out, out_ref = ctx.saved_tensors
         top = torch.max(out, out_ref)
 
-        def route(values: Tensor, indices: Tensor, like: Tensor) -> Tensor:
-            flat = torch.zeros_like(like).flatten(2)
-            flat.scatter_add_(2, indices.flatten(2), values.flatten(2))
-            return flat.view_as(like)
+        def route(values: Tensor, source: Tensor) -> Tensor:
+            """``values`` sent back through max pooling at ``source`` (to its argmaxes, overlapping
+            windows accumulated): the pooling's own backward, deterministic where it is."""
+            with torch.enable_grad():
+                leaf = source.detach().requires_grad_(True)
+                (routed,) = torch.autograd.grad(ctx.pool(leaf, **ctx.params), leaf, values)
+            return routed
 
-        routed = route(grad * (top - out_ref), idx, x) + route(grad * (out - top), idx_ref, x)
-        plain = route(grad, idx, x)
+        routed = route(grad * (top - out_ref), x) + route(grad * (out - top), ref)
+        plain = route(grad, x)
         delta_in = x - ref
         small = delta_in.abs() < _EPS
         new = torch.where(small, plain, routed / torch.where(small, torch.ones_like(delta_in), delta_in))
