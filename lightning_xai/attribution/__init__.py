@@ -49,6 +49,15 @@ from lightning_xai.attribution.perturbation import (
     Occlusion,
     PredictionDifference,
 )
+from lightning_xai.attribution.propagation import (
+    LRP,
+    Composite,
+    DeepLift,
+    DeepTaylor,
+    PatternAttribution,
+    PatternNet,
+    estimate_patterns,
+)
 from lightning_xai.attribution.surrogate import (
     LIME,
     XRAI,
@@ -105,6 +114,13 @@ __all__ = [
     "Anchors",
     "KernelSHAP",
     "superpixels",
+    "LRP",
+    "Composite",
+    "DeepLift",
+    "DeepTaylor",
+    "PatternAttribution",
+    "PatternNet",
+    "estimate_patterns",
 ]
 
 # The trained masking model's explainer lives with its module; importing it registers "masking_model".

@@ -2,6 +2,7 @@
 
 from lightning_xai.callbacks.base import MonitorBase, ProbeMonitor, RunInfo
 from lightning_xai.callbacks.dissection import DissectionMonitor
+from lightning_xai.callbacks.patterns import PatternEstimator
 from lightning_xai.callbacks.prototypes import PrototypeMonitor, PrototypePush, PrototypeStages
 from lightning_xai.callbacks.quality import MetricsMonitor, SanityCheckMonitor
 from lightning_xai.callbacks.saliency import SaliencyMonitor
@@ -12,6 +13,7 @@ __all__ = [
     "DissectionMonitor",
     "MetricsMonitor",
     "MonitorBase",
+    "PatternEstimator",
     "ProbeMonitor",
     "PrototypeMonitor",
     "PrototypePush",

@@ -23,11 +23,14 @@ from torch import nn
 from lightning_xai.attribution import (
     CAM,
     LIME,
+    LRP,
     RISE,
     XRAI,
     Anchors,
     CounterfactualInfill,
     Deconvnet,
+    DeepLift,
+    DeepTaylor,
     Explainer,
     ExtremalPerturbation,
     FullGrad,
@@ -42,6 +45,8 @@ from lightning_xai.attribution import (
     MeaningfulPerturbation,
     NoiseTunnel,
     Occlusion,
+    PatternAttribution,
+    PatternNet,
     PredictionDifference,
     Saliency,
     ScoreCAM,
@@ -50,6 +55,7 @@ from lightning_xai.attribution import (
 )
 from lightning_xai.attribution.base import _REGISTRY
 from tests.helpers.models import make
+from tests.helpers.patterns import pattern_file
 from tests.modules.helpers import contract_masker
 
 EXPLAINERS = {
@@ -70,6 +76,17 @@ EXPLAINERS = {
     "full_grad": lambda: FullGrad(),
     "masking_model": lambda: MaskingModelExplainer(contract_masker()),
 }
+EXPLAINERS.update(
+    {
+        "lrp": lambda: LRP(),
+        "lrp_gamma_box": lambda: LRP("epsilon_gamma_box", low=0.0, high=1.0),
+        "lrp_alpha2_beta1": lambda: LRP("epsilon_alpha2_beta1"),
+        "deep_taylor": lambda: DeepTaylor(low=0.0, high=1.0),
+        "deep_lift": lambda: DeepLift(),
+        "pattern_net": lambda: PatternNet(pattern_file("small")),
+        "pattern_attribution": lambda: PatternAttribution(pattern_file("small")),
+    }
+)
 NEEDS_GAP_HEAD = {"cam"}
 
 
@@ -104,6 +121,13 @@ OVERRIDES = {("score_cam", "resnet18"): lambda: ScoreCAM(layer="layer1")}
 # resnet18's last conv has 512 channels.
 OVERRIDES[("masking_model", "vgg")] = lambda: MaskingModelExplainer(contract_masker(in_channels=3))
 OVERRIDES[("masking_model", "resnet18")] = lambda: MaskingModelExplainer(contract_masker(3, 512))
+OVERRIDES.update(  # PatternNet / PatternAttribution need the patterns of each model
+    {
+        (name, model): (lambda cls=cls, model=model: cls(pattern_file(model)))
+        for name, cls in (("pattern_net", PatternNet), ("pattern_attribution", PatternAttribution))
+        for model in ("vgg", "resnet18")
+    }
+)
 CASES: list[Case] = [
     Case(e, m, OVERRIDES.get((e, m), EXPLAINERS[e]))
     for m in MODELS
@@ -134,6 +158,12 @@ PERTURBATION_EXPLAINERS = {
     "xrai": lambda: XRAI(n_steps=4, scales=(50, 200)),
 }
 CASES += [Case(e, m, build) for m in ("small", "vgg") for e, build in PERTURBATION_EXPLAINERS.items()]
+CASES += [Case(e, m, EXPLAINERS[e]) for m in RELU_MODELS for e in ("lrp", "deep_taylor", "deep_lift")]
+# On resnet18 the propagation rules' maps differ between batch sizes by ~1e-5 of their maximum (float rounding of the
+# batch-size-dependent convolutions, divided by small z+ denominators and DeepLift secants), beyond this suite's 1e-6:
+# tests/attribution/test_propagation.py runs them on resnet18 with the same checks and that tolerance.
+PROPAGATION_RESNET = {"lrp", "lrp_gamma_box", "lrp_alpha2_beta1", "deep_lift"}
+CASES = [c for c in CASES if not (c.model == "resnet18" and c.name in PROPAGATION_RESNET)]
 
 
 def _first_cases() -> list[Case]:

@@ -1,0 +1,488 @@
+"""LRP rules: small configured objects that rewrite the backward pass of one layer.
+
+Relevance travels backwards as a *signal* ``g`` with ``R = t * g`` for every tensor ``t`` of the
+forward pass. In that form the ordinary gradient already is the right rule for every operation
+that only moves or adds values (reshapes, max-pooling's winner-take-all, ReLU's pass-through,
+residual additions, whose gradient splits relevance in proportion to each summand, conserving it
+exactly), so a rule only has to touch the layers with weights. A rule returns *terms* ``(t_k, f_k)``:
+tensors ``t_k`` computed from the layer's input ``x`` (with autograd) and detached factors
+``f_k``; the layer's output keeps its value ``z`` exactly, and its backward signal ``g`` goes back
+as ``sum_k (dt_k/dx)^T (f_k g)`` (a custom autograd function; see
+:mod:`~lightning_xai.attribution.propagation.engine`). The cost is what the rule needs: nothing
+extra for epsilon (the term is the layer's own output), one more forward of the layer for z+ (the
+positive part), two for alpha-beta, one double-width one for gamma.
+
+Rules follow Montavon et al. 2019, "Layer-Wise Relevance Propagation: An Overview", with the
+stabiliser conventions of zennit (``t + eps * sign(t)``, ``sign(0) = +1``): epsilon, gamma
+(generalised to negative inputs), alpha-beta (any ``alpha - beta = 1``), z+, flat, w-square and
+z^B (a bounded input box). Flat, w-square and z^B redistribute relevance onto the *input* itself
+rather than onto ``x * g`` and apply to a layer that reads the model's input only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_xai._validation import check_float
+
+__all__ = [
+    "AlphaBeta",
+    "Epsilon",
+    "Flat",
+    "Gamma",
+    "LayerView",
+    "Norm",
+    "Pass",
+    "RULES",
+    "Rule",
+    "WSquare",
+    "ZBox",
+    "ZPlus",
+    "make_rule",
+    "stabilize",
+    "Term",
+]
+
+
+def stabilize(t: Tensor, eps: float) -> Tensor:
+    """``t + eps * sign(t)`` with ``sign(0) = +1``: a denominator that is never zero."""
+    return torch.where(t >= 0, t + eps, t - eps)
+
+
+class LayerView:
+    """What a rule sees of one linear layer for one call: its operation and its parameters, with a
+    following BatchNorm (``y = scale * out + shift`` per channel) merged in when the canonizer
+    merged one. Merged parameters are computed on first use only, and the signed parts of the
+    weight are applied as ``scale * op(x, w+)`` where every scale is positive (one pass over the
+    weight fewer than merging first).
+
+    Args:
+        module: The ``nn.Conv*d`` or ``nn.Linear``.
+        scale: The merged BatchNorm's per-channel scale, or ``None``.
+        shift: Its per-channel shift, or ``None``.
+        weight: Override the weight (PatternNet's patterns); the merge does not apply then.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        scale: Tensor | None = None,
+        shift: Tensor | None = None,
+        weight: Tensor | None = None,
+    ) -> None:
+        self.module = module
+        self.scale = scale
+        self.shift = shift
+        self._weight = weight
+        self._bias: Tensor | None = None
+        self._scale_positive: bool | None = None
+
+    @property
+    def weight(self) -> Tensor:
+        """The (merged) weight."""
+        if self._weight is None:
+            w: Tensor = self.module.weight  # type: ignore[assignment]
+            self._weight = w if self.scale is None else w * self.scale.view(-1, *([1] * (w.ndim - 1)))
+        return self._weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        """The (merged) bias, or ``None``."""
+        b: Tensor | None = self.module.bias  # type: ignore[assignment]
+        if self.scale is None:
+            return b
+        if self._bias is None:
+            assert self.shift is not None
+            self._bias = self.shift if b is None else b * self.scale + self.shift
+        return self._bias
+
+    def op(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """The layer's own operation with other parameters (``conv`` or ``linear``)."""
+        m = self.module
+        if isinstance(m, nn.Linear):
+            return F.linear(x, weight, bias)
+        return m._conv_forward(x, weight, bias)  # type: ignore[operator,union-attr]
+
+    def signed_op(self, x: Tensor, positive: bool, bias: bool = True) -> Tensor:
+        """``op(x, W+, b+)`` (``positive``) or ``op(x, W-, b-)`` with the merged parameters."""
+        clamp = {"min": 0} if positive else {"max": 0}
+        b = self.bias
+        b = None if b is None or not bias else b.clamp(**clamp)
+        if self.scale is not None and self._weight is None:
+            if self._scale_positive is None:
+                self._scale_positive = bool((self.scale > 0).all())
+            if self._scale_positive:
+                raw: Tensor = self.module.weight  # type: ignore[assignment]
+                out = self.op(x, raw.clamp(**clamp), None)
+                shape = (1, -1) + (1,) * (out.ndim - 2)
+                if b is None:
+                    return out * self.scale.view(shape)
+                return torch.addcmul(b.view(shape), out, self.scale.view(shape))
+        return self.op(x, self.weight.clamp(**clamp), b)
+
+
+LeafMaker = Callable[[Tensor], Tensor]
+"""``leaf(value) -> tensor``: a fresh input-shaped leaf whose relevance ``leaf * d/dleaf`` is added
+to the input's relevance (used by the input-layer rules)."""
+
+
+def _pos(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.clamp(min=0)
+
+
+def _neg(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.clamp(max=0)
+
+
+def _factor(z: Tensor, denominator: Tensor, eps: float) -> Tensor:
+    """``z / stab(denominator)``: the output relevance ``z * g`` over the rule's normaliser, per ``g``."""
+    return z / stabilize(denominator, eps)
+
+
+def _has_negative(x: Tensor) -> bool:
+    return bool((x < 0).any())
+
+
+Term = tuple[Tensor, Union[Tensor, None]]
+"""``(t, f)``: a tensor with autograd history back to the layer input (or a leaf), and the
+detached factor its backward signal is multiplied by (``None``: 1)."""
+
+
+class Rule:
+    """Base of every rule. A rule is configuration (plain floats) plus :meth:`terms`.
+
+    Class attributes:
+        needs_weights: applies to layers with weights (``Conv*d``, ``Linear``) only.
+        input_layer: redistributes onto the model input itself (flat, w-square, z^B); valid only
+            on a layer that reads the model's input.
+    """
+
+    needs_weights: ClassVar[bool] = True
+    input_layer: ClassVar[bool] = False
+    name: ClassVar[str] = "rule"
+
+    def terms(
+        self, layer: LayerView | None, x: Tensor, output: Tensor, z: Tensor, scale: Tensor | None, leaf: LeafMaker
+    ) -> list[Term] | None:
+        """The rule's backward as terms (see the module docstring); ``None`` keeps the gradient.
+
+        Args:
+            layer: The layer's merged parameters (``None`` for parameter-free layers).
+            x: The layer's input (requires grad).
+            output: The module's own output, with its autograd history.
+            z: The layer's output value, BatchNorm merged, detached.
+            scale: The merged BatchNorm's per-channel scale (``z = scale * output + shift``), or ``None``.
+            leaf: Makes input-shaped leaves (input-layer rules).
+        """
+        raise NotImplementedError
+
+    def _config(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self._config() == other._config()  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+class Pass(Rule):
+    """Pass-through for activations: ``R_in = R_out``. In signal form this is the ordinary
+    gradient of a ReLU (zero where the output is zero, where relevance is zero anyway).
+
+    Example:
+        >>> Pass()
+        Pass()
+    """
+
+    needs_weights = False
+    name = "pass"
+
+    def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
+        return None
+
+
+class Epsilon(Rule):
+    """LRP-epsilon (Bach et al. 2015): ``R_i = sum_j x_i w_ij R_j / (z_j + eps sign(z_j))``.
+
+    ``epsilon=0`` is LRP-0, whose signal is the plain gradient (relevance = gradient x input).
+    Costs nothing beyond an element-wise rescaling of the output's backward signal.
+
+    Args:
+        epsilon: The stabiliser added to the denominator (``>= 0``).
+
+    Example:
+        >>> Epsilon(0.25)
+        Epsilon(epsilon=0.25)
+    """
+
+    name = "epsilon"
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        self.epsilon = check_float("epsilon", epsilon, 0.0)
+
+    def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
+        if self.epsilon == 0.0:
+            return None if scale is None else [(output, scale)]
+        factor = _factor(z, z, self.epsilon)
+        return [(output, factor if scale is None else factor * scale)]
+
+
+class Norm(Epsilon):
+    """Proportional redistribution for parameter-free linear layers (average pooling, sums): the
+    epsilon rule with ``epsilon`` used as a stabiliser only (zennit's ``Norm``).
+
+    Example:
+        >>> Norm()
+        Norm(epsilon=1e-06)
+    """
+
+    needs_weights = False
+    name = "norm"
+
+
+def _split(layer: LayerView, x: Tensor, positive: bool, negative_inputs: bool) -> Tensor:
+    """``op(x+, W+, b+) + op(x-, W-)`` (``positive``) or ``op(x+, W-, b-) + op(x-, W+)``; the
+    inputs are not clamped when none is negative."""
+    if not negative_inputs:
+        return layer.signed_op(x, positive)
+    return layer.signed_op(x.clamp(min=0), positive) + layer.signed_op(x.clamp(max=0), not positive, bias=False)
+
+
+class ZPlus(Rule):
+    """z+ (Montavon et al. 2017): only positive contributions, ``R_i = sum_j z+_ij R_j / sum_i z+_ij``
+    with ``z+_ij = x+_i w+_ij + x-_i w-_ij`` (the positive bias joins the denominator).
+
+    Costs one more forward of the layer (two where the input has negative values).
+
+    Args:
+        stabilizer: Added to the denominator.
+
+    Example:
+        >>> ZPlus()
+        ZPlus(stabilizer=1e-06)
+    """
+
+    name = "zplus"
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = check_float("stabilizer", stabilizer, 0.0)
+
+    def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
+        assert layer is not None
+        pos = _split(layer, x, True, _has_negative(x))
+        return [(pos, z / (pos.detach() + self.stabilizer))]  # pos >= 0: stab(pos) = pos + eps
+
+
+class AlphaBeta(Rule):
+    """alpha-beta (Bach et al. 2015): ``alpha`` times the positive contributions' share minus
+    ``beta`` times the negative ones', each normalised separately; ``alpha - beta = 1``.
+
+    Args:
+        alpha: Weight of the positive part (``>= 1``).
+        beta: Weight of the negative part (``>= 0``); ``alpha - beta`` must be 1.
+        stabilizer: Added to the denominators.
+
+    Raises:
+        ValueError: ``alpha - beta != 1`` or a negative value.
+
+    Example:
+        >>> AlphaBeta(2.0, 1.0)
+        AlphaBeta(alpha=2.0, beta=1.0, stabilizer=1e-06)
+    """
+
+    name = "alpha_beta"
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) -> None:
+        self.alpha = check_float("alpha", alpha, 0.0)
+        self.beta = check_float("beta", beta, 0.0)
+        if abs(self.alpha - self.beta - 1.0) > 1e-12:
+            raise ValueError(f"Expected `alpha - beta` to be 1, but got alpha={alpha}, beta={beta}.")
+        self.stabilizer = check_float("stabilizer", stabilizer, 0.0)
+
+    def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
+        assert layer is not None
+        negative = _has_negative(x)
+        pos = _split(layer, x, True, negative)
+        terms: list[Term] = [(pos, z * self.alpha / (pos.detach() + self.stabilizer))]
+        if self.beta:
+            neg = _split(layer, x, False, negative)  # <= 0: stab(neg) = neg - eps
+            terms.append((neg, z * -self.beta / (neg.detach() - self.stabilizer)))
+        return terms
+
+
+class Gamma(Rule):
+    """gamma (Montavon et al. 2019), generalised to inputs of either sign (Andeol et al. 2021, as
+    zennit): weights ``w + gamma w+`` for outputs ``z > 0`` (normalised by the positive-favouring
+    output) and ``w + gamma w-`` for outputs ``z < 0``.
+
+    Args:
+        gamma: How much positive (resp. negative) contributions are favoured (``>= 0``).
+        stabilizer: Added to the denominators.
+
+    Example:
+        >>> Gamma(0.25)
+        Gamma(gamma=0.25, stabilizer=1e-06)
+    """
+
+    name = "gamma"
+
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
+        self.gamma = check_float("gamma", gamma, 0.0)
+        self.stabilizer = check_float("stabilizer", stabilizer, 0.0)
+
+    def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
+        assert layer is not None
+        g, w, b = self.gamma, layer.weight, layer.bias
+        w_up, w_down = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
+        b_up = None if b is None else b + g * b.clamp(min=0)
+        b_down = None if b is None else b + g * b.clamp(max=0)
+        negative = _has_negative(x)
+        xp = x.clamp(min=0) if negative else x
+        if isinstance(layer.module, nn.Linear) or getattr(layer.module, "groups", 1) == 1:
+            # one forward of both weight sets, stacked along the output channels
+            both_b = None if b is None else torch.cat([b_up, b_down])  # type: ignore[list-item]
+            up, down = layer.op(xp, torch.cat([w_up, w_down]), both_b).chunk(2, dim=1)
+        else:
+            up, down = layer.op(xp, w_up, b_up), layer.op(xp, w_down, b_down)
+        if negative:
+            xn = x.clamp(max=0)
+            up = up + layer.op(xn, w_down, None)
+            down = down + layer.op(xn, w_up, None)
+        eps = self.stabilizer
+        return [
+            (up, z.clamp(min=0) / stabilize(up.detach(), eps)),
+            (down, z.clamp(max=0) / stabilize(down.detach(), eps)),
+        ]
+
+
+class Flat(Rule):
+    """flat (Lapuschkin et al. 2019): relevance spread uniformly over each output's receptive field,
+    ignoring weights and input values. For the layer that reads the model input.
+
+    Args:
+        stabilizer: Added to the denominator.
+
+    Example:
+        >>> Flat()
+        Flat(stabilizer=1e-06)
+    """
+
+    input_layer = True
+    name = "flat"
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = check_float("stabilizer", stabilizer, 0.0)
+
+    def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
+        assert layer is not None
+        out = layer.op(leaf(torch.ones_like(x)), torch.ones_like(layer.weight), None)
+        return [(out, _factor(z, out.detach(), self.stabilizer))]
+
+
+class WSquare(Rule):
+    """w-square (Montavon et al. 2017): ``R_i = sum_j w_ij^2 R_j / sum_i w_ij^2``, for unbounded
+    real-valued inputs. For the layer that reads the model input.
+
+    Args:
+        stabilizer: Added to the denominator.
+
+    Example:
+        >>> WSquare()
+        WSquare(stabilizer=1e-06)
+    """
+
+    input_layer = True
+    name = "w_square"
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = check_float("stabilizer", stabilizer, 0.0)
+
+    def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
+        assert layer is not None
+        b = layer.bias
+        out = layer.op(leaf(torch.ones_like(x)), layer.weight**2, None if b is None else b**2)
+        return [(out, _factor(z, out.detach(), self.stabilizer))]
+
+
+BoxBound = Union[float, Tensor]
+
+
+class ZBox(Rule):
+    """z^B (Montavon et al. 2017) for inputs bounded in the box ``[low, high]``:
+    ``R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) R_j / sum_i (...)``. For the layer that reads
+    the model input.
+
+    Args:
+        low: Lowest input value (a float or a tensor broadcastable to one input, e.g. ``[1, C, 1, 1]``).
+        high: Highest input value, likewise.
+        stabilizer: Added to the denominator.
+
+    Raises:
+        TypeError: a bound is neither a float nor a tensor.
+
+    Example:
+        >>> ZBox(low=0.0, high=1.0)
+        ZBox(low=0.0, high=1.0, stabilizer=1e-06)
+    """
+
+    input_layer = True
+    name = "zbox"
+
+    def __init__(self, low: BoxBound = 0.0, high: BoxBound = 1.0, stabilizer: float = 1e-6) -> None:
+        self.low = self._bound("low", low)
+        self.high = self._bound("high", high)
+        self.stabilizer = check_float("stabilizer", stabilizer, 0.0)
+
+    @staticmethod
+    def _bound(name: str, value: object) -> BoxBound:
+        if isinstance(value, Tensor):
+            return value.detach().clone()
+        return check_float(name, value)
+
+    def _config(self) -> dict[str, Any]:
+        cfg = dict(vars(self))
+        for key in ("low", "high"):
+            if isinstance(cfg[key], Tensor):
+                cfg[key] = cfg[key].tolist()
+        return cfg
+
+    def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
+        assert layer is not None
+        w, b = layer.weight, layer.bias
+        x0 = leaf(x.detach())
+        low = leaf(torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand_as(x).clone())
+        high = leaf(torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand_as(x).clone())
+        out = layer.op(x0, w, b) - layer.op(low, w.clamp(min=0), _pos(b)) - layer.op(high, w.clamp(max=0), _neg(b))
+        return [(out, _factor(z, out.detach(), self.stabilizer))]
+
+
+RULES: dict[str, type[Rule]] = {
+    cls.name: cls for cls in (Pass, Epsilon, Norm, ZPlus, AlphaBeta, Gamma, Flat, WSquare, ZBox)
+}
+"""Rules by name, for composites given as plain mappings (YAML)."""
+
+
+def make_rule(spec: Rule | str) -> Rule:
+    """A :class:`Rule` from a rule or a rule name in :data:`RULES` (default parameters).
+
+    Raises:
+        ValueError: unknown name.
+        TypeError: neither a rule nor a str.
+    """
+    if isinstance(spec, Rule):
+        return spec
+    if isinstance(spec, str):
+        if spec not in RULES:
+            raise ValueError(f"Expected a rule name in {sorted(RULES)}, but got {spec!r}.")
+        return RULES[spec]()
+    raise TypeError(f"Expected a Rule or a rule name, but got {spec!r} of type {type(spec).__name__}.")
