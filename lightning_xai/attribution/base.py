@@ -46,6 +46,7 @@ __all__ = [
     "select_scores",
     "value_bounds",
     "target_indices",
+    "targets_checked",
     "get_layer",
     "last_conv_layer_name",
     "layer_names",
@@ -383,6 +384,20 @@ def check_target_range(target: Tensor, classes: int) -> None:
             f"Expected `target` class indices in [0, {classes}), but got {len(values)} distinct out-of-range "
             f"values: {_format_values(values)}."
         )
+
+
+@contextlib.contextmanager
+def targets_checked(checked: bool = True) -> Iterator[None]:
+    """Inside the block (when ``checked``), :func:`check_target_range` is skipped: for targets
+    already checked, or predicted by ``argmax``, so that nested calls do not sync again."""
+    if not checked:
+        yield
+        return
+    token = _TARGETS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _TARGETS_CHECKED.reset(token)
 
 
 def resolve_target(target: TargetType, outputs: Tensor) -> Tensor:

@@ -36,6 +36,7 @@ from lightning_xai.attribution.base import (
     resolve_target,
     run_chunked,
     target_indices,
+    targets_checked,
     value_bounds,
 )
 from lightning_xai.errors import LightningXAIError
@@ -477,9 +478,10 @@ class NoiseTunnel(Explainer):
             moments[:] = merged
 
         size = self.internal_batch_size or default_chunk_rows(x)
-        run_chunked(
-            self.n_samples * batch, size, body, method=type(self).__name__, adaptive=self.internal_batch_size is None
-        )
+        with targets_checked(target is None):  # predicted classes need no range check
+            run_chunked(
+                self.n_samples * batch, size, body, method=type(self).__name__, adaptive=self.internal_batch_size is None
+            )
         count, mean, m2 = moments
         if self.kind == "smoothgrad":
             return mean
