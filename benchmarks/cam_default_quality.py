@@ -2,8 +2,8 @@
 feature map the global pool consumes) on the demo model, trained here for a few epochs.
 
 A :class:`~lightning_xai.demo.ShapesClassifier` (as a plain ``nn.Module``) is trained with Adam on
-the demo's data (``ShapesDataset`` 48 x 48 with the shortcut marker, 12,288 images, batch 64) for
-``--epochs`` epochs on one CPU thread, then every CAM method explains the 256 validation images
+the demo's data (``ShapesDataset`` 48 x 48 with the shortcut marker, ``--num-train`` images, by
+default the demo's 12,288, batch 64) for ``--epochs`` epochs on one CPU thread, then every CAM method explains the 256 validation images
 (no marker) for their label at both layers. Reported per method and layer: the share of images
 whose map is all zero, and the mean share of attribution inside the shape's mask
 (:func:`~lightning_xai.metrics.functional.mask_share`; the shape's area fraction is what a
@@ -34,15 +34,16 @@ from lightning_xai.demo import ShapesClassifier  # noqa: E402
 from lightning_xai.metrics.functional import mask_share  # noqa: E402
 
 
-def train(epochs: int, seed: int = 0) -> tuple[torch.nn.Module, ShapesDataset, float]:
+def train(epochs: int, num_train: int, seed: int = 0) -> tuple[torch.nn.Module, ShapesDataset, float]:
     torch.manual_seed(seed)
-    train_set = ShapesDataset(num_samples=12288, image_size=48, shortcut=True, seed=seed)
+    train_set = ShapesDataset(num_samples=num_train, image_size=48, shortcut=True, seed=seed)
     val_set = ShapesDataset(num_samples=256, image_size=48, shortcut=False, seed=seed + 1)
     model = ShapesClassifier(num_classes=train_set.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        print(f"epoch {epoch + 1}/{epochs}", file=sys.stderr, flush=True)
         order = torch.randperm(len(train_set), generator=gen)
         for start in range(0, len(order), 64):
             idx = order[start : start + 64]
@@ -59,12 +60,13 @@ def train(epochs: int, seed: int = 0) -> tuple[torch.nn.Module, ShapesDataset, f
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--num-train", type=int, default=12288, help="training images (the demo's 12,288)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
-    model, val, acc = train(args.epochs)
+    model, val, acc = train(args.epochs, args.num_train)
     x, y, masks = val.images, val.labels, val.masks
-    print(f"ShapesClassifier trained {args.epochs} epochs in {time.perf_counter() - start:.0f} s; val acc {acc:.3f}")
+    print(f"ShapesClassifier trained {args.epochs} epochs on {args.num_train} images in {time.perf_counter() - start:.0f} s; val acc {acc:.3f}")
     print(f"default layer: {default_cam_layer(model, x[:2])!r}; old default: {GradCAM('last_conv').layer_name(model)!r}")
     print(f"uniform-map mask share (shape area): {float(masks.flatten(1).mean(1).mean()):.3f}\n")
     print("| method | layer | all-zero maps | mask share |")
