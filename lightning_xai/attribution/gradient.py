@@ -361,7 +361,7 @@ class NoiseTunnel(Explainer):
     (the chunk loop Integrated Gradients uses); the moments accumulate in float32 (float64 for
     float64 inputs).
 
-    COST: 1 forward pass of the batch (target resolution) + the wrapped explainer's cost on
+    COST: with ``target=None``, 1 forward pass of the batch (the predicted classes) + the wrapped explainer's cost on
     ``n_samples`` times the batch (for a gradient method: ``n_samples`` forward + backward passes
     of the batch, in ``ceil(n_samples * B / internal_batch_size)`` calls).
 
