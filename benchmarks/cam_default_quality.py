@@ -66,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     model, val, acc = train(args.epochs, args.num_train)
     x, y, masks = val.images, val.labels, val.masks
-    print(f"ShapesClassifier trained {args.epochs} epochs on {args.num_train} images in {time.perf_counter() - start:.0f} s; val acc {acc:.3f}")
-    print(f"default layer: {default_cam_layer(model, x[:2])!r}; old default: {GradCAM('last_conv').layer_name(model)!r}")
+    print(
+        f"ShapesClassifier trained {args.epochs} epochs on {args.num_train} images in {time.perf_counter() - start:.0f} s; val acc {acc:.3f}"
+    )
+    print(
+        f"default layer: {default_cam_layer(model, x[:2])!r}; old default: {GradCAM('last_conv').layer_name(model)!r}"
+    )
     print(f"uniform-map mask share (shape area): {float(masks.flatten(1).mean(1).mean()):.3f}\n")
     print("| method | layer | all-zero maps | mask share |")
     print("|---|---|---|---|")

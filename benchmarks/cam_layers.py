@@ -22,8 +22,8 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from torchvision import models  # noqa: E402
 
-from lightning_xai.attribution.cam import LayerCapture, default_cam_layer, pooled_layer  # noqa: E402
 from lightning_xai.attribution.base import last_conv_layer_name, observe  # noqa: E402
+from lightning_xai.attribution.cam import default_cam_layer, pooled_layer  # noqa: E402
 
 FAMILIES = ["resnet18", "resnet50", "vgg16", "densenet121", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny"]
 
@@ -48,8 +48,7 @@ def main() -> int:
         spec = pooled_layer(model)
         producer = default_cam_layer(model, x)
         print(
-            f"| {name} | `{spec}` | `{producer}` | {list(shape_of(model, spec, x))} | "
-            f"`{last_conv_layer_name(model)}` |"
+            f"| {name} | `{spec}` | `{producer}` | {list(shape_of(model, spec, x))} | `{last_conv_layer_name(model)}` |"
         )
     return 0
 

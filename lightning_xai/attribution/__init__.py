@@ -6,6 +6,7 @@ Every explainer holds configuration only and is called as ``explainer(model, inp
 from lightning_xai.attribution.base import (
     ExplainContext,
     Explainer,
+    OutputType,
     TargetType,
     available_explainers,
     get_explainer,
@@ -14,14 +15,17 @@ from lightning_xai.attribution.base import (
     observe,
     register_explainer,
     resolve_target,
+    select_output,
 )
 from lightning_xai.attribution.cam import (
     CAM,
+    LAST_CONV,
     FullGrad,
     GradCAM,
     GradCAMPlusPlus,
     GuidedGradCAM,
     ScoreCAM,
+    default_cam_layer,
     minmax_normalize,
     upsample,
 )
@@ -34,8 +38,6 @@ from lightning_xai.attribution.gradient import (
     modified_relu,
 )
 from lightning_xai.attribution.path import IntegratedGradients, gaussian_blur, make_baseline
-from lightning_xai.attribution.base import OutputType, select_output
-from lightning_xai.attribution.cam import LAST_CONV, default_cam_layer
 
 __all__ = [
     "CAM",

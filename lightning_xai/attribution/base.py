@@ -75,7 +75,7 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _OUTPUT_HINT = (
     "pass `output=` to the explainer call to pick the [B, C] scores: an int index for a tuple or list, "
     "a str key or attribute name for a dict, dataclass or named tuple, or a callable mapping the raw "
-    "output to the scores, e.g. `explainer(model, inputs, target, output=\"logits\")`"
+    'output to the scores, e.g. `explainer(model, inputs, target, output="logits")`'
 )
 
 
@@ -137,7 +137,9 @@ def select_output(raw: Any, output: OutputType = None) -> Tensor:
             return raw
         fields = _fields(raw)
         found = f" (with fields {', '.join(fields)})" if fields else ""
-        raise TypeError(f"The model returned a {type(raw).__name__}{found}, not a [B, C] scores tensor: {_OUTPUT_HINT}.")
+        raise TypeError(
+            f"The model returned a {type(raw).__name__}{found}, not a [B, C] scores tensor: {_OUTPUT_HINT}."
+        )
     if callable(output):
         selected = output(raw)
         what = "the `output` callable's result"

@@ -331,7 +331,9 @@ def activated_last_conv(model: nn.Module, *, method: str = "explainer") -> str:
     for name, module in modules[index + 1 :]:
         if name.startswith(conv + "."):
             continue
-        if isinstance(module, (nn.Linear, nn.Flatten, nn.modules.pooling._AdaptiveAvgPoolNd)) or _is_global_pool(module):
+        if isinstance(module, (nn.Linear, nn.Flatten, nn.modules.pooling._AdaptiveAvgPoolNd)) or _is_global_pool(
+            module
+        ):
             break
         if isinstance(module, _ACTIVATIONS):
             return name
@@ -356,9 +358,7 @@ def pooled_layer(model: nn.Module, *, method: str = "explainer") -> str:
     return activated_last_conv(model, method=method)
 
 
-def default_cam_layer(
-    model: nn.Module, inputs: Tensor, *, output: OutputType = None, method: str = "explainer"
-) -> str:
+def default_cam_layer(model: nn.Module, inputs: Tensor, *, output: OutputType = None, method: str = "explainer") -> str:
     """The name of the module whose output is the CAM family's default feature map.
 
     One hooked forward pass of ``inputs`` (under :func:`~lightning_xai.attribution.base.observe`,

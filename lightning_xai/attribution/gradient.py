@@ -480,7 +480,11 @@ class NoiseTunnel(Explainer):
         size = self.internal_batch_size or default_chunk_rows(x)
         with targets_checked(target is None):  # predicted classes need no range check
             run_chunked(
-                self.n_samples * batch, size, body, method=type(self).__name__, adaptive=self.internal_batch_size is None
+                self.n_samples * batch,
+                size,
+                body,
+                method=type(self).__name__,
+                adaptive=self.internal_batch_size is None,
             )
         count, mean, m2 = moments
         if self.kind == "smoothgrad":

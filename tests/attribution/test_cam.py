@@ -25,19 +25,19 @@ from torch import Tensor, nn
 from lightning_xai.attribution.base import get_explainer, observe
 from lightning_xai.attribution.cam import (
     CAM,
-    activated_last_conv,
-    default_cam_layer,
-    forward_chunk_rows,
-    global_pool_name,
-    pooled_layer,
     FullGrad,
     GradCAM,
     GradCAMPlusPlus,
     GuidedGradCAM,
     ScoreCAM,
+    activated_last_conv,
     capture_layer,
+    default_cam_layer,
+    forward_chunk_rows,
+    global_pool_name,
     layer_activation_and_gradient,
     minmax_normalize,
+    pooled_layer,
     upsample,
 )
 from lightning_xai.errors import LightningXAIError
@@ -486,4 +486,6 @@ def test_score_cam_chunk_default_is_sized_from_the_device() -> None:
     assert forward_chunk_rows(torch.zeros(2, 3, 224, 224)) == 27
     assert forward_chunk_rows(torch.zeros(2, 1, 8, 8)) == 1024
     model, x, _ = _double("small")
-    torch.testing.assert_close(ScoreCAM()(model, x, 3), ScoreCAM(internal_batch_size=1)(model, x, 3), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        ScoreCAM()(model, x, 3), ScoreCAM(internal_batch_size=1)(model, x, 3), rtol=1e-10, atol=1e-12
+    )
