@@ -22,7 +22,14 @@ Oracles: captum (``Saliency``, ``InputXGradient``, ``GuidedBackprop``, ``Deconvo
 registers the hooks) and released right after their row, so no oracle's hooks run during another
 measurement; the script checks that the model carries no hook between rows.
 
-The last column, ``match``, compares our map with the oracle's (max abs difference over the max
+Peak memory (columns ``peak MiB``): one extra, untimed call of ours and of the oracle, measured as
+the rise of the process's peak resident set size during the call (``VmHWM`` of
+``/proc/self/status``, reset through ``/proc/self/clear_refs`` just before it; glibc's malloc is
+told to return freed blocks of 64 KiB and more to the system at once, so memory cached from an
+earlier call does not hide a peak); on CUDA, ``torch.cuda.max_memory_allocated`` minus the memory
+allocated before the call. ``benchmarks/bench_memory.py`` measures resnet50 at 224 x 224.
+
+The column ``match``, compares our map with the oracle's (max abs difference over the max
 abs oracle value, after the normalisation the oracle applies) to show the configurations are
 equivalent (CAM and Grad-CAM after dividing each map by its maximum); ``n/a`` for the noise
 tunnel, whose noise differs.
@@ -36,6 +43,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
@@ -82,7 +90,7 @@ class Workload:
     model: nn.Module
     inputs: Tensor
     target: Tensor  # [B] int64 class indices
-    cam_layer: str  # our default: the last nn.Conv2d
+    cam_layer: str  # our default: the module producing the feature map the global pool consumes
     gap_input_layer: str  # the module whose output the global average pooling reads (CAM)
 
     @property
@@ -106,7 +114,7 @@ def make_workload(name: str) -> Workload:
     gen = torch.Generator().manual_seed(1)
     inputs = torch.rand(shape, generator=gen)
     target = torch.randint(0, 10, (shape[0],), generator=gen)
-    return Workload(name, model, inputs, target, xai.last_conv_layer_name(model), gap_input)
+    return Workload(name, model, inputs, target, xai.default_cam_layer(model, inputs), gap_input)
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,6 +128,50 @@ class Timed:
     call: Callable[[], Any]
     setup: Callable[[], None] = lambda: None
     teardown: Callable[[], None] = lambda: None
+
+
+def limit_malloc_caching() -> None:
+    """Make glibc's malloc return freed blocks of 64 KiB and more to the system (no dynamic mmap
+    threshold, no trim threshold), so a call's peak RSS is not hidden by memory an earlier call freed."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 1 << 16)  # M_TRIM_THRESHOLD
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_mib(timed: Timed, device: torch.device) -> float | None:
+    """Peak memory of one call of ``timed`` above what was in use before it, in MiB (see the module
+    docstring); ``None`` where it cannot be measured."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        _time_once(timed)
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    base = _status_kib("VmRSS")
+    _time_once(timed)
+    peak = _status_kib("VmHWM")
+    return None if base is None or peak is None else (peak - base) / 1024
 
 
 def _time_once(timed: Timed) -> tuple[float, Any]:
@@ -579,6 +631,8 @@ class Row:
     paired_ratio_iqr: tuple[float, float] | None = None  # quartiles of the per-round ours/oracle ratios
     ours_samples_ms: list[float] = field(default_factory=list)
     oracle_samples_ms: list[float] = field(default_factory=list)
+    ours_peak_mib: float | None = None
+    oracle_peak_mib: float | None = None
 
 
 def _short_error(err: BaseException) -> str:
@@ -619,6 +673,10 @@ def run_workload(
                 continue
             finally:
                 gc.collect()
+            device = w.inputs.device
+            row.oracle_peak_mib = peak_mib(timeds[-1], device)
+            if has_ours:
+                row.ours_peak_mib = peak_mib(timeds[1], device)
             hooks = count_hooks(w.model)
             if hooks:
                 raise RuntimeError(f"{method.name} / {oracle.name} left {hooks} hook(s) on the model")
@@ -665,8 +723,9 @@ def render(result: dict[str, Any]) -> str:
         f"rows (min {result['unit_pass_min_ms']:.2f}); each row divides by the median of its own interleaved "
         "unit measurements",
         "",
-        "| method | ours (ms) | oracle (ms) | oracle name | ratio ours/oracle [IQR] | ours in passes | pass target | match | runs |",
-        "|---|---:|---:|---|---:|---:|---|---:|---:|",
+        "| method | ours (ms) | oracle (ms) | oracle name | ratio ours/oracle [IQR] | ours in passes | pass target | "
+        "match | peak MiB ours / oracle | runs |",
+        "|---|---:|---:|---|---:|---:|---|---:|---:|---:|",
     ]
     for r in result["rows"]:
         ratio = _fmt(r["ratio"])
@@ -677,9 +736,10 @@ def render(result: dict[str, Any]) -> str:
         match = "n/a" if r["match"] is None else f"{r['match']:.1e}"
         ours_ms = _fmt(r["ours_ms"]) if r["ours_ms"] is not None else (r["error"] or "-")
         oracle_ms = _fmt(r["oracle_ms"]) if r["oracle_ms"] is not None else (r["error"] or "-")
+        peak = f"{_fmt(r['ours_peak_mib'], 0)} / {_fmt(r['oracle_peak_mib'], 0)}"
         lines.append(
             f"| {r['method']} | {ours_ms} | {oracle_ms} | {r['oracle']} | {ratio} | {passes} | "
-            f"{r['target'] or '-'} | {match} | {r['repeats']} |"
+            f"{r['target'] or '-'} | {match} | {peak} | {r['repeats']} |"
         )
     misses = [r for r in result["rows"] if r["misses"]]
     lines.append("")
@@ -710,6 +770,7 @@ def main(argv: list[str] | None = None) -> int:
     warmup = 1 if args.quick else 2
     budget_s = args.budget or (2.0 if args.quick else 10.0)
     torch.set_num_threads(THREADS)
+    limit_malloc_caching()
     methods = build_methods()
     if args.methods:
         wanted = [m.strip().lower() for m in args.methods.split(",") if m.strip()]

@@ -134,7 +134,9 @@ def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
             from lightning_xai.callbacks.tcav import tcav_demo_monitor
 
             callbacks.append(
-                tcav_demo_monitor(image_size=args.image_size, num_classes=dm.num_classes, shortcut_class=0, seed=args.seed)
+                tcav_demo_monitor(
+                    image_size=args.image_size, num_classes=dm.num_classes, shortcut_class=0, seed=args.seed
+                )
             )
         if args.quality:
             from lightning_xai.callbacks import MetricsMonitor, SanityCheckMonitor

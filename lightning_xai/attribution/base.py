@@ -46,6 +46,7 @@ __all__ = [
     "select_scores",
     "value_bounds",
     "target_indices",
+    "targets_checked",
     "get_layer",
     "last_conv_layer_name",
     "layer_names",
@@ -74,7 +75,7 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _OUTPUT_HINT = (
     "pass `output=` to the explainer call to pick the [B, C] scores: an int index for a tuple or list, "
     "a str key or attribute name for a dict, dataclass or named tuple, or a callable mapping the raw "
-    "output to the scores, e.g. `explainer(model, inputs, target, output=\"logits\")`"
+    'output to the scores, e.g. `explainer(model, inputs, target, output="logits")`'
 )
 
 
@@ -136,7 +137,9 @@ def select_output(raw: Any, output: OutputType = None) -> Tensor:
             return raw
         fields = _fields(raw)
         found = f" (with fields {', '.join(fields)})" if fields else ""
-        raise TypeError(f"The model returned a {type(raw).__name__}{found}, not a [B, C] scores tensor: {_OUTPUT_HINT}.")
+        raise TypeError(
+            f"The model returned a {type(raw).__name__}{found}, not a [B, C] scores tensor: {_OUTPUT_HINT}."
+        )
     if callable(output):
         selected = output(raw)
         what = "the `output` callable's result"
@@ -383,6 +386,20 @@ def check_target_range(target: Tensor, classes: int) -> None:
             f"Expected `target` class indices in [0, {classes}), but got {len(values)} distinct out-of-range "
             f"values: {_format_values(values)}."
         )
+
+
+@contextlib.contextmanager
+def targets_checked(checked: bool = True) -> Iterator[None]:
+    """Inside the block (when ``checked``), :func:`check_target_range` is skipped: for targets
+    already checked, or predicted by ``argmax``, so that nested calls do not sync again."""
+    if not checked:
+        yield
+        return
+    token = _TARGETS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _TARGETS_CHECKED.reset(token)
 
 
 def resolve_target(target: TargetType, outputs: Tensor) -> Tensor:
@@ -827,4 +844,3 @@ def expand_target(target: Tensor, repeats: int) -> Tensor:
 
 
 __all__ += ["forward_scores", "input_gradient", "expand_target"]
-

@@ -331,7 +331,9 @@ def activated_last_conv(model: nn.Module, *, method: str = "explainer") -> str:
     for name, module in modules[index + 1 :]:
         if name.startswith(conv + "."):
             continue
-        if isinstance(module, (nn.Linear, nn.Flatten, nn.modules.pooling._AdaptiveAvgPoolNd)) or _is_global_pool(module):
+        if isinstance(module, (nn.Linear, nn.Flatten, nn.modules.pooling._AdaptiveAvgPoolNd)) or _is_global_pool(
+            module
+        ):
             break
         if isinstance(module, _ACTIVATIONS):
             return name
@@ -356,15 +358,14 @@ def pooled_layer(model: nn.Module, *, method: str = "explainer") -> str:
     return activated_last_conv(model, method=method)
 
 
-def default_cam_layer(
-    model: nn.Module, inputs: Tensor, *, output: OutputType = None, method: str = "explainer"
-) -> str:
+def default_cam_layer(model: nn.Module, inputs: Tensor, *, output: OutputType = None, method: str = "explainer") -> str:
     """The name of the module whose output is the CAM family's default feature map.
 
     One hooked forward pass of ``inputs`` (under :func:`~lightning_xai.attribution.base.observe`,
     no gradients) finds the module that produced the tensor the global pool consumes: the last
     module to return that very tensor, unmodified since (``layer4`` on a torchvision ResNet,
-    ``features`` on EfficientNet). Falls back to the structural :func:`pooled_layer` spec when no
+    ``features`` on EfficientNet); a module called several times per forward pass does not count.
+    Falls back to the structural :func:`pooled_layer` spec when no
     module produced it (a functional operation in between) and to :func:`activated_last_conv`
     without a global pool.
 
@@ -401,8 +402,11 @@ def default_cam_layer(
     if len(consumed) != 1:
         return spec
     tensor, version = consumed[0]
+    calls: dict[str, int] = {}
+    for name, _, _ in produced:
+        calls[name] = calls.get(name, 0) + 1
     for name, out, out_version in reversed(produced):
-        if out is tensor and out_version == version:
+        if out is tensor and out_version == version and calls[name] == 1:  # a reused module is no answer
             return name
     return spec
 

@@ -36,6 +36,7 @@ from lightning_xai.attribution.base import (
     resolve_target,
     run_chunked,
     target_indices,
+    targets_checked,
     value_bounds,
 )
 from lightning_xai.errors import LightningXAIError
@@ -360,7 +361,7 @@ class NoiseTunnel(Explainer):
     (the chunk loop Integrated Gradients uses); the moments accumulate in float32 (float64 for
     float64 inputs).
 
-    COST: 1 forward pass of the batch (target resolution) + the wrapped explainer's cost on
+    COST: with ``target=None``, 1 forward pass of the batch (the predicted classes) + the wrapped explainer's cost on
     ``n_samples`` times the batch (for a gradient method: ``n_samples`` forward + backward passes
     of the batch, in ``ceil(n_samples * B / internal_batch_size)`` calls).
 
@@ -477,9 +478,14 @@ class NoiseTunnel(Explainer):
             moments[:] = merged
 
         size = self.internal_batch_size or default_chunk_rows(x)
-        run_chunked(
-            self.n_samples * batch, size, body, method=type(self).__name__, adaptive=self.internal_batch_size is None
-        )
+        with targets_checked(target is None):  # predicted classes need no range check
+            run_chunked(
+                self.n_samples * batch,
+                size,
+                body,
+                method=type(self).__name__,
+                adaptive=self.internal_batch_size is None,
+            )
         count, mean, m2 = moments
         if self.kind == "smoothgrad":
             return mean

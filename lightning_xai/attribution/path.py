@@ -35,6 +35,7 @@ from lightning_xai.attribution.base import (
     run_chunked,
     select_scores,
     target_indices,
+    targets_checked,
     value_bounds,
 )
 
@@ -421,13 +422,14 @@ class IntegratedGradients(Explainer):
             totals.index_add_(0, slot, grad.detach().to(acc) * steps[k].view(-1, *ones))
 
         size = self._chunk_rows(x)
-        run_chunked(
-            n_base * self.n_steps * batch,
-            size,
-            body,
-            method=type(self).__name__,
-            adaptive=self.internal_batch_size is None,
-        )
+        with targets_checked(clean is not None):  # resolved above: no check per chunk
+            run_chunked(
+                n_base * self.n_steps * batch,
+                size,
+                body,
+                method=type(self).__name__,
+                adaptive=self.internal_batch_size is None,
+            )
         totals = totals.view_as(baselines)
         multiplied = totals * (x_acc.unsqueeze(0) - baselines)
         attributions = (multiplied if self.multiply_by_inputs else totals).mean(dim=0)

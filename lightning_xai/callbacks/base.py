@@ -40,7 +40,6 @@ from lightning_xai.render.writer import BackgroundWriter
 __all__ = ["RunInfo", "MonitorBase", "ProbeMonitor"]
 
 
-
 @dataclass(frozen=True)
 class RunInfo:
     """What a background render gets instead of the trainer.

@@ -65,6 +65,7 @@ def __getattr__(name: str) -> Any:
         return getattr(sinks, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 from lightning_xai.render.influence import class_name, proponents_grid, self_influence_grid  # noqa: E402
 
 __all__ += ["class_name", "proponents_grid", "self_influence_grid"]

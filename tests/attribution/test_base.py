@@ -10,12 +10,12 @@ from torch import nn
 from lightning_xai.attribution.base import (
     chunks,
     get_explainer,
-    select_output,
-    value_bounds,
     get_layer,
     last_conv_layer_name,
     observe,
     resolve_target,
+    select_output,
+    value_bounds,
 )
 from tests.helpers.models import make
 

@@ -25,15 +25,19 @@ from torch import Tensor, nn
 from lightning_xai.attribution.base import get_explainer, observe
 from lightning_xai.attribution.cam import (
     CAM,
-    default_cam_layer,
     FullGrad,
     GradCAM,
     GradCAMPlusPlus,
     GuidedGradCAM,
     ScoreCAM,
+    activated_last_conv,
     capture_layer,
+    default_cam_layer,
+    forward_chunk_rows,
+    global_pool_name,
     layer_activation_and_gradient,
     minmax_normalize,
+    pooled_layer,
     upsample,
 )
 from lightning_xai.errors import LightningXAIError
@@ -415,3 +419,73 @@ def test_registry_and_pickle() -> None:
     explainer = ScoreCAM(layer="layer4", internal_batch_size=8)
     assert pickle.loads(pickle.dumps(explainer)) == explainer
     assert pickle.loads(pickle.dumps(GuidedGradCAM("layer4"))) == GuidedGradCAM("layer4")
+
+
+# --------------------------------------------------------------------------------------------
+# the default layer: the feature map the global pool consumes
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "spec", "producer", "last_conv"),
+    [
+        ("small", "pool:input", "features", "features.6"),
+        ("resnet18", "avgpool:input", "layer4", "layer4.1.conv2"),
+        ("vgg", "features.6", "features.6", "features.5"),  # no global pool: the last conv's ReLU
+        ("shared_relu", "pool:input", "pool:input", "conv2"),  # the reused ReLU module is not a producer
+    ],
+)
+def test_default_layer_is_what_the_global_pool_consumes(name: str, spec: str, producer: str, last_conv: str) -> None:
+    model, x = _made(name)
+    assert pooled_layer(model) == spec
+    assert default_cam_layer(model, x) in (producer, spec)
+    assert GradCAM("last_conv").layer_name(model) == last_conv
+    for cls in (GradCAM, GradCAMPlusPlus):
+        default = cls().attribute_layer(model, x, 1)
+        torch.testing.assert_close(default, cls(spec).attribute_layer(model, x, 1), rtol=0, atol=0)
+        if producer != spec:
+            torch.testing.assert_close(default, cls(producer).attribute_layer(model, x, 1), rtol=1e-6, atol=1e-7)
+
+
+def test_default_cam_layer_torchvision_families() -> None:
+    from torchvision.models import mobilenet_v3_small
+
+    torch.manual_seed(0)
+    model = mobilenet_v3_small(weights=None).eval()
+    x = torch.rand(1, 3, 64, 64)
+    # squeeze-and-excitation pools inside the blocks are not the head's pool
+    assert global_pool_name(model) == "avgpool"
+    assert default_cam_layer(model, x) == "features"
+    assert activated_last_conv(model) == "features.12.2"  # its Hardswish, if the pool were functional
+
+
+def test_default_family_agrees_with_cam() -> None:
+    """CAM's map is h*w times Grad-CAM's at the pooled layer: with the defaults, the family agrees."""
+    for name in ("small", "resnet18"):
+        model, x, target = _double(name)
+        cam = CAM().attribute_layer(model, x, target)
+        grad_cam = GradCAM().attribute_layer(model, x, target)
+        h, w = cam.shape[-2:]
+        assert cam.abs().max() > 0
+        torch.testing.assert_close(cam, h * w * grad_cam, rtol=1e-10, atol=1e-12)
+        guided = GuidedGradCAM()(model, x, target)
+        torch.testing.assert_close(guided, GuidedGradCAM(default_cam_layer(model, x))(model, x, target))
+
+
+def test_a_layer_without_spatial_output_is_refused_or_warned() -> None:
+    model, x = _made("resnet18")
+    for cls in (GradCAM, ScoreCAM, GradCAMPlusPlus, GuidedGradCAM):
+        with pytest.raises(ValueError, match=r"'avgpool'.*no spatial output.*constant"):
+            cls("avgpool").check(model)
+    with pytest.raises(ValueError, match="no spatial output"):
+        CAM("avgpool").check(model)
+    with pytest.warns(RuntimeWarning, match=r"1 x 1 output, so the map is constant"):
+        GradCAM()(model, x[:, :, :32, :32], 0)  # layer4 is 1 x 1 at 32 x 32
+
+
+def test_score_cam_chunk_default_is_sized_from_the_device() -> None:
+    assert ScoreCAM().internal_batch_size is None
+    assert forward_chunk_rows(torch.zeros(2, 3, 224, 224)) == 27
+    assert forward_chunk_rows(torch.zeros(2, 1, 8, 8)) == 1024
+    model, x, _ = _double("small")
+    torch.testing.assert_close(
+        ScoreCAM()(model, x, 3), ScoreCAM(internal_batch_size=1)(model, x, 3), rtol=1e-10, atol=1e-12
+    )

@@ -115,8 +115,7 @@ MODELS = ["small", "vgg", "resnet18"]
 # models with one ReLU module reused, or functional ReLUs: for the methods that hook layers or ReLUs
 RELU_MODELS = ["shared_relu", "functional_relu"]
 RELU_METHODS = ["guided_backprop", "deconvnet", "grad_cam", "guided_grad_cam", "grad_cam_plus_plus", "score_cam", "cam"]
-# Score-CAM at resnet18's default layer (512 channels) needs 512 masked forwards per image: use layer1 (64)
-OVERRIDES = {("score_cam", "resnet18"): lambda: ScoreCAM(layer="layer1")}
+OVERRIDES: dict = {}
 # The masking model reads the image too (vgg's and resnet18's inputs have 3 channels, small's 1) and
 # resnet18's last conv has 512 channels.
 OVERRIDES[("masking_model", "vgg")] = lambda: MaskingModelExplainer(contract_masker(in_channels=3))
@@ -128,11 +127,14 @@ OVERRIDES.update(  # PatternNet / PatternAttribution need the patterns of each m
         for model in ("vgg", "resnet18")
     }
 )
+# Score-CAM needs one forward pass per channel and input: on resnet18 (64 to 512 channels a layer) it is
+# the slowest case by far; test_cam.py checks it there against pytorch-grad-cam.
+SKIP = {("score_cam", "resnet18")}
 CASES: list[Case] = [
     Case(e, m, OVERRIDES.get((e, m), EXPLAINERS[e]))
     for m in MODELS
     for e in EXPLAINERS
-    if not (e in NEEDS_GAP_HEAD and m == "vgg")
+    if not (e in NEEDS_GAP_HEAD and m == "vgg") and (e, m) not in SKIP
 ] + [Case(e, m, EXPLAINERS[e]) for m in RELU_MODELS for e in RELU_METHODS]
 # other cases: CASES.append(Case("my_method", "small", lambda: MyMethod(option=1)))
 # perturbation and surrogate explainers: many forward passes each, so on the two small models
@@ -175,6 +177,8 @@ def _first_cases() -> list[Case]:
 
 
 def _model(case: Case) -> tuple[nn.Module, torch.Tensor]:
+    # resnet18: 2 x 3 x 64 x 64 (layer4 is 2 x 2). At 48 x 48 the CPU max-pool breaks ties between the
+    # zeros a ReLU leaves differently for a batch of 1 and of 2: gradients then differ by 5% of the max.
     model, x = make(case.model)
     return model, x
 

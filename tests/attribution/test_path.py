@@ -301,8 +301,16 @@ def test_baseline_errors() -> None:
         (dict(method="simpson"), ValueError, "Expected argument `method` to be one of"),
         (dict(baseline="black"), ValueError, "Expected argument `baseline` to be one of"),
         (dict(baseline=[]), ValueError, "at least one baseline"),
-        (dict(internal_batch_size=0), ValueError, "Expected argument `internal_batch_size` to be an int >= 1, but got 0."),
-        (dict(blur_sigma=-1.0), ValueError, "Expected argument `blur_sigma` to be a finite float >= 0.0, but got -1.0."),
+        (
+            dict(internal_batch_size=0),
+            ValueError,
+            "Expected argument `internal_batch_size` to be an int >= 1, but got 0.",
+        ),
+        (
+            dict(blur_sigma=-1.0),
+            ValueError,
+            "Expected argument `blur_sigma` to be a finite float >= 0.0, but got -1.0.",
+        ),
         (dict(noise_std=float("inf")), ValueError, "`noise_std`"),
         (dict(seed="0"), TypeError, "`seed`"),
         (dict(seed=1.5), TypeError, "Expected argument `seed` to be an int, but got 1.5"),
