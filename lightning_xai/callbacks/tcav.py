@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from lightning_xai._validation import check_int
-from lightning_xai.attribution.base import observe
+from lightning_xai.attribution.base import OutputType, observe
 from lightning_xai.callbacks.base import MonitorBase, RunInfo, _first_loader
 from lightning_xai.concepts import TCAV
 from lightning_xai.concepts.cav import check_set_size
@@ -85,6 +85,8 @@ class TCAVMonitor(MonitorBase):
         every_n_steps: Run every n training steps instead.
         max_overhead: Time budget as a fraction of training time (see :class:`MonitorBase`).
         synchronous_logging: Render on the training thread (debugging).
+        output: Where the ``[B, C]`` scores are when the model's forward returns a tuple, dict or
+            dataclass: an index, a key/attribute name or a callable.
 
     Raises:
         TypeError, ValueError: bad arguments (here); at ``setup``: too few concept examples,
@@ -119,6 +121,7 @@ class TCAVMonitor(MonitorBase):
         every_n_steps: Optional[int] = None,
         max_overhead: Optional[float] = None,
         synchronous_logging: bool = False,
+        output: OutputType = None,
     ) -> None:
         super().__init__(every_n_epochs, every_n_steps, max_overhead, synchronous_logging)
         if not isinstance(concepts, Mapping) or not concepts:
@@ -139,7 +142,9 @@ class TCAVMonitor(MonitorBase):
             batch_size=batch_size,
             seed=seed,
             test=test,
+            output=output,
         )
+        self.output = output
         self.concept_sources = dict(concepts)
         self.layers = list(self.tcav.layers)
         self.target_classes = _classes_arg(target_classes)
@@ -214,7 +219,7 @@ class TCAVMonitor(MonitorBase):
                     f"{name}: concept {concept!r} examples have shape {list(examples.shape[1:])}, but {first_name!r} "
                     f"examples {list(first.shape[1:])}."
                 )
-        with observe(pl_module), torch.no_grad():
+        with observe(pl_module, output=self.output), torch.no_grad():
             classes = int(pl_module(first[:1].to(pl_module.device)).shape[-1])
         for k in self.target_classes:
             if k >= classes:
@@ -299,7 +304,14 @@ class TCAVMonitor(MonitorBase):
     def dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Fit two random runs of the first concept and score the first class on two inputs,
         then render into encode-only sinks."""
-        tiny = TCAV(self.layers, n_random=2, batch_size=self.tcav.batch_size, seed=self.seed, test=self.tcav.test)
+        tiny = TCAV(
+            self.layers,
+            n_random=2,
+            batch_size=self.tcav.batch_size,
+            seed=self.seed,
+            test=self.tcav.test,
+            output=self.output,
+        )
         first = next(iter(self._concepts))
         k = self.target_classes[0]
         with warnings.catch_warnings():

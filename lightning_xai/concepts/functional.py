@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from lightning_xai.attribution.base import (
     ExplainContext,
+    OutputType,
     TargetType,
     chunks,
     forward_scores,
@@ -134,6 +135,7 @@ def layer_gradients(
     *,
     batch_size: int | None = None,
     method: str = "layer_gradients",
+    output: OutputType = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Gradients of the target scores w.r.t. the flattened outputs of one or several layers.
 
@@ -146,6 +148,8 @@ def layer_gradients(
         layers: One dotted layer name or several.
         batch_size: At most this many inputs per pass (``None``: all at once).
         method: Name used in error messages.
+        output: Where the ``[B, C]`` scores are when the model returns a tuple, dict or dataclass
+            (see :func:`~lightning_xai.attribution.base.select_output`).
 
     Returns:
         ``({layer: [N, D] gradient}, resolved [N] target)``, detached, on the model's device.
@@ -167,7 +171,7 @@ def layer_gradients(
                 f"{method}: expected `target` to hold one class index per input ({inputs.shape[0]}), "
                 f"but got shape {tuple(target.shape)}."
             )
-    with observe(model) as ctx:
+    with observe(model, output=output) as ctx:
         captures = _captures(ctx, model, names, method)
         for part in chunks(inputs.shape[0], batch_size):
             x = ctx.prepare(inputs[part])  # a leaf that requires grad: the layer outputs join the graph
@@ -205,6 +209,7 @@ def directional_derivatives(
     vector: Tensor,
     *,
     batch_size: int | None = None,
+    output: OutputType = None,
 ) -> Tensor:
     """Directional derivatives of the target score along concept vectors (Kim et al. 2018, eq. 1).
 
@@ -220,6 +225,7 @@ def directional_derivatives(
         vector: One ``[D]`` vector or ``K`` vectors ``[K, D]`` in the layer's flattened activation
             space (``D`` = the layer's output size for one input), e.g. :attr:`CAV.vector`.
         batch_size: At most this many inputs per pass (``None``: all at once).
+        output: Where the scores are when the model returns a tuple, dict or dataclass.
 
     Returns:
         ``[B]`` for one vector, ``[B, K]`` for ``K`` vectors, on the model's device.
@@ -239,7 +245,7 @@ def directional_derivatives(
         raise TypeError(f"{method}: expected `vector` to be a tensor, but got {type(vector).__name__}.")
     if vector.ndim not in (1, 2):
         raise ValueError(f"{method}: expected `vector` of shape [D] or [K, D], but got {tuple(vector.shape)}.")
-    grads, _ = layer_gradients(model, inputs, target, layer, batch_size=batch_size, method=method)
+    grads, _ = layer_gradients(model, inputs, target, layer, batch_size=batch_size, method=method, output=output)
     grad = grads[layer]
     vectors = vector.reshape(-1, vector.shape[-1])
     if vectors.shape[1] != grad.shape[1]:

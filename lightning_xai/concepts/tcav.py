@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_xai._validation import check_float, check_int
-from lightning_xai.attribution.base import TargetType, get_layer
+from lightning_xai.attribution.base import OutputType, TargetType, check_output, get_layer
 from lightning_xai.concepts.cav import (
     CAV,
     check_classifier,
@@ -196,6 +196,8 @@ class TCAV:
             changes run to run; the two-sample test ignores this and flags random "concepts" far
             more often than ``alpha`` (5 of 20 random concepts at ``alpha=0.05`` in the test
             suite, 9 of 40 in a longer run, against 0 for ``"prediction"``).
+        output: Where the ``[B, C]`` scores are when the model returns a tuple, dict or dataclass
+            (see :func:`~lightning_xai.attribution.base.select_output`).
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -226,6 +228,7 @@ class TCAV:
         magnitude: bool = False,
         min_accuracy: float = 0.6,
         test: str = "prediction",
+        output: OutputType = None,
     ) -> None:
         if isinstance(layers, str):
             layers = [layers]
@@ -248,6 +251,7 @@ class TCAV:
         self.min_accuracy = check_float("min_accuracy", min_accuracy, 0.0, 1.0)
         if test not in TESTS:
             raise ValueError(f"Expected argument `test` to be one of {list(TESTS)}, but got {test!r}.")
+        self.output = check_output(output)
         self.test = test
 
     def __repr__(self) -> str:
@@ -395,7 +399,9 @@ class TCAV:
                 f"TCAV: the inputs have shape {list(inputs.shape[1:])} per example, but the concept examples "
                 f"{list(cavs.example_shape)}."
             )
-        grads, resolved = layer_gradients(model, inputs, target, cavs.layers, batch_size=self.batch_size, method="TCAV")
+        grads, resolved = layer_gradients(
+            model, inputs, target, cavs.layers, batch_size=self.batch_size, method="TCAV", output=self.output
+        )
         unique = torch.unique(resolved)
         target_index = int(unique[0]) if unique.numel() == 1 else None
         c, n = len(cavs.concepts), cavs.n_random

@@ -240,3 +240,29 @@ def test_more_probe_samples_than_data_warns(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="num_samples=8.*only 3"):
         monitor.setup(trainer, tiny_model(), "fit")
     assert len(monitor.probe) == 3
+
+
+def test_tcav_monitor_reads_tuple_outputs_with_output_index(tmp_path: Path) -> None:
+    from lightning_xai.callbacks import TCAVMonitor
+    from lightning_xai.data import ShapesDataset
+
+    concept = ShapesDataset(num_samples=12, image_size=16, num_classes=3, seed=5).images
+    pool = ShapesDataset(num_samples=24, image_size=16, num_classes=3, seed=6).images
+    monitor = TCAVMonitor(
+        {"shapes": concept},
+        layers="features.6",
+        target_classes=[0],
+        n_random=2,
+        random_examples=pool,
+        num_inputs=6,
+        output=0,
+        synchronous_logging=True,
+    )
+    logger = TensorBoardLogger(str(tmp_path))
+    pl.seed_everything(0)
+    trainer = pl.Trainer(callbacks=[monitor], logger=logger, **trainer_kwargs(tmp_path, max_epochs=1))
+    # the model returns (logits, features): with output=0 the monitor scores the logits
+    trainer.fit(TupleOutputClassifier(num_classes=3, width=4), datamodule=tiny_datamodule())
+    logger.finalize("success")
+    acc = read_tensorboard(logger.log_dir)[0]
+    assert any("tcav" in tag for tag in acc.Tags()["scalars"])
