@@ -2,8 +2,10 @@
 
 Two workloads, each run with and without the monitor, alternating, ``--repeats`` pairs:
 
-1. **demo**: ``lightning-xai demo`` (6 epochs, 12,288 images of 48x48 an epoch) with its default
-   ``SaliencyMonitor`` (Grad-CAM + IG-16 on 8 probe images, every epoch).
+1. **demo**: ``lightning-xai demo`` (6 epochs, 12,288 images of 48x48 an epoch) with
+   ``SaliencyMonitor`` alone at its default schedule (Grad-CAM + IG-16 on 8 probe images, every
+   epoch), and with every monitor the demo attaches (+ ``TCAVMonitor``, ``MetricsMonitor``,
+   ``SanityCheckMonitor``).
 2. **heavy**: small epochs (2,048 images) with three explainers every epoch (Grad-CAM, IG-16,
    SmoothGrad-16), once at the plain schedule and once with ``max_overhead=0.05``.
 
@@ -79,9 +81,16 @@ def main() -> None:
     args = parser.parse_args()
     for name in ("setup", "on_fit_start", "_maybe_run", "on_fit_end"):
         _timed(name)
-    rows = {"demo (Grad-CAM + IG-16, every epoch)": _measure("demo", ["--epochs", str(args.epochs)], args.repeats, [])}
+    only_saliency = ["--no-tcav", "--no-quality"]
+    demo = ["--epochs", str(args.epochs)]
+    rows = {
+        "demo, SaliencyMonitor (Grad-CAM + IG-16, every epoch)": _measure(
+            "demo saliency", demo, args.repeats, only_saliency
+        ),
+        "demo, all its monitors (+ TCAV, metrics, sanity check)": _measure("demo all", demo, args.repeats, []),
+    }
     if not args.skip_heavy:
-        heavy = ["--epochs", str(args.epochs), "--num-train", "2048"]
+        heavy = ["--epochs", str(args.epochs), "--num-train", "2048", *only_saliency]
         three = ["--explainers", "grad_cam,integrated_gradients,smoothgrad"]
         rows["small epochs, 3 explainers"] = _measure("heavy", heavy, args.repeats, three)
         rows["small epochs, 3 explainers, max_overhead=0.05"] = _measure(

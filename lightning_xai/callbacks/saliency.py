@@ -237,6 +237,8 @@ class SaliencyMonitor(ProbeMonitor):
     def dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         try:
             super().dry_run(trainer, pl_module)
+        except torch.OutOfMemoryError:
+            raise  # an OOM names its own knob (internal_batch_size); it is not a configuration error
         except (LightningXAIError, RuntimeError) as err:
             assert self.probe is not None
             raise ValueError(
