@@ -70,7 +70,8 @@ def _demo_parser() -> argparse.ArgumentParser:
         "--max-overhead",
         type=float,
         default=None,
-        help="time budget of the monitors as a fraction of training time, e.g. 0.05 (default: none)",
+        help="time budget of each monitor as a fraction of training time, e.g. 0.05 (default: none for "
+        "SaliencyMonitor, 0.02 for each of the TCAV, metrics and sanity-check monitors)",
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -130,12 +131,18 @@ def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
             max_overhead=args.max_overhead,
         )
         callbacks.append(monitor)
+        # the concept and quality monitors each keep to a share of the training time (skips are logged)
+        extra_budget = args.max_overhead if args.max_overhead is not None else 0.02
         if args.tcav:
             from lightning_xai.callbacks.tcav import tcav_demo_monitor
 
             callbacks.append(
                 tcav_demo_monitor(
-                    image_size=args.image_size, num_classes=dm.num_classes, shortcut_class=0, seed=args.seed
+                    image_size=args.image_size,
+                    num_classes=dm.num_classes,
+                    shortcut_class=0,
+                    seed=args.seed,
+                    max_overhead=extra_budget,
                 )
             )
         if args.quality:
@@ -148,7 +155,7 @@ def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
                     metric_kwargs={"deletion_auc": {"steps": 10}},
                     num_samples=args.num_samples,
                     probe=probe,
-                    max_overhead=args.max_overhead,
+                    max_overhead=extra_budget,
                 )
             )
             callbacks.append(
@@ -157,7 +164,7 @@ def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
                     num_samples=args.num_samples,
                     every_n_epochs=2,
                     probe=probe,
-                    max_overhead=args.max_overhead,
+                    max_overhead=extra_budget,
                 )
             )
     if args.logger == "wandb":

@@ -114,8 +114,12 @@ class MonitorBase(Callback):
         every_n_steps: Run every n optimizer steps instead of at epoch ends.
         max_overhead: Optional time budget as a fraction of training time (``0.05``: at most 5%
             spent in this monitor's runs on the training thread); ``None`` runs on schedule.
-        synchronous_logging: Render and write on the training thread instead of in the background
-            (for debugging).
+        synchronous_logging: Render and write on the training thread (``True``) or on the
+            background writer (``False``). ``None`` (default) decides at fit start: in the
+            background when the model is on an accelerator (the device keeps training while the
+            CPU renders), on the training thread when it is on the CPU (there a background thread
+            only competes with training for the cores and the GIL: measured +17% fit time on the
+            2-core CPU demo against +1-4% rendering in line).
     """
 
     def __init__(
@@ -123,7 +127,7 @@ class MonitorBase(Callback):
         every_n_epochs: int = 1,
         every_n_steps: Optional[int] = None,
         max_overhead: Optional[float] = None,
-        synchronous_logging: bool = False,
+        synchronous_logging: Optional[bool] = None,
     ) -> None:
         check_int("every_n_epochs", every_n_epochs, 1)
         check_int("every_n_steps", every_n_steps, 1, allow_none=True)
@@ -138,7 +142,9 @@ class MonitorBase(Callback):
         self._last_epoch_run = -1
         self._last_step_run = -1
         self._sinks: list[Sink] = []
-        self._writer = BackgroundWriter(name=f"lightning-xai-{type(self).__name__}", synchronous=synchronous_logging)
+        self._writer = BackgroundWriter(
+            name=f"lightning-xai-{type(self).__name__}", synchronous=bool(synchronous_logging)
+        )
         self._spent = 0.0
         self._fit_start_time: Optional[float] = None
         self._skipped_runs = 0
@@ -192,6 +198,10 @@ class MonitorBase(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._sinks = sinks_for(trainer.loggers) if trainer.is_global_zero else []
+        synchronous = self.synchronous_logging
+        if synchronous is None:
+            synchronous = pl_module.device.type == "cpu"
+        self._writer.synchronous = bool(synchronous)
         self._spent = 0.0
         self._fit_start_time = time.perf_counter()
         self.prepare(trainer, pl_module)
@@ -469,7 +479,8 @@ class ProbeMonitor(MonitorBase):
             dataclass: an index, a key/attribute name or a callable (see
             :func:`~lightning_xai.attribution.base.select_output`).
         max_overhead: Time budget as a fraction of training time (see :class:`MonitorBase`).
-        synchronous_logging: Render on the training thread (debugging).
+        synchronous_logging: Render on the training thread (``True``), in the background
+            (``False``), or decide by the model's device (``None``; see :class:`MonitorBase`).
     """
 
     def __init__(
@@ -481,7 +492,7 @@ class ProbeMonitor(MonitorBase):
         probe: Optional[Any] = None,
         output: OutputType = None,
         max_overhead: Optional[float] = None,
-        synchronous_logging: bool = False,
+        synchronous_logging: Optional[bool] = None,
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs,

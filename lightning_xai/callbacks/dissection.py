@@ -89,7 +89,7 @@ class DissectionMonitor(MonitorBase):
         every_n_epochs: int = 1,
         every_n_steps: Optional[int] = None,
         max_overhead: Optional[float] = None,
-        synchronous_logging: bool = False,
+        synchronous_logging: Optional[bool] = None,
     ) -> None:
         super().__init__(every_n_epochs, every_n_steps, max_overhead, synchronous_logging)
         self.dissection = NetworkDissection(

@@ -135,7 +135,7 @@ class PrototypePush(MonitorBase):
         batch_size: Optional[int] = None,
         log_gallery: bool = True,
         max_logged: Optional[int] = None,
-        synchronous_logging: bool = False,
+        synchronous_logging: Optional[bool] = None,
     ) -> None:
         super().__init__(every_n_epochs=every_n_epochs, synchronous_logging=synchronous_logging)
         self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
@@ -404,7 +404,7 @@ class PrototypeMonitor(ProbeMonitor):
         probe: Optional[Any] = None,
         class_names: Optional[Sequence[str]] = None,
         max_overhead: Optional[float] = None,
-        synchronous_logging: bool = False,
+        synchronous_logging: Optional[bool] = None,
     ) -> None:
         super().__init__(
             num_samples=num_samples,

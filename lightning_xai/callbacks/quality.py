@@ -170,7 +170,7 @@ class MetricsMonitor(_QualityMonitor):
         probe: Optional[Any] = None,
         output: OutputType = None,
         max_overhead: Optional[float] = None,
-        synchronous_logging: bool = False,
+        synchronous_logging: Optional[bool] = None,
     ) -> None:
         from lightning_xai.attribution import GradCAM, Saliency
 
@@ -327,7 +327,7 @@ class SanityCheckMonitor(_QualityMonitor):
         probe: Optional[Any] = None,
         output: OutputType = None,
         max_overhead: Optional[float] = None,
-        synchronous_logging: bool = False,
+        synchronous_logging: Optional[bool] = None,
     ) -> None:
         from lightning_xai.attribution import GradCAM, GuidedBackprop, Saliency
 

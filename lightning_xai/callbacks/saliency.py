@@ -106,7 +106,7 @@ class SaliencyMonitor(ProbeMonitor):
         probe: Optional[Any] = None,
         output: OutputType = None,
         max_overhead: Optional[float] = None,
-        synchronous_logging: bool = False,
+        synchronous_logging: Optional[bool] = None,
     ) -> None:
         super().__init__(
             num_samples=num_samples,

@@ -120,7 +120,7 @@ class TCAVMonitor(MonitorBase):
         every_n_epochs: int = 1,
         every_n_steps: Optional[int] = None,
         max_overhead: Optional[float] = None,
-        synchronous_logging: bool = False,
+        synchronous_logging: Optional[bool] = None,
         output: OutputType = None,
     ) -> None:
         super().__init__(every_n_epochs, every_n_steps, max_overhead, synchronous_logging)
@@ -486,6 +486,7 @@ def tcav_demo_monitor(
     every_n_epochs: int = 1,
     every_n_steps: Optional[int] = None,
     seed: int = 0,
+    max_overhead: Optional[float] = None,
 ) -> TCAVMonitor:
     """The ``TCAVMonitor`` for the shortcut demo (:class:`~lightning_xai.demo.ShapesClassifier` on
     ``ShapesDataModule(shortcut=True)``): is the class learned from its corner marker or its shape?
@@ -521,4 +522,5 @@ def tcav_demo_monitor(
         every_n_epochs=every_n_epochs,
         every_n_steps=every_n_steps,
         seed=seed,
+        max_overhead=max_overhead,
     )

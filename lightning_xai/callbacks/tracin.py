@@ -102,7 +102,7 @@ class TracInMonitor(ProbeMonitor):
         seed: int = 0,
         probe: Optional[Any] = None,
         max_overhead: Optional[float] = None,
-        synchronous_logging: bool = False,
+        synchronous_logging: Optional[bool] = None,
     ) -> None:
         super().__init__(
             num_samples=num_samples,
