@@ -9,6 +9,8 @@ with a noisy linear imputation from their neighbours, which leaks little about t
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -16,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_xai._validation import check_float, check_int
-from lightning_xai.attribution.base import TargetType, observe
+from lightning_xai.attribution._sampling import progress_bar
+from lightning_xai.attribution.base import TargetType, model_device, observe
 from lightning_xai.metrics.functional._common import (
     check_batch,
     check_maps_like,
@@ -28,6 +31,8 @@ from lightning_xai.metrics.functional._common import (
 )
 
 __all__ = ["removal_masks", "linear_imputation", "road", "roar", "DEFAULT_FRACTIONS"]
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -183,6 +188,77 @@ def road(
     )  # fmt: skip
 
 
+def _roar_fill(fill: float | str | Tensor, train_inputs: Tensor) -> Tensor:
+    """The replacement value of removed pixels, broadcastable to ``[N, C, H, W]``."""
+    if isinstance(fill, str):
+        if fill != "mean":
+            raise ValueError(f"roar: expected `fill` to be 'mean', a float or a Tensor, but got {fill!r}.")
+        # the per-channel mean of the unmodified training images (Hooker et al.), in float64
+        return train_inputs.double().mean(dim=(0, 2, 3), keepdim=True).to(train_inputs.dtype)
+    if isinstance(fill, Tensor):
+        c, h, w = train_inputs.shape[1:]
+        try:
+            torch.broadcast_shapes(fill.shape, (1, c, h, w))
+        except RuntimeError:
+            raise ValueError(
+                f"roar: `fill` of shape {tuple(fill.shape)} does not broadcast to one image [1, {c}, {h}, {w}]."
+            ) from None
+        return fill.detach().to(device=train_inputs.device, dtype=train_inputs.dtype)
+    value = check_float("fill", fill)
+    return torch.full((1, 1, 1, 1), value, dtype=train_inputs.dtype, device=train_inputs.device)
+
+
+def _roar_ranks(maps: Tensor, order: str, seed: int) -> Tensor:
+    """``[N, H*W]`` removal rank of each pixel (0 = removed first): by the channel-summed map,
+    highest first (``"morf"``), or at random (``"random"``). Ties (flat zero-attribution
+    backgrounds) are broken at random, not in raster order, so no image corner is favoured."""
+    scores = pixel_scores(maps)
+    key = torch.rand(scores.shape, generator=generator_for(seed, scores.device), device=scores.device)
+    if order == "random":
+        idx = torch.argsort(key, dim=1)
+    else:  # a random permutation, then a stable sort by score: ties stay in random order
+        perm = torch.argsort(key, dim=1)
+        idx = perm.gather(1, torch.sort(scores.gather(1, perm), dim=1, descending=True, stable=True).indices)
+    positions = torch.arange(idx.shape[1], device=idx.device).expand_as(idx)
+    return torch.empty_like(idx).scatter_(1, idx, positions)
+
+
+def _roar_retrain(fit: Callable[[Tensor, Tensor], nn.Module], images: Tensor, labels: Tensor, seed: int) -> nn.Module:
+    """``fit(images, labels)`` with the global torch RNG seeded with ``seed`` (so every retraining
+    starts from the same initialisation and shuffling) and restored to the caller's state after."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        model = fit(images, labels)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"roar: expected `fit` to return an nn.Module, but got {type(model).__name__}.")
+    return model
+
+
+def _roar_accuracy(model: nn.Module, inputs: Tensor, labels: Tensor, batch_size: int) -> float:
+    """Top-1 accuracy of ``model`` on ``inputs``, one forward per ``batch_size`` images."""
+    device = model_device(model)
+    correct = 0
+    with observe(model), torch.no_grad():
+        for start in range(0, inputs.shape[0], batch_size):
+            out = model(inputs[start : start + batch_size].to(device))
+            if out.ndim != 2:
+                raise ValueError(
+                    f"roar: expected the model to return [batch, classes] scores, but got {tuple(out.shape)}."
+                )
+            correct += int((out.argmax(dim=1) == labels[start : start + batch_size].to(device)).sum())
+    return correct / max(inputs.shape[0], 1)
+
+
+def _check_labels(name: str, labels: object, n: int) -> Tensor:
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"roar: expected `{name}` to be a Tensor, but got {type(labels).__name__}.")
+    if labels.shape != (n,) or labels.is_floating_point():
+        raise ValueError(f"roar: expected `{name}` of shape [{n}] with integer classes, but got {tuple(labels.shape)} "
+                         f"of dtype {labels.dtype}.")  # fmt: skip
+    return labels
+
+
 def roar(
     fit: Callable[[Tensor, Tensor], nn.Module],
     train_inputs: Tensor,
@@ -193,56 +269,101 @@ def roar(
     test_maps: Tensor,
     *,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    fill: float | str | Tensor = "mean",
     seed: int = 0,
     batch_size: int = 256,
+    progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """ROAR, RemOve And Retrain (Hooker et al. 2019).
 
-    For each fraction, the top-attributed pixels of every training and test image are replaced
-    by the per-channel dataset mean, ``fit(train_inputs, train_labels)`` trains a fresh model on
-    the modified training set, and its test accuracy is measured; the same with a random
-    ranking. A map is informative when its accuracy falls faster than the random one.
-    ``fit`` is yours: the example ``examples/metrics_sanity.py`` trains a copy with a Lightning
-    Trainer (this library never imports Lightning). Cost: ``2 * len(fractions)`` trainings.
+    For each fraction, the top-attributed pixels (channel-summed map, ties broken at random) of
+    every training and test image are replaced by ``fill`` (the per-channel mean of the training
+    images, as in the paper), ``fit(train_inputs, train_labels)`` trains a fresh model on the
+    modified training set, and its accuracy on the modified test set is measured; then the same
+    with a random ranking per image. A map is informative when its accuracy falls faster than
+    the random one. Rank by magnitude by passing ``maps.abs()``.
+
+    ``fit`` is yours (this library never imports Lightning): build a fresh model and train it,
+    e.g. with a Lightning ``Trainer`` whose kwargs you bind with :func:`functools.partial`
+    (``examples/roar_digits.py``). Every call starts with the global torch RNG seeded with
+    ``seed`` (the caller's RNG state is restored afterwards), so all ``2 * len(fractions)``
+    retrainings share their initialisation and data order and a run is repeatable. Rankings
+    are computed once for all fractions, masks are applied to the whole set at once, test
+    accuracy is one forward per ``batch_size`` images; each result is logged (``logging``, at
+    INFO, logger ``lightning_xai.metrics.functional.removal``). Cost: ``2 * len(fractions)``
+    trainings.
+
+    Caveat (Rong et al. 2022): the removal pattern itself can carry the class. Where the fill is
+    distinguishable from the kept pixels (a mean-grey silhouette of a removed digit on a black
+    background), a retrained model reads the shape of the hole and the map's curve stays high;
+    choose ``fill`` as a value that carries no information for your data (the background), or
+    use :func:`road`.
 
     Args:
-        fit: ``fit(images, labels) -> trained model``.
-        train_inputs: ``[N, C, H, W]`` training images; ``train_labels`` ``[N]``.
-        train_labels: ``[N]`` labels.
+        fit: ``fit(images, labels) -> trained model`` (a fresh one each call).
+        train_inputs: ``[N, C, H, W]`` training images.
+        train_labels: ``[N]`` integer labels.
         train_maps: ``[N, 1 or C, H, W]`` maps of the training images.
         test_inputs: ``[M, C, H, W]`` test images.
-        test_labels: ``[M]`` labels.
+        test_labels: ``[M]`` integer labels.
         test_maps: ``[M, 1 or C, H, W]`` maps of the test images.
-        fractions: Removed fractions, each in ``(0, 1)``.
-        seed: Seed of the random ranking.
-        batch_size: Images per evaluation forward.
+        fractions: Removed fractions of the pixels, each in ``(0, 1)``.
+        fill: ``"mean"`` (per-channel mean of ``train_inputs``), a float, or a Tensor
+            broadcastable to one image ``[1, C, H, W]``.
+        seed: Seed of the retrainings, of the random rankings and of the tie-breaking.
+        batch_size: Test images per evaluation forward.
+        progress: Show a tqdm progress bar over the retrainings.
 
     Returns:
-        ``(accuracy_with_the_maps, accuracy_random)``, each ``[F]``.
+        ``(accuracy_with_the_maps, accuracy_random)``, each ``[F]`` test accuracies.
+
+    Raises:
+        TypeError: ``fit`` is not callable or returns no ``nn.Module``; inputs or labels are not
+            Tensors.
+        ValueError: mismatched shapes, a fraction outside ``(0, 1)`` or a bad ``fill``.
+        LightningXAIError: NaN or infinite maps.
+
+    Example:
+        >>> def fit(images, labels):  # a stand-in that does not train
+        ...     return nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+        >>> x, y = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 0, 1, 0, 1])
+        >>> acc, rnd = roar(fit, x, y, x, x, y, x, fractions=[0.25, 0.5])
+        >>> acc.shape, rnd.shape
+        (torch.Size([2]), torch.Size([2]))
     """
     method = "roar"
     if not callable(fit):
-        raise TypeError(f"{method}: expected `fit` to be callable as fit(images, labels) -> model.")
+        raise TypeError(f"{method}: expected `fit` to be callable as fit(images, labels) -> model, but got {fit!r}.")
+    frac = _check_fractions(fractions, method)
     check_int("batch_size", batch_size, 1)
-    train_inputs = check_batch("train_inputs", train_inputs, method=method)
-    test_inputs = check_batch("test_inputs", test_inputs, method=method)
-    check_maps_like(train_maps, train_inputs, method=method, name="train_maps")
-    check_maps_like(test_maps, test_inputs, method=method, name="test_maps")
-    mean = train_inputs.mean(dim=(0, 2, 3), keepdim=True)
+    check_int("seed", seed, 0)
+    train_inputs = check_batch("train_inputs", train_inputs, method=method).detach()
+    test_inputs = check_batch("test_inputs", test_inputs, method=method).detach()
+    if test_inputs.shape[1:] != train_inputs.shape[1:]:
+        raise ValueError(f"{method}: expected test images of shape [M, {', '.join(map(str, train_inputs.shape[1:]))}] "
+                         f"like the training images, but got {tuple(test_inputs.shape)}.")  # fmt: skip
+    train_labels = _check_labels("train_labels", train_labels, train_inputs.shape[0])
+    test_labels = _check_labels("test_labels", test_labels, test_inputs.shape[0])
+    train_maps = check_maps_like(train_maps, train_inputs, method=method, name="train_maps").to(train_inputs.device)
+    test_maps = check_maps_like(test_maps, test_inputs, method=method, name="test_maps").to(test_inputs.device)
+    value = _roar_fill(fill, train_inputs)
+    test_value = value.to(test_inputs.device)
+    h, w = train_inputs.shape[-2:]
+    counts = torch.round(frac * h * w).long().tolist()
     results = []
-    for order in ("morf", "random"):
-        tr_masks = removal_masks(train_maps, fractions, order=order, seed=seed)
-        te_masks = removal_masks(test_maps, fractions, order=order, seed=seed + 1)
-        accs = []
-        for i in range(tr_masks.shape[0]):
-            model = fit(torch.where(tr_masks[i], mean, train_inputs), train_labels)
-            x_test = torch.where(te_masks[i], mean, test_inputs)
-            correct = 0
-            with observe(model), torch.no_grad():
-                for start in range(0, x_test.shape[0], batch_size):
-                    xb = x_test[start : start + batch_size].to(next(model.parameters()).device)
-                    pred = model(xb).argmax(dim=1).cpu()
-                    correct += int((pred == test_labels[start : start + batch_size].cpu()).sum())
-            accs.append(correct / x_test.shape[0])
-        results.append(torch.tensor(accs))
+    with progress_bar(2 * len(counts), progress, "roar retrainings") as advance:
+        for k, order in enumerate(("morf", "random")):
+            tr_ranks = _roar_ranks(train_maps, order, seed + 2 * k).view(-1, 1, h, w)
+            te_ranks = _roar_ranks(test_maps, order, seed + 2 * k + 1).view(-1, 1, h, w)
+            accs = []
+            for fraction, count in zip(frac.tolist(), counts):
+                start = time.perf_counter()
+                model = _roar_retrain(fit, torch.where(tr_ranks < count, value, train_inputs), train_labels, seed)
+                acc = _roar_accuracy(model, torch.where(te_ranks < count, test_value, test_inputs), test_labels,
+                                     batch_size)  # fmt: skip
+                accs.append(acc)
+                _log.info("roar: %s order, %.0f%% of the pixels removed: test accuracy %.4f (retrained in %.1f s)",
+                          order, 100 * fraction, acc, time.perf_counter() - start)  # fmt: skip
+                advance(1)
+            results.append(torch.tensor(accs))
     return results[0], results[1]
