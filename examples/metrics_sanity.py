@@ -9,8 +9,9 @@ truth; nothing is downloaded) with two monitors attached:
   explainers, per epoch.
 
 Then it reads the logged curves back from TensorBoard and writes the two README figures (and,
-with ``--retrain``, runs the two checks that need retraining, each through a small Trainer: the
-data randomisation test with a copy trained on permuted labels, and ROAR):
+with ``--retrain``, runs the data randomisation test with a copy trained on permuted labels
+through a small Trainer; ROAR, which retrains once per removed fraction, has its own example,
+``examples/roar_digits.py``):
 
 * ``docs/metrics_curve.png``: the pointing game of each explainer over training;
 * ``docs/sanity_randomization.png``: the trained model's cascading randomisation curve (gradient
@@ -34,7 +35,7 @@ from lightning_xai.attribution import GradCAM, GuidedBackprop, Saliency
 from lightning_xai.callbacks import MetricsMonitor, SanityCheckMonitor
 from lightning_xai.data import ShapesDataModule
 from lightning_xai.demo import ShapesClassifier
-from lightning_xai.metrics.functional import data_randomization, parameter_randomization, randomization_layers, roar
+from lightning_xai.metrics.functional import data_randomization, parameter_randomization, randomization_layers
 from lightning_xai.render import save_png
 from lightning_xai.render.quality_plots import metric_curve_plot, randomization_plot
 
@@ -60,8 +61,8 @@ def fit_copy(
     return model.eval()
 
 
-def retraining_checks(dm: ShapesDataModule, model: ShapesClassifier, epochs: int, fractions: list[float]) -> dict:
-    """Data randomisation (Adebayo et al.) and ROAR (Hooker et al.) with gradient maps."""
+def retraining_checks(dm: ShapesDataModule, model: ShapesClassifier, epochs: int) -> dict:
+    """Data randomisation (Adebayo et al.): maps of a copy trained on permuted labels."""
     train, val = dm.train_set, dm.val_set
     k = dm.num_classes
     gen = torch.Generator().manual_seed(0)
@@ -71,14 +72,6 @@ def retraining_checks(dm: ShapesDataModule, model: ShapesClassifier, epochs: int
     out: dict[str, object] = {}
     for name, explainer in zip(NAMES, explainers()):
         out[f"data_randomization/{name}"] = float(data_randomization(model, random_model, x, explainer, y).mean())
-    saliency = Saliency()
-    train_maps = torch.cat([saliency(model, train.images[i : i + 256]) for i in range(0, len(train.images), 256)])
-    test_maps = saliency(model, val.images)
-    acc, rnd = roar(
-        lambda images, labels: fit_copy(images, labels, k, epochs), train.images, train.labels, train_maps,
-        val.images, val.labels, test_maps, fractions=fractions,
-    )  # fmt: skip
-    out["roar"] = {"fractions": fractions, "gradient": acc.tolist(), "random": rnd.tolist()}
     return out
 
 
@@ -103,9 +96,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--probe", type=int, default=16)
     parser.add_argument("--log-dir", default="xai_logs")
     parser.add_argument("--docs", default="docs")
-    parser.add_argument("--retrain", action="store_true", help="also run data randomisation and ROAR")
+    parser.add_argument("--retrain", action="store_true", help="also run the data randomisation test")
     parser.add_argument("--retrain-epochs", type=int, default=3)
-    parser.add_argument("--roar-fractions", type=float, nargs="+", default=[0.1, 0.5, 0.9])
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -159,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "figures": [str(curve_path), str(sanity_path)],
     }
     if args.retrain:
-        summary.update(retraining_checks(dm, model, args.retrain_epochs, args.roar_fractions))
+        summary.update(retraining_checks(dm, model, args.retrain_epochs))
     print(summary)
     return summary
 
