@@ -132,9 +132,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--docs", default="docs")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):  # 37 Trainers: keep quiet
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*(num_workers|bottleneck|LeafSpec).*")
 
     xtr, ytr, xte, yte = load_digits_split(args.seed)
     if args.num_train:
@@ -165,5 +162,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return {"base_accuracy": base, "fractions": args.fractions, "curves": curves, "figure": str(path)}
 
 
+def quiet_lightning() -> None:
+    """Silence the banner and the data-loader hints that each of the 37 Trainers would print."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*(num_workers|bottleneck|LeafSpec).*")
+
+
 if __name__ == "__main__":
+    quiet_lightning()
     main()
