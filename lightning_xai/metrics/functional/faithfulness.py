@@ -239,37 +239,6 @@ def insertion_auc(
 # ---------------------------------------------------------------------------------------------
 # pixel flipping
 # ---------------------------------------------------------------------------------------------
-def _pixel_flipping_update(
-    model: nn.Module,
-    inputs: Tensor,
-    attributions: Tensor,
-    target: TargetType = None,
-    *,
-    features_in_step: int = 1,
-    order: str = "morf",
-    baseline: BaselineType = "black",
-    softmax: bool = True,
-    batch_size: int | None = 256,
-) -> Tensor:
-    method = "pixel_flipping"
-    check_int("features_in_step", features_in_step, 1)
-    check_int("batch_size", batch_size, 1, allow_none=True)
-    _check_order(order, method)
-    inputs = check_batch("inputs", inputs, method=method)
-    maps = check_maps_like(attributions, inputs, method=method)
-    x, tgt = resolve(model, inputs, target)
-    scores = _features(maps.to(x.device))
-    p = scores.shape[1]
-    if features_in_step > p:
-        raise ValueError(f"{method}: `features_in_step` ({features_in_step}) exceeds the {p} features of a map.")
-    ranks = _ranks(scores, descending=order == "morf")
-    n = math.ceil(p / features_in_step)
-    counts = torch.clamp(torch.arange(1, n + 1, device=x.device) * features_in_step, max=p)
-    base = make_baseline_for(baseline, x, method=method)
-    return _curve(model, x, tgt, ranks, counts, base, maps.shape[1], insert=False, softmax=softmax,
-                  batch_size=batch_size)  # fmt: skip
-
-
 def _pixel_flipping_compute(curves: Tensor) -> Tensor:
     return curve_auc(curves)
 
@@ -312,10 +281,26 @@ def pixel_flipping(
         >>> pixel_flipping(model, torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4), features_in_step=4).shape
         torch.Size([2, 4])
     """
-    return _pixel_flipping_update(
-        model, inputs, attributions, target, features_in_step=features_in_step, order=order,
-        baseline=baseline, softmax=softmax, batch_size=batch_size,
-    )  # fmt: skip
+    method = "pixel_flipping"
+    check_int("features_in_step", features_in_step, 1)
+    check_int("batch_size", batch_size, 1, allow_none=True)
+    _check_order(order, method)
+    inputs = check_batch("inputs", inputs, method=method)
+    maps = check_maps_like(attributions, inputs, method=method)
+    x, tgt = resolve(model, inputs, target)
+    scores = _features(maps.to(x.device))
+    p = scores.shape[1]
+    if features_in_step > p:
+        raise ValueError(f"{method}: `features_in_step` ({features_in_step}) exceeds the {p} features of a map.")
+    ranks = _ranks(scores, descending=order == "morf")
+    n = math.ceil(p / features_in_step)
+    counts = torch.clamp(torch.arange(1, n + 1, device=x.device) * features_in_step, max=p)
+    base = make_baseline_for(baseline, x, method=method)
+    return _curve(model, x, tgt, ranks, counts, base, maps.shape[1], insert=False, softmax=softmax,
+                  batch_size=batch_size)  # fmt: skip
+
+
+_pixel_flipping_update = pixel_flipping  # the Metric classes' update step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,47 +309,6 @@ def pixel_flipping(
 def _padding(size: int, patch: int) -> tuple[int, int]:
     total = (-size) % patch
     return total // 2, total - total // 2
-
-
-def _region_perturbation_update(
-    model: nn.Module,
-    inputs: Tensor,
-    attributions: Tensor,
-    target: TargetType = None,
-    *,
-    patch_size: int = 8,
-    regions: int = 100,
-    order: str = "morf",
-    baseline: BaselineType = "black",
-    softmax: bool = True,
-    batch_size: int | None = 256,
-) -> Tensor:
-    method = "region_perturbation"
-    check_int("patch_size", patch_size, 1)
-    check_int("regions", regions, 1)
-    check_int("batch_size", batch_size, 1, allow_none=True)
-    _check_order(order, method)
-    inputs = check_batch("inputs", inputs, method=method)
-    maps = check_maps_like(attributions, inputs, method=method)
-    x, tgt = resolve(model, inputs, target)
-    b, _, h, w = x.shape
-    # Non-overlapping patch_size squares on a grid centred like quantus' padding.
-    (ph, _), (pw, _) = _padding(h, patch_size), _padding(w, patch_size)
-    nh, nw = math.ceil(h / patch_size), math.ceil(w / patch_size)
-    rows = (torch.arange(h, device=x.device) + ph) // patch_size
-    cols = (torch.arange(w, device=x.device) + pw) // patch_size
-    patch_of = (rows.view(-1, 1) * nw + cols.view(1, -1)).flatten()  # [H*W]
-    pix = pixel_scores(maps.to(x.device)).to(torch.float64)
-    sums = torch.zeros(b, nh * nw, dtype=pix.dtype, device=x.device).index_add_(1, patch_of, pix)
-    patch_rank = _ranks(sums, descending=order == "morf")
-    ranks = patch_rank[:, patch_of]  # [B, H*W]: the rank of the pixel's patch
-    counts = torch.arange(1, min(regions, nh * nw) + 1, device=x.device)
-    base = make_baseline_for(baseline, x, method=method)
-    f = score_fn(model, softmax)
-    with observe(model), torch.no_grad():
-        original = f(x, tgt)
-    curve = _curve(model, x, tgt, ranks, counts, base, 1, insert=False, softmax=softmax, batch_size=batch_size)
-    return original.unsqueeze(1) - curve
 
 
 def _region_perturbation_compute(curves: Tensor) -> Tensor:
@@ -411,10 +355,35 @@ def region_perturbation(
         >>> region_perturbation(model, torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4), patch_size=2).shape
         torch.Size([2, 4])
     """
-    return _region_perturbation_update(
-        model, inputs, attributions, target, patch_size=patch_size, regions=regions, order=order,
-        baseline=baseline, softmax=softmax, batch_size=batch_size,
-    )  # fmt: skip
+    method = "region_perturbation"
+    check_int("patch_size", patch_size, 1)
+    check_int("regions", regions, 1)
+    check_int("batch_size", batch_size, 1, allow_none=True)
+    _check_order(order, method)
+    inputs = check_batch("inputs", inputs, method=method)
+    maps = check_maps_like(attributions, inputs, method=method)
+    x, tgt = resolve(model, inputs, target)
+    b, _, h, w = x.shape
+    # Non-overlapping patch_size squares on a grid centred like quantus' padding.
+    (ph, _), (pw, _) = _padding(h, patch_size), _padding(w, patch_size)
+    nh, nw = math.ceil(h / patch_size), math.ceil(w / patch_size)
+    rows = (torch.arange(h, device=x.device) + ph) // patch_size
+    cols = (torch.arange(w, device=x.device) + pw) // patch_size
+    patch_of = (rows.view(-1, 1) * nw + cols.view(1, -1)).flatten()  # [H*W]
+    pix = pixel_scores(maps.to(x.device)).to(torch.float64)
+    sums = torch.zeros(b, nh * nw, dtype=pix.dtype, device=x.device).index_add_(1, patch_of, pix)
+    patch_rank = _ranks(sums, descending=order == "morf")
+    ranks = patch_rank[:, patch_of]  # [B, H*W]: the rank of the pixel's patch
+    counts = torch.arange(1, min(regions, nh * nw) + 1, device=x.device)
+    base = make_baseline_for(baseline, x, method=method)
+    f = score_fn(model, softmax)
+    with observe(model), torch.no_grad():
+        original = f(x, tgt)
+    curve = _curve(model, x, tgt, ranks, counts, base, 1, insert=False, softmax=softmax, batch_size=batch_size)
+    return original.unsqueeze(1) - curve
+
+
+_region_perturbation_update = region_perturbation  # the Metric classes' update step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,65 +394,6 @@ def _pearson(a: Tensor, b: Tensor) -> Tensor:
     a = a.to(torch.float64) - a.to(torch.float64).mean(dim=1, keepdim=True)
     b = b.to(torch.float64) - b.to(torch.float64).mean(dim=1, keepdim=True)
     return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1))
-
-
-def _faithfulness_correlation_update(
-    model: nn.Module,
-    inputs: Tensor,
-    attributions: Tensor,
-    target: TargetType = None,
-    *,
-    runs: int = 100,
-    subset_size: int = 224,
-    baseline: BaselineType = "black",
-    softmax: bool = False,
-    seed: int = 0,
-    subsets: Tensor | None = None,
-    batch_size: int | None = 256,
-) -> Tensor:
-    method = "faithfulness_correlation"
-    check_int("runs", runs, 2)
-    check_int("subset_size", subset_size, 1)
-    check_int("seed", seed, 0)
-    check_int("batch_size", batch_size, 1, allow_none=True)
-    inputs = check_batch("inputs", inputs, method=method)
-    maps = check_maps_like(attributions, inputs, method=method)
-    x, tgt = resolve(model, inputs, target)
-    b, c, h, w = x.shape
-    scores = _features(maps.to(x.device))
-    p = scores.shape[1]
-    if subsets is None:
-        if subset_size > p:
-            raise ValueError(f"{method}: `subset_size` ({subset_size}) exceeds the {p} features of a map.")
-        gen = generator_for(seed, x.device)
-        # runs x B independent subsets without replacement: the top-k of uniform keys.
-        keys = torch.rand(runs, b, p, generator=gen, device=x.device)
-        subsets = keys.topk(subset_size, dim=2).indices.transpose(0, 1)  # [B, runs, s]
-    else:
-        if subsets.ndim != 3 or subsets.shape[0] != b or subsets.dtype not in (torch.int32, torch.int64):
-            raise ValueError(
-                f"{method}: expected integer `subsets` of shape [{b}, runs, subset_size], "
-                f"but got {tuple(subsets.shape)} of {subsets.dtype}."
-            )
-        subsets = subsets.to(x.device).long()
-        if int(subsets.min()) < 0 or int(subsets.max()) >= p:
-            raise ValueError(f"{method}: `subsets` index outside [0, {p}).")
-    runs = subsets.shape[1]
-    attr_sums = scores.gather(1, subsets.flatten(1)).view(b, runs, -1).sum(dim=2)  # [B, runs]
-    base = make_baseline_for(baseline, x, method=method).expand_as(x)
-    m = maps.shape[1]
-    f = score_fn(model, softmax)
-    drops = []
-    with observe(model), torch.no_grad():
-        original = f(x, tgt)
-        for sl in step_chunks(runs, b, batch_size):
-            sub = subsets[:, sl].transpose(0, 1)  # [r, B, s]
-            removed = torch.zeros(sub.shape[0], b, p, dtype=torch.bool, device=x.device)
-            removed.scatter_(2, sub, True)
-            removed = removed.view(-1, b, m, h, w)
-            xp = torch.where(removed, base.unsqueeze(0), x.unsqueeze(0)).reshape(-1, c, h, w)
-            drops.append(original.unsqueeze(0) - f(xp, tgt.repeat(sub.shape[0])).view(-1, b))
-    return _pearson(attr_sums, torch.cat(drops).T)
 
 
 def faithfulness_correlation(
@@ -529,63 +439,57 @@ def faithfulness_correlation(
         >>> faithfulness_correlation(model, x, torch.rand(2, 1, 4, 4), runs=5, subset_size=4).shape
         torch.Size([2])
     """
-    return _faithfulness_correlation_update(
-        model, inputs, attributions, target, runs=runs, subset_size=subset_size, baseline=baseline,
-        softmax=softmax, seed=seed, subsets=subsets, batch_size=batch_size,
-    )  # fmt: skip
+    method = "faithfulness_correlation"
+    check_int("runs", runs, 2)
+    check_int("subset_size", subset_size, 1)
+    check_int("seed", seed, 0)
+    check_int("batch_size", batch_size, 1, allow_none=True)
+    inputs = check_batch("inputs", inputs, method=method)
+    maps = check_maps_like(attributions, inputs, method=method)
+    x, tgt = resolve(model, inputs, target)
+    b, c, h, w = x.shape
+    scores = _features(maps.to(x.device))
+    p = scores.shape[1]
+    if subsets is None:
+        if subset_size > p:
+            raise ValueError(f"{method}: `subset_size` ({subset_size}) exceeds the {p} features of a map.")
+        gen = generator_for(seed, x.device)
+        # runs x B independent subsets without replacement: the top-k of uniform keys.
+        keys = torch.rand(runs, b, p, generator=gen, device=x.device)
+        subsets = keys.topk(subset_size, dim=2).indices.transpose(0, 1)  # [B, runs, s]
+    else:
+        if subsets.ndim != 3 or subsets.shape[0] != b or subsets.dtype not in (torch.int32, torch.int64):
+            raise ValueError(
+                f"{method}: expected integer `subsets` of shape [{b}, runs, subset_size], "
+                f"but got {tuple(subsets.shape)} of {subsets.dtype}."
+            )
+        subsets = subsets.to(x.device).long()
+        if int(subsets.min()) < 0 or int(subsets.max()) >= p:
+            raise ValueError(f"{method}: `subsets` index outside [0, {p}).")
+    runs = subsets.shape[1]
+    attr_sums = scores.gather(1, subsets.flatten(1)).view(b, runs, -1).sum(dim=2)  # [B, runs]
+    base = make_baseline_for(baseline, x, method=method).expand_as(x)
+    m = maps.shape[1]
+    f = score_fn(model, softmax)
+    drops = []
+    with observe(model), torch.no_grad():
+        original = f(x, tgt)
+        for sl in step_chunks(runs, b, batch_size):
+            sub = subsets[:, sl].transpose(0, 1)  # [r, B, s]
+            removed = torch.zeros(sub.shape[0], b, p, dtype=torch.bool, device=x.device)
+            removed.scatter_(2, sub, True)
+            removed = removed.view(-1, b, m, h, w)
+            xp = torch.where(removed, base.unsqueeze(0), x.unsqueeze(0)).reshape(-1, c, h, w)
+            drops.append(original.unsqueeze(0) - f(xp, tgt.repeat(sub.shape[0])).view(-1, b))
+    return _pearson(attr_sums, torch.cat(drops).T)
+
+
+_faithfulness_correlation_update = faithfulness_correlation  # the Metric classes' update step
 
 
 # ---------------------------------------------------------------------------------------------
 # infidelity
 # ---------------------------------------------------------------------------------------------
-def _infidelity_update(
-    model: nn.Module,
-    inputs: Tensor,
-    attributions: Tensor,
-    target: TargetType = None,
-    *,
-    runs: int = 16,
-    noise_std: float = 0.1,
-    normalize: bool = True,
-    softmax: bool = False,
-    seed: int = 0,
-    perturbations: Tensor | None = None,
-    batch_size: int | None = 256,
-) -> Tensor:
-    method = "infidelity"
-    check_int("runs", runs, 1)
-    check_float("noise_std", noise_std, 0.0)
-    check_int("seed", seed, 0)
-    inputs = check_batch("inputs", inputs, method=method)
-    maps = check_maps_like(attributions, inputs, method=method)
-    x, tgt = resolve(model, inputs, target)
-    b, c, h, w = x.shape
-    if perturbations is None:
-        gen = generator_for(seed, x.device)
-        perturbations = torch.randn(runs, b, c, h, w, generator=gen, device=x.device, dtype=x.dtype) * noise_std
-    elif perturbations.ndim != 5 or perturbations.shape[1:] != x.shape:
-        raise ValueError(
-            f"{method}: expected `perturbations` of shape [runs, {b}, {c}, {h}, {w}], "
-            f"but got {tuple(perturbations.shape)}."
-        )
-    perturbations = perturbations.to(x.device, x.dtype)
-    runs = perturbations.shape[0]
-    phi = maps.to(x.device, torch.float64)
-    explained = (perturbations.to(torch.float64) * phi.unsqueeze(0)).flatten(2).sum(dim=2)  # [runs, B]
-    f = score_fn(model, softmax)
-    diffs = []
-    with observe(model), torch.no_grad():
-        original = f(x, tgt)
-        for sl in step_chunks(runs, b, batch_size):
-            xp = (x.unsqueeze(0) - perturbations[sl]).reshape(-1, c, h, w)
-            diffs.append(original.unsqueeze(0) - f(xp, tgt.repeat(xp.shape[0] // b)).view(-1, b))
-    diff = torch.cat(diffs).to(torch.float64)  # [runs, B]
-    if normalize:
-        beta = (explained * diff).mean(dim=0) / (explained * explained).mean(dim=0).clamp_min(1e-300)
-        explained = explained * beta
-    return ((explained - diff) ** 2).mean(dim=0).to(x.dtype)
-
-
 def infidelity(
     model: nn.Module,
     inputs: Tensor,
@@ -632,7 +536,38 @@ def infidelity(
         >>> bool(infidelity(model, x, phi, 0, normalize=False).abs().max() < 1e-10)
         True
     """
-    return _infidelity_update(
-        model, inputs, attributions, target, runs=runs, noise_std=noise_std, normalize=normalize,
-        softmax=softmax, seed=seed, perturbations=perturbations, batch_size=batch_size,
-    )  # fmt: skip
+    method = "infidelity"
+    check_int("runs", runs, 1)
+    check_float("noise_std", noise_std, 0.0)
+    check_int("seed", seed, 0)
+    inputs = check_batch("inputs", inputs, method=method)
+    maps = check_maps_like(attributions, inputs, method=method)
+    x, tgt = resolve(model, inputs, target)
+    b, c, h, w = x.shape
+    if perturbations is None:
+        gen = generator_for(seed, x.device)
+        perturbations = torch.randn(runs, b, c, h, w, generator=gen, device=x.device, dtype=x.dtype) * noise_std
+    elif perturbations.ndim != 5 or perturbations.shape[1:] != x.shape:
+        raise ValueError(
+            f"{method}: expected `perturbations` of shape [runs, {b}, {c}, {h}, {w}], "
+            f"but got {tuple(perturbations.shape)}."
+        )
+    perturbations = perturbations.to(x.device, x.dtype)
+    runs = perturbations.shape[0]
+    phi = maps.to(x.device, torch.float64)
+    explained = (perturbations.to(torch.float64) * phi.unsqueeze(0)).flatten(2).sum(dim=2)  # [runs, B]
+    f = score_fn(model, softmax)
+    diffs = []
+    with observe(model), torch.no_grad():
+        original = f(x, tgt)
+        for sl in step_chunks(runs, b, batch_size):
+            xp = (x.unsqueeze(0) - perturbations[sl]).reshape(-1, c, h, w)
+            diffs.append(original.unsqueeze(0) - f(xp, tgt.repeat(xp.shape[0] // b)).view(-1, b))
+    diff = torch.cat(diffs).to(torch.float64)  # [runs, B]
+    if normalize:
+        beta = (explained * diff).mean(dim=0) / (explained * explained).mean(dim=0).clamp_min(1e-300)
+        explained = explained * beta
+    return ((explained - diff) ** 2).mean(dim=0).to(x.dtype)
+
+
+_infidelity_update = infidelity  # the Metric classes' update step

@@ -73,54 +73,6 @@ def _reset(module: nn.Module, seed: int) -> None:
             module.reset_parameters()
 
 
-def _parameter_randomization_update(
-    model: nn.Module,
-    inputs: Tensor,
-    explainer: ExplainFn,
-    target: TargetType = None,
-    *,
-    mode: str = "cascading",
-    measure: str = "spearman",
-    order: str = "top_down",
-    layers: list[str] | None = None,
-    seed: int = 43,
-    attributions: Tensor | None = None,
-    batch_size: int | None = None,
-) -> Tensor:
-    method = "parameter_randomization"
-    _check_explainer(explainer, method)
-    if mode not in ("cascading", "independent"):
-        raise ValueError(f"{method}: expected `mode` in ('cascading', 'independent'), but got {mode!r}.")
-    check_measure(measure)
-    check_int("seed", seed, 0)
-    inputs = check_batch("inputs", inputs, method=method)
-    names = randomization_layers(model, order) if layers is None else list(layers)
-    known = dict(model.named_modules())
-    for name in names:
-        if name not in known or not callable(getattr(known[name], "reset_parameters", None)):
-            raise ValueError(
-                f"{method}: {name!r} is not a layer with reset_parameters; valid: {randomization_layers(model)}."
-            )
-    if not names:
-        raise ValueError(f"{method}: the model has no layer with reset_parameters to randomise.")
-    x, tgt = resolve(model, inputs, target)
-    if attributions is None:
-        original = explain_batched(explainer, model, x, tgt, batch_size, method=method)
-    else:
-        original = check_finite("attributions", attributions.detach().to(x.device), method=method)
-    random_model = model_copy(model)
-    modules = dict(random_model.named_modules())
-    pristine = {k: v.clone() for k, v in random_model.state_dict().items()} if mode == "independent" else None
-    rows = []
-    for name in names:
-        if pristine is not None:
-            random_model.load_state_dict(pristine)
-        _reset(modules[name], seed)
-        maps = explain_batched(explainer, random_model, x, tgt, batch_size, method=method)
-        rows.append(_map_similarity_update(maps, original, measure))
-    return torch.stack(rows)
-
-
 def parameter_randomization(
     model: nn.Module,
     inputs: Tensor,
@@ -172,36 +124,41 @@ def parameter_randomization(
         >>> parameter_randomization(model, torch.rand(3, 1, 4, 4), Saliency()).shape
         torch.Size([2, 3])
     """
-    return _parameter_randomization_update(
-        model, inputs, explainer, target, mode=mode, measure=measure, order=order, layers=layers, seed=seed,
-        attributions=attributions, batch_size=batch_size,
-    )  # fmt: skip
-
-
-def _data_randomization_update(
-    model: nn.Module,
-    random_model: nn.Module,
-    inputs: Tensor,
-    explainer: ExplainFn,
-    target: TargetType = None,
-    *,
-    measure: str = "spearman",
-    attributions: Tensor | None = None,
-    batch_size: int | None = None,
-) -> Tensor:
-    method = "data_randomization"
+    method = "parameter_randomization"
     _check_explainer(explainer, method)
+    if mode not in ("cascading", "independent"):
+        raise ValueError(f"{method}: expected `mode` in ('cascading', 'independent'), but got {mode!r}.")
     check_measure(measure)
-    if not isinstance(random_model, nn.Module):
-        raise TypeError(f"{method}: expected `random_model` to be an nn.Module, but got {type(random_model).__name__}.")
+    check_int("seed", seed, 0)
     inputs = check_batch("inputs", inputs, method=method)
+    names = randomization_layers(model, order) if layers is None else list(layers)
+    known = dict(model.named_modules())
+    for name in names:
+        if name not in known or not callable(getattr(known[name], "reset_parameters", None)):
+            raise ValueError(
+                f"{method}: {name!r} is not a layer with reset_parameters; valid: {randomization_layers(model)}."
+            )
+    if not names:
+        raise ValueError(f"{method}: the model has no layer with reset_parameters to randomise.")
     x, tgt = resolve(model, inputs, target)
     if attributions is None:
         original = explain_batched(explainer, model, x, tgt, batch_size, method=method)
     else:
         original = check_finite("attributions", attributions.detach().to(x.device), method=method)
-    maps = explain_batched(explainer, random_model, x, tgt, batch_size, method=method)
-    return _map_similarity_update(maps.to(original.device), original, measure)
+    random_model = model_copy(model)
+    modules = dict(random_model.named_modules())
+    pristine = {k: v.clone() for k, v in random_model.state_dict().items()} if mode == "independent" else None
+    rows = []
+    for name in names:
+        if pristine is not None:
+            random_model.load_state_dict(pristine)
+        _reset(modules[name], seed)
+        maps = explain_batched(explainer, random_model, x, tgt, batch_size, method=method)
+        rows.append(_map_similarity_update(maps, original, measure))
+    return torch.stack(rows)
+
+
+_parameter_randomization_update = parameter_randomization  # the Metric classes' update step
 
 
 def data_randomization(
@@ -243,10 +200,22 @@ def data_randomization(
         >>> torch.allclose(data_randomization(model, model, x, Saliency()), torch.ones(2))
         True
     """
-    return _data_randomization_update(
-        model, random_model, inputs, explainer, target, measure=measure, attributions=attributions,
-        batch_size=batch_size,
-    )  # fmt: skip
+    method = "data_randomization"
+    _check_explainer(explainer, method)
+    check_measure(measure)
+    if not isinstance(random_model, nn.Module):
+        raise TypeError(f"{method}: expected `random_model` to be an nn.Module, but got {type(random_model).__name__}.")
+    inputs = check_batch("inputs", inputs, method=method)
+    x, tgt = resolve(model, inputs, target)
+    if attributions is None:
+        original = explain_batched(explainer, model, x, tgt, batch_size, method=method)
+    else:
+        original = check_finite("attributions", attributions.detach().to(x.device), method=method)
+    maps = explain_batched(explainer, random_model, x, tgt, batch_size, method=method)
+    return _map_similarity_update(maps.to(original.device), original, measure)
+
+
+_data_randomization_update = data_randomization  # the Metric classes' update step
 
 
 def _first_layer(model: nn.Module, method: str) -> tuple[str, nn.Module]:
@@ -276,32 +245,6 @@ def shifted_model(model: nn.Module, shift: float) -> nn.Module:
         dims = tuple(range(1, layer.weight.ndim))
         layer.bias.sub_(shift * layer.weight.sum(dim=dims))
     return copy_
-
-
-def _input_invariance_update(
-    model: nn.Module,
-    inputs: Tensor,
-    explainer: ExplainFn,
-    target: TargetType = None,
-    *,
-    shift: float = -1.0,
-    atol: float = 1e-4,
-    attributions: Tensor | None = None,
-    batch_size: int | None = None,
-) -> Tensor:
-    method = "input_invariance"
-    _check_explainer(explainer, method)
-    shift = check_float("shift", shift)
-    atol = check_float("atol", atol, 0.0)
-    inputs = check_batch("inputs", inputs, method=method)
-    x, tgt = resolve(model, inputs, target)
-    if attributions is None:
-        original = explain_batched(explainer, model, x, tgt, batch_size, method=method)
-    else:
-        original = check_finite("attributions", attributions.detach().to(x.device), method=method)
-    moved = explain_batched(explainer, shifted_model(model, shift), x + shift, tgt, batch_size, method=method)
-    close = torch.isclose(original, moved, rtol=1e-5, atol=atol)
-    return close.flatten(1).all(dim=1).to(inputs.dtype)
 
 
 def input_invariance(
@@ -346,7 +289,19 @@ def input_invariance(
         >>> input_invariance(model, x, Saliency()), input_invariance(model, x, InputXGradient())
         (tensor([1., 1.]), tensor([0., 0.]))
     """
-    return _input_invariance_update(
-        model, inputs, explainer, target, shift=shift, atol=atol, attributions=attributions,
-        batch_size=batch_size,
-    )  # fmt: skip
+    method = "input_invariance"
+    _check_explainer(explainer, method)
+    shift = check_float("shift", shift)
+    atol = check_float("atol", atol, 0.0)
+    inputs = check_batch("inputs", inputs, method=method)
+    x, tgt = resolve(model, inputs, target)
+    if attributions is None:
+        original = explain_batched(explainer, model, x, tgt, batch_size, method=method)
+    else:
+        original = check_finite("attributions", attributions.detach().to(x.device), method=method)
+    moved = explain_batched(explainer, shifted_model(model, shift), x + shift, tgt, batch_size, method=method)
+    close = torch.isclose(original, moved, rtol=1e-5, atol=atol)
+    return close.flatten(1).all(dim=1).to(inputs.dtype)
+
+
+_input_invariance_update = input_invariance  # the Metric classes' update step
