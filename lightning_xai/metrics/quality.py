@@ -38,7 +38,10 @@ from lightning_xai.metrics.functional.randomisation import (
 from lightning_xai.metrics.functional.reliability import metric_reliability
 from lightning_xai.metrics.functional.removal import DEFAULT_FRACTIONS, _check_fractions, _road_update
 from lightning_xai.metrics.functional.robustness import (
+    ATTACKS,
+    AttackMapFn,
     _check_explainer,
+    _check_range,
     _fragility_update,
     _local_lipschitz_update,
     _max_sensitivity_update,
@@ -329,15 +332,37 @@ class MaxSensitivity(_ExplainerMetric):
 class Fragility(_ExplainerMetric):
     """Mean top-k intersection after the fragility attack (see
     :func:`~lightning_xai.metrics.functional.fragility`); higher is better (a robust map). The
-    mean centre-of-mass shift is kept too: :meth:`compute_all` returns both."""
+    mean centre-of-mass shift is kept too: :meth:`compute_all` returns both.
+
+    Example:
+        >>> from lightning_xai.attribution import Saliency
+        >>> metric = Fragility(Saliency(), iterations=2)
+        >>> metric.update(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), torch.rand(2, 1, 4, 4))
+        >>> metric.compute()  # a linear model's gradient map cannot move
+        tensor(1.)
+    """
 
     higher_is_better = True
 
-    def __init__(self, explainer: ExplainFn, epsilon: float = 8 / 255, iterations: int = 8, candidates: int = 8,
-                 k: float = 0.1, seed: int = 0, batch_size: int | None = None, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(self, explainer: ExplainFn, attack: str = "topk", epsilon: float = 8 / 255, iterations: int = 8,
+                 step_size: float | None = None, softplus_beta: float = 10.0,
+                 input_range: tuple[float, float] | None = None, attack_map: AttackMapFn | None = None,
+                 candidates: int = 8, k: float = 0.1, seed: int = 0, batch_size: int | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
         super().__init__(explainer, **kwargs)
+        if attack not in ATTACKS:
+            raise ValueError(f"Expected argument `attack` to be one of {ATTACKS}, but got {attack!r}.")
+        self.attack = attack
         self.epsilon = check_float("epsilon", epsilon, 0.0)
         self.iterations = check_int("iterations", iterations, 1)
+        self.step_size = None if step_size is None else check_float("step_size", step_size, 0.0)
+        self.softplus_beta = check_float("softplus_beta", softplus_beta, 0.0)
+        if self.softplus_beta <= 0:
+            raise ValueError(f"Expected argument `softplus_beta` to be positive, but got {softplus_beta}.")
+        self.input_range = _check_range(input_range, type(self).__name__)
+        if attack_map is not None and not callable(attack_map):
+            raise TypeError(f"Expected `attack_map` to be callable or None, but got {type(attack_map).__name__}.")
+        self.attack_map = attack_map
         self.candidates = check_int("candidates", candidates, 1)
         self.k = check_float("k", k, 0.0, 1.0)
         if not 0.0 < self.k < 1.0:
@@ -348,8 +373,10 @@ class Fragility(_ExplainerMetric):
 
     def update(self, model: nn.Module, inputs: Tensor, target: TargetType = None) -> None:
         result = _fragility_update(
-            model, inputs, self.explainer, target, epsilon=self.epsilon, iterations=self.iterations,
-            candidates=self.candidates, k=self.k, seed=self.seed + self._update_count, batch_size=self.batch_size,
+            model, inputs, self.explainer, target, attack=self.attack, epsilon=self.epsilon,
+            iterations=self.iterations, step_size=self.step_size, softplus_beta=self.softplus_beta,
+            input_range=self.input_range, attack_map=self.attack_map, candidates=self.candidates, k=self.k,
+            seed=self.seed + self._update_count, batch_size=self.batch_size,
         )  # fmt: skip
         self._accumulate(result.topk_intersection)
         self.shift_total += result.center_shift.detach().to(self.shift_total.device, torch.float64).sum()
