@@ -538,15 +538,16 @@ class ROAD(Metric):
     needs_model = True
 
     def __init__(self, fractions: Sequence[float] = DEFAULT_FRACTIONS, order: str = "morf", noise_std: float = 0.01,
-                 iterations: int = 64, softmax: bool = True, seed: int = 0, batch_size: int | None = 256,
-                 **kwargs: Any) -> None:  # fmt: skip
+                 tol: float = 1e-8, max_iterations: int | None = None, softmax: bool = True, seed: int = 0,
+                 batch_size: int | None = 256, **kwargs: Any) -> None:  # fmt: skip
         super().__init__(**kwargs)
         self.fractions = tuple(float(f) for f in _check_fractions(fractions, type(self).__name__).tolist())
         if order not in ("morf", "lerf", "random"):
             raise ValueError(f"Expected argument `order` in ('morf', 'lerf', 'random'), but got {order!r}.")
         self.order = order
         self.noise_std = check_float("noise_std", noise_std, 0.0)
-        self.iterations = check_int("iterations", iterations, 1)
+        self.tol = check_float("tol", tol, 0.0)
+        self.max_iterations = check_int("max_iterations", max_iterations, 1, allow_none=True)
         self.softmax = bool(softmax)
         self.seed = check_int("seed", seed, 0)
         self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
@@ -556,7 +557,7 @@ class ROAD(Metric):
     def update(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType = None) -> None:
         curves = _road_update(
             model, inputs, attributions, target, fractions=self.fractions, order=self.order,
-            noise_std=self.noise_std, iterations=self.iterations, softmax=self.softmax,
+            noise_std=self.noise_std, tol=self.tol, max_iterations=self.max_iterations, softmax=self.softmax,
             seed=self.seed + self._update_count, batch_size=self.batch_size,
         )  # fmt: skip
         self.total += curves.detach().to(self.total.device, torch.float64).sum(dim=0)

@@ -59,7 +59,7 @@ def _ddp_metrics():
         "deletion": (DeletionAUC(steps=6), "model"),
         "pointing": (PointingGame(), "masks"),
         "mprt": (ParameterRandomization(Saliency()), "explain"),
-        "road": (ROAD(fractions=[0.25, 0.5], iterations=4, noise_std=0.0), "model"),
+        "road": (ROAD(fractions=[0.25, 0.5], noise_std=0.0), "model"),
         "reliability": (MetricReliability(), "scores"),
     }
 
