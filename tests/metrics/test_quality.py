@@ -54,6 +54,50 @@ def test_mask_aupr_equals_scikit_learn_with_ties() -> None:
     assert torch.allclose(ours.double(), torch.tensor(theirs, dtype=torch.float64), atol=1e-6)
 
 
+# -- similarity ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [(16, 16), (12, 20)])
+def test_hog_similarity_equals_scikit_image_hog_and_pearson(size: tuple[int, int]) -> None:
+    """The stated recipe, recomputed with scikit-image and numpy: HOG (9 orientations, cells of
+    max(2, min(H, W) // 4) pixels, 2x2 blocks, L2-Hys) of |map| summed over channels and min-max
+    scaled, then the Pearson correlation of the two descriptors."""
+    hog = pytest.importorskip("skimage.feature").hog
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 2, *size, generator=gen)
+    b = a + 0.7 * torch.randn(3, 2, *size, generator=gen)
+    ours = MF.map_similarity(a, b, "hog")
+    side = max(2, min(size) // 4)
+
+    def descriptor(m: torch.Tensor) -> np.ndarray:
+        img = m.double().abs().sum(0).numpy()
+        img = (img - img.min()) / (img.max() - img.min())
+        return hog(img, orientations=9, pixels_per_cell=(side, side), cells_per_block=(2, 2), block_norm="L2-Hys")
+
+    theirs = [np.corrcoef(descriptor(a[i]), descriptor(b[i]))[0, 1] for i in range(3)]
+    np.testing.assert_allclose(ours.double().numpy(), theirs, atol=1e-6)
+    assert float(ours.max()) < 0.99  # the noise moved the descriptors
+    metric = MapSimilarity("hog")
+    metric.update(a[:1], b[:1])
+    metric.update(a[1:], b[1:])
+    assert torch.allclose(metric.compute().double(), torch.tensor(theirs).mean(), atol=1e-6)
+
+
+def test_hog_similarity_properties() -> None:
+    gen = torch.Generator().manual_seed(1)
+    a = torch.rand(2, 1, 16, 16, generator=gen)
+    b = torch.rand(2, 1, 16, 16, generator=gen)
+    ones = torch.ones(2)
+    assert torch.allclose(MF.map_similarity(a, a, "hog"), ones, atol=1e-6)  # identical maps
+    assert torch.allclose(MF.map_similarity(a, 3 * a + 0.5, "hog"), ones, atol=1e-6)  # same after min-max scaling
+    assert torch.allclose(MF.map_similarity(a, -a, "hog"), ones, atol=1e-6)  # |map|: the sign is ignored
+    assert torch.equal(MF.map_similarity(a, b, "hog"), MF.map_similarity(b, a, "hog"))  # symmetric
+    stripes = (torch.arange(16) % 4 < 2).float().view(1, 1, 1, 16).expand(1, 1, 16, 16)
+    vertical, horizontal = stripes, stripes.transpose(-1, -2)
+    assert float(MF.map_similarity(vertical, horizontal, "hog")) < 0.0  # edges at right angles
+    assert float(MF.map_similarity(vertical, vertical.roll(1, dims=-1), "hog")) > 0.9  # same edges, shifted
+
+
 # -- faithfulness on a trained model -----------------------------------------------------------
 def test_deletion_auc_of_gradient_beats_random_on_shapes() -> None:
     model, test = trained_shapes_model()
