@@ -35,7 +35,7 @@ from lightning_xai.metrics.functional.randomisation import (
     _parameter_randomization_update,
     randomization_layers,
 )
-from lightning_xai.metrics.functional.reliability import metric_reliability
+from lightning_xai.metrics.functional.reliability import internal_consistency, metric_reliability
 from lightning_xai.metrics.functional.removal import DEFAULT_FRACTIONS, _check_fractions, _road_update
 from lightning_xai.metrics.functional.robustness import (
     ATTACKS,
@@ -68,6 +68,7 @@ __all__ = [
     "ROAR",
     "ROAD",
     "MetricReliability",
+    "InternalConsistency",
 ]
 
 
@@ -633,8 +634,55 @@ class MetricReliability(Metric):
         if not isinstance(scores, Tensor) or scores.ndim != 2 or scores.shape[1] < 2:
             shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
             raise ValueError(f"Expected `scores` of shape [samples, explainers >= 2], but got {shape}.")
+        _check_columns(self.scores, scores, "explainers")
         self.scores.append(scores.detach().to(torch.float64))
 
     def compute(self) -> Tensor:
         """Scalar alpha over every sample seen."""
         return metric_reliability(dim_zero_cat(self.scores)).to(torch.get_default_dtype())
+
+
+class InternalConsistency(Metric):
+    """Internal consistency (Cronbach's alpha) of several metrics over the same units (Tomsett et
+    al. 2020; see :func:`~lightning_xai.metrics.functional.internal_consistency`): update with
+    ``[B, M]`` scores of ``M`` metrics on ``B`` units (samples, or explainers); the rows are
+    gathered over batches and DDP ranks, so the result equals the function on every row at once.
+    Standardise metrics of different scales and flip lower-is-better ones before updating.
+
+    Example:
+        >>> metric = InternalConsistency()
+        >>> metric.update(torch.tensor([[1.0, 2.0], [2.0, 4.0]]))
+        >>> metric.update(torch.tensor([[3.0, 6.0]]))
+        >>> metric.compute()
+        tensor(0.8889)
+    """
+
+    is_differentiable = False
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+
+    def update(self, scores: Tensor) -> None:
+        if not isinstance(scores, Tensor) or scores.ndim != 2 or scores.shape[1] < 2:
+            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise ValueError(f"Expected `scores` of shape [units, metrics >= 2], but got {shape}.")
+        _check_columns(self.scores, scores, "metrics")
+        self.scores.append(scores.detach().to(torch.float64))
+
+    def compute(self) -> Tensor:
+        """Scalar alpha over every unit seen (NaN with fewer than two units)."""
+        rows = dim_zero_cat(self.scores)
+        if rows.shape[0] < 2:
+            return torch.tensor(float("nan"))
+        return internal_consistency(rows.T).to(torch.get_default_dtype())
+
+
+def _check_columns(seen: list[Tensor], scores: Tensor, what: str) -> None:
+    """Every update of a row-gathering metric has the same number of columns."""
+    if seen and seen[0].shape[1] != scores.shape[1]:
+        raise ValueError(
+            f"Expected {seen[0].shape[1]} {what} per row as in earlier updates, but got {scores.shape[1]}."
+        )

@@ -53,7 +53,14 @@ def trained_shapes_model() -> tuple[nn.Module, Any]:
 
 def _ddp_metrics():
     from lightning_xai.attribution import Saliency
-    from lightning_xai.metrics import ROAD, DeletionAUC, MetricReliability, ParameterRandomization, PointingGame
+    from lightning_xai.metrics import (
+        ROAD,
+        DeletionAUC,
+        InternalConsistency,
+        MetricReliability,
+        ParameterRandomization,
+        PointingGame,
+    )
 
     return {
         "deletion": (DeletionAUC(steps=6), "model"),
@@ -61,6 +68,7 @@ def _ddp_metrics():
         "mprt": (ParameterRandomization(Saliency()), "explain"),
         "road": (ROAD(fractions=[0.25, 0.5], noise_std=0.0), "model"),
         "reliability": (MetricReliability(), "scores"),
+        "consistency": (InternalConsistency(), "scores"),
     }
 
 

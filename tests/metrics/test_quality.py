@@ -15,6 +15,7 @@ from lightning_xai.metrics import (
     DeletionAUC,
     FaithfulnessCorrelation,
     InsertionAUC,
+    InternalConsistency,
     LocalLipschitz,
     MapSimilarity,
     MaskAUPR,
@@ -254,6 +255,54 @@ def test_metric_reliability_high_for_consistent_rankings_low_for_noise() -> None
     metric.update(consistent[:10])
     metric.update(consistent[10:])
     assert torch.allclose(metric.compute().double(), MF.metric_reliability(consistent))
+
+
+def test_cronbach_alpha_by_hand_and_by_the_covariance_formula() -> None:
+    """Cronbach (1951) on a small table, in exact fractions from the textbook formula
+    ``k / (k - 1) * (1 - sum(item variances) / variance(total))`` (sample variances), and the
+    equivalent ``k * mean_cov / (mean_var + (k - 1) * mean_cov)`` on a random table."""
+    from fractions import Fraction
+
+    table = [[1, 2, 3, 4, 5], [2, 2, 3, 5, 4], [1, 3, 3, 4, 6]]  # 3 metrics x 5 units
+
+    def var(xs):
+        m = Fraction(sum(xs), len(xs))
+        return sum((Fraction(x) - m) ** 2 for x in xs) / (len(xs) - 1)
+
+    k = len(table)
+    totals = [sum(col) for col in zip(*table)]
+    expected = Fraction(k, k - 1) * (1 - sum(var(row) for row in table) / var(totals))
+    # by hand: item variances 5/2, 17/10, 33/10 (sum 15/2); totals 4, 7, 9, 13, 15 with variance 99/5;
+    # alpha = 3/2 * (1 - (15/2) / (99/5)) = 41/44
+    assert expected == Fraction(41, 44)
+    got = MF.internal_consistency(torch.tensor(table, dtype=torch.float64))
+    assert abs(float(got) - float(expected)) < 1e-12
+    scores = torch.randn(4, 30, generator=torch.Generator().manual_seed(0)) + torch.randn(30)
+    cov = torch.cov(scores.double())
+    mean_var, mean_cov = cov.diag().mean(), (cov.sum() - cov.diag().sum()) / (4 * 3)
+    assert torch.allclose(MF.internal_consistency(scores), 4 * mean_cov / (mean_var + 3 * mean_cov))
+    assert torch.allclose(MF.internal_consistency(torch.stack([scores[0], scores[0]])), torch.tensor(1.0).double())
+
+
+def test_reliability_metrics_over_uneven_updates_equal_their_functions() -> None:
+    gen = torch.Generator().manual_seed(2)
+    scores = torch.rand(23, 4, generator=gen) + torch.linspace(0, 1, 23).view(-1, 1)  # units x metrics
+    consistency, reliability = InternalConsistency(), MetricReliability()
+    for rows in (slice(0, 1), slice(1, 8), slice(8, 10), slice(10, 23)):
+        consistency.update(scores[rows])
+        reliability.update(scores[rows])
+    assert torch.allclose(consistency.compute().double(), MF.internal_consistency(scores.T), atol=1e-6)
+    assert torch.allclose(reliability.compute().double(), MF.metric_reliability(scores), atol=1e-6)
+    assert float(consistency.compute()) > 0.5  # the shared trend dominates
+    with pytest.raises(ValueError, match="4 metrics per row"):
+        consistency.update(torch.rand(2, 3))
+    with pytest.raises(ValueError, match="4 explainers per row"):
+        reliability.update(torch.rand(2, 3))
+    with pytest.raises(ValueError, match=r"\[units, metrics >= 2\]"):
+        InternalConsistency().update(torch.rand(5))
+    single = InternalConsistency()
+    single.update(scores[:1])
+    assert torch.isnan(single.compute())
 
 
 # -- Metric classes equal their functions ----------------------------------------------------
