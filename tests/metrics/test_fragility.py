@@ -57,15 +57,16 @@ def test_a_linear_models_gradient_map_cannot_move(attack: str) -> None:
 
 
 def test_gradient_attack_beats_random_search_with_the_same_budget() -> None:
-    """Same iterations; the random search gets two candidates per step, so it makes twice the
-    explainer calls of the gradient attack (one real map per step, plus one double-backward on
-    the softplus copy)."""
+    """Same iterations and about the same time: the random search gets four candidates per step
+    (four explainer calls and forwards), the gradient attack one explainer call plus one double
+    backward on the softplus copy (0.17 s vs 0.18 s on one CPU thread). Measured: top-k
+    intersection 0.637 vs 0.750-0.789 for random seeds 0-2."""
     model, test = trained_shapes_model()
     x, y = test.images[:16], test.labels[:16]
     kw = dict(epsilon=EPS, iterations=8, input_range=(0.0, 1.0), seed=0)
     adv, inter, shift = _fragility_attack(model, x, Saliency(), y, **kw)
-    _, inter_rnd, shift_rnd = _fragility_attack(model, x, Saliency(), y, attack="random", candidates=2, **kw)
-    assert float(inter.mean()) < float(inter_rnd.mean()) - 0.1, (inter.mean(), inter_rnd.mean())
+    _, inter_rnd, shift_rnd = _fragility_attack(model, x, Saliency(), y, attack="random", candidates=4, **kw)
+    assert float(inter.mean()) < float(inter_rnd.mean()) - 0.08, (inter.mean(), inter_rnd.mean())
     assert (inter <= inter_rnd).float().mean() >= 0.75
     # label kept, inside the ball and the input range
     with torch.no_grad():
