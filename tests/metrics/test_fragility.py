@@ -125,6 +125,19 @@ def test_softplus_mode_replaces_every_relu_and_the_users_model_is_untouched() ->
     assert torch.equal(rng, torch.get_rng_state())
 
 
+def test_works_under_an_outer_inference_mode() -> None:
+    """Validation hooks run under ``torch.inference_mode``: the same result as outside it."""
+    model, test = trained_shapes_model()
+    x, y = test.images[:4], test.labels[:4]
+    outside = MF.fragility(model, x, Saliency(), y, iterations=2)
+    with torch.inference_mode():
+        inside = MF.fragility(model, x, Saliency(), y, iterations=2)
+        mprt = MF.parameter_randomization(model, x, Saliency(), y)  # its model copy, too
+    assert torch.equal(outside.topk_intersection, inside.topk_intersection)
+    assert torch.equal(outside.center_shift, inside.center_shift)
+    assert torch.equal(mprt, MF.parameter_randomization(model, x, Saliency(), y))
+
+
 def test_a_relu_the_softplus_mode_cannot_see_raises() -> None:
     class AtenReLU(nn.Module):
         def __init__(self) -> None:

@@ -396,6 +396,7 @@ def _attack_gradient(
     h, w = inputs.shape[-2:]
     with observe(twin), _SoftplusReLU(beta) as mode:
         x = inputs.detach().clone().requires_grad_(True)
+        top0, com0 = top0.clone(), com0.clone()  # normal tensors, even under an outer inference_mode
         maps = attack_map(twin, x, target)
         if not isinstance(maps, Tensor) or maps.shape[0] != x.shape[0] or maps.shape[-2:] != (h, w):
             shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
