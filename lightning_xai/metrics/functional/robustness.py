@@ -367,12 +367,48 @@ def _gradient_attack_map(times_input: bool) -> AttackMapFn:
     return attack_map
 
 
-def default_attack_map(explainer: object) -> AttackMapFn:
-    """The differentiable map the gradient attack uses for ``explainer``: ``x * dS_c/dx`` for
-    :class:`~lightning_xai.attribution.InputXGradient`, ``dS_c/dx`` for every other explainer
-    (the map itself for :class:`~lightning_xai.attribution.Saliency`, a proxy otherwise)."""
-    from lightning_xai.attribution.gradient import InputXGradient
+def _integrated_gradients_attack_map(explainer: Any, max_steps: int) -> AttackMapFn:
+    """Integrated Gradients with the explainer's baselines and quadrature rule on at most
+    ``max_steps`` points, differentiable in the input (baselines held fixed)."""
+    from lightning_xai.attribution.path import quadrature
 
+    method = explainer.method
+    n = min(explainer.n_steps, max_steps)
+    if method == "riemann_trapezoid":
+        n = max(n, 2)
+
+    def attack_map(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
+        weights_np, alphas_np = quadrature(method, n)
+        weights = torch.as_tensor(weights_np, dtype=inputs.dtype, device=inputs.device)
+        alphas = torch.as_tensor(alphas_np, dtype=inputs.dtype, device=inputs.device)
+        ones = (1,) * inputs.ndim
+        maps = []
+        for base in explainer.baselines(inputs.detach()):  # [B, ...] each
+            diff = inputs - base
+            points = base.unsqueeze(0) + alphas.view(-1, *ones) * diff.unsqueeze(0)  # [n, B, ...]
+            scores = select_scores(model(points.flatten(0, 1)), target.repeat(n))
+            (grad,) = torch.autograd.grad(scores.sum(), points, create_graph=True)
+            path = (grad * weights.view(-1, *ones)).sum(dim=0)
+            maps.append(path * diff if explainer.multiply_by_inputs else path)
+        return torch.stack(maps).mean(dim=0)
+
+    return attack_map
+
+
+def default_attack_map(explainer: object, ig_steps: int = 16) -> AttackMapFn:
+    """The differentiable map the gradient attack uses for ``explainer``.
+
+    ``x * dS_c/dx`` for :class:`~lightning_xai.attribution.InputXGradient`; Integrated Gradients
+    with the explainer's baselines and quadrature rule on at most ``ig_steps`` points for
+    :class:`~lightning_xai.attribution.IntegratedGradients`; ``dS_c/dx`` for every other explainer
+    (the map itself for :class:`~lightning_xai.attribution.Saliency`, a proxy otherwise: pass
+    ``attack_map`` to :func:`fragility` for a better one).
+    """
+    from lightning_xai.attribution.gradient import InputXGradient
+    from lightning_xai.attribution.path import IntegratedGradients
+
+    if isinstance(explainer, IntegratedGradients):
+        return _integrated_gradients_attack_map(explainer, ig_steps)
     return _gradient_attack_map(isinstance(explainer, InputXGradient))
 
 
@@ -588,8 +624,8 @@ def fragility(
     model whose ReLUs (``nn.ReLU`` modules and functional ``F.relu`` / ``torch.relu`` /
     ``Tensor.relu`` calls) are ``softplus(softplus_beta)``; the user's model is never touched.
     The differentiable map on that copy is ``attack_map`` (default: :func:`default_attack_map`,
-    the explainer's own map for ``Saliency`` and ``InputXGradient``, the gradient as a proxy for
-    other explainers). The maps that are *scored* are always the real explainer's maps on the
+    the explainer's own map for ``Saliency``, ``InputXGradient`` and ``IntegratedGradients``
+    (on at most 16 path points), the gradient as a proxy for other explainers). The maps that are *scored* are always the real explainer's maps on the
     real model. ``attack="random"`` keeps the earlier random search (``candidates`` random-sign
     steps per iteration, the best kept).
 
