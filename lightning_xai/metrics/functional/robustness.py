@@ -350,6 +350,8 @@ def softplus_twin(model: nn.Module, beta: float = 10.0) -> nn.Module:
     from lightning_xai.metrics.functional.randomisation import model_copy  # a cycle at import time
 
     beta = check_float("softplus_beta", beta, 0.0)
+    if beta <= 0:
+        raise ValueError(f"Expected argument `softplus_beta` to be positive, but got {beta}.")
     twin = model_copy(model)
     for module in list(twin.modules()):
         for name, child in list(module.named_children()):
@@ -403,6 +405,14 @@ def default_attack_map(explainer: object, ig_steps: int = 16) -> AttackMapFn:
     :class:`~lightning_xai.attribution.IntegratedGradients`; ``dS_c/dx`` for every other explainer
     (the map itself for :class:`~lightning_xai.attribution.Saliency`, a proxy otherwise: pass
     ``attack_map`` to :func:`fragility` for a better one).
+
+    Example:
+        >>> from lightning_xai.attribution import InputXGradient
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+        >>> x = torch.rand(3, 1, 2, 2, requires_grad=True)
+        >>> maps = default_attack_map(InputXGradient())(model, x, torch.tensor([0, 1, 0]))
+        >>> maps.requires_grad, torch.allclose(maps, InputXGradient()(model, x, torch.tensor([0, 1, 0])))
+        (True, True)
     """
     from lightning_xai.attribution.gradient import InputXGradient
     from lightning_xai.attribution.path import IntegratedGradients
@@ -635,7 +645,8 @@ def fragility(
     ``epsilon``; the model untouched).
 
     Cost per iteration: one forward and two backward passes of the batch on the copy (the second
-    through the first, ``create_graph=True``), one forward for the label and one explainer call.
+    through the first, ``create_graph=True``; for Integrated Gradients, of its path points), one
+    forward for the label and one explainer call; plus one deep copy of the model per call.
 
     Args:
         model: Maps ``[B, ...]`` to ``[B, K]`` scores.
