@@ -56,6 +56,7 @@ def _ddp_metrics():
     from lightning_xai.metrics import (
         ROAD,
         DeletionAUC,
+        Fragility,
         InternalConsistency,
         MetricReliability,
         ParameterRandomization,
@@ -69,6 +70,7 @@ def _ddp_metrics():
         "road": (ROAD(fractions=[0.25, 0.5], noise_std=0.0), "model"),
         "reliability": (MetricReliability(), "scores"),
         "consistency": (InternalConsistency(), "scores"),
+        "fragility": (Fragility(Saliency(), iterations=2, epsilon=0.1), "explain"),
     }
 
 
