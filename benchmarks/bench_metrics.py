@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=str, default=None)
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="process CPU time or wall time")
+    parser.add_argument("--only", type=str, default=None, help="run only the rows whose name contains this")
     args = parser.parse_args()
     torch.set_num_threads(1)
     global _clock
@@ -137,6 +138,7 @@ def main() -> None:
         "PointingGame": lambda: a.flatten(1).argmax(dim=1),
         "MPRT cascading (4 layers)": _passes(model, perturbed(4), y),
         "InputInvariance": _passes(model, [x], y),
+        "ROAD (9 fractions, noise 0.01)": _forwards(model, perturbed(9)),  # model work only, no imputation
     }
     rows: list[tuple[str, Callable[[], object], Callable[[], object]]] = [
         (
@@ -182,6 +184,12 @@ def main() -> None:
                 model=model, x_batch=xn, y_batch=yn, a_batch=an, explain_func=explain, device="cpu"),
         ),
         (
+            "ROAD (9 fractions, noise 0.01)",
+            lambda: MF.road(model, x, a, y, fractions=[p / 100 for p in range(10, 100, 10)]),
+            lambda: quantus.ROAD(percentages=list(range(10, 100, 10)), noise=0.01, **q)(
+                model=model, x_batch=xn, y_batch=yn, a_batch=an, device="cpu"),
+        ),
+        (
             "InputInvariance",
             lambda: MF.input_invariance(model, x, sal, y, attributions=a),
             lambda: quantus.InputInvariance(**q)(
@@ -201,6 +209,7 @@ def main() -> None:
     print(f"{'metric':44s} {'ours ms':>9s} {'quantus ms':>11s} {'floor ms':>9s} {'ratio':>7s} {'passes':>7s} "
           f"{'floor/quantus':>13s} {'ours/floor':>10s}")  # fmt: skip
     results = []
+    rows = [row for row in rows if args.only is None or args.only.lower() in row[0].lower()]
     for name, ours, theirs in rows:
         floor = floors[name]
         ours()  # warm-up
@@ -220,7 +229,20 @@ def main() -> None:
                         "passes": mo / unit, "floor_over_quantus": mf / mt, "ours_over_floor": mo / mf})  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps({"unit_s": unit, "rows": results}, indent=2))
-    print(f"# geometric mean ratio: {float(np.exp(np.mean([np.log(r['ratio']) for r in results]))):.3f}")
+    if results:
+        print(f"# geometric mean ratio: {float(np.exp(np.mean([np.log(r['ratio']) for r in results]))):.3f}")
+    if args.only is None or "fragility" in args.only.lower():
+        # no library implements fragility: its cost in passes, gradient attack vs random search
+        print(f"{'fragility (no oracle), 8 iterations':44s} {'ours ms':>9s} {'passes':>7s} {'top-k kept':>11s}")
+        for label, kw in (
+            ("attack='topk'", {}),
+            ("attack='random', 2 candidates", {"attack": "random", "candidates": 2}),
+        ):
+            fn = lambda kw=kw: MF.fragility(model, x, sal, y, iterations=8, input_range=(0, 1), **kw)  # noqa: E731
+            result = fn()
+            t = statistics.median(_time(fn) for _ in range(args.repeats))
+            kept = float(result.topk_intersection.mean())
+            print(f"{label:44s} {t * 1e3:9.2f} {t / unit:7.1f} {kept:11.3f}")
 
 
 if __name__ == "__main__":

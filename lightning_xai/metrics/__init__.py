@@ -11,6 +11,7 @@ from lightning_xai.metrics.quality import (
     Infidelity,
     InputInvariance,
     InsertionAUC,
+    InternalConsistency,
     LocalLipschitz,
     MapSimilarity,
     MaskAUPR,
@@ -45,3 +46,4 @@ __all__ += [
     "ROAR",
     "RegionPerturbation",
 ]
+__all__ += ["InternalConsistency"]

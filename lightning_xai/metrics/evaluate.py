@@ -95,7 +95,7 @@ METRICS: dict[str, MetricSpec] = {
     "infidelity": MetricSpec(_infidelity, higher_is_better=False),
     "local_lipschitz": MetricSpec(_lipschitz, higher_is_better=False, defaults=(("samples", 4),)),
     "max_sensitivity": MetricSpec(_sensitivity, higher_is_better=False, defaults=(("samples", 4),)),
-    "fragility": MetricSpec(_fragility, defaults=(("iterations", 4), ("candidates", 4))),
+    "fragility": MetricSpec(_fragility, defaults=(("iterations", 4),)),
     "pointing_game": MetricSpec(_pointing, needs_masks=True),
     "mask_aupr": MetricSpec(_aupr, needs_masks=True),
     "mask_mass": MetricSpec(_mass, needs_masks=True),

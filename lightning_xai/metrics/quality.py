@@ -35,10 +35,13 @@ from lightning_xai.metrics.functional.randomisation import (
     _parameter_randomization_update,
     randomization_layers,
 )
-from lightning_xai.metrics.functional.reliability import metric_reliability
+from lightning_xai.metrics.functional.reliability import internal_consistency, metric_reliability
 from lightning_xai.metrics.functional.removal import DEFAULT_FRACTIONS, _check_fractions, _road_update
 from lightning_xai.metrics.functional.robustness import (
+    ATTACKS,
+    AttackMapFn,
     _check_explainer,
+    _check_range,
     _fragility_update,
     _local_lipschitz_update,
     _max_sensitivity_update,
@@ -65,6 +68,7 @@ __all__ = [
     "ROAR",
     "ROAD",
     "MetricReliability",
+    "InternalConsistency",
 ]
 
 
@@ -329,15 +333,37 @@ class MaxSensitivity(_ExplainerMetric):
 class Fragility(_ExplainerMetric):
     """Mean top-k intersection after the fragility attack (see
     :func:`~lightning_xai.metrics.functional.fragility`); higher is better (a robust map). The
-    mean centre-of-mass shift is kept too: :meth:`compute_all` returns both."""
+    mean centre-of-mass shift is kept too: :meth:`compute_all` returns both.
+
+    Example:
+        >>> from lightning_xai.attribution import Saliency
+        >>> metric = Fragility(Saliency(), iterations=2)
+        >>> metric.update(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), torch.rand(2, 1, 4, 4))
+        >>> metric.compute()  # a linear model's gradient map cannot move
+        tensor(1.)
+    """
 
     higher_is_better = True
 
-    def __init__(self, explainer: ExplainFn, epsilon: float = 8 / 255, iterations: int = 8, candidates: int = 8,
-                 k: float = 0.1, seed: int = 0, batch_size: int | None = None, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(self, explainer: ExplainFn, attack: str = "topk", epsilon: float = 8 / 255, iterations: int = 8,
+                 step_size: float | None = None, softplus_beta: float = 10.0,
+                 input_range: tuple[float, float] | None = None, attack_map: AttackMapFn | None = None,
+                 candidates: int = 8, k: float = 0.1, seed: int = 0, batch_size: int | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
         super().__init__(explainer, **kwargs)
+        if attack not in ATTACKS:
+            raise ValueError(f"Expected argument `attack` to be one of {ATTACKS}, but got {attack!r}.")
+        self.attack = attack
         self.epsilon = check_float("epsilon", epsilon, 0.0)
         self.iterations = check_int("iterations", iterations, 1)
+        self.step_size = None if step_size is None else check_float("step_size", step_size, 0.0)
+        self.softplus_beta = check_float("softplus_beta", softplus_beta, 0.0)
+        if self.softplus_beta <= 0:
+            raise ValueError(f"Expected argument `softplus_beta` to be positive, but got {softplus_beta}.")
+        self.input_range = _check_range(input_range, type(self).__name__)
+        if attack_map is not None and not callable(attack_map):
+            raise TypeError(f"Expected `attack_map` to be callable or None, but got {type(attack_map).__name__}.")
+        self.attack_map = attack_map
         self.candidates = check_int("candidates", candidates, 1)
         self.k = check_float("k", k, 0.0, 1.0)
         if not 0.0 < self.k < 1.0:
@@ -348,8 +374,10 @@ class Fragility(_ExplainerMetric):
 
     def update(self, model: nn.Module, inputs: Tensor, target: TargetType = None) -> None:
         result = _fragility_update(
-            model, inputs, self.explainer, target, epsilon=self.epsilon, iterations=self.iterations,
-            candidates=self.candidates, k=self.k, seed=self.seed + self._update_count, batch_size=self.batch_size,
+            model, inputs, self.explainer, target, attack=self.attack, epsilon=self.epsilon,
+            iterations=self.iterations, step_size=self.step_size, softplus_beta=self.softplus_beta,
+            input_range=self.input_range, attack_map=self.attack_map, candidates=self.candidates, k=self.k,
+            seed=self.seed + self._update_count, batch_size=self.batch_size,
         )  # fmt: skip
         self._accumulate(result.topk_intersection)
         self.shift_total += result.center_shift.detach().to(self.shift_total.device, torch.float64).sum()
@@ -511,15 +539,16 @@ class ROAD(Metric):
     needs_model = True
 
     def __init__(self, fractions: Sequence[float] = DEFAULT_FRACTIONS, order: str = "morf", noise_std: float = 0.01,
-                 iterations: int = 64, softmax: bool = True, seed: int = 0, batch_size: int | None = 256,
-                 **kwargs: Any) -> None:  # fmt: skip
+                 tol: float = 1e-8, max_iterations: int | None = None, softmax: bool = True, seed: int = 0,
+                 batch_size: int | None = 256, **kwargs: Any) -> None:  # fmt: skip
         super().__init__(**kwargs)
         self.fractions = tuple(float(f) for f in _check_fractions(fractions, type(self).__name__).tolist())
         if order not in ("morf", "lerf", "random"):
             raise ValueError(f"Expected argument `order` in ('morf', 'lerf', 'random'), but got {order!r}.")
         self.order = order
         self.noise_std = check_float("noise_std", noise_std, 0.0)
-        self.iterations = check_int("iterations", iterations, 1)
+        self.tol = check_float("tol", tol, 0.0)
+        self.max_iterations = check_int("max_iterations", max_iterations, 1, allow_none=True)
         self.softmax = bool(softmax)
         self.seed = check_int("seed", seed, 0)
         self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
@@ -529,7 +558,7 @@ class ROAD(Metric):
     def update(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType = None) -> None:
         curves = _road_update(
             model, inputs, attributions, target, fractions=self.fractions, order=self.order,
-            noise_std=self.noise_std, iterations=self.iterations, softmax=self.softmax,
+            noise_std=self.noise_std, tol=self.tol, max_iterations=self.max_iterations, softmax=self.softmax,
             seed=self.seed + self._update_count, batch_size=self.batch_size,
         )  # fmt: skip
         self.total += curves.detach().to(self.total.device, torch.float64).sum(dim=0)
@@ -605,8 +634,55 @@ class MetricReliability(Metric):
         if not isinstance(scores, Tensor) or scores.ndim != 2 or scores.shape[1] < 2:
             shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
             raise ValueError(f"Expected `scores` of shape [samples, explainers >= 2], but got {shape}.")
+        _check_columns(self.scores, scores, "explainers")
         self.scores.append(scores.detach().to(torch.float64))
 
     def compute(self) -> Tensor:
         """Scalar alpha over every sample seen."""
         return metric_reliability(dim_zero_cat(self.scores)).to(torch.get_default_dtype())
+
+
+class InternalConsistency(Metric):
+    """Internal consistency (Cronbach's alpha) of several metrics over the same units (Tomsett et
+    al. 2020; see :func:`~lightning_xai.metrics.functional.internal_consistency`): update with
+    ``[B, M]`` scores of ``M`` metrics on ``B`` units (samples, or explainers); the rows are
+    gathered over batches and DDP ranks, so the result equals the function on every row at once.
+    Standardise metrics of different scales and flip lower-is-better ones before updating.
+
+    Example:
+        >>> metric = InternalConsistency()
+        >>> metric.update(torch.tensor([[1.0, 2.0], [2.0, 4.0]]))
+        >>> metric.update(torch.tensor([[3.0, 6.0]]))
+        >>> metric.compute()
+        tensor(0.8889)
+    """
+
+    is_differentiable = False
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+
+    def update(self, scores: Tensor) -> None:
+        if not isinstance(scores, Tensor) or scores.ndim != 2 or scores.shape[1] < 2:
+            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise ValueError(f"Expected `scores` of shape [units, metrics >= 2], but got {shape}.")
+        _check_columns(self.scores, scores, "metrics")
+        self.scores.append(scores.detach().to(torch.float64))
+
+    def compute(self) -> Tensor:
+        """Scalar alpha over every unit seen (NaN with fewer than two units)."""
+        rows = dim_zero_cat(self.scores)
+        if rows.shape[0] < 2:
+            return torch.tensor(float("nan"))
+        return internal_consistency(rows.T).to(torch.get_default_dtype())
+
+
+def _check_columns(seen: list[Tensor], scores: Tensor, what: str) -> None:
+    """Every update of a row-gathering metric has the same number of columns."""
+    if seen and seen[0].shape[1] != scores.shape[1]:
+        raise ValueError(
+            f"Expected {seen[0].shape[1]} {what} per row as in earlier updates, but got {scores.shape[1]}."
+        )

@@ -53,14 +53,24 @@ def trained_shapes_model() -> tuple[nn.Module, Any]:
 
 def _ddp_metrics():
     from lightning_xai.attribution import Saliency
-    from lightning_xai.metrics import ROAD, DeletionAUC, MetricReliability, ParameterRandomization, PointingGame
+    from lightning_xai.metrics import (
+        ROAD,
+        DeletionAUC,
+        Fragility,
+        InternalConsistency,
+        MetricReliability,
+        ParameterRandomization,
+        PointingGame,
+    )
 
     return {
         "deletion": (DeletionAUC(steps=6), "model"),
         "pointing": (PointingGame(), "masks"),
         "mprt": (ParameterRandomization(Saliency()), "explain"),
-        "road": (ROAD(fractions=[0.25, 0.5], iterations=4, noise_std=0.0), "model"),
+        "road": (ROAD(fractions=[0.25, 0.5], noise_std=0.0), "model"),
         "reliability": (MetricReliability(), "scores"),
+        "consistency": (InternalConsistency(), "scores"),
+        "fragility": (Fragility(Saliency(), iterations=2, epsilon=0.1), "explain"),
     }
 
 

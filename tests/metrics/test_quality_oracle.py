@@ -18,6 +18,7 @@ from lightning_xai.attribution import InputXGradient, Saliency
 from lightning_xai.metrics.functional import (
     faithfulness_correlation,
     input_invariance,
+    linear_imputation,
     local_lipschitz,
     max_sensitivity,
     parameter_randomization,
@@ -25,6 +26,8 @@ from lightning_xai.metrics.functional import (
     pointing_game,
     randomization_layers,
     region_perturbation,
+    removal_masks,
+    road,
 )
 
 quantus = pytest.importorskip("quantus")
@@ -227,3 +230,57 @@ def test_input_invariance_equals_quantus() -> None:
         results[type(explainer).__name__] = ours
     assert results["Saliency"].tolist() == [1.0] * B  # the gradient is invariant
     assert results["InputXGradient"].tolist() == [0.0] * B  # x * gradient is not
+
+
+def test_linear_imputation_equals_quantus_noisy_linear_imputation() -> None:
+    """Three channels, masks touching the border and corners, up to 90% removed, noise 0."""
+    from quantus.functions.perturb_func import noisy_linear_imputation
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(3, 3, 10, 13, generator=gen)
+    removed = removal_masks(torch.randn(3, 1, 10, 13, generator=gen), [0.1, 0.5, 0.9])  # [F, B, 1, H, W]
+    removed[0, 0, 0, :, 0] = True  # a whole border column
+    for masks in removed:
+        ours = linear_imputation(x, masks)
+        for i in range(x.shape[0]):
+            idx = np.flatnonzero(masks[i, 0].numpy().reshape(-1))
+            theirs = noisy_linear_imputation(x[i].numpy(), idx, noise=0.0)
+            np.testing.assert_allclose(ours[i].numpy(), theirs, atol=1e-5)
+        assert torch.equal(ours[~masks.expand_as(x)], x[~masks.expand_as(x)])  # kept pixels untouched
+
+
+def test_road_equals_quantus_on_recorded_imputations() -> None:
+    """quantus ``ROAD`` (noise 0) with its imputation recorded: the same removed pixels, the same
+    imputed images (1e-5), our scores are the model's softmax on its images, and its accuracy
+    per percentage is the accuracy of our images. The percentages are those where quantus's
+    ``int(p * H * W / 100)`` equals our ``round(fraction * H * W)``."""
+    from quantus.functions.perturb_func import noisy_linear_imputation
+
+    model, (x, a, y) = _model(), _data()
+    percentages = [10, 25, 50, 75]
+    recorded: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def recording(arr, indices, **kwargs):
+        out = noisy_linear_imputation(arr, indices, noise=0.0)
+        recorded.append((np.sort(indices), out))
+        return out
+
+    xn, yn, an = _np(x, y, a)
+    metric = quantus.ROAD(percentages=percentages, noise=0.0, perturb_func=recording, normalise=False, abs=False,
+                          disable_warnings=True)  # fmt: skip
+    theirs = metric(model=model, x_batch=xn, y_batch=yn, a_batch=an, device="cpu")
+    fractions = [p / 100 for p in percentages]
+    masks = removal_masks(a, fractions)  # [F, B, 1, H, W]
+    ours = road(model, x, a, y, fractions=fractions, noise_std=0.0)  # [B, F] softmax scores
+    assert len(recorded) == len(percentages) * B  # quantus: percentage-major, then sample
+    their_images = torch.stack([torch.as_tensor(out) for _, out in recorded]).view(len(percentages), B, 1, H, H)
+    for f in range(len(percentages)):
+        for i in range(B):
+            assert np.array_equal(recorded[f * B + i][0], np.flatnonzero(masks[f, i, 0].numpy().reshape(-1)))
+        mine = linear_imputation(x, masks[f])
+        np.testing.assert_allclose(mine.numpy(), their_images[f].numpy(), atol=1e-5)
+        with torch.no_grad():
+            probs = model(their_images[f]).softmax(dim=1)
+            accuracy = float((model(mine).argmax(dim=1) == y).float().mean())
+        np.testing.assert_allclose(ours[:, f].numpy(), probs[torch.arange(B), y].numpy(), atol=1e-5)
+        assert accuracy == pytest.approx(theirs[percentages[f]])

@@ -179,7 +179,9 @@ def explain_batched(
     size = batch_size or inputs.shape[0]
     for start in range(0, inputs.shape[0], size):
         stop = min(start + size, inputs.shape[0])
-        maps = explainer(model, inputs[start:stop], target[start:stop])
+        with torch.inference_mode(False):  # an inference-mode target would be saved for backward
+            chunk_target = target[start:stop].clone()
+        maps = explainer(model, inputs[start:stop], chunk_target)
         if not isinstance(maps, Tensor):
             raise TypeError(f"{method}: the explainer returned {type(maps).__name__}, not a Tensor.")
         outs.append(maps.detach())

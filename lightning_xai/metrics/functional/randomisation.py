@@ -46,7 +46,8 @@ def model_copy(model: nn.Module) -> nn.Module:
             value = module.__dict__.get(key)
             if value is not None and not isinstance(value, (bool, int, float, str)):
                 memo[id(value)] = value
-    return copy.deepcopy(model, memo)
+    with torch.inference_mode(False):  # under an outer inference_mode the copy's tensors stay usable by autograd
+        return copy.deepcopy(model, memo)
 
 
 def randomization_layers(model: nn.Module, order: str = "top_down") -> list[str]:

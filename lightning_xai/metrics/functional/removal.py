@@ -76,38 +76,119 @@ def removal_masks(attributions: Tensor, fractions: Sequence[float], order: str =
     return (ranks.unsqueeze(0) < counts.view(-1, 1, 1)).view(-1, b, 1, h, w)
 
 
-def linear_imputation(inputs: Tensor, removed: Tensor, *, iterations: int = 64, noise_std: float = 0.0,
-                      seed: int = 0) -> Tensor:  # fmt: skip
-    """Fill ``removed`` pixels of ``inputs`` ``[N, C, H, W]`` with the weighted mean of their 8
-    neighbours (direct ones weight 1/6, diagonal ones 1/12, as ROAD's linear imputation), solved
-    by ``iterations`` batched Jacobi sweeps, plus optional Gaussian noise (``noise_std``).
+_NEIGHBOUR_WEIGHTS = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
+
+
+def linear_imputation(
+    inputs: Tensor,
+    removed: Tensor,
+    *,
+    tol: float = 1e-8,
+    max_iterations: int | None = None,
+    noise_std: float = 0.0,
+    seed: int = 0,
+) -> Tensor:
+    """Fill ``removed`` pixels of ``inputs`` ``[N, C, H, W]`` with ROAD's linear imputation:
+    every removed pixel equals the weighted mean of its neighbours inside the image (direct
+    neighbours weight 1/6, diagonal ones 1/12), plus optional Gaussian noise (``noise_std``).
+
+    The removed pixels of each image and channel are the solution of a sparse linear system
+    ``(D - W) u = W_known v`` (``D``: each pixel's in-image neighbour weight; ``W``: the weights
+    between removed pixels; the right side: the weighted known neighbours). The matrix is
+    symmetric and diagonally dominant, positive definite wherever a removed region touches a
+    known pixel, so it is solved exactly (to ``tol``) by conjugate gradients with a diagonal
+    preconditioner, batched over every image and channel at once (one 3x3 convolution per
+    iteration, no per-pixel loop), in float64 (float32 on MPS, which lacks it), until the
+    residual of every system is below ``tol`` times its right side's norm. This is the system
+    quantus ``noisy_linear_imputation`` solves with a sparse direct solver (scipy ``spsolve``, one
+    image at a time).
 
     Kept pixels are unchanged. A constant image stays constant.
+
+    Args:
+        inputs: ``[N, C, H, W]`` images.
+        removed: Boolean mask broadcastable to ``inputs`` (``[N, 1, H, W]`` for every channel).
+        tol: Relative residual at which the solver stops.
+        max_iterations: Most conjugate-gradient iterations (default: the number of pixels, the
+            exact-arithmetic bound); the solver stops earlier once converged.
+        noise_std: Standard deviation of the Gaussian noise added to the imputed pixels.
+        seed: Seed of the noise.
+
+    Returns:
+        The filled ``[N, C, H, W]`` images, in the dtype of ``inputs``.
 
     Example:
         >>> x = torch.ones(1, 1, 4, 4); r = torch.zeros(1, 1, 4, 4, dtype=torch.bool); r[..., 1:3, 1:3] = True
         >>> torch.allclose(linear_imputation(x.masked_fill(r, 0.0), r), x)
         True
     """
-    check_int("iterations", iterations, 1)
+    tol = check_float("tol", tol, 0.0)
+    check_int("max_iterations", max_iterations, 1, allow_none=True)
     check_float("noise_std", noise_std, 0.0)
+    inputs = check_batch("inputs", inputs, method="linear_imputation")
     n, c, h, w = inputs.shape
-    kernel = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]],
-                          dtype=inputs.dtype, device=inputs.device).view(1, 1, 3, 3)  # fmt: skip
-    removed = removed.expand(n, c, h, w)
-    ones = torch.ones(1, 1, h, w, dtype=inputs.dtype, device=inputs.device)
-    norm = F.conv2d(F.pad(ones, (1, 1, 1, 1)), kernel)  # neighbour weight inside the image
-    flat_kernel = kernel.expand(c, 1, 3, 3)
-    x = inputs.masked_fill(removed, 0.0)
-    known_mean = (inputs * ~removed).flatten(2).sum(2) / (~removed).flatten(2).sum(2).clamp_min(1)
-    x = torch.where(removed, known_mean.view(n, c, 1, 1).expand_as(x), x)
-    for _ in range(iterations):
-        avg = F.conv2d(F.pad(x, (1, 1, 1, 1)), flat_kernel, groups=c) / norm
-        x = torch.where(removed, avg, inputs)
+    if not isinstance(removed, Tensor):
+        raise TypeError(f"linear_imputation: expected `removed` to be a Tensor, but got {type(removed).__name__}.")
+    try:
+        mask = removed.to(device=inputs.device, dtype=torch.bool).expand(n, c, h, w)
+    except RuntimeError:
+        raise ValueError(
+            f"linear_imputation: `removed` of shape {tuple(removed.shape)} does not broadcast to the inputs "
+            f"{tuple(inputs.shape)}."
+        ) from None
+    # float64 wherever the device has it (the solve is memory-bound: twice the bytes, not 32x the time)
+    dtype = torch.float32 if inputs.device.type == "mps" else torch.float64
+    if dtype == torch.float32:
+        tol = max(tol, 1e-6)
+    x = inputs.detach().to(dtype).reshape(n * c, 1, h, w)
+    r_mask = mask.reshape(n * c, 1, h, w)
+    known = x.masked_fill(r_mask, 0.0)
+    kernel = torch.tensor(_NEIGHBOUR_WEIGHTS, dtype=dtype, device=x.device).view(1, 1, 3, 3)
+
+    def neighbours(u: Tensor) -> Tensor:  # the weighted sum of each pixel's in-image neighbours
+        if u.device.type != "cpu":
+            return F.conv2d(u, kernel, padding=1)
+        p = F.pad(u, (1, 1, 1, 1))  # on a CPU, eight shifted adds beat a float64 convolution (2x)
+        direct = p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
+        diagonal = p[..., :-2, :-2] + p[..., :-2, 2:] + p[..., 2:, :-2] + p[..., 2:, 2:]
+        return direct * _NEIGHBOUR_WEIGHTS[0][1] + diagonal * _NEIGHBOUR_WEIGHTS[0][0]
+
+    degree = neighbours(torch.ones(1, 1, h, w, dtype=dtype, device=x.device))  # in-image neighbour weight
+    keep = r_mask.to(dtype)
+
+    def apply(u: Tensor) -> Tensor:  # (D - W) u on the removed pixels
+        return keep * (degree * u - neighbours(u))
+
+    def dot(a: Tensor, b: Tensor) -> Tensor:
+        return (a * b).flatten(1).sum(dim=1).view(-1, 1, 1, 1)
+
+    rhs = keep * neighbours(known)
+    u = torch.zeros_like(x)
+    residual = rhs.clone()
+    z = residual / degree
+    direction = z.clone()
+    rz = dot(residual, z)
+    limit = (tol * dot(rhs, rhs).sqrt()).clamp_min(torch.finfo(dtype).tiny)
+    for _ in range(max_iterations or h * w):
+        active = dot(residual, residual).sqrt() > limit
+        if not bool(active.any()):
+            break
+        a_dir = apply(direction)
+        denom = dot(direction, a_dir)
+        alpha = torch.where(active & (denom > 0), rz / denom.clamp_min(torch.finfo(dtype).tiny), 0.0)
+        u = u + alpha * direction
+        residual = residual - alpha * a_dir
+        z = residual / degree
+        rz_new = dot(residual, z)
+        beta = torch.where(active, rz_new / rz.clamp_min(torch.finfo(dtype).tiny), 0.0)
+        direction = z + beta * direction
+        rz = rz_new
+    filled = torch.where(r_mask, u, x).view(n, c, h, w).to(inputs.dtype)
     if noise_std > 0:
-        noise = torch.randn(x.shape, generator=generator_for(seed, x.device), device=x.device, dtype=x.dtype)
-        x = torch.where(removed, x + noise_std * noise, x)
-    return x
+        noise = torch.randn(filled.shape, generator=generator_for(seed, filled.device), device=filled.device,
+                            dtype=filled.dtype)  # fmt: skip
+        filled = torch.where(mask, filled + noise_std * noise, filled)
+    return filled
 
 
 def _road_update(
@@ -119,7 +200,8 @@ def _road_update(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     order: str = "morf",
     noise_std: float = 0.01,
-    iterations: int = 64,
+    tol: float = 1e-8,
+    max_iterations: int | None = None,
     softmax: bool = True,
     seed: int = 0,
     batch_size: int | None = 256,
@@ -136,7 +218,8 @@ def _road_update(
         for sl in step_chunks(nf, b, batch_size):
             m = masks[sl].flatten(0, 1)
             xs = x.repeat(m.shape[0] // b, 1, 1, 1)
-            filled = linear_imputation(xs, m, iterations=iterations, noise_std=noise_std, seed=seed + sl.start)
+            filled = linear_imputation(xs, m, tol=tol, max_iterations=max_iterations, noise_std=noise_std,
+                                       seed=seed + sl.start)  # fmt: skip
             out.append(f(filled, tgt.repeat(m.shape[0] // b)).view(-1, b))
     return torch.cat(out).T.contiguous()
 
@@ -150,7 +233,8 @@ def road(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     order: str = "morf",
     noise_std: float = 0.01,
-    iterations: int = 64,
+    tol: float = 1e-8,
+    max_iterations: int | None = None,
     softmax: bool = True,
     seed: int = 0,
     batch_size: int | None = 256,
@@ -159,7 +243,15 @@ def road(
     bottom (``"lerf"``) ``fraction`` of pixels is replaced by a noisy linear imputation.
 
     For MoRF, a faster drop (lower curve) is more faithful; compare with ``order="random"``.
-    Cost: one forward per fraction (in chunks) plus the batched imputation sweeps.
+    Cost: one forward per fraction (in chunks) plus the batched imputation solve.
+
+    Against quantus ``ROAD`` (checked in the tests with ``noise_std=0``, to 1e-5): the imputed
+    images are the same, with three differences of convention. quantus reports accuracy
+    (``argmax == label``) averaged over the batch, this function the per-sample target score
+    (the accuracy is one ``argmax`` away); quantus removes ``int(p * H * W / 100)`` pixels for a
+    percentage ``p`` (truncation), this function ``round(fraction * H * W)``; and quantus takes
+    single-channel maps (it indexes the flattened ``[C, H, W]`` map into ``H * W`` pixels), while
+    here channels are summed into one map and every channel of a removed pixel is imputed.
 
     Args:
         model: Maps ``[B, C, H, W]`` to ``[B, K]`` scores.
@@ -169,7 +261,10 @@ def road(
         fractions: Removed fractions, each in ``(0, 1)``.
         order: ``"morf"``, ``"lerf"`` or ``"random"``.
         noise_std: Noise added to imputed pixels.
-        iterations: Jacobi sweeps of the imputation.
+        tol: Relative residual at which the imputation's linear solve stops (see
+            :func:`linear_imputation`).
+        max_iterations: Most conjugate-gradient iterations of that solve (default: the number of
+            pixels).
         softmax: Softmax probability instead of the logit.
         seed: Seed of the noise (and of the random order).
         batch_size: Most perturbed images per forward pass.
@@ -183,8 +278,8 @@ def road(
         torch.Size([2, 2])
     """
     return _road_update(
-        model, inputs, attributions, target, fractions=fractions, order=order, noise_std=noise_std,
-        iterations=iterations, softmax=softmax, seed=seed, batch_size=batch_size,
+        model, inputs, attributions, target, fractions=fractions, order=order, noise_std=noise_std, tol=tol,
+        max_iterations=max_iterations, softmax=softmax, seed=seed, batch_size=batch_size,
     )  # fmt: skip
 
 

@@ -81,7 +81,9 @@ def map_similarity(maps: Tensor, reference: Tensor, measure: str = "spearman") -
     * ``"ssim"``: SSIM (torchmetrics) of ``|map|`` summed over channels and min-max scaled,
       as :func:`~lightning_xai.metrics.functional.map_ssim`.
     * ``"hog"``: Pearson correlation of the scikit-image HOG descriptors of those scaled maps
-      (CPU; one ``hog`` call per map).
+      (``skimage.feature.hog`` with 9 orientations, cells of ``max(2, min(H, W) // 4)`` pixels,
+      2x2-cell blocks, L2-Hys block normalisation; CPU, one ``hog`` call per map). The tests
+      recompute it with scikit-image and numpy (agreement 2e-8).
 
     Args:
         maps: ``[B, C, H, W]`` maps.
