@@ -351,6 +351,9 @@ def target_indices(target: int | Tensor, batch: int, device: torch.device | str)
     if target.is_floating_point() or target.is_complex():
         raise TypeError(f"Expected an integer `target` tensor, but got dtype {target.dtype}.")
     resolved = target.detach().to(device=device, dtype=torch.long).reshape(-1)
+    if resolved.is_inference():  # made under an outer inference_mode: autograd may not save it
+        with torch.inference_mode(False):
+            resolved = resolved.clone()
     if resolved.numel() == 1:
         return resolved.expand(batch)
     if resolved.numel() != batch:
