@@ -13,6 +13,9 @@ forward + backward pass of the batch). Oracles:
 * captum ``DeepLift`` (zero baseline); it cannot run on resnet18 (a ReLU module used twice).
 * PatternNet / PatternAttribution have no oracle: the row's oracle is the cost unit itself, so
   the ratio is the cost in passes.
+* The "floor" row is not an explainer: the cost unit plus one more convolution forward per conv
+  layer (z+'s positive part), the least any z+ implementation computes; the gap between it and
+  the LRP row is the explainer's own overhead.
 
 Targets (issue): ratio ours/oracle <= 1.0; LRP ``epsilon_plus_flat`` within 1.5 passes on resnet18.
 
@@ -111,6 +114,28 @@ def _unit(w: Workload) -> Timed:
     return Timed(lambda: base.unit_pass(w.model, w.inputs, w.target))
 
 
+def _floor(w: Workload) -> Any:
+    """The z+ skeleton: the cost unit with one more convolution forward per conv layer (the
+    positive part, its weight precomputed as the cache keeps it) whose output replaces the layer's,
+    so the backward runs through it. LRP z+ cannot do less: it needs the layer's own output (the
+    forward values), its positive part (the rule) and one backward convolution."""
+    convs = [m for m in w.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    plus = {id(m): m.weight.detach().clamp(min=0) for m in convs}
+
+    def hook(module: Any, args: Any, output: Any) -> Any:
+        return module._conv_forward(args[0], plus[id(module)], None)
+
+    def call() -> Any:
+        handles = [m.register_forward_hook(hook) for m in convs]
+        try:
+            return base.unit_pass(w.model, w.inputs, w.target)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    return call
+
+
 def _ours(explainer_factory: Any) -> Any:
     def build(w: Workload) -> Any:
         explainer = explainer_factory(w)
@@ -139,6 +164,11 @@ def build_methods() -> list[Method]:
             [Oracle("zennit EpsilonPlusFlat", _zennit("EpsilonPlusFlat"))],
             lrp_target,
             "<= 1.5 (resnet18)",
+        ),
+        Method(
+            "LRP epsilon_plus_flat floor (unit + 1 conv forward per conv)",
+            _floor,
+            [Oracle("(none: cost unit)", _unit, None)],
         ),
         Method(
             "LRP epsilon_gamma_box",

@@ -337,6 +337,56 @@ def test_lrp0_on_resnet18_is_gradient_times_input() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# the cache of rule-modified weights
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("composite", list(OURS))
+def test_cached_weights_are_never_stale(composite: str) -> None:
+    """Rule-modified weights (positive parts, BatchNorm-merged weights, gamma's) are kept across
+    calls; after any change of a parameter or BatchNorm statistic (an in-place write, an optimizer
+    step, a training-mode forward, a dtype move) the cached explainer equals a fresh uncached one."""
+    model, x = _model("bn")
+    ours = OURS[composite]()
+    fresh = lambda: LRP(composite, cache_weights=False, **{k: v for k, v in vars(ours).items() if k in ("low", "high")})  # noqa: E731
+    first = ours(model, x, 1)
+    assert torch.equal(first, fresh()(model, x, 1))
+    assert torch.equal(ours(model, x, 1), first)  # from the cache
+
+    with torch.no_grad():
+        model.features[4].weight.mul_(-1.5)  # in place: the version counter moves
+    second = ours(model, x, 1)
+    assert not torch.allclose(second, first)
+    assert torch.equal(second, fresh()(model, x, 1))
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # a training step: BatchNorm statistics and weights
+    model.train()
+    model(torch.rand(4, 3, 12, 12)).square().sum().backward()
+    optimizer.step()
+    model.eval()
+    third = ours(model, x, 1)
+    assert not torch.allclose(third, second)
+    assert torch.equal(third, fresh()(model, x, 1))
+
+    model.double()  # same parameter objects, new storage and dtype
+    fourth = ours(model, x.double(), 1)
+    assert fourth.dtype == torch.float64
+    assert torch.equal(fourth, fresh()(model, x.double(), 1))
+
+
+def test_writes_through_data_need_clear_cache() -> None:
+    """``p.data`` writes bypass the version counter (documented): clear_cache() drops the cache."""
+    from lightning_xai.attribution.propagation.cache import clear_cache
+
+    model, x = _model("bn")
+    ours = LRP("epsilon_plus_flat")
+    ours(model, x, 1)
+    model.features[4].weight.data.mul_(-1.5)  # the forward sees it; the cached positive part does not
+    fresh = LRP("epsilon_plus_flat", cache_weights=False)(model, x, 1)
+    assert not torch.equal(ours(model, x, 1), fresh)
+    clear_cache()
+    assert torch.equal(ours(model, x, 1), fresh)
+
+
+# --------------------------------------------------------------------------------------------
 # DeepLift
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model_name", ["resnet18", "small", "vgg", "shared_relu", "functional_relu"])

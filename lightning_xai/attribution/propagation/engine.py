@@ -226,8 +226,10 @@ class _State:
     inside: int = 0
     leaves: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (leaf, the layer input it stands for)
     outputs: dict[int, Tensor] = field(default_factory=dict)  # id(linear module) -> its last output
-    pending: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # id(linear) -> (input, output) until its BatchNorm
-    nonnegative: dict[int, tuple[Tensor, int]] = field(default_factory=dict)  # id -> (tensor, version): a ReLU's output
+    # id(linear) -> (its input, its output) until its merged BatchNorm runs
+    pending: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    # id -> (tensor, version): a ReLU's output (or a pooling / reshape of one), not written since
+    nonnegative: dict[int, tuple[Tensor, int]] = field(default_factory=dict)
     cache: bool = True
 
     def mark_nonnegative(self, t: Tensor) -> None:

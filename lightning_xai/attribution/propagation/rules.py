@@ -131,17 +131,21 @@ class LayerView:
         """The (merged) bias, or ``None``."""
         return None if self._weight is not None else self._merged()[1]
 
-    def signed(self, positive: bool) -> tuple[Tensor, Tensor | None]:
-        """``(W+, b+)`` (``positive``) or ``(W-, b-)``, of the merged parameters."""
+    def signed(self, positive: bool, offset: float = 0.0) -> tuple[Tensor, Tensor | None]:
+        """``(W+, b+ + offset)`` (``positive``) or ``(W-, b- + offset)``, of the merged parameters
+        (a zero ``offset`` adds nothing; a missing bias with an ``offset`` becomes ``offset``)."""
         if self._weight is not None:
             return (self._weight.clamp(min=0) if positive else self._weight.clamp(max=0)), None
 
         def compute() -> tuple[Tensor, Tensor | None]:
             w, b = self._merged()
             clamp = {"min": 0} if positive else {"max": 0}
-            return w.clamp(**clamp), None if b is None else b.clamp(**clamp)
+            b = None if b is None else b.clamp(**clamp)
+            if offset:
+                b = w.new_full((w.shape[0],), offset) if b is None else b + offset
+            return w.clamp(**clamp), b
 
-        return self._derived("plus" if positive else "minus", compute)
+        return self._derived("plus" if positive else "minus", compute, offset)
 
     def derived(self, key: str, compute: Callable[[Tensor, Tensor | None], Any], *parameters: Any) -> Any:
         """``compute(weight, bias)`` of the merged parameters, cached under ``(key, *parameters)``."""
@@ -162,10 +166,13 @@ class LayerView:
             return F.linear(x, weight, bias)
         return m._conv_forward(x, weight, bias)  # type: ignore[operator,union-attr]
 
-    def signed_op(self, x: Tensor, positive: bool, bias: bool = True) -> Tensor:
-        """``op(x, W+, b+)`` (``positive``) or ``op(x, W-, b-)`` with the merged parameters."""
-        w, b = self.signed(positive)
-        return self.op(x, w, b if bias else None)
+    def signed_op(self, x: Tensor, positive: bool, bias: bool = True, offset: float = 0.0) -> Tensor:
+        """``op(x, W+, b+) + offset`` (``positive``) or ``op(x, W-, b-) + offset`` with the merged
+        parameters (``bias=False``: neither bias nor offset)."""
+        if not bias:
+            return self.op(x, self.signed(positive)[0], None)
+        w, b = self.signed(positive, offset)
+        return self.op(x, w, b)
 
 
 LeafMaker = Callable[[Tensor], Tensor]
@@ -280,12 +287,15 @@ class Norm(Epsilon):
     name = "norm"
 
 
-def _split(layer: LayerView, x: Tensor, positive: bool, negative_inputs: bool) -> Tensor:
-    """``op(x+, W+, b+) + op(x-, W-)`` (``positive``) or ``op(x+, W-, b-) + op(x-, W+)``; the
-    inputs are not clamped when none is negative."""
+def _split(layer: LayerView, x: Tensor, positive: bool, negative_inputs: bool, offset: float = 0.0) -> Tensor:
+    """``op(x+, W+, b+) + op(x-, W-) + offset`` (``positive``) or ``op(x+, W-, b-) + op(x-, W+) + offset``;
+    the inputs are not clamped when none is negative. The constant ``offset`` (a rule's
+    stabiliser) rides in the bias, so the denominator ``t + eps`` costs no extra operation and
+    ``t`` keeps the gradient of ``t - offset``."""
     if not negative_inputs:
-        return layer.signed_op(x, positive)
-    return layer.signed_op(x.clamp(min=0), positive) + layer.signed_op(x.clamp(max=0), not positive, bias=False)
+        return layer.signed_op(x, positive, offset=offset)
+    first = layer.signed_op(x.clamp(min=0), positive, offset=offset)
+    return first + layer.signed_op(x.clamp(max=0), not positive, bias=False)
 
 
 class ZPlus(Rule):
@@ -309,9 +319,9 @@ class ZPlus(Rule):
 
     def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
         assert layer is not None
-        pos = _split(layer, x, True, layer.has_negative(x))
-        denominator = pos.detach() + self.stabilizer  # pos >= 0: stab(pos) = pos + eps
-        return [(pos, torch.div(z, denominator, out=denominator))]
+        # pos >= 0, so stab(pos) = pos + eps: the stabiliser rides in the bias
+        pos = _split(layer, x, True, layer.has_negative(x), offset=self.stabilizer)
+        return [(pos, z / pos.detach())]
 
 
 class AlphaBeta(Rule):
@@ -343,11 +353,11 @@ class AlphaBeta(Rule):
     def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
         assert layer is not None
         negative = layer.has_negative(x)
-        pos = _split(layer, x, True, negative)
-        terms: list[Term] = [(pos, z * self.alpha / (pos.detach() + self.stabilizer))]
+        pos = _split(layer, x, True, negative, offset=self.stabilizer)  # >= 0, plus the stabiliser
+        terms: list[Term] = [(pos, z * self.alpha / pos.detach())]
         if self.beta:
-            neg = _split(layer, x, False, negative)  # <= 0: stab(neg) = neg - eps
-            terms.append((neg, z * -self.beta / (neg.detach() - self.stabilizer)))
+            neg = _split(layer, x, False, negative, offset=-self.stabilizer)  # <= 0: stab(neg) = neg - eps
+            terms.append((neg, z * -self.beta / neg.detach()))
         return terms
 
 
@@ -427,12 +437,12 @@ class Flat(Rule):
         if isinstance(layer.module, nn.Linear) or getattr(layer.module, "groups", 1) == 1:
             # every output channel sees the same count: one output channel, broadcast to all
             out = layer.op(ones, w.new_ones((1, *w.shape[1:])), None)
+            count = out.detach()[:1]  # the same for every sample and channel; >= 0: stab = count + eps
             shape = list(out.shape)
             channel = -1 if isinstance(layer.module, nn.Linear) else 1
             shape[channel] = w.shape[0]
-            out = out.expand(shape)
-        else:
-            out = layer.op(ones, torch.ones_like(w), None)
+            return [(out.expand(shape), z / (count + self.stabilizer))]
+        out = layer.op(ones, torch.ones_like(w), None)
         return [(out, _factor(z, out.detach(), self.stabilizer))]
 
 
