@@ -510,6 +510,68 @@ def test_deeplift_rejects_unsupported_ops() -> None:
         DeepLift()(Gated(), torch.rand(2, 4), 0)
 
 
+class EveryDeepLiftLayer(nn.Module):
+    """Every layer type the issue lists for DeepLift: Conv2d, BatchNorm2d, ReLU (in place too),
+    MaxPool, AvgPool, AdaptiveAvgPool, Flatten, Dropout, Linear, a residual addition."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.relu1 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True)
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2, self.bn2, self.relu2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
+        self.pool2, self.gap = nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 3)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool1(self.relu1(self.bn1(self.conv1(x))))
+        h = self.relu2(self.bn2(self.conv2(h)) + h)  # residual addition
+        return self.head(self.gap(self.pool2(h)))
+
+
+def test_deeplift_every_listed_layer_is_complete() -> None:
+    torch.manual_seed(0)
+    model = randomize_batchnorm(EveryDeepLiftLayer()).eval()
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    baseline = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 0.5
+    target = torch.tensor([0, 1, 2, 0])
+    attribution = DeepLift(baseline=baseline)(model, x, target)
+    with torch.no_grad():
+        delta = (model(x) - model(baseline.expand_as(x))).gather(1, target.view(-1, 1)).squeeze(1)
+    assert attribution.abs().sum() > 0
+    torch.testing.assert_close(attribution.flatten(1).sum(1), delta, rtol=1e-4, atol=1e-6)
+
+
+class _FunctionalGelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.fc(x))
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [nn.GELU(), nn.ELU(), nn.LeakyReLU(), nn.Softplus(), nn.LayerNorm(4), nn.Softmax(dim=1), nn.AdaptiveMaxPool1d(4)],
+    ids=lambda m: type(m).__name__,
+)
+def test_deeplift_unsupported_layer_names_layer_and_method(layer: nn.Module) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), layer, nn.Linear(4, 2)).eval()
+    with pytest.raises(ValueError, match=rf"DeepLift: layer '1' \({type(layer).__name__}\) is not supported"):
+        DeepLift()(model, torch.rand(2, 4), 0)
+
+
+def test_deeplift_unsupported_function_names_the_layer() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), _FunctionalGelu()).eval()
+    with pytest.raises(
+        LightningXAIError, match=r"DeepLift: the forward pass calls gelu in layer '1' \(_FunctionalGelu\)"
+    ):
+        DeepLift()(model, torch.rand(2, 4), 0)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
 # --------------------------------------------------------------------------------------------
 # errors name the layer and the composite; nothing is left behind
 # --------------------------------------------------------------------------------------------

@@ -25,10 +25,17 @@ from torch.overrides import TorchFunctionMode
 
 from lightning_xai.attribution.base import ExplainContext, Explainer, TargetType, forward_scores
 from lightning_xai.attribution.path import SingleBaseline, make_baseline
-from lightning_xai.attribution.propagation.engine import _IN_MODULE, _METADATA, _SCALING, _STRUCTURE, _grad_tensors
+from lightning_xai.attribution.propagation.engine import (
+    _IN_MODULE,
+    _METADATA,
+    _SCALING,
+    _STRUCTURE,
+    SUPPORTED_LAYERS,
+    _grad_tensors,
+)
 from lightning_xai.errors import LightningXAIError
 
-__all__ = ["DeepLift"]
+__all__ = ["DeepLift", "DEEPLIFT_LAYERS"]
 
 _EPS = 1e-10
 _RELU = {"relu", "relu_"}
@@ -45,6 +52,20 @@ _NONLINEAR_STRUCTURE = {
     "max_pool3d_with_indices",
 }
 _LINEAR_OK = (_METADATA | _STRUCTURE | _IN_MODULE) - _NONLINEAR_STRUCTURE
+
+DEEPLIFT_LAYERS: tuple[type, ...] = (
+    *(
+        t
+        for t in SUPPORTED_LAYERS
+        if not issubclass(t, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d))
+    ),
+    nn.Sigmoid,
+    nn.Tanh,
+)
+"""Leaf module types DeepLift supports: Conv1d/2d/3d, Linear, BatchNorm (anywhere: eval-mode
+BatchNorm is affine), ReLU (in place too), Sigmoid, Tanh, MaxPool, AvgPool, AdaptiveAvgPool,
+Flatten, Unflatten, Dropout, Identity; containers are fine (their forward code is checked
+operation by operation, residual additions included)."""
 
 
 class _Rescale(torch.autograd.Function):
@@ -125,6 +146,13 @@ class _DeepLiftMode(TorchFunctionMode):
         self.recording = refs is None
         self.refs: list[Tensor] = [] if refs is None else refs
         self.position = 0
+        self.layers: list[tuple[str, nn.Module]] = []  # the modules whose forward is running, outermost first
+
+    def _where(self) -> str:
+        if not self.layers:
+            return ""
+        name, module = self.layers[-1]
+        return f" in layer {name or '(the model)'!r} ({type(module).__name__})"
 
     def _ref(self, x: Tensor, name: str) -> Tensor:
         if self.recording:
@@ -151,7 +179,9 @@ class _DeepLiftMode(TorchFunctionMode):
         if name in _RELU or name in _ELEMENTWISE or name in _MAXPOOL:
             x = args[0] if args else kwargs["input"]
             if name in _MAXPOOL and (kwargs.get("return_indices") or (len(args) > 6 and args[6])):
-                raise LightningXAIError(f"{self.method}: max pooling with return_indices is not supported.")
+                raise LightningXAIError(
+                    f"{self.method}: max pooling with return_indices{self._where()} is not supported."
+                )
             ref = self._ref(x, name)
             if self.recording:
                 return func(*args, **kwargs)
@@ -165,8 +195,9 @@ class _DeepLiftMode(TorchFunctionMode):
             return func(*args, **kwargs)
         if not self.recording and _grad_tensors(args, kwargs):
             raise LightningXAIError(
-                f"{self.method}: the forward pass calls {name}, which DeepLift's Rescale rule does not cover "
-                "(supported: linear layers, BatchNorm, ReLU, sigmoid, tanh, max/average pooling, additions)."
+                f"{self.method}: the forward pass calls {name}{self._where()}, which DeepLift's Rescale rule does "
+                "not cover (supported: linear layers, BatchNorm, ReLU, sigmoid, tanh, max/average pooling, "
+                "flatten/reshape, dropout, additions)."
             )
         return func(*args, **kwargs)
 
@@ -204,13 +235,41 @@ class DeepLift(Explainer):
             raise TypeError(f"Expected argument `baseline` to be a str or a Tensor, but got {type(baseline).__name__}.")
         self.baseline = baseline
 
+    def check(self, model: nn.Module) -> None:
+        """Check that every leaf module of ``model`` is of a type in :data:`DEEPLIFT_LAYERS`.
+
+        Raises:
+            ValueError: an unsupported layer; the message names it and the method.
+        """
+        for name, module in model.named_modules():
+            is_leaf = next(iter(module.children()), None) is None
+            if is_leaf and not isinstance(module, DEEPLIFT_LAYERS):
+                raise ValueError(
+                    f"{type(self).__name__}: layer {name or '(the model)'!r} ({type(module).__name__}) is not supported "
+                    "by the Rescale rule. Supported layers: Conv1d/2d/3d, Linear, BatchNorm, ReLU (in place too), "
+                    "Sigmoid, Tanh, MaxPool, AvgPool, AdaptiveAvgPool, Flatten, Dropout, Identity and residual "
+                    "additions."
+                )
+
     def _attribute(self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext) -> Tensor:
         method = type(self).__name__
         reference = make_baseline(self.baseline, inputs.detach())
         recorder = _DeepLiftMode(method, None)
         with torch.no_grad(), recorder:
             model(reference)
-        with _DeepLiftMode(method, recorder.refs):
+        mode = _DeepLiftMode(method, recorder.refs)
+        for name, module in model.named_modules():  # errors name the layer whose forward code failed
+
+            def enter(m: nn.Module, args: Any, _name: str = name) -> None:
+                mode.layers.append((_name, m))
+
+            def leave(m: nn.Module, args: Any, output: Any) -> None:
+                if mode.layers:
+                    mode.layers.pop()
+
+            ctx.add_hook(module.register_forward_pre_hook(enter))
+            ctx.add_hook(module.register_forward_hook(leave))
+        with mode:
             outputs = model(inputs)
         scores, _, _ = forward_scores(lambda _: outputs, inputs, target)
         (grad,) = torch.autograd.grad(scores.sum(), inputs)
