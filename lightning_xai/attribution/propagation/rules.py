@@ -390,9 +390,14 @@ class Gamma(Rule):
             w_up, w_down = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
             b_up = None if b is None else b + g * b.clamp(min=0)
             b_down = None if b is None else b + g * b.clamp(max=0)
-            both_w = torch.cat([w_up, w_down]) if stack else None  # one forward of both weight sets
-            both_b = None if b is None or not stack else torch.cat([b_up, b_down])  # type: ignore[list-item]
-            return w_up, w_down, b_up, b_down, both_w, both_b
+            if not stack:
+                return w_up, w_down, b_up, b_down, None, None
+            # one forward of both weight sets; the halves are views of the stacked copy (kept once)
+            both_w = torch.cat([w_up, w_down])
+            both_b = None if b is None else torch.cat([b_up, b_down])  # type: ignore[list-item]
+            n = w.shape[0]
+            halves_b = (None, None) if both_b is None else (both_b[:n], both_b[n:])
+            return both_w[:n], both_w[n:], *halves_b, both_w, both_b
 
         w_up, w_down, b_up, b_down, both_w, both_b = layer.derived("gamma", weights, g, stack)
         negative = layer.has_negative(x)
