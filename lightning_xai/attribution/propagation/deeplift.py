@@ -15,6 +15,7 @@ through both argmaxes), with overlapping windows accumulated rather than overwri
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -140,19 +141,27 @@ def _pool_params(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any
 class _DeepLiftMode(TorchFunctionMode):
     """Records nonlinearity inputs (reference pass) or replaces the nonlinearities (main pass)."""
 
-    def __init__(self, method: str, refs: list[Tensor] | None) -> None:
+    def __init__(self, method: str, refs: list[Tensor] | None, model: nn.Module | None = None) -> None:
         super().__init__()
         self.method = method
         self.recording = refs is None
         self.refs: list[Tensor] = [] if refs is None else refs
         self.position = 0
-        self.layers: list[tuple[str, nn.Module]] = []  # the modules whose forward is running, outermost first
+        self.model = model
 
     def _where(self) -> str:
-        if not self.layers:
+        """`` in layer 'name' (Type)``: the innermost module of ``model`` whose ``forward`` is on the
+        call stack (looked up only when an error is raised, so the forward pass pays nothing)."""
+        if self.model is None:
             return ""
-        name, module = self.layers[-1]
-        return f" in layer {name or '(the model)'!r} ({type(module).__name__})"
+        names = {id(m): n for n, m in self.model.named_modules()}
+        frame = sys._getframe(1)
+        while frame is not None:
+            owner = frame.f_locals.get("self") if frame.f_code.co_name == "forward" else None
+            if isinstance(owner, nn.Module) and id(owner) in names:
+                return f" in layer {names[id(owner)] or '(the model)'!r} ({type(owner).__name__})"
+            frame = frame.f_back  # type: ignore[assignment]
+        return ""
 
     def _ref(self, x: Tensor, name: str) -> Tensor:
         if self.recording:
@@ -257,18 +266,7 @@ class DeepLift(Explainer):
         recorder = _DeepLiftMode(method, None)
         with torch.no_grad(), recorder:
             model(reference)
-        mode = _DeepLiftMode(method, recorder.refs)
-        for name, module in model.named_modules():  # errors name the layer whose forward code failed
-
-            def enter(m: nn.Module, args: Any, _name: str = name) -> None:
-                mode.layers.append((_name, m))
-
-            def leave(m: nn.Module, args: Any, output: Any) -> None:
-                if mode.layers:
-                    mode.layers.pop()
-
-            ctx.add_hook(module.register_forward_pre_hook(enter))
-            ctx.add_hook(module.register_forward_hook(leave))
+        mode = _DeepLiftMode(method, recorder.refs, model)
         with mode:
             outputs = model(inputs)
         scores, _, _ = forward_scores(lambda _: outputs, inputs, target)
