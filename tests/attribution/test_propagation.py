@@ -615,6 +615,25 @@ def test_unmergeable_batchnorm_raises() -> None:
         LRP()(model, torch.rand(2, 4), 0)
 
 
+class _SkipsItsBatchNorm(nn.Module):
+    """conv1/bn1 siblings (paired statically), but the forward never calls bn1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)
+        self.fc = nn.Linear(2 * 4 * 4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv1(x)).flatten(1))
+
+
+def test_batchnorm_partner_that_never_runs_raises() -> None:
+    model = _SkipsItsBatchNorm().eval()
+    with pytest.raises(LightningXAIError, match=r"BatchNorm merged into layer\(s\) \['conv1'\] did not run"):
+        LRP()(model, torch.rand(2, 1, 6, 6), 0)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
 def test_batchnorm_pairs_in_resnet_blocks() -> None:
     pairs = batchnorm_pairs(resnet18())
     assert pairs["bn1"] == "conv1"
