@@ -13,6 +13,9 @@ forward + backward pass of the batch). Oracles:
 * captum ``DeepLift`` (zero baseline); it cannot run on resnet18 (a ReLU module used twice).
 * PatternNet / PatternAttribution have no oracle: the row's oracle is the cost unit itself, so
   the ratio is the cost in passes.
+* The "floor" row is not an explainer: the cost unit plus one more convolution forward per conv
+  layer (z+'s positive part), the least any z+ implementation computes; the gap between it and
+  the LRP row is the explainer's own overhead.
 
 Targets (issue): ratio ours/oracle <= 1.0; LRP ``epsilon_plus_flat`` within 1.5 passes on resnet18.
 
@@ -25,6 +28,7 @@ wall --threads 2`` gives the wall-time figures of ``bench_attribution.py`` on an
 Usage (from the repository root)::
 
     .venv/bin/python benchmarks/bench_propagation.py [--quick] [--workload small|resnet18|all] [--json PATH]
+    .venv/bin/python benchmarks/bench_propagation.py --passes 40   # LRP's passes on resnet18 only
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -111,6 +116,28 @@ def _unit(w: Workload) -> Timed:
     return Timed(lambda: base.unit_pass(w.model, w.inputs, w.target))
 
 
+def _floor(w: Workload) -> Any:
+    """The z+ skeleton: the cost unit with one more convolution forward per conv layer (the
+    positive part, its weight precomputed as the cache keeps it) whose output replaces the layer's,
+    so the backward runs through it. LRP z+ cannot do less: it needs the layer's own output (the
+    forward values), its positive part (the rule) and one backward convolution."""
+    convs = [m for m in w.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    plus = {id(m): m.weight.detach().clamp(min=0) for m in convs}
+
+    def hook(module: Any, args: Any, output: Any) -> Any:
+        return module._conv_forward(args[0], plus[id(module)], None)
+
+    def call() -> Any:
+        handles = [m.register_forward_hook(hook) for m in convs]
+        try:
+            return base.unit_pass(w.model, w.inputs, w.target)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    return call
+
+
 def _ours(explainer_factory: Any) -> Any:
     def build(w: Workload) -> Any:
         explainer = explainer_factory(w)
@@ -141,6 +168,11 @@ def build_methods() -> list[Method]:
             "<= 1.5 (resnet18)",
         ),
         Method(
+            "LRP epsilon_plus_flat floor (unit + 1 conv forward per conv)",
+            _floor,
+            [Oracle("(none: cost unit)", _unit, None)],
+        ),
+        Method(
             "LRP epsilon_gamma_box",
             _ours(lambda w: LRP("epsilon_gamma_box", low=0.0, high=1.0)),
             [Oracle("zennit EpsilonGammaBox", _zennit("EpsilonGammaBox"))],
@@ -165,6 +197,51 @@ def build_methods() -> list[Method]:
     ]
 
 
+def passes_table(rounds: int) -> str:
+    """LRP ``epsilon_plus_flat`` on resnet18 in passes, three ways, from ``rounds`` interleaved
+    rounds of: the cost unit, ours, the z+ floor, zennit (order rotated every round). Each call is
+    timed by the process's CPU time. "paired" is the median over rounds of (call / that round's
+    unit), robust to slow drifts of the machine's load; "min" the ratio of the fastest calls, what
+    the work costs with the least interference."""
+    w = base.make_workload("resnet18")
+    explainer = LRP("epsilon_plus_flat")
+    calls = {
+        "unit (1 forward + 1 backward)": lambda: base.unit_pass(w.model, w.inputs, w.target),
+        "LRP epsilon_plus_flat": lambda: explainer(w.model, w.inputs, w.target),
+        "floor (unit + 1 conv forward per conv)": _floor(w),
+        "zennit EpsilonPlusFlat": _zennit("EpsilonPlusFlat")(w).call,
+    }
+    names = list(calls)
+    for name in names:
+        calls[name]()
+        calls[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    load_before = os.getloadavg()
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.process_time()
+            calls[name]()
+            samples[name].append(time.process_time() - start)
+    load_after = os.getloadavg()
+    unit = samples[names[0]]
+    lines = [
+        f"resnet18 8x3x64x64, {rounds} rounds, 1 thread, CPU time; load average (1/5/15 min) "
+        f"{'/'.join(f'{v:.2f}' for v in load_before)} before, {'/'.join(f'{v:.2f}' for v in load_after)} after",
+        "",
+        "| call | median (ms) | min (ms) | passes: paired median [IQR] | passes: median / median | passes: min / min |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        ratios = sorted(t / u for t, u in zip(samples[name], unit))
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        lines.append(
+            f"| {name} | {1e3 * statistics.median(samples[name]):.1f} | {1e3 * min(samples[name]):.1f} | "
+            f"{statistics.median(ratios):.2f} [{q[0]:.2f}-{q[2]:.2f}] | "
+            f"{statistics.median(samples[name]) / statistics.median(unit):.2f} | {min(samples[name]) / min(unit):.2f} |"
+        )
+    return "\n".join(lines)
+
+
 class _CpuClock:
     """Stands in for the ``time`` module in bench_attribution: ``perf_counter`` reads CPU time."""
 
@@ -183,7 +260,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="process CPU time or wall time")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: 1 for cpu, 2 for wall)")
     parser.add_argument("--methods", default=None, help="comma-separated substrings of method names to run")
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=None,
+        metavar="ROUNDS",
+        help="only LRP's cost in passes on resnet18 (see passes_table)",
+    )
     args = parser.parse_args(argv)
+    if args.passes is not None:
+        torch.set_num_threads(1)
+        print(passes_table(args.passes))
+        return 0
     base.THREADS = args.threads or (1 if args.clock == "cpu" else 2)
     if args.clock == "cpu":
         base.time = _CpuClock()  # bench_attribution's timing helpers read time.perf_counter

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
@@ -16,6 +17,7 @@ from lightning_xai.attribution.base import observe
 from lightning_xai.attribution.propagation.patterns import (
     Patterns,
     PatternStatistics,
+    merged_batchnorms,
     pattern_layers,
     set_patterns,
 )
@@ -35,6 +37,9 @@ class PatternEstimator(MonitorBase):
     activations or the random streams, so the weights train bit for bit as without it. The hooks
     count only between ``on_train_batch_start`` and ``on_train_batch_end`` (not in validation or
     the sanity check), are registered at fit start and removed at fit end and on an exception.
+    A layer a BatchNorm directly follows is estimated as the merged layer the explainers
+    propagate through: its output mapped by the BatchNorm's eval-mode affine map (running
+    statistics), patterns normalised with the merged weight.
 
     At each scheduled run (every ``every_n_epochs`` epochs by default) the sums, all-reduced
     across DDP ranks, become patterns with the layers' current weights; they are published for the
@@ -97,6 +102,7 @@ class PatternEstimator(MonitorBase):
         self._active = False
         self._target = self.statistics
         self._modules: dict[str, nn.Module] = {}
+        self._batchnorms: dict[str, _BatchNorm] = {}
 
     # -- identity and state --------------------------------------------------------------------
     @override
@@ -127,6 +133,7 @@ class PatternEstimator(MonitorBase):
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hooks()
         self._modules = pattern_layers(pl_module, self.layers)
+        self._batchnorms = merged_batchnorms(pl_module, self._modules)
         for name, module in self._modules.items():
             self._handles.append(module.register_forward_hook(self._hook(name)))
         if self.patterns:  # resumed from a checkpoint: the explainers can use them right away
@@ -153,7 +160,7 @@ class PatternEstimator(MonitorBase):
         finally:
             self._target, self._active = self.statistics, False
         if stats.sums:
-            set_patterns(pl_module, stats.patterns(self._modules))
+            set_patterns(pl_module, stats.patterns(self._modules, batchnorms=self._batchnorms))
 
     def _hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -161,7 +168,7 @@ class PatternEstimator(MonitorBase):
                 x, y = args[0], output
                 if x.dtype in (torch.float16, torch.bfloat16):
                     x, y = x.float(), y.float()
-                self._target.update(name, module, x, y)
+                self._target.update(name, module, x, y, self._batchnorms.get(name))
 
         return hook
 
@@ -205,7 +212,7 @@ class PatternEstimator(MonitorBase):
             stats.all_reduce(lambda t: trainer.strategy.reduce(t.to(device), reduce_op="sum").cpu())
         if not stats.sums:
             return
-        self.patterns = stats.patterns(self._modules)
+        self.patterns = stats.patterns(self._modules, batchnorms=self._batchnorms)
         set_patterns(pl_module, self.patterns)
         scalars: dict[str, float] = {}
         total = 0.0

@@ -130,3 +130,87 @@ def test_bad_arguments() -> None:
     model = nn.Sequential(nn.Linear(2, 2))
     with pytest.raises(ValueError, match=r"no patterns for layers \['0'\]"):
         PatternNet({"other": {}})(model, torch.randn(1, 2), 0)
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm: patterns of the merged layer
+# --------------------------------------------------------------------------------------------
+def _conv_bn_net() -> nn.Sequential:
+    from tests.helpers.models import randomize_batchnorm
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 3),
+    )
+    randomize_batchnorm(net)
+    with torch.no_grad():
+        net[4].weight[::2] *= -1  # negative BatchNorm scales flip the merged layer's regimes
+        net[1].bias += 0.3  # shifts move units between regimes
+    return net.eval()
+
+
+def _folded(net: nn.Sequential) -> nn.Sequential:
+    """The equivalent net without BatchNorm: each conv carries the BatchNorm folded into it."""
+    from lightning_xai.attribution.propagation import merged_parameters
+
+    layers: list[nn.Module] = []
+    for i, m in enumerate(net):
+        if isinstance(m, nn.BatchNorm2d):
+            continue
+        if isinstance(m, nn.Conv2d) and isinstance(net[i + 1], nn.BatchNorm2d):
+            w, b, _, _ = merged_parameters(m, net[i + 1])
+            conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, padding=m.padding)
+            with torch.no_grad():
+                conv.weight.copy_(w)
+                conv.bias.copy_(b)
+            m = conv
+        layers.append(m)
+    return nn.Sequential(*layers).eval()
+
+
+@pytest.mark.parametrize("cls", [PatternAttribution, PatternNet])
+def test_batchnorm_is_merged_like_the_folded_net(cls: type) -> None:
+    """Conv-BN-ReLU: patterns are estimated for the merged layer the explainer propagates through
+    (statistics of the BatchNorm's output, normalised with the merged weight), so the map equals the
+    one of the BatchNorm-folded equivalent net with its own estimated patterns."""
+    net = _conv_bn_net()
+    folded = _folded(net)
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(64, 2, 6, 6, generator=gen) for _ in range(2)]
+    x = torch.randn(5, 2, 6, 6, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)
+    ours, reference = estimate_patterns(net, batches), estimate_patterns(folded, batches)
+    names = {"0": "0", "3": "2", "7": "5"}  # net layer -> folded layer
+    for name, folded_name in names.items():
+        for key in ("a_plus", "a_minus"):
+            torch.testing.assert_close(ours[name][key], reference[folded_name][key], rtol=1e-4, atol=1e-5)
+    target = torch.tensor([0, 1, 2, 0, 1])
+    expected = cls(reference)(folded, x, target)
+    got = cls(ours)(net, x, target)
+    assert float((got - expected).abs().max() / expected.abs().max()) < 1e-4
+
+
+def test_batchnorm_merged_in_the_estimator_callback_hooks() -> None:
+    """PatternEstimator's statistics (updated with the merged BatchNorm, here from a model in
+    training mode, whose BatchNorms use batch statistics in the forward) are those of the eval-mode
+    merged layer: the same sums as the folded net's."""
+    net = _conv_bn_net()
+    folded = _folded(net)
+    x = torch.randn(32, 2, 6, 6, generator=torch.Generator().manual_seed(2))
+    stats, reference = PatternStatistics(), PatternStatistics()
+    with torch.no_grad():
+        reference.update("0", folded[0], x, folded[0](x))
+        net.train()  # a training-mode BatchNorm: the merge still uses the running statistics
+        conv_out = net[0](x)
+        stats.update("0", net[0], x, conv_out, net[1])  # the conv's forward hook runs before the BatchNorm
+        net[1](conv_out)
+    for key, value in reference.sums["0"].items():
+        torch.testing.assert_close(stats.sums["0"][key], value, rtol=1e-6, atol=1e-6)

@@ -337,6 +337,56 @@ def test_lrp0_on_resnet18_is_gradient_times_input() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# the cache of rule-modified weights
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("composite", list(OURS))
+def test_cached_weights_are_never_stale(composite: str) -> None:
+    """Rule-modified weights (positive parts, BatchNorm-merged weights, gamma's) are kept across
+    calls; after any change of a parameter or BatchNorm statistic (an in-place write, an optimizer
+    step, a training-mode forward, a dtype move) the cached explainer equals a fresh uncached one."""
+    model, x = _model("bn")
+    ours = OURS[composite]()
+    fresh = lambda: LRP(composite, cache_weights=False, **{k: v for k, v in vars(ours).items() if k in ("low", "high")})  # noqa: E731
+    first = ours(model, x, 1)
+    assert torch.equal(first, fresh()(model, x, 1))
+    assert torch.equal(ours(model, x, 1), first)  # from the cache
+
+    with torch.no_grad():
+        model.features[4].weight.mul_(-1.5)  # in place: the version counter moves
+    second = ours(model, x, 1)
+    assert not torch.allclose(second, first)
+    assert torch.equal(second, fresh()(model, x, 1))
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # a training step: BatchNorm statistics and weights
+    model.train()
+    model(torch.rand(4, 3, 12, 12)).square().sum().backward()
+    optimizer.step()
+    model.eval()
+    third = ours(model, x, 1)
+    assert not torch.allclose(third, second)
+    assert torch.equal(third, fresh()(model, x, 1))
+
+    model.double()  # same parameter objects, new storage and dtype
+    fourth = ours(model, x.double(), 1)
+    assert fourth.dtype == torch.float64
+    assert torch.equal(fourth, fresh()(model, x.double(), 1))
+
+
+def test_writes_through_data_need_clear_cache() -> None:
+    """``p.data`` writes bypass the version counter (documented): clear_cache() drops the cache."""
+    from lightning_xai.attribution.propagation.cache import clear_cache
+
+    model, x = _model("bn")
+    ours = LRP("epsilon_plus_flat")
+    ours(model, x, 1)
+    model.features[4].weight.data.mul_(-1.5)  # the forward sees it; the cached positive part does not
+    fresh = LRP("epsilon_plus_flat", cache_weights=False)(model, x, 1)
+    assert not torch.equal(ours(model, x, 1), fresh)
+    clear_cache()
+    assert torch.equal(ours(model, x, 1), fresh)
+
+
+# --------------------------------------------------------------------------------------------
 # DeepLift
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model_name", ["resnet18", "small", "vgg", "shared_relu", "functional_relu"])
@@ -460,6 +510,68 @@ def test_deeplift_rejects_unsupported_ops() -> None:
         DeepLift()(Gated(), torch.rand(2, 4), 0)
 
 
+class EveryDeepLiftLayer(nn.Module):
+    """Every layer type the issue lists for DeepLift: Conv2d, BatchNorm2d, ReLU (in place too),
+    MaxPool, AvgPool, AdaptiveAvgPool, Flatten, Dropout, Linear, a residual addition."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.relu1 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True)
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2, self.bn2, self.relu2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
+        self.pool2, self.gap = nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 3)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool1(self.relu1(self.bn1(self.conv1(x))))
+        h = self.relu2(self.bn2(self.conv2(h)) + h)  # residual addition
+        return self.head(self.gap(self.pool2(h)))
+
+
+def test_deeplift_every_listed_layer_is_complete() -> None:
+    torch.manual_seed(0)
+    model = randomize_batchnorm(EveryDeepLiftLayer()).eval()
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    baseline = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 0.5
+    target = torch.tensor([0, 1, 2, 0])
+    attribution = DeepLift(baseline=baseline)(model, x, target)
+    with torch.no_grad():
+        delta = (model(x) - model(baseline.expand_as(x))).gather(1, target.view(-1, 1)).squeeze(1)
+    assert attribution.abs().sum() > 0
+    torch.testing.assert_close(attribution.flatten(1).sum(1), delta, rtol=1e-4, atol=1e-6)
+
+
+class _FunctionalGelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.fc(x))
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [nn.GELU(), nn.ELU(), nn.LeakyReLU(), nn.Softplus(), nn.LayerNorm(4), nn.Softmax(dim=1), nn.AdaptiveMaxPool1d(4)],
+    ids=lambda m: type(m).__name__,
+)
+def test_deeplift_unsupported_layer_names_layer_and_method(layer: nn.Module) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), layer, nn.Linear(4, 2)).eval()
+    with pytest.raises(ValueError, match=rf"DeepLift: layer '1' \({type(layer).__name__}\) is not supported"):
+        DeepLift()(model, torch.rand(2, 4), 0)
+
+
+def test_deeplift_unsupported_function_names_the_layer() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), _FunctionalGelu()).eval()
+    with pytest.raises(
+        LightningXAIError, match=r"DeepLift: the forward pass calls gelu in layer '1' \(_FunctionalGelu\)"
+    ):
+        DeepLift()(model, torch.rand(2, 4), 0)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
 # --------------------------------------------------------------------------------------------
 # errors name the layer and the composite; nothing is left behind
 # --------------------------------------------------------------------------------------------
@@ -501,6 +613,25 @@ def test_unmergeable_batchnorm_raises() -> None:
     model = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 2)).eval()
     with pytest.raises(ValueError, match="BatchNorm layer '0'.*cannot be merged"):
         LRP()(model, torch.rand(2, 4), 0)
+
+
+class _SkipsItsBatchNorm(nn.Module):
+    """conv1/bn1 siblings (paired statically), but the forward never calls bn1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)
+        self.fc = nn.Linear(2 * 4 * 4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv1(x)).flatten(1))
+
+
+def test_batchnorm_partner_that_never_runs_raises() -> None:
+    model = _SkipsItsBatchNorm().eval()
+    with pytest.raises(LightningXAIError, match=r"BatchNorm merged into layer\(s\) \['conv1'\] did not run"):
+        LRP()(model, torch.rand(2, 1, 6, 6), 0)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 def test_batchnorm_pairs_in_resnet_blocks() -> None:

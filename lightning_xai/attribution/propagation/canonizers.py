@@ -3,9 +3,11 @@
 * **BatchNorm merging.** An eval-mode BatchNorm after a convolution or linear layer is an affine
   map per channel; LRP treats the pair as one layer with merged parameters
   ``W' = s W``, ``b' = s (b - mean) + beta`` (``s = gamma / sqrt(var + eps)``). Here the merge
-  never writes a parameter: the linear layer's rule reads the merged parameters computed for the
-  call and the BatchNorm passes its input through (a forward hook), so nothing needs restoring
-  and the model's state is bitwise untouched on every exit path. Pairs are found statically:
+  never writes a parameter: the BatchNorm runs as usual and its output is the merged layer's
+  value, where the linear layer's rule attaches (a forward hook); the rule reads the merged
+  parameters (kept across calls by :mod:`~lightning_xai.attribution.propagation.cache` while the
+  parameters and statistics are unchanged). Nothing needs restoring: the model's state is
+  bitwise untouched on every exit path. Pairs are found statically:
   consecutive children of an ``nn.Sequential`` and sibling attributes ``convN`` / ``bnN`` (the
   torchvision ResNet stem and blocks), then checked during the forward pass (the BatchNorm must
   read the paired layer's output).

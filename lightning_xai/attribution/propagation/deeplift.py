@@ -15,6 +15,7 @@ through both argmaxes), with overlapping windows accumulated rather than overwri
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -25,10 +26,17 @@ from torch.overrides import TorchFunctionMode
 
 from lightning_xai.attribution.base import ExplainContext, Explainer, TargetType, forward_scores
 from lightning_xai.attribution.path import SingleBaseline, make_baseline
-from lightning_xai.attribution.propagation.engine import _IN_MODULE, _METADATA, _SCALING, _STRUCTURE, _grad_tensors
+from lightning_xai.attribution.propagation.engine import (
+    _IN_MODULE,
+    _METADATA,
+    _SCALING,
+    _STRUCTURE,
+    SUPPORTED_LAYERS,
+    _grad_tensors,
+)
 from lightning_xai.errors import LightningXAIError
 
-__all__ = ["DeepLift"]
+__all__ = ["DeepLift", "DEEPLIFT_LAYERS"]
 
 _EPS = 1e-10
 _RELU = {"relu", "relu_"}
@@ -45,6 +53,20 @@ _NONLINEAR_STRUCTURE = {
     "max_pool3d_with_indices",
 }
 _LINEAR_OK = (_METADATA | _STRUCTURE | _IN_MODULE) - _NONLINEAR_STRUCTURE
+
+DEEPLIFT_LAYERS: tuple[type, ...] = (
+    *(
+        t
+        for t in SUPPORTED_LAYERS
+        if not issubclass(t, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d))
+    ),
+    nn.Sigmoid,
+    nn.Tanh,
+)
+"""Leaf module types DeepLift supports: Conv1d/2d/3d, Linear, BatchNorm (anywhere: eval-mode
+BatchNorm is affine), ReLU (in place too), Sigmoid, Tanh, MaxPool, AvgPool, AdaptiveAvgPool,
+Flatten, Unflatten, Dropout, Identity; containers are fine (their forward code is checked
+operation by operation, residual additions included)."""
 
 
 class _Rescale(torch.autograd.Function):
@@ -119,12 +141,27 @@ def _pool_params(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any
 class _DeepLiftMode(TorchFunctionMode):
     """Records nonlinearity inputs (reference pass) or replaces the nonlinearities (main pass)."""
 
-    def __init__(self, method: str, refs: list[Tensor] | None) -> None:
+    def __init__(self, method: str, refs: list[Tensor] | None, model: nn.Module | None = None) -> None:
         super().__init__()
         self.method = method
         self.recording = refs is None
         self.refs: list[Tensor] = [] if refs is None else refs
         self.position = 0
+        self.model = model
+
+    def _where(self) -> str:
+        """`` in layer 'name' (Type)``: the innermost module of ``model`` whose ``forward`` is on the
+        call stack (looked up only when an error is raised, so the forward pass pays nothing)."""
+        if self.model is None:
+            return ""
+        names = {id(m): n for n, m in self.model.named_modules()}
+        frame = sys._getframe(1)
+        while frame is not None:
+            owner = frame.f_locals.get("self") if frame.f_code.co_name == "forward" else None
+            if isinstance(owner, nn.Module) and id(owner) in names:
+                return f" in layer {names[id(owner)] or '(the model)'!r} ({type(owner).__name__})"
+            frame = frame.f_back  # type: ignore[assignment]
+        return ""
 
     def _ref(self, x: Tensor, name: str) -> Tensor:
         if self.recording:
@@ -151,7 +188,9 @@ class _DeepLiftMode(TorchFunctionMode):
         if name in _RELU or name in _ELEMENTWISE or name in _MAXPOOL:
             x = args[0] if args else kwargs["input"]
             if name in _MAXPOOL and (kwargs.get("return_indices") or (len(args) > 6 and args[6])):
-                raise LightningXAIError(f"{self.method}: max pooling with return_indices is not supported.")
+                raise LightningXAIError(
+                    f"{self.method}: max pooling with return_indices{self._where()} is not supported."
+                )
             ref = self._ref(x, name)
             if self.recording:
                 return func(*args, **kwargs)
@@ -165,8 +204,9 @@ class _DeepLiftMode(TorchFunctionMode):
             return func(*args, **kwargs)
         if not self.recording and _grad_tensors(args, kwargs):
             raise LightningXAIError(
-                f"{self.method}: the forward pass calls {name}, which DeepLift's Rescale rule does not cover "
-                "(supported: linear layers, BatchNorm, ReLU, sigmoid, tanh, max/average pooling, additions)."
+                f"{self.method}: the forward pass calls {name}{self._where()}, which DeepLift's Rescale rule does "
+                "not cover (supported: linear layers, BatchNorm, ReLU, sigmoid, tanh, max/average pooling, "
+                "flatten/reshape, dropout, additions)."
             )
         return func(*args, **kwargs)
 
@@ -204,13 +244,30 @@ class DeepLift(Explainer):
             raise TypeError(f"Expected argument `baseline` to be a str or a Tensor, but got {type(baseline).__name__}.")
         self.baseline = baseline
 
+    def check(self, model: nn.Module) -> None:
+        """Check that every leaf module of ``model`` is of a type in :data:`DEEPLIFT_LAYERS`.
+
+        Raises:
+            ValueError: an unsupported layer; the message names it and the method.
+        """
+        for name, module in model.named_modules():
+            is_leaf = next(iter(module.children()), None) is None
+            if is_leaf and not isinstance(module, DEEPLIFT_LAYERS):
+                raise ValueError(
+                    f"{type(self).__name__}: layer {name or '(the model)'!r} ({type(module).__name__}) is not supported "
+                    "by the Rescale rule. Supported layers: Conv1d/2d/3d, Linear, BatchNorm, ReLU (in place too), "
+                    "Sigmoid, Tanh, MaxPool, AvgPool, AdaptiveAvgPool, Flatten, Dropout, Identity and residual "
+                    "additions."
+                )
+
     def _attribute(self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext) -> Tensor:
         method = type(self).__name__
         reference = make_baseline(self.baseline, inputs.detach())
         recorder = _DeepLiftMode(method, None)
         with torch.no_grad(), recorder:
             model(reference)
-        with _DeepLiftMode(method, recorder.refs):
+        mode = _DeepLiftMode(method, recorder.refs, model)
+        with mode:
             outputs = model(inputs)
         scores, _, _ = forward_scores(lambda _: outputs, inputs, target)
         (grad,) = torch.autograd.grad(scores.sum(), inputs)

@@ -170,6 +170,26 @@ _STRUCTURE = {  # move, copy, drop or add values: the gradient is the right rule
 }
 _SCALING = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__", "__itruediv__"}
 _IN_MODULE = {"conv1d", "conv2d", "conv3d", "linear", "batch_norm"}
+_NONNEGATIVE = {"relu", "relu_"}  # results >= 0
+_KEEPS_SIGN = {  # nonnegative input -> nonnegative result
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool3d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "flatten",
+    "view",
+    "reshape",
+    "contiguous",
+    "dropout",
+}
 
 
 def _grad_tensors(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
@@ -206,6 +226,21 @@ class _State:
     inside: int = 0
     leaves: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (leaf, the layer input it stands for)
     outputs: dict[int, Tensor] = field(default_factory=dict)  # id(linear module) -> its last output
+    # id(linear) -> (its input, its output) until its merged BatchNorm runs
+    pending: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    # id -> (tensor, version): a ReLU's output (or a pooling / reshape of one), not written since
+    nonnegative: dict[int, tuple[Tensor, int]] = field(default_factory=dict)
+    cache: bool = True
+
+    def mark_nonnegative(self, t: Tensor) -> None:
+        """Remember ``t`` (at its current version) as nonnegative."""
+        if not t.is_inference():
+            self.nonnegative[id(t)] = (t, t._version)
+
+    def is_nonnegative(self, t: Tensor) -> bool:
+        """Whether ``t`` is a marked tensor not written since it was marked."""
+        entry = self.nonnegative.get(id(t))
+        return entry is not None and entry[0] is t and entry[1] == t._version
 
 
 class Tracer(TorchFunctionMode):
@@ -252,7 +287,13 @@ class Tracer(TorchFunctionMode):
                 "Conv/Linear, BatchNorm after them, ReLU, max/average pooling, flatten/reshape, dropout, "
                 "residual additions)."
             )
-        return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        if isinstance(result, Tensor) and result.is_floating_point():
+            if name in _NONNEGATIVE or (
+                name in _KEEPS_SIGN and args and isinstance(args[0], Tensor) and state.is_nonnegative(args[0])
+            ):
+                state.mark_nonnegative(result)
+        return result
 
 
 @dataclass
@@ -335,29 +376,33 @@ def _register(model: nn.Module, the_plan: Plan, state: _State, ctx: ExplainConte
     def enter(module: nn.Module, args: Any) -> None:
         state.inside += 1
 
+    def apply_rule(module: nn.Module, name: str, bn: _BatchNorm | None, x: Tensor, output: Tensor, z: Tensor) -> Tensor:
+        """The layer's (BatchNorm-merged) output value ``z`` whose backward is the rule's."""
+        _, rule = the_plan.rules[name]
+        view = LayerView(module, bn, cache=state.cache, nonnegative=state.is_nonnegative(x))
+        scale = None
+        if bn is not None:
+            scale_c, _ = view.affine  # type: ignore[misc]
+            scale = scale_c.view((1, -1) + (1,) * (output.ndim - 2))
+        terms = None
+        if rule is not None:
+            leaf = _leaf_maker(state, x, state.method, name, rule) if rule.input_layer else _no_leaf
+            terms = rule.terms(view, x, output, z, scale, leaf)
+        if terms is None and bn is not None:
+            terms = [(output, scale)]
+        if terms is None:
+            return output
+        return _Relevance.apply([z, [f for _, f in terms]], *[t for t, _ in terms])
+
     def linear_hook(module: nn.Module, args: Any, output: Tensor) -> Tensor | None:
         state.inside -= 1
         name = names[id(module)]
-        _, rule = the_plan.rules[name]
-        bn = merged.get(name)
-        x = args[0]
+        state.outputs[id(module)] = output
+        if name in merged:  # the rule applies at the BatchNorm's output, which is the merged layer's
+            state.pending[id(module)] = (args[0], output)
+            return None
         with torch._C.DisableTorchFunction():  # our own operations are not the model's: skip the Tracer
-            scale = scale_c = shift_c = None
-            if bn is not None:
-                scale_c, shift_c = batchnorm_affine(bn)
-                shape = (1, -1) + (1,) * (output.ndim - 2)
-                scale = scale_c.view(shape)
-                with torch.no_grad():
-                    z = torch.addcmul(shift_c.view(shape), output, scale)
-            else:
-                z = output.detach()
-            terms = None
-            if rule is not None:
-                leaf = _leaf_maker(state, x, state.method, name, rule) if rule.input_layer else _no_leaf
-                terms = rule.terms(LayerView(module, scale_c, shift_c), x, output, z, scale, leaf)
-            if terms is None and bn is not None:
-                terms = [(output, scale)]
-            out = output if terms is None else _Relevance.apply([z, [f for _, f in terms]], *[t for t, _ in terms])
+            out = apply_rule(module, name, None, args[0], output, output.detach())
         state.outputs[id(module)] = out
         return out
 
@@ -382,7 +427,7 @@ def _register(model: nn.Module, the_plan: Plan, state: _State, ctx: ExplainConte
         partner = the_plan.rules[linear_name][0]
 
         def bn_enter(module: nn.Module, args: Any, _partner: nn.Module = partner, _name: str = bn_name) -> None:
-            if state.outputs.get(id(_partner)) is not args[0]:
+            if id(_partner) not in state.pending or state.outputs.get(id(_partner)) is not args[0]:
                 raise LightningXAIError(
                     f"{state.method}: BatchNorm layer {_name!r} does not read the output of "
                     f"{names[id(_partner)]!r} it was to be merged into; LRP supports BatchNorm only directly "
@@ -390,9 +435,21 @@ def _register(model: nn.Module, the_plan: Plan, state: _State, ctx: ExplainConte
                 )
             state.inside += 1
 
-        def bn_exit(module: nn.Module, args: Any, output: Tensor) -> Tensor:
+        def bn_exit(
+            module: nn.Module, args: Any, output: Tensor, _partner: nn.Module = partner, _linear: str = linear_name
+        ) -> Tensor:
             state.inside -= 1
-            return args[0]  # the partner's output already includes this BatchNorm
+            x, linear_output = state.pending.pop(id(_partner))
+            with torch._C.DisableTorchFunction():
+                if module.training:  # batch statistics: the merge uses the running ones
+                    scale, shift = batchnorm_affine(module)  # type: ignore[arg-type]
+                    shape = (1, -1) + (1,) * (output.ndim - 2)
+                    z = torch.addcmul(shift.view(shape), linear_output.detach(), scale.view(shape))
+                else:  # the BatchNorm's own output is the merged layer's value
+                    z = output.detach()
+                out = apply_rule(_partner, _linear, module, x, linear_output, z)  # type: ignore[arg-type]
+            state.outputs[id(_partner)] = out
+            return out
 
         ctx.add_hook(bn.register_forward_pre_hook(bn_enter))
         ctx.add_hook(bn.register_forward_hook(bn_exit))
@@ -407,6 +464,7 @@ def propagate(
     *,
     method: str = "LRP",
     layers: Sequence[str] = (),
+    cache: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Relevance of ``inputs`` for ``target`` under ``composite``, and of the named layers' outputs.
 
@@ -421,22 +479,33 @@ def propagate(
         ctx: The call's context; hooks go through it.
         method: Name used in errors.
         layers: Dotted names of layers whose output relevance to return as well.
+        cache: Keep the rules' derived parameters across calls (:mod:`~lightning_xai.attribution.propagation.cache`).
 
     Returns:
         ``(relevance shaped like inputs, {layer: relevance of its output})``.
     """
     the_plan = plan(model, composite, method)
-    state = _State(method=method, inputs=inputs)
+    state = _State(method=method, inputs=inputs, cache=cache)
     _register(model, the_plan, state, ctx)
     captured: dict[str, Tensor] = {}
+    merged_into = {linear: bn for bn, linear in the_plan.batchnorms.values()}
     for layer in layers:
 
         def capture(module: nn.Module, args: Any, output: Tensor, _layer: str = layer) -> None:
             captured[_layer] = output
 
-        ctx.add_hook(model.get_submodule(layer).register_forward_hook(capture))
+        # a layer with a merged BatchNorm: its relevance is that of the merged layer's output
+        where = merged_into[layer] if layer in merged_into else model.get_submodule(layer)
+        ctx.add_hook(where.register_forward_hook(capture))
     with Tracer(state):
         outputs = model(inputs)
+    if state.pending:
+        names = {id(m): n for n, (m, _) in the_plan.rules.items()}
+        unmerged = sorted(names[i] for i in state.pending)
+        raise LightningXAIError(
+            f"{method}: the BatchNorm merged into layer(s) {unmerged} did not run after it; LRP supports BatchNorm "
+            "only directly after a Conv/Linear layer."
+        )
     scores, _, _ = forward_scores(lambda _: outputs, inputs, target)
     extra = [leaf for leaf, _ in state.leaves]
     names = list(captured)

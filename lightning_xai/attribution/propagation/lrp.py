@@ -40,6 +40,7 @@ class LRP(Explainer):
 
     COST: 1 forward + 1 backward pass, plus one extra forward of each layer under z+ (two under
     alpha-beta, one of double width under gamma, three under z^B); about 1.5 passes on a z+ network.
+    The rule-modified weights are computed once and reused while the parameters are unchanged.
 
     Args:
         composite: The composite (name, :class:`Composite` or mapping).
@@ -48,6 +49,10 @@ class LRP(Explainer):
         low: The input box's lower bound for z^B (``"epsilon_gamma_box"``; default -3).
         high: Its upper bound (default 3).
         stabilizer: The other rules' stabiliser (named composites; default 1e-6).
+        cache_weights: Keep the rules' derived parameters (BatchNorm-merged weights, their
+            positive parts, ...) across calls, recomputed whenever a parameter or BatchNorm
+            statistic changed (its version counter, storage, dtype or device; see
+            :mod:`~lightning_xai.attribution.propagation.cache`). ``False``: recompute every call.
 
     Raises:
         ValueError: unknown composite name or parameters it does not take.
@@ -70,7 +75,11 @@ class LRP(Explainer):
         low: float | None = None,
         high: float | None = None,
         stabilizer: float | None = None,
+        cache_weights: bool = True,
     ) -> None:
+        if not isinstance(cache_weights, bool):
+            raise TypeError(f"Expected argument `cache_weights` to be a bool, but got {cache_weights!r}.")
+        self.cache_weights = cache_weights
         given = {"epsilon": epsilon, "gamma": gamma, "low": low, "high": high, "stabilizer": stabilizer}
         rule_parameters: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         self._composite = make_composite(composite, **rule_parameters)
@@ -83,7 +92,9 @@ class LRP(Explainer):
         plan(model, self._composite, type(self).__name__)
 
     def _attribute(self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext) -> Tensor:
-        relevance, _ = propagate(model, inputs, target, self._composite, ctx, method=type(self).__name__)
+        relevance, _ = propagate(
+            model, inputs, target, self._composite, ctx, method=type(self).__name__, cache=self.cache_weights
+        )
         return relevance
 
     def relevances(
@@ -109,7 +120,16 @@ class LRP(Explainer):
         result = self._run(
             model,
             inputs,
-            lambda x, ctx: propagate(model, x, target, self._composite, ctx, method=type(self).__name__, layers=layers),
+            lambda x, ctx: propagate(
+                model,
+                x,
+                target,
+                self._composite,
+                ctx,
+                method=type(self).__name__,
+                layers=layers,
+                cache=self.cache_weights,
+            ),
         )
         relevance, per_layer = result
         return relevance, {k: v.detach() for k, v in per_layer.items()}
@@ -126,6 +146,7 @@ class DeepTaylor(LRP):
         low: Lowest input value (z^B), or ``None``.
         high: Highest input value (z^B), or ``None``.
         stabilizer: Added to the rules' denominators.
+        cache_weights: As :class:`LRP`.
 
     Example:
         >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
@@ -133,7 +154,16 @@ class DeepTaylor(LRP):
         torch.Size([2, 1, 6, 6])
     """
 
-    def __init__(self, low: float | None = None, high: float | None = None, stabilizer: float = 1e-6) -> None:
+    def __init__(
+        self,
+        low: float | None = None,
+        high: float | None = None,
+        stabilizer: float = 1e-6,
+        cache_weights: bool = True,
+    ) -> None:
+        if not isinstance(cache_weights, bool):
+            raise TypeError(f"Expected argument `cache_weights` to be a bool, but got {cache_weights!r}.")
+        self.cache_weights = cache_weights
         self._composite = deep_taylor(low, high, stabilizer)
         self.low = low
         self.high = high

@@ -36,9 +36,12 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 from torch.nn import grad as nn_grad
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from lightning_xai.attribution.base import ExplainContext, Explainer, TargetType, forward_scores
+from lightning_xai.attribution.propagation.canonizers import batchnorm_affine, batchnorm_pairs
 from lightning_xai.attribution.propagation.rules import LayerView
+from lightning_xai.errors import LightningXAIError
 
 __all__ = [
     "PatternAttribution",
@@ -47,6 +50,7 @@ __all__ = [
     "Patterns",
     "estimate_patterns",
     "get_patterns",
+    "merged_batchnorms",
     "pattern_layers",
     "set_patterns",
 ]
@@ -75,6 +79,30 @@ def pattern_layers(model: nn.Module, layers: Sequence[str] | None = None) -> dic
     return {n: found[n] for n in layers}
 
 
+def merged_batchnorms(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str, _BatchNorm]:
+    """``{layer name: the BatchNorm merged into it}`` for the ``layers`` a BatchNorm directly follows
+    (found as LRP's canonizer finds them, see
+    :func:`~lightning_xai.attribution.propagation.canonizers.batchnorm_pairs`). Patterns of such a
+    layer are those of the merged layer ``y' = scale * (W x + b) + shift`` (eval-mode BatchNorm):
+    estimated from ``y'``, normalised with the merged weight ``scale * W``, applied without the
+    BatchNorm's own backward.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU())
+        >>> sorted(merged_batchnorms(net, pattern_layers(net)))
+        ['0']
+    """
+    by_layer = {linear: bn for bn, linear in batchnorm_pairs(model).items()}
+    return {name: model.get_submodule(by_layer[name]) for name in layers if name in by_layer}  # type: ignore[misc]
+
+
+def _merged_weight(layer: nn.Module, batchnorm: _BatchNorm | None) -> Tensor:
+    weight: Tensor = layer.weight.detach()  # type: ignore[union-attr]
+    if batchnorm is None:
+        return weight
+    return LayerView(layer, batchnorm, cache=False).weight.detach()
+
+
 class PatternStatistics:
     """Streaming sums for the two-component pattern estimator, per layer, in float64.
 
@@ -101,9 +129,18 @@ class PatternStatistics:
         self.sums = {}
 
     @torch.no_grad()
-    def update(self, name: str, layer: nn.Module, x: Tensor, y: Tensor) -> None:
-        """Add one batch: ``x`` the layer's input, ``y`` its output (read only, never modified)."""
+    def update(self, name: str, layer: nn.Module, x: Tensor, y: Tensor, batchnorm: _BatchNorm | None = None) -> None:
+        """Add one batch: ``x`` the layer's input, ``y`` its output (read only, never modified).
+
+        With ``batchnorm`` (the BatchNorm merged into the layer), the statistics are those of the
+        merged layer: its output ``y' = scale * y + shift`` with the BatchNorm's running
+        statistics (its eval-mode map, the one explainers propagate through), also in training.
+        """
         x, y = x.detach(), y.detach()
+        if batchnorm is not None:
+            scale, shift = batchnorm_affine(batchnorm)
+            shape = (1, -1) + (1,) * (y.ndim - 2)
+            y = torch.addcmul(shift.to(y.dtype).view(shape), y, scale.to(y.dtype).view(shape))
         weight: Tensor = layer.weight  # type: ignore[assignment]
         parts: dict[str, Tensor] = {}
         for regime, mask in (("plus", y > 0), ("minus", y <= 0)):
@@ -134,14 +171,21 @@ class PatternStatistics:
             else:
                 store[key] = value.clone()
 
-    def patterns(self, layers: Mapping[str, nn.Module], eps: float = 1e-12) -> Patterns:
+    def patterns(
+        self,
+        layers: Mapping[str, nn.Module],
+        eps: float = 1e-12,
+        batchnorms: Mapping[str, _BatchNorm] | None = None,
+    ) -> Patterns:
         """``{name: {"a_plus", "a_minus"}}`` from the sums and the layers' current weights (in the
         weights' dtype and device). A unit with no samples in a regime, or a vanishing
-        ``w^T cov``, gets a zero pattern there."""
+        ``w^T cov``, gets a zero pattern there. ``batchnorms``: the BatchNorms merged into layers
+        (as given to :meth:`update`), whose merged weight normalises the patterns."""
         out: Patterns = {}
+        batchnorms = batchnorms or {}
         for name, store in self.sums.items():
             layer = layers[name]
-            weight: Tensor = layer.weight.detach()  # type: ignore[union-attr]
+            weight = _merged_weight(layer, batchnorms.get(name))
             w = weight.to(torch.float64).cpu()
             result = {}
             for regime in ("plus", "minus"):
@@ -179,6 +223,8 @@ class PatternStatistics:
 def estimate_patterns(model: nn.Module, batches: Iterable[Tensor], layers: Sequence[str] | None = None) -> Patterns:
     """Patterns of ``model``'s Linear/Conv layers from a stream of input batches (one forward
     pass each, no autograd; hooks removed on every exit path; the model's mode is left as is).
+    A layer a BatchNorm directly follows gets the patterns of the merged layer
+    (:func:`merged_batchnorms`).
 
     Example:
         >>> model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
@@ -187,13 +233,14 @@ def estimate_patterns(model: nn.Module, batches: Iterable[Tensor], layers: Seque
         ['0', '2']
     """
     chosen = pattern_layers(model, layers)
+    batchnorms = merged_batchnorms(model, chosen)
     stats = PatternStatistics()
     handles = []
     try:
         for name, layer in chosen.items():
 
             def hook(module: nn.Module, args: Any, output: Tensor, _name: str = name) -> None:
-                stats.update(_name, module, args[0], output)
+                stats.update(_name, module, args[0], output, batchnorms.get(_name))
 
             handles.append(layer.register_forward_hook(hook))
         for batch in batches:
@@ -201,7 +248,7 @@ def estimate_patterns(model: nn.Module, batches: Iterable[Tensor], layers: Seque
     finally:
         for handle in handles:
             handle.remove()
-    return stats.patterns(chosen)
+    return stats.patterns(chosen, batchnorms=batchnorms)
 
 
 _PUBLISHED: weakref.WeakKeyDictionary[nn.Module, dict[str, Tensor]] = weakref.WeakKeyDictionary()
@@ -276,8 +323,10 @@ class _PatternMethod(Explainer):
                 f"{method}: no patterns for layers {missing} (patterns hold {sorted(patterns)[:20]}); estimate them "
                 "for every Linear/Conv layer."
             )
+        batchnorms = merged_batchnorms(model, layers)
         for name, layer in layers.items():
-            weight: Tensor = layer.weight  # type: ignore[assignment]
+            bn = batchnorms.get(name)
+            weight = _merged_weight(layer, bn)
             pattern = matched[name]
             assert pattern is not None
             plus = pattern["a_plus"].to(device=weight.device, dtype=weight.dtype)
@@ -288,7 +337,10 @@ class _PatternMethod(Explainer):
                 )
             if self._attribution:
                 plus, minus = plus * weight, minus * weight
-            ctx.add_hook(layer.register_forward_hook(self._hook(plus, minus)))
+            if bn is None:
+                ctx.add_hook(layer.register_forward_hook(self._hook(plus, minus)))
+            else:
+                self._merged_hooks(ctx, name, layer, bn, plus, minus)
         scores, _, _ = forward_scores(model, inputs, target)
         (grad,) = torch.autograd.grad(scores, inputs, grad_outputs=scores.detach())
         return grad
@@ -297,15 +349,44 @@ class _PatternMethod(Explainer):
         two = self.two_component
 
         def hook(module: nn.Module, args: Any, output: Tensor) -> Tensor:
-            view = LayerView(module, weight=plus)
-            x = args[0]
-            a = view.op(x, plus, None)
-            if two:
-                positive = (output > 0).detach()
-                a = torch.where(positive, a, view.op(x, minus, None))
-            return output.detach() + (a - a.detach())
+            return _replace_backward(module, args[0], output, plus, minus, two)
 
         return hook
+
+    def _merged_hooks(
+        self, ctx: ExplainContext, name: str, layer: nn.Module, bn: _BatchNorm, plus: Tensor, minus: Tensor
+    ) -> None:
+        """Layer + BatchNorm as one merged layer: the BatchNorm's output keeps its value and gets
+        the merged layer's pattern backward (the BatchNorm's own backward is not used)."""
+        seen: dict[str, Any] = {}
+        method, two = type(self).__name__, self.two_component
+
+        def store(module: nn.Module, args: Any, output: Tensor) -> None:
+            seen["x"], seen["out"] = args[0], output
+
+        def merged(module: nn.Module, args: Any, output: Tensor) -> Tensor:
+            if seen.get("out") is not args[0]:
+                raise LightningXAIError(
+                    f"{method}: the BatchNorm after layer {name!r} does not read that layer's output, so the two "
+                    "cannot be explained as one merged layer."
+                )
+            x = seen.pop("x")
+            seen.pop("out")
+            return _replace_backward(layer, x, output, plus, minus, two)
+
+        ctx.add_hook(layer.register_forward_hook(store))
+        ctx.add_hook(bn.register_forward_hook(merged))
+
+
+def _replace_backward(layer: nn.Module, x: Tensor, output: Tensor, plus: Tensor, minus: Tensor, two: bool) -> Tensor:
+    """``output``'s value, with the backward of ``op(x, A)`` (``a+`` where ``output > 0``, ``a-``
+    elsewhere with ``two``)."""
+    view = LayerView(layer, weight=plus)
+    a = view.op(x, plus, None)
+    if two:
+        positive = (output > 0).detach()
+        a = torch.where(positive, a, view.op(x, minus, None))
+    return output.detach() + (a - a.detach())
 
 
 class PatternNet(_PatternMethod):
@@ -315,7 +396,9 @@ class PatternNet(_PatternMethod):
     The backward pass uses each layer's pattern ``A`` in place of its weight (``a+`` where a unit
     is active, ``a-`` elsewhere with ``two_component``; ``a+`` everywhere without), gates through
     ReLUs and max pooling like the gradient, and starts from the score itself. On a linear model
-    ``y = w^T x`` the map is ``a y``. BatchNorm layers keep their ordinary (affine) backward.
+    ``y = w^T x`` the map is ``a y``. A BatchNorm directly after a Linear/Conv layer is merged
+    into it (its patterns are the merged layer's, as :func:`estimate_patterns` and the
+    ``PatternEstimator`` estimate them); other BatchNorms keep their ordinary (affine) backward.
 
     COST: 1 forward + 1 backward pass (plus one more layer forward per layer with ``two_component``).
 

@@ -27,8 +27,11 @@ from typing import Any, ClassVar, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from lightning_xai._validation import check_float
+from lightning_xai.attribution.propagation.cache import cached
+from lightning_xai.attribution.propagation.canonizers import batchnorm_affine, merged_parameters
 
 __all__ = [
     "AlphaBeta",
@@ -57,49 +60,104 @@ def stabilize(t: Tensor, eps: float) -> Tensor:
 class LayerView:
     """What a rule sees of one linear layer for one call: its operation and its parameters, with a
     following BatchNorm (``y = scale * out + shift`` per channel) merged in when the canonizer
-    merged one. Merged parameters are computed on first use only, and the signed parts of the
-    weight are applied as ``scale * op(x, w+)`` where every scale is positive (one pass over the
-    weight fewer than merging first).
+    merged one. Derived parameters (the merged weight and bias, their signed parts, gamma's
+    weights) come from :func:`~lightning_xai.attribution.propagation.cache.cached`: computed once,
+    kept across calls and recomputed whenever a source tensor changed (its version counter,
+    storage, dtype or device).
 
     Args:
         module: The ``nn.Conv*d`` or ``nn.Linear``.
-        scale: The merged BatchNorm's per-channel scale, or ``None``.
-        shift: Its per-channel shift, or ``None``.
+        batchnorm: The eval-mode BatchNorm merged into it, or ``None``.
         weight: Override the weight (PatternNet's patterns); the merge does not apply then.
+        cache: Keep derived parameters across calls (see :mod:`~lightning_xai.attribution.propagation.cache`).
+        nonnegative: The layer's input is known to have no negative value (a ReLU's output), so
+            rules need not check.
+
+    Example:
+        >>> view = LayerView(nn.Linear(3, 2))
+        >>> w_plus, b_plus = view.signed(positive=True)
+        >>> bool((w_plus >= 0).all())
+        True
     """
 
     def __init__(
         self,
         module: nn.Module,
-        scale: Tensor | None = None,
-        shift: Tensor | None = None,
+        batchnorm: _BatchNorm | None = None,
         weight: Tensor | None = None,
+        cache: bool = True,
+        nonnegative: bool = False,
     ) -> None:
         self.module = module
-        self.scale = scale
-        self.shift = shift
+        self.batchnorm = None if weight is not None else batchnorm
         self._weight = weight
-        self._bias: Tensor | None = None
-        self._scale_positive: bool | None = None
+        self.cache = cache
+        self.nonnegative = nonnegative
+
+    def _sources(self) -> list[Tensor | None]:
+        m, bn = self.module, self.batchnorm
+        sources: list[Tensor | None] = [m.weight, m.bias]  # type: ignore[list-item]
+        if bn is not None:
+            sources += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+        return sources
+
+    def _derived(self, key: str, compute: Callable[[], Any], *extra: Any) -> Any:
+        eps = None if self.batchnorm is None else self.batchnorm.eps
+        return cached(self.module, (key, eps, *extra), self._sources(), compute, self.cache)
+
+    @property
+    def affine(self) -> tuple[Tensor, Tensor] | None:
+        """The merged BatchNorm's ``(scale, shift)`` per channel, or ``None``."""
+        bn = self.batchnorm
+        if bn is None:
+            return None
+        return self._derived("affine", lambda: batchnorm_affine(bn))
+
+    def _merged(self) -> tuple[Tensor, Tensor | None]:
+        m = self.module
+        w: Tensor = m.weight  # type: ignore[assignment]
+        b: Tensor | None = m.bias  # type: ignore[assignment]
+        if self.batchnorm is None:
+            return w, b
+        return self._derived("merged", lambda: merged_parameters(m, self.batchnorm)[:2])  # type: ignore[arg-type]
 
     @property
     def weight(self) -> Tensor:
         """The (merged) weight."""
-        if self._weight is None:
-            w: Tensor = self.module.weight  # type: ignore[assignment]
-            self._weight = w if self.scale is None else w * self.scale.view(-1, *([1] * (w.ndim - 1)))
-        return self._weight
+        return self._weight if self._weight is not None else self._merged()[0]
 
     @property
     def bias(self) -> Tensor | None:
         """The (merged) bias, or ``None``."""
-        b: Tensor | None = self.module.bias  # type: ignore[assignment]
-        if self.scale is None:
-            return b
-        if self._bias is None:
-            assert self.shift is not None
-            self._bias = self.shift if b is None else b * self.scale + self.shift
-        return self._bias
+        return None if self._weight is not None else self._merged()[1]
+
+    def signed(self, positive: bool, offset: float = 0.0) -> tuple[Tensor, Tensor | None]:
+        """``(W+, b+ + offset)`` (``positive``) or ``(W-, b- + offset)``, of the merged parameters
+        (a zero ``offset`` adds nothing; a missing bias with an ``offset`` becomes ``offset``)."""
+        if self._weight is not None:
+            return (self._weight.clamp(min=0) if positive else self._weight.clamp(max=0)), None
+
+        def compute() -> tuple[Tensor, Tensor | None]:
+            w, b = self._merged()
+            clamp = {"min": 0} if positive else {"max": 0}
+            b = None if b is None else b.clamp(**clamp)
+            if offset:
+                b = w.new_full((w.shape[0],), offset) if b is None else b + offset
+            return w.clamp(**clamp), b
+
+        return self._derived("plus" if positive else "minus", compute, offset)
+
+    def derived(self, key: str, compute: Callable[[Tensor, Tensor | None], Any], *parameters: Any) -> Any:
+        """``compute(weight, bias)`` of the merged parameters, cached under ``(key, *parameters)``."""
+        if self._weight is not None:
+            with torch.no_grad():
+                return compute(self._weight, None)
+        return self._derived(key, lambda: compute(*self._merged()), *parameters)
+
+    def has_negative(self, x: Tensor) -> bool:
+        """Whether the layer input ``x`` has a negative value (``False`` without looking when it is
+        known to be nonnegative)."""
+        return not self.nonnegative and bool((x < 0).any())
 
     def op(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """The layer's own operation with other parameters (``conv`` or ``linear``)."""
@@ -108,22 +166,13 @@ class LayerView:
             return F.linear(x, weight, bias)
         return m._conv_forward(x, weight, bias)  # type: ignore[operator,union-attr]
 
-    def signed_op(self, x: Tensor, positive: bool, bias: bool = True) -> Tensor:
-        """``op(x, W+, b+)`` (``positive``) or ``op(x, W-, b-)`` with the merged parameters."""
-        clamp = {"min": 0} if positive else {"max": 0}
-        b = self.bias
-        b = None if b is None or not bias else b.clamp(**clamp)
-        if self.scale is not None and self._weight is None:
-            if self._scale_positive is None:
-                self._scale_positive = bool((self.scale > 0).all())
-            if self._scale_positive:
-                raw: Tensor = self.module.weight  # type: ignore[assignment]
-                out = self.op(x, raw.clamp(**clamp), None)
-                shape = (1, -1) + (1,) * (out.ndim - 2)
-                if b is None:
-                    return out * self.scale.view(shape)
-                return torch.addcmul(b.view(shape), out, self.scale.view(shape))
-        return self.op(x, self.weight.clamp(**clamp), b)
+    def signed_op(self, x: Tensor, positive: bool, bias: bool = True, offset: float = 0.0) -> Tensor:
+        """``op(x, W+, b+) + offset`` (``positive``) or ``op(x, W-, b-) + offset`` with the merged
+        parameters (``bias=False``: neither bias nor offset)."""
+        if not bias:
+            return self.op(x, self.signed(positive)[0], None)
+        w, b = self.signed(positive, offset)
+        return self.op(x, w, b)
 
 
 LeafMaker = Callable[[Tensor], Tensor]
@@ -131,21 +180,9 @@ LeafMaker = Callable[[Tensor], Tensor]
 to the input's relevance (used by the input-layer rules)."""
 
 
-def _pos(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.clamp(min=0)
-
-
-def _neg(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.clamp(max=0)
-
-
 def _factor(z: Tensor, denominator: Tensor, eps: float) -> Tensor:
     """``z / stab(denominator)``: the output relevance ``z * g`` over the rule's normaliser, per ``g``."""
     return z / stabilize(denominator, eps)
-
-
-def _has_negative(x: Tensor) -> bool:
-    return bool((x < 0).any())
 
 
 Term = tuple[Tensor, Union[Tensor, None]]
@@ -250,12 +287,15 @@ class Norm(Epsilon):
     name = "norm"
 
 
-def _split(layer: LayerView, x: Tensor, positive: bool, negative_inputs: bool) -> Tensor:
-    """``op(x+, W+, b+) + op(x-, W-)`` (``positive``) or ``op(x+, W-, b-) + op(x-, W+)``; the
-    inputs are not clamped when none is negative."""
+def _split(layer: LayerView, x: Tensor, positive: bool, negative_inputs: bool, offset: float = 0.0) -> Tensor:
+    """``op(x+, W+, b+) + op(x-, W-) + offset`` (``positive``) or ``op(x+, W-, b-) + op(x-, W+) + offset``;
+    the inputs are not clamped when none is negative. The constant ``offset`` (a rule's
+    stabiliser) rides in the bias, so the denominator ``t + eps`` costs no extra operation and
+    ``t`` keeps the gradient of ``t - offset``."""
     if not negative_inputs:
-        return layer.signed_op(x, positive)
-    return layer.signed_op(x.clamp(min=0), positive) + layer.signed_op(x.clamp(max=0), not positive, bias=False)
+        return layer.signed_op(x, positive, offset=offset)
+    first = layer.signed_op(x.clamp(min=0), positive, offset=offset)
+    return first + layer.signed_op(x.clamp(max=0), not positive, bias=False)
 
 
 class ZPlus(Rule):
@@ -279,8 +319,9 @@ class ZPlus(Rule):
 
     def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
         assert layer is not None
-        pos = _split(layer, x, True, _has_negative(x))
-        return [(pos, z / (pos.detach() + self.stabilizer))]  # pos >= 0: stab(pos) = pos + eps
+        # pos >= 0, so stab(pos) = pos + eps: the stabiliser rides in the bias
+        pos = _split(layer, x, True, layer.has_negative(x), offset=self.stabilizer)
+        return [(pos, z / pos.detach())]
 
 
 class AlphaBeta(Rule):
@@ -311,12 +352,12 @@ class AlphaBeta(Rule):
 
     def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
         assert layer is not None
-        negative = _has_negative(x)
-        pos = _split(layer, x, True, negative)
-        terms: list[Term] = [(pos, z * self.alpha / (pos.detach() + self.stabilizer))]
+        negative = layer.has_negative(x)
+        pos = _split(layer, x, True, negative, offset=self.stabilizer)  # >= 0, plus the stabiliser
+        terms: list[Term] = [(pos, z * self.alpha / pos.detach())]
         if self.beta:
-            neg = _split(layer, x, False, negative)  # <= 0: stab(neg) = neg - eps
-            terms.append((neg, z * -self.beta / (neg.detach() - self.stabilizer)))
+            neg = _split(layer, x, False, negative, offset=-self.stabilizer)  # <= 0: stab(neg) = neg - eps
+            terms.append((neg, z * -self.beta / neg.detach()))
         return terms
 
 
@@ -342,16 +383,27 @@ class Gamma(Rule):
 
     def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
         assert layer is not None
-        g, w, b = self.gamma, layer.weight, layer.bias
-        w_up, w_down = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
-        b_up = None if b is None else b + g * b.clamp(min=0)
-        b_down = None if b is None else b + g * b.clamp(max=0)
-        negative = _has_negative(x)
-        xp = x.clamp(min=0) if negative else x
-        if isinstance(layer.module, nn.Linear) or getattr(layer.module, "groups", 1) == 1:
-            # one forward of both weight sets, stacked along the output channels
+        g = self.gamma
+        stack = isinstance(layer.module, nn.Linear) or getattr(layer.module, "groups", 1) == 1
+
+        def weights(w: Tensor, b: Tensor | None) -> tuple[Tensor | None, ...]:
+            w_up, w_down = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
+            b_up = None if b is None else b + g * b.clamp(min=0)
+            b_down = None if b is None else b + g * b.clamp(max=0)
+            if not stack:
+                return w_up, w_down, b_up, b_down, None, None
+            # one forward of both weight sets; the halves are views of the stacked copy (kept once)
+            both_w = torch.cat([w_up, w_down])
             both_b = None if b is None else torch.cat([b_up, b_down])  # type: ignore[list-item]
-            up, down = layer.op(xp, torch.cat([w_up, w_down]), both_b).chunk(2, dim=1)
+            n = w.shape[0]
+            halves_b = (None, None) if both_b is None else (both_b[:n], both_b[n:])
+            return both_w[:n], both_w[n:], *halves_b, both_w, both_b
+
+        w_up, w_down, b_up, b_down, both_w, both_b = layer.derived("gamma", weights, g, stack)
+        negative = layer.has_negative(x)
+        xp = x.clamp(min=0) if negative else x
+        if both_w is not None:
+            up, down = layer.op(xp, both_w, both_b).chunk(2, dim=1)
         else:
             up, down = layer.op(xp, w_up, b_up), layer.op(xp, w_down, b_down)
         if negative:
@@ -385,7 +437,17 @@ class Flat(Rule):
 
     def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
         assert layer is not None
-        out = layer.op(leaf(torch.ones_like(x)), torch.ones_like(layer.weight), None)
+        w = layer.weight
+        ones = leaf(torch.ones_like(x))
+        if isinstance(layer.module, nn.Linear) or getattr(layer.module, "groups", 1) == 1:
+            # every output channel sees the same count: one output channel, broadcast to all
+            out = layer.op(ones, w.new_ones((1, *w.shape[1:])), None)
+            count = out.detach()[:1]  # the same for every sample and channel; >= 0: stab = count + eps
+            shape = list(out.shape)
+            channel = -1 if isinstance(layer.module, nn.Linear) else 1
+            shape[channel] = w.shape[0]
+            return [(out.expand(shape), z / (count + self.stabilizer))]
+        out = layer.op(ones, torch.ones_like(w), None)
         return [(out, _factor(z, out.detach(), self.stabilizer))]
 
 
@@ -409,8 +471,8 @@ class WSquare(Rule):
 
     def terms(self, layer, x, output, z, scale, leaf):  # type: ignore[no-untyped-def,override]
         assert layer is not None
-        b = layer.bias
-        out = layer.op(leaf(torch.ones_like(x)), layer.weight**2, None if b is None else b**2)
+        w2, b2 = layer.derived("w_square", lambda w, b: (w**2, None if b is None else b**2))
+        out = layer.op(leaf(torch.ones_like(x)), w2, b2)
         return [(out, _factor(z, out.detach(), self.stabilizer))]
 
 
@@ -462,7 +524,8 @@ class ZBox(Rule):
         x0 = leaf(x.detach())
         low = leaf(torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand_as(x).clone())
         high = leaf(torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand_as(x).clone())
-        out = layer.op(x0, w, b) - layer.op(low, w.clamp(min=0), _pos(b)) - layer.op(high, w.clamp(max=0), _neg(b))
+        (w_plus, b_plus), (w_minus, b_minus) = layer.signed(True), layer.signed(False)
+        out = layer.op(x0, w, b) - layer.op(low, w_plus, b_plus) - layer.op(high, w_minus, b_minus)
         return [(out, _factor(z, out.detach(), self.stabilizer))]
 
 
