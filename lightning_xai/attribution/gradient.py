@@ -145,8 +145,13 @@ class ModifiedReLU(TorchFunctionMode):
             else:
                 inplace = func in _IN_PLACE
             self.calls += 1
-            return _ModifiedReluFunction.apply(inputs, inplace, self.rule)
+            return self.replace(inputs, inplace)
         return func(*args, **kwargs)
+
+    def replace(self, inputs: Tensor, inplace: bool) -> Tensor:
+        """What an intercepted ReLU call returns: the ReLU with the rule's backward (subclasses
+        may compute something else)."""
+        return _ModifiedReluFunction.apply(inputs, inplace, self.rule)
 
     def verify(self, outputs: Tensor, *, method: str = "modified_relu") -> None:
         """Raise if ``outputs`` depends on a ReLU this mode did not modify.

@@ -9,7 +9,7 @@ are NaN (an empty mask, a constant score) are counted in ``skipped`` and left ou
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -617,14 +617,14 @@ class ROAR(Metric):
         return {"accuracy": acc, "random_accuracy": rnd, "gap": (rnd - acc).mean()}
 
 
-class MetricReliability(Metric):
-    """Inter-rater reliability (ordinal Krippendorff alpha) of a metric across explainers (see
-    :func:`~lightning_xai.metrics.functional.metric_reliability`): update with ``[B, E]`` scores
-    of ``E`` explainers on ``B`` samples; rows are gathered over batches and ranks."""
+class _ScoreRows(Metric):
+    """Rows of ``[B, columns >= 2]`` scores gathered over batches and DDP ranks."""
 
     is_differentiable = False
     full_state_update = False
     higher_is_better = True
+    _rows_name: ClassVar[str] = "samples"
+    _columns_name: ClassVar[str] = "columns"
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -633,16 +633,27 @@ class MetricReliability(Metric):
     def update(self, scores: Tensor) -> None:
         if not isinstance(scores, Tensor) or scores.ndim != 2 or scores.shape[1] < 2:
             shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            raise ValueError(f"Expected `scores` of shape [samples, explainers >= 2], but got {shape}.")
-        _check_columns(self.scores, scores, "explainers")
+            raise ValueError(
+                f"Expected `scores` of shape [{self._rows_name}, {self._columns_name} >= 2], but got {shape}."
+            )
+        _check_columns(self.scores, scores, self._columns_name)
         self.scores.append(scores.detach().to(torch.float64))
+
+
+class MetricReliability(_ScoreRows):
+    """Inter-rater reliability (ordinal Krippendorff alpha) of a metric across explainers (see
+    :func:`~lightning_xai.metrics.functional.metric_reliability`): update with ``[B, E]`` scores
+    of ``E`` explainers on ``B`` samples; rows are gathered over batches and ranks."""
+
+    _rows_name = "samples"
+    _columns_name = "explainers"
 
     def compute(self) -> Tensor:
         """Scalar alpha over every sample seen."""
         return metric_reliability(dim_zero_cat(self.scores)).to(torch.get_default_dtype())
 
 
-class InternalConsistency(Metric):
+class InternalConsistency(_ScoreRows):
     """Internal consistency (Cronbach's alpha) of several metrics over the same units (Tomsett et
     al. 2020; see :func:`~lightning_xai.metrics.functional.internal_consistency`): update with
     ``[B, M]`` scores of ``M`` metrics on ``B`` units (samples, or explainers); the rows are
@@ -657,20 +668,8 @@ class InternalConsistency(Metric):
         tensor(0.8889)
     """
 
-    is_differentiable = False
-    full_state_update = False
-    higher_is_better = True
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("scores", default=[], dist_reduce_fx="cat")
-
-    def update(self, scores: Tensor) -> None:
-        if not isinstance(scores, Tensor) or scores.ndim != 2 or scores.shape[1] < 2:
-            shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            raise ValueError(f"Expected `scores` of shape [units, metrics >= 2], but got {shape}.")
-        _check_columns(self.scores, scores, "metrics")
-        self.scores.append(scores.detach().to(torch.float64))
+    _rows_name = "units"
+    _columns_name = "metrics"
 
     def compute(self) -> Tensor:
         """Scalar alpha over every unit seen (NaN with fewer than two units)."""

@@ -22,8 +22,6 @@ from torch import Tensor, nn
 
 from lightning_xai._validation import check_float, check_int
 from lightning_xai.attribution.base import TargetType, observe, select_scores
-from lightning_xai.attribution.gradient import _IN_PLACE as _RELU_IN_PLACE
-from lightning_xai.attribution.gradient import _OUT_OF_PLACE as _RELU_OUT_OF_PLACE
 from lightning_xai.attribution.gradient import ModifiedReLU
 from lightning_xai.errors import LightningXAIError
 from lightning_xai.metrics.functional._common import (
@@ -316,25 +314,10 @@ class _SoftplusReLU(ModifiedReLU):
         super().__init__(lambda grad_output, output: grad_output)
         self.beta = beta
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        if func in _RELU_OUT_OF_PLACE or func in _RELU_IN_PLACE:
-            inputs = args[0] if args else kwargs["input"]
-            if func is F.relu:
-                inplace = bool(args[1]) if len(args) > 1 else bool(kwargs.get("inplace", False))
-            else:
-                inplace = func in _RELU_IN_PLACE
-            self.calls += 1
-            if not inplace:
-                return F.softplus(inputs, beta=self.beta)
-            return inputs.copy_(F.softplus(inputs.clone(), beta=self.beta))
-        return func(*args, **kwargs)
+    def replace(self, inputs: Tensor, inplace: bool) -> Tensor:
+        if not inplace:
+            return F.softplus(inputs, beta=self.beta)
+        return inputs.copy_(F.softplus(inputs.clone(), beta=self.beta))
 
 
 def softplus_twin(model: nn.Module, beta: float = 10.0) -> nn.Module:
