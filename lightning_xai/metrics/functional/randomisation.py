@@ -66,6 +66,16 @@ def randomization_layers(model: nn.Module, order: str = "top_down") -> list[str]
     return names[::-1] if order == "top_down" else names
 
 
+def _original_maps(
+    explainer: ExplainFn, model: nn.Module, x: Tensor, target: Tensor, attributions: Tensor | None,
+    batch_size: int | None, method: str,
+) -> Tensor:  # fmt: skip
+    """The trained model's maps: ``attributions`` if given (checked), else the explainer's."""
+    if attributions is None:
+        return explain_batched(explainer, model, x, target, batch_size, method=method)
+    return check_finite("attributions", attributions.detach().to(x.device), method=method)
+
+
 def _reset(module: nn.Module, seed: int) -> None:
     devices = [p.device for p in module.parameters() if p.device.type == "cuda"]
     with torch.random.fork_rng(devices=sorted({d.index or 0 for d in devices}) if devices else []):
@@ -142,10 +152,7 @@ def parameter_randomization(
     if not names:
         raise ValueError(f"{method}: the model has no layer with reset_parameters to randomise.")
     x, tgt = resolve(model, inputs, target)
-    if attributions is None:
-        original = explain_batched(explainer, model, x, tgt, batch_size, method=method)
-    else:
-        original = check_finite("attributions", attributions.detach().to(x.device), method=method)
+    original = _original_maps(explainer, model, x, tgt, attributions, batch_size, method)
     random_model = model_copy(model)
     modules = dict(random_model.named_modules())
     pristine = {k: v.clone() for k, v in random_model.state_dict().items()} if mode == "independent" else None
@@ -208,10 +215,7 @@ def data_randomization(
         raise TypeError(f"{method}: expected `random_model` to be an nn.Module, but got {type(random_model).__name__}.")
     inputs = check_batch("inputs", inputs, method=method)
     x, tgt = resolve(model, inputs, target)
-    if attributions is None:
-        original = explain_batched(explainer, model, x, tgt, batch_size, method=method)
-    else:
-        original = check_finite("attributions", attributions.detach().to(x.device), method=method)
+    original = _original_maps(explainer, model, x, tgt, attributions, batch_size, method)
     maps = explain_batched(explainer, random_model, x, tgt, batch_size, method=method)
     return _map_similarity_update(maps.to(original.device), original, measure)
 
@@ -296,10 +300,7 @@ def input_invariance(
     atol = check_float("atol", atol, 0.0)
     inputs = check_batch("inputs", inputs, method=method)
     x, tgt = resolve(model, inputs, target)
-    if attributions is None:
-        original = explain_batched(explainer, model, x, tgt, batch_size, method=method)
-    else:
-        original = check_finite("attributions", attributions.detach().to(x.device), method=method)
+    original = _original_maps(explainer, model, x, tgt, attributions, batch_size, method)
     moved = explain_batched(explainer, shifted_model(model, shift), x + shift, tgt, batch_size, method=method)
     close = torch.isclose(original, moved, rtol=1e-5, atol=atol)
     return close.flatten(1).all(dim=1).to(inputs.dtype)
