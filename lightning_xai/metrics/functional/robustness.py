@@ -380,14 +380,43 @@ def _integrated_gradients_attack_map(explainer: Any, max_steps: int) -> AttackMa
     return attack_map
 
 
+def _grad_cam_attack_map(explainer: Any) -> AttackMapFn:
+    """Grad-CAM (or Grad-CAM++) at the explainer's layer, differentiable in the input: the layer's
+    activation and its gradient (``create_graph``) combined by the explainer's own weights,
+    ``ReLU(sum_k w_k A_k)``, upsampled as the explainer does."""
+    from lightning_xai.attribution.cam import LayerCapture, _weighted_sum, upsample
+
+    def attack_map(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
+        name = explainer.layer_name(model)
+        capture = LayerCapture(name, "fragility")
+        layer = model.get_submodule(name.split(":")[0])
+        if name.endswith(":input"):
+            handle = layer.register_forward_pre_hook(capture)
+        else:
+            handle = layer.register_forward_hook(capture)
+        try:
+            scores = select_scores(model(inputs), target)
+        finally:
+            handle.remove()
+        activation = capture.activation
+        (gradient,) = torch.autograd.grad(scores.sum(), activation, create_graph=True)
+        maps = _weighted_sum(explainer._weights(activation, gradient), activation)
+        return upsample(maps, inputs.shape[-2:], explainer.interpolate_mode)
+
+    return attack_map
+
+
 def default_attack_map(explainer: object, ig_steps: int = 16) -> AttackMapFn:
     """The differentiable map the gradient attack uses for ``explainer``.
 
     ``x * dS_c/dx`` for :class:`~lightning_xai.attribution.InputXGradient`; Integrated Gradients
     with the explainer's baselines and quadrature rule on at most ``ig_steps`` points for
-    :class:`~lightning_xai.attribution.IntegratedGradients`; ``dS_c/dx`` for every other explainer
-    (the map itself for :class:`~lightning_xai.attribution.Saliency`, a proxy otherwise: pass
-    ``attack_map`` to :func:`fragility` for a better one).
+    :class:`~lightning_xai.attribution.IntegratedGradients`; the map itself at the explainer's
+    layer for :class:`~lightning_xai.attribution.GradCAM` and
+    :class:`~lightning_xai.attribution.GradCAMPlusPlus` (activation and gradient kept in the
+    graph); ``dS_c/dx`` for every other explainer (the map itself for
+    :class:`~lightning_xai.attribution.Saliency`, a proxy otherwise: pass ``attack_map`` to
+    :func:`fragility` for a better one).
 
     Example:
         >>> from lightning_xai.attribution import InputXGradient
@@ -397,11 +426,14 @@ def default_attack_map(explainer: object, ig_steps: int = 16) -> AttackMapFn:
         >>> maps.requires_grad, torch.allclose(maps, InputXGradient()(model, x, torch.tensor([0, 1, 0])))
         (True, True)
     """
+    from lightning_xai.attribution.cam import GradCAM
     from lightning_xai.attribution.gradient import InputXGradient
     from lightning_xai.attribution.path import IntegratedGradients
 
     if isinstance(explainer, IntegratedGradients):
         return _integrated_gradients_attack_map(explainer, ig_steps)
+    if isinstance(explainer, GradCAM):
+        return _grad_cam_attack_map(explainer)
     return _gradient_attack_map(isinstance(explainer, InputXGradient))
 
 
