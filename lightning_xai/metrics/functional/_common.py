@@ -35,6 +35,7 @@ __all__ = [
     "step_chunks",
     "resolve",
     "explain_batched",
+    "given_or_explained",
     "generator_for",
 ]
 
@@ -192,3 +193,14 @@ def explain_batched(
 def generator_for(seed: int, device: torch.device) -> torch.Generator:
     """A private generator on ``device`` seeded with ``seed`` (the global RNG is never touched)."""
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def given_or_explained(
+    explainer: ExplainFn, model: nn.Module, x: Tensor, target: Tensor, attributions: Tensor | None,
+    batch_size: int | None, method: str,
+) -> Tensor:  # fmt: skip
+    """The maps of ``x``: ``attributions`` if given (checked finite, on ``x``'s device), else the
+    explainer's."""
+    if attributions is None:
+        return explain_batched(explainer, model, x, target, batch_size, method=method)
+    return check_finite("attributions", attributions.detach().to(x.device), method=method)

@@ -23,7 +23,13 @@ from torch import Tensor, nn
 from lightning_xai._validation import check_float, check_int
 from lightning_xai.attribution.base import TargetType
 from lightning_xai.errors import LightningXAIError
-from lightning_xai.metrics.functional._common import ExplainFn, check_batch, check_finite, explain_batched, resolve
+from lightning_xai.metrics.functional._common import (
+    ExplainFn,
+    check_batch,
+    explain_batched,
+    given_or_explained,
+    resolve,
+)
 from lightning_xai.metrics.functional.robustness import _check_explainer
 from lightning_xai.metrics.functional.similarity import _map_similarity_update, check_measure
 
@@ -64,16 +70,6 @@ def randomization_layers(model: nn.Module, order: str = "top_down") -> list[str]
         raise ValueError(f"Expected argument `order` in ('top_down', 'bottom_up'), but got {order!r}.")
     names = [name for name, m in model.named_modules() if name and callable(getattr(m, "reset_parameters", None))]
     return names[::-1] if order == "top_down" else names
-
-
-def _original_maps(
-    explainer: ExplainFn, model: nn.Module, x: Tensor, target: Tensor, attributions: Tensor | None,
-    batch_size: int | None, method: str,
-) -> Tensor:  # fmt: skip
-    """The trained model's maps: ``attributions`` if given (checked), else the explainer's."""
-    if attributions is None:
-        return explain_batched(explainer, model, x, target, batch_size, method=method)
-    return check_finite("attributions", attributions.detach().to(x.device), method=method)
 
 
 def _reset(module: nn.Module, seed: int) -> None:
@@ -152,7 +148,7 @@ def parameter_randomization(
     if not names:
         raise ValueError(f"{method}: the model has no layer with reset_parameters to randomise.")
     x, tgt = resolve(model, inputs, target)
-    original = _original_maps(explainer, model, x, tgt, attributions, batch_size, method)
+    original = given_or_explained(explainer, model, x, tgt, attributions, batch_size, method)
     random_model = model_copy(model)
     modules = dict(random_model.named_modules())
     pristine = {k: v.clone() for k, v in random_model.state_dict().items()} if mode == "independent" else None
@@ -215,7 +211,7 @@ def data_randomization(
         raise TypeError(f"{method}: expected `random_model` to be an nn.Module, but got {type(random_model).__name__}.")
     inputs = check_batch("inputs", inputs, method=method)
     x, tgt = resolve(model, inputs, target)
-    original = _original_maps(explainer, model, x, tgt, attributions, batch_size, method)
+    original = given_or_explained(explainer, model, x, tgt, attributions, batch_size, method)
     maps = explain_batched(explainer, random_model, x, tgt, batch_size, method=method)
     return _map_similarity_update(maps.to(original.device), original, measure)
 
@@ -300,7 +296,7 @@ def input_invariance(
     atol = check_float("atol", atol, 0.0)
     inputs = check_batch("inputs", inputs, method=method)
     x, tgt = resolve(model, inputs, target)
-    original = _original_maps(explainer, model, x, tgt, attributions, batch_size, method)
+    original = given_or_explained(explainer, model, x, tgt, attributions, batch_size, method)
     moved = explain_batched(explainer, shifted_model(model, shift), x + shift, tgt, batch_size, method=method)
     close = torch.isclose(original, moved, rtol=1e-5, atol=atol)
     return close.flatten(1).all(dim=1).to(inputs.dtype)

@@ -27,9 +27,9 @@ from lightning_xai.errors import LightningXAIError
 from lightning_xai.metrics.functional._common import (
     ExplainFn,
     check_batch,
-    check_finite,
     explain_batched,
     generator_for,
+    given_or_explained,
     resolve,
 )
 
@@ -67,12 +67,9 @@ def _neighbour_maps(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(x [B, ...], maps [B, ...], neighbour maps [S, B, ...])`` for ``x + noise``."""
     x, tgt = resolve(model, inputs, target)
-    if attributions is None:
-        maps = explain_batched(explainer, model, x, tgt, batch_size, method=method)
-    else:
-        maps = check_finite("attributions", attributions.detach().to(x.device), method=method)
-        if maps.shape[0] != x.shape[0]:
-            raise ValueError(f"{method}: `attributions` {tuple(maps.shape)} do not match the inputs {tuple(x.shape)}.")
+    maps = given_or_explained(explainer, model, x, tgt, attributions, batch_size, method)
+    if maps.shape[0] != x.shape[0]:
+        raise ValueError(f"{method}: `attributions` {tuple(maps.shape)} do not match the inputs {tuple(x.shape)}.")
     s = noise.shape[0]
     xp = (x.unsqueeze(0) + noise).reshape(-1, *x.shape[1:])
     neighbours = explain_batched(explainer, model, xp, tgt.repeat(s), batch_size, method=method)
@@ -101,33 +98,6 @@ def _draw(
     if kind == "gaussian":
         return torch.randn(samples, *x_shape, generator=gen, device=device, dtype=inputs.dtype) * scale
     return (torch.rand(samples, *x_shape, generator=gen, device=device, dtype=inputs.dtype) * 2 - 1) * scale
-
-
-def _local_lipschitz_update(
-    model: nn.Module,
-    inputs: Tensor,
-    explainer: ExplainFn,
-    target: TargetType = None,
-    *,
-    attributions: Tensor | None = None,
-    samples: int = 10,
-    std: float = 0.1,
-    seed: int = 0,
-    noise: Tensor | None = None,
-    batch_size: int | None = None,
-) -> Tensor:
-    method = "local_lipschitz"
-    _check_explainer(explainer, method)
-    check_int("samples", samples, 1)
-    check_float("std", std, 0.0)
-    check_int("seed", seed, 0)
-    inputs = check_batch("inputs", inputs, method=method)
-    noise = _draw(noise, samples, inputs.shape, inputs, seed, "gaussian", std, method)
-    x, maps, neighbours = _neighbour_maps(model, inputs, explainer, target, attributions, noise.to(inputs.device),
-                                          batch_size, method)  # fmt: skip
-    num = (neighbours - maps.unsqueeze(0)).flatten(2).to(torch.float64).norm(dim=2)  # [S, B]
-    den = noise.to(x.device).flatten(2).to(torch.float64).norm(dim=2)
-    return (num / den).amax(dim=0).to(inputs.dtype)
 
 
 def local_lipschitz(
@@ -175,37 +145,21 @@ def local_lipschitz(
         >>> local_lipschitz(model, torch.rand(2, 1, 4, 4), Saliency(), samples=4)
         tensor([0., 0.])
     """
-    return _local_lipschitz_update(
-        model, inputs, explainer, target, attributions=attributions, samples=samples, std=std, seed=seed,
-        noise=noise, batch_size=batch_size,
-    )  # fmt: skip
-
-
-def _max_sensitivity_update(
-    model: nn.Module,
-    inputs: Tensor,
-    explainer: ExplainFn,
-    target: TargetType = None,
-    *,
-    attributions: Tensor | None = None,
-    samples: int = 10,
-    radius: float = 0.2,
-    seed: int = 0,
-    noise: Tensor | None = None,
-    batch_size: int | None = None,
-) -> Tensor:
-    method = "max_sensitivity"
+    method = "local_lipschitz"
     _check_explainer(explainer, method)
     check_int("samples", samples, 1)
-    check_float("radius", radius, 0.0)
+    check_float("std", std, 0.0)
     check_int("seed", seed, 0)
     inputs = check_batch("inputs", inputs, method=method)
-    noise = _draw(noise, samples, inputs.shape, inputs, seed, "uniform", radius, method)
-    _, maps, neighbours = _neighbour_maps(model, inputs, explainer, target, attributions, noise.to(inputs.device),
+    noise = _draw(noise, samples, inputs.shape, inputs, seed, "gaussian", std, method)
+    x, maps, neighbours = _neighbour_maps(model, inputs, explainer, target, attributions, noise.to(inputs.device),
                                           batch_size, method)  # fmt: skip
     num = (neighbours - maps.unsqueeze(0)).flatten(2).to(torch.float64).norm(dim=2)  # [S, B]
-    den = maps.flatten(1).to(torch.float64).norm(dim=1)
+    den = noise.to(x.device).flatten(2).to(torch.float64).norm(dim=2)
     return (num / den).amax(dim=0).to(inputs.dtype)
+
+
+_local_lipschitz_update = local_lipschitz  # the Metric classes' update step
 
 
 def max_sensitivity(
@@ -248,10 +202,21 @@ def max_sensitivity(
         >>> max_sensitivity(model, torch.rand(2, 1, 4, 4), Saliency(), samples=4)
         tensor([0., 0.])
     """
-    return _max_sensitivity_update(
-        model, inputs, explainer, target, attributions=attributions, samples=samples, radius=radius,
-        seed=seed, noise=noise, batch_size=batch_size,
-    )  # fmt: skip
+    method = "max_sensitivity"
+    _check_explainer(explainer, method)
+    check_int("samples", samples, 1)
+    check_float("radius", radius, 0.0)
+    check_int("seed", seed, 0)
+    inputs = check_batch("inputs", inputs, method=method)
+    noise = _draw(noise, samples, inputs.shape, inputs, seed, "uniform", radius, method)
+    _, maps, neighbours = _neighbour_maps(model, inputs, explainer, target, attributions, noise.to(inputs.device),
+                                          batch_size, method)  # fmt: skip
+    num = (neighbours - maps.unsqueeze(0)).flatten(2).to(torch.float64).norm(dim=2)  # [S, B]
+    den = maps.flatten(1).to(torch.float64).norm(dim=1)
+    return (num / den).amax(dim=0).to(inputs.dtype)
+
+
+_max_sensitivity_update = max_sensitivity  # the Metric classes' update step
 
 
 # ---------------------------------------------------------------------------------------------
