@@ -505,8 +505,11 @@ def _fragility_attack(
     x, tgt = resolve(model, inputs, target)
     b = x.shape[0]
     view = (-1,) + (1,) * (x.ndim - 1)
-    with observe(model), torch.no_grad():
-        label = model(x).argmax(dim=1)
+    if target is None:
+        label = tgt  # resolve() already took the prediction
+    else:
+        with observe(model), torch.no_grad():
+            label = model(x).argmax(dim=1)
     maps = explain_batched(explainer, model, x, tgt, batch_size, method=method)
     n_top = max(1, round(k * maps.shape[-2] * maps.shape[-1]))
     top0 = topk_mask(maps, n_top)
