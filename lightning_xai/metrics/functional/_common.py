@@ -36,6 +36,7 @@ __all__ = [
     "resolve",
     "explain_batched",
     "given_or_explained",
+    "inverse_order",
     "generator_for",
 ]
 
@@ -204,3 +205,15 @@ def given_or_explained(
     if attributions is None:
         return explain_batched(explainer, model, x, target, batch_size, method=method)
     return check_finite("attributions", attributions.detach().to(x.device), method=method)
+
+
+def inverse_order(order: Tensor) -> Tensor:
+    """``[B, P]`` position of each feature in the per-row ordering ``order`` (``[B, P]`` indices,
+    e.g. a sort's): the inverse permutation of every row.
+
+    Example:
+        >>> inverse_order(torch.tensor([[2, 0, 1]]))
+        tensor([[1, 2, 0]])
+    """
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)

@@ -34,6 +34,7 @@ from lightning_xai.metrics.functional._common import (
     check_batch,
     check_maps_like,
     generator_for,
+    inverse_order,
     make_baseline_for,
     pixel_scores,
     resolve,
@@ -65,10 +66,7 @@ def _features(maps: Tensor) -> Tensor:
 
 def _ranks(scores: Tensor, descending: bool) -> Tensor:
     """Position of each feature in the removal order (``[B, P]`` long; stable for ties)."""
-    order = torch.sort(scores, dim=1, descending=descending, stable=True).indices
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    return ranks
+    return inverse_order(torch.sort(scores, dim=1, descending=descending, stable=True).indices)
 
 
 def _curve(

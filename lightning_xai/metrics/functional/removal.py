@@ -24,6 +24,7 @@ from lightning_xai.metrics.functional._common import (
     check_batch,
     check_maps_like,
     generator_for,
+    inverse_order,
     pixel_scores,
     resolve,
     score_fn,
@@ -68,10 +69,7 @@ def removal_masks(attributions: Tensor, fractions: Sequence[float], order: str =
     scores = pixel_scores(maps)
     if order == "random":
         scores = torch.rand(scores.shape, generator=generator_for(seed, maps.device), device=maps.device)
-    order_idx = torch.sort(scores, dim=1, descending=order != "lerf", stable=True).indices
-    ranks = torch.empty_like(order_idx).scatter_(
-        1, order_idx, torch.arange(h * w, device=maps.device).expand_as(order_idx)
-    )
+    ranks = inverse_order(torch.sort(scores, dim=1, descending=order != "lerf", stable=True).indices)
     counts = torch.round(frac * h * w).long().to(maps.device)
     return (ranks.unsqueeze(0) < counts.view(-1, 1, 1)).view(-1, b, 1, h, w)
 
@@ -303,8 +301,7 @@ def _roar_ranks(maps: Tensor, order: str, seed: int) -> Tensor:
     else:  # a random permutation, then a stable sort by score: ties stay in random order
         perm = torch.argsort(key, dim=1)
         idx = perm.gather(1, torch.sort(scores.gather(1, perm), dim=1, descending=True, stable=True).indices)
-    positions = torch.arange(idx.shape[1], device=idx.device).expand_as(idx)
-    return torch.empty_like(idx).scatter_(1, idx, positions)
+    return inverse_order(idx)
 
 
 def _roar_retrain(fit: Callable[[Tensor, Tensor], nn.Module], images: Tensor, labels: Tensor, seed: int) -> nn.Module:
