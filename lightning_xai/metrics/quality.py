@@ -22,29 +22,29 @@ from lightning_xai.metrics.functional._common import BaselineType, ExplainFn
 from lightning_xai.metrics.functional.faithfulness import (
     _check_order,
     _deletion_curve_update,
-    _faithfulness_correlation_update,
-    _infidelity_update,
-    _pixel_flipping_update,
-    _region_perturbation_update,
     curve_auc,
+    faithfulness_correlation,
+    infidelity,
+    pixel_flipping,
+    region_perturbation,
 )
 from lightning_xai.metrics.functional.localisation import _mask_aupr_update, _mask_mass_update, _pointing_game_update
 from lightning_xai.metrics.functional.randomisation import (
-    _data_randomization_update,
-    _input_invariance_update,
-    _parameter_randomization_update,
+    data_randomization,
+    input_invariance,
+    parameter_randomization,
     randomization_layers,
 )
 from lightning_xai.metrics.functional.reliability import internal_consistency, metric_reliability
-from lightning_xai.metrics.functional.removal import DEFAULT_FRACTIONS, _check_fractions, _road_update
+from lightning_xai.metrics.functional.removal import DEFAULT_FRACTIONS, _check_fractions, road
 from lightning_xai.metrics.functional.robustness import (
     ATTACKS,
     AttackMapFn,
     _check_explainer,
     _check_range,
     _fragility_update,
-    _local_lipschitz_update,
-    _max_sensitivity_update,
+    local_lipschitz,
+    max_sensitivity,
 )
 from lightning_xai.metrics.functional.similarity import _map_similarity_update, check_measure
 
@@ -173,7 +173,7 @@ class PixelFlipping(_FiniteMean):
         self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
 
     def update(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType = None) -> None:
-        curves = _pixel_flipping_update(
+        curves = pixel_flipping(
             model, inputs, attributions, target, features_in_step=self.features_in_step, order=self.order,
             baseline=self.baseline, softmax=self.softmax, batch_size=self.batch_size,
         )  # fmt: skip
@@ -199,7 +199,7 @@ class RegionPerturbation(_FiniteMean):
         self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
 
     def update(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType = None) -> None:
-        drops = _region_perturbation_update(
+        drops = region_perturbation(
             model, inputs, attributions, target, patch_size=self.patch_size, regions=self.regions,
             order=self.order, baseline=self.baseline, softmax=self.softmax, batch_size=self.batch_size,
         )  # fmt: skip
@@ -228,7 +228,7 @@ class FaithfulnessCorrelation(_FiniteMean):
 
     def update(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType = None) -> None:
         self._accumulate(
-            _faithfulness_correlation_update(
+            faithfulness_correlation(
                 model, inputs, attributions, target, runs=self.runs, subset_size=self.subset_size,
                 baseline=self.baseline, softmax=self.softmax, seed=self.seed + self._update_count,
                 batch_size=self.batch_size,
@@ -253,7 +253,7 @@ class Infidelity(_FiniteMean):
 
     def update(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType = None) -> None:
         self._accumulate(
-            _infidelity_update(
+            infidelity(
                 model, inputs, attributions, target, runs=self.runs, noise_std=self.noise_std,
                 normalize=self.normalize, softmax=self.softmax, seed=self.seed + self._update_count,
                 batch_size=self.batch_size,
@@ -299,7 +299,7 @@ class LocalLipschitz(_ExplainerMetric):
     def update(self, model: nn.Module, inputs: Tensor, target: TargetType = None,
                attributions: Tensor | None = None) -> None:  # fmt: skip
         self._accumulate(
-            _local_lipschitz_update(
+            local_lipschitz(
                 model, inputs, self.explainer, target, attributions=attributions, samples=self.samples,
                 std=self.std, seed=self.seed + self._update_count, batch_size=self.batch_size,
             )
@@ -323,7 +323,7 @@ class MaxSensitivity(_ExplainerMetric):
     def update(self, model: nn.Module, inputs: Tensor, target: TargetType = None,
                attributions: Tensor | None = None) -> None:  # fmt: skip
         self._accumulate(
-            _max_sensitivity_update(
+            max_sensitivity(
                 model, inputs, self.explainer, target, attributions=attributions, samples=self.samples,
                 radius=self.radius, seed=self.seed + self._update_count, batch_size=self.batch_size,
             )
@@ -472,7 +472,7 @@ class ParameterRandomization(_ExplainerMetric):
     def update(self, model: nn.Module, inputs: Tensor, target: TargetType = None,
                attributions: Tensor | None = None) -> None:  # fmt: skip
         self.layers = randomization_layers(model, self.order)
-        sims = _parameter_randomization_update(
+        sims = parameter_randomization(
             model, inputs, self.explainer, target, mode=self.mode, measure=self.measure, order=self.order,
             seed=self.seed, attributions=attributions, batch_size=self.batch_size,
         )  # fmt: skip
@@ -499,7 +499,7 @@ class DataRandomization(_ExplainerMetric):
 
     def update(self, model: nn.Module, random_model: nn.Module, inputs: Tensor, target: TargetType = None) -> None:
         self._accumulate(
-            _data_randomization_update(
+            data_randomization(
                 model, random_model, inputs, self.explainer, target, measure=self.measure, batch_size=self.batch_size
             )  # fmt: skip
         )
@@ -520,7 +520,7 @@ class InputInvariance(_ExplainerMetric):
 
     def update(self, model: nn.Module, inputs: Tensor, target: TargetType = None) -> None:
         self._accumulate(
-            _input_invariance_update(
+            input_invariance(
                 model, inputs, self.explainer, target, shift=self.shift, atol=self.atol, batch_size=self.batch_size
             )  # fmt: skip
         )
@@ -556,7 +556,7 @@ class ROAD(Metric):
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, model: nn.Module, inputs: Tensor, attributions: Tensor, target: TargetType = None) -> None:
-        curves = _road_update(
+        curves = road(
             model, inputs, attributions, target, fractions=self.fractions, order=self.order,
             noise_std=self.noise_std, tol=self.tol, max_iterations=self.max_iterations, softmax=self.softmax,
             seed=self.seed + self._update_count, batch_size=self.batch_size,

@@ -16,8 +16,8 @@ private generator seeded with ``seed``; the global RNG is never touched.
 
 A pixel is one ``(h, w)`` position of the map: with ``[B, 1, H, W]`` maps removing a pixel
 replaces all its channels; with input-shaped ``[B, C, H, W]`` maps each channel value is a feature
-of its own. Each public function returns per-sample values; ``_update`` returns what the Metric
-class accumulates and ``_compute`` reduces it.
+of its own. Each public function returns per-sample values (the curves, for the curve metrics),
+which the Metric classes accumulate; a ``_compute`` function reduces a curve to its score.
 """
 
 from __future__ import annotations
@@ -298,9 +298,6 @@ def pixel_flipping(
                   batch_size=batch_size)  # fmt: skip
 
 
-_pixel_flipping_update = pixel_flipping  # the Metric classes' update step
-
-
 # ---------------------------------------------------------------------------------------------
 # region perturbation
 # ---------------------------------------------------------------------------------------------
@@ -379,9 +376,6 @@ def region_perturbation(
         original = f(x, tgt)
     curve = _curve(model, x, tgt, ranks, counts, base, 1, insert=False, softmax=softmax, batch_size=batch_size)
     return original.unsqueeze(1) - curve
-
-
-_region_perturbation_update = region_perturbation  # the Metric classes' update step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,9 +476,6 @@ def faithfulness_correlation(
     return _pearson(attr_sums, torch.cat(drops).T)
 
 
-_faithfulness_correlation_update = faithfulness_correlation  # the Metric classes' update step
-
-
 # ---------------------------------------------------------------------------------------------
 # infidelity
 # ---------------------------------------------------------------------------------------------
@@ -566,6 +557,3 @@ def infidelity(
         beta = (explained * diff).mean(dim=0) / (explained * explained).mean(dim=0).clamp_min(1e-300)
         explained = explained * beta
     return ((explained - diff) ** 2).mean(dim=0).to(x.dtype)
-
-
-_infidelity_update = infidelity  # the Metric classes' update step

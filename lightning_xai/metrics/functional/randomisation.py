@@ -162,9 +162,6 @@ def parameter_randomization(
     return torch.stack(rows)
 
 
-_parameter_randomization_update = parameter_randomization  # the Metric classes' update step
-
-
 def data_randomization(
     model: nn.Module,
     random_model: nn.Module,
@@ -214,9 +211,6 @@ def data_randomization(
     original = given_or_explained(explainer, model, x, tgt, attributions, batch_size, method)
     maps = explain_batched(explainer, random_model, x, tgt, batch_size, method=method)
     return _map_similarity_update(maps.to(original.device), original, measure)
-
-
-_data_randomization_update = data_randomization  # the Metric classes' update step
 
 
 def _first_layer(model: nn.Module, method: str) -> tuple[str, nn.Module]:
@@ -300,6 +294,3 @@ def input_invariance(
     moved = explain_batched(explainer, shifted_model(model, shift), x + shift, tgt, batch_size, method=method)
     close = torch.isclose(original, moved, rtol=1e-5, atol=atol)
     return close.flatten(1).all(dim=1).to(inputs.dtype)
-
-
-_input_invariance_update = input_invariance  # the Metric classes' update step

@@ -267,9 +267,6 @@ def road(
     return torch.cat(out).T.contiguous()
 
 
-_road_update = road  # the Metric classes' update step
-
-
 def _roar_fill(fill: float | str | Tensor, train_inputs: Tensor) -> Tensor:
     """The replacement value of removed pixels, broadcastable to ``[N, C, H, W]``."""
     if isinstance(fill, str):

@@ -159,9 +159,6 @@ def local_lipschitz(
     return (num / den).amax(dim=0).to(inputs.dtype)
 
 
-_local_lipschitz_update = local_lipschitz  # the Metric classes' update step
-
-
 def max_sensitivity(
     model: nn.Module,
     inputs: Tensor,
@@ -214,9 +211,6 @@ def max_sensitivity(
     num = (neighbours - maps.unsqueeze(0)).flatten(2).to(torch.float64).norm(dim=2)  # [S, B]
     den = maps.flatten(1).to(torch.float64).norm(dim=1)
     return (num / den).amax(dim=0).to(inputs.dtype)
-
-
-_max_sensitivity_update = max_sensitivity  # the Metric classes' update step
 
 
 # ---------------------------------------------------------------------------------------------
