@@ -55,7 +55,7 @@ def _check_explainer(explainer: object, method: str) -> None:
         )
 
 
-def _neighbour_maps(
+def _map_changes(
     model: nn.Module,
     inputs: Tensor,
     explainer: ExplainFn,
@@ -64,16 +64,17 @@ def _neighbour_maps(
     noise: Tensor,
     batch_size: int | None,
     method: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(x [B, ...], maps [B, ...], neighbour maps [S, B, ...])`` for ``x + noise``."""
+) -> tuple[Tensor, Tensor]:
+    """``(maps E(x) [B, ...], ||E(x + noise_s) - E(x)||_2 [S, B] in float64)``."""
     x, tgt = resolve(model, inputs, target)
     maps = given_or_explained(explainer, model, x, tgt, attributions, batch_size, method)
     if maps.shape[0] != x.shape[0]:
         raise ValueError(f"{method}: `attributions` {tuple(maps.shape)} do not match the inputs {tuple(x.shape)}.")
     s = noise.shape[0]
-    xp = (x.unsqueeze(0) + noise).reshape(-1, *x.shape[1:])
+    xp = (x.unsqueeze(0) + noise.to(x.device)).reshape(-1, *x.shape[1:])
     neighbours = explain_batched(explainer, model, xp, tgt.repeat(s), batch_size, method=method)
-    return x, maps, neighbours.view(s, *maps.shape)
+    changes = (neighbours.view(s, *maps.shape) - maps.unsqueeze(0)).flatten(2).to(torch.float64).norm(dim=2)
+    return maps, changes
 
 
 def _draw(
@@ -152,11 +153,9 @@ def local_lipschitz(
     check_int("seed", seed, 0)
     inputs = check_batch("inputs", inputs, method=method)
     noise = _draw(noise, samples, inputs.shape, inputs, seed, "gaussian", std, method)
-    x, maps, neighbours = _neighbour_maps(model, inputs, explainer, target, attributions, noise.to(inputs.device),
-                                          batch_size, method)  # fmt: skip
-    num = (neighbours - maps.unsqueeze(0)).flatten(2).to(torch.float64).norm(dim=2)  # [S, B]
-    den = noise.to(x.device).flatten(2).to(torch.float64).norm(dim=2)
-    return (num / den).amax(dim=0).to(inputs.dtype)
+    maps, changes = _map_changes(model, inputs, explainer, target, attributions, noise, batch_size, method)
+    distances = noise.to(maps.device).flatten(2).to(torch.float64).norm(dim=2)
+    return (changes / distances).amax(dim=0).to(inputs.dtype)
 
 
 def max_sensitivity(
@@ -206,11 +205,8 @@ def max_sensitivity(
     check_int("seed", seed, 0)
     inputs = check_batch("inputs", inputs, method=method)
     noise = _draw(noise, samples, inputs.shape, inputs, seed, "uniform", radius, method)
-    _, maps, neighbours = _neighbour_maps(model, inputs, explainer, target, attributions, noise.to(inputs.device),
-                                          batch_size, method)  # fmt: skip
-    num = (neighbours - maps.unsqueeze(0)).flatten(2).to(torch.float64).norm(dim=2)  # [S, B]
-    den = maps.flatten(1).to(torch.float64).norm(dim=1)
-    return (num / den).amax(dim=0).to(inputs.dtype)
+    maps, changes = _map_changes(model, inputs, explainer, target, attributions, noise, batch_size, method)
+    return (changes / maps.flatten(1).to(torch.float64).norm(dim=1)).amax(dim=0).to(inputs.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
