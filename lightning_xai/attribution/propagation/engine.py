@@ -92,24 +92,16 @@ _METADATA = {
     "device",
     "type",
 }
+_POOLING = {  # the pooling functions (max and average, fixed and adaptive, 1-3d)
+    f"{kind}_pool{d}d" for kind in ("max", "adaptive_max", "avg", "adaptive_avg") for d in (1, 2, 3)
+}
 _STRUCTURE = {  # move, copy, drop or add values: the gradient is the right rule in signal form
     "relu",
     "relu_",
-    "max_pool1d",
-    "max_pool2d",
-    "max_pool3d",
+    *_POOLING,
     "max_pool1d_with_indices",
     "max_pool2d_with_indices",
     "max_pool3d_with_indices",
-    "adaptive_max_pool1d",
-    "adaptive_max_pool2d",
-    "adaptive_max_pool3d",
-    "avg_pool1d",
-    "avg_pool2d",
-    "avg_pool3d",
-    "adaptive_avg_pool1d",
-    "adaptive_avg_pool2d",
-    "adaptive_avg_pool3d",
     "mean",
     "sum",
     "max",
@@ -172,18 +164,7 @@ _SCALING = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__
 _IN_MODULE = {"conv1d", "conv2d", "conv3d", "linear", "batch_norm"}
 _NONNEGATIVE = {"relu", "relu_"}  # results >= 0
 _KEEPS_SIGN = {  # nonnegative input -> nonnegative result
-    "max_pool1d",
-    "max_pool2d",
-    "max_pool3d",
-    "adaptive_max_pool1d",
-    "adaptive_max_pool2d",
-    "adaptive_max_pool3d",
-    "avg_pool1d",
-    "avg_pool2d",
-    "avg_pool3d",
-    "adaptive_avg_pool1d",
-    "adaptive_avg_pool2d",
-    "adaptive_avg_pool3d",
+    *_POOLING,
     "flatten",
     "view",
     "reshape",
