@@ -15,6 +15,7 @@ each came from. :class:`~lightning_xai.callbacks.PrototypePush` drives it during
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -37,6 +38,9 @@ __all__ = [
     "prototype_parameter_groups",
     "set_stage",
 ]
+
+_FORWARD_RECORD = "_prototype_head_min_distances"
+"""Name of the attribute by which ``PrototypeHead.forward``'s logits carry ``(weakref to the head, min distances)``."""
 
 DEFAULT_COEFFICIENTS: dict[str, float] = {"cross_entropy": 1.0, "cluster": 0.8, "separation": -0.08, "l1": 1e-4}
 """The paper's loss coefficients: ``loss = CE + 0.8 Clst - 0.08 Sep + 1e-4 L1``."""
@@ -97,9 +101,11 @@ class PrototypeHead(nn.Module):
     3. the minimum over patches, turned into a similarity ``log((d + 1) / (d + 1e-4))``;
     4. ``last_layer`` (no bias), initialised 1 for a prototype's own class and -0.5 for the others.
 
-    ``forward`` returns the logits, so the head drops into a network's forward; the full
-    :class:`PrototypeOutput` of the last call is :attr:`last_output` (``explain`` returns it
-    directly), and :meth:`loss_terms` takes either.
+    ``forward`` returns the logits, so the head drops into a network's forward; :meth:`explain`
+    returns the full :class:`PrototypeOutput`, and :meth:`loss_terms` takes either. The head keeps
+    nothing from a call: the per-prototype minimum distances the losses need travel with the
+    logits tensor ``forward`` returns (they are part of the logits' own autograd graph), so a
+    forward's graph, an explainer's included, is freed as soon as its caller drops the logits.
 
     The push records, buffers filled by :meth:`push` and saved with the model: ``prototype_source``
     (``[P]`` training-set index of the image each prototype was projected onto, -1 before any
@@ -177,7 +183,6 @@ class PrototypeHead(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
         self.reset_last_layer()
-        self._last_output: Optional[PrototypeOutput] = None
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -251,21 +256,16 @@ class PrototypeHead(nn.Module):
         return PrototypeOutput(logits=logits, min_distances=min_distances, distances=distances)
 
     def forward(self, features: Tensor) -> Tensor:
-        """Logits ``[B, num_classes]``; the full :class:`PrototypeOutput` is kept in :attr:`last_output`."""
+        """Logits ``[B, num_classes]``, carrying this call's minimum distances for :meth:`loss_terms`.
+
+        The ``[B, P]`` minimum distances are attached to the returned tensor (not kept by the head):
+        they are an intermediate of the logits' own graph, so they cost ``B * P`` values and live
+        exactly as long as the logits do. An operation on the logits (``clone``, ``.float()``, a
+        DataParallel gather) returns a tensor without them.
+        """
         output = self.explain(features)
-        self._last_output = output
+        setattr(output.logits, _FORWARD_RECORD, (weakref.ref(self), output.min_distances))
         return output.logits
-
-    @property
-    def last_output(self) -> Optional[PrototypeOutput]:
-        """The :class:`PrototypeOutput` of the last ``forward`` call (``None`` before the first)."""
-        return self._last_output
-
-    def __getstate__(self) -> dict:
-        # the last output holds a graph: neither pickled (ddp_spawn) nor deep-copied
-        state = self.__dict__.copy()
-        state["_last_output"] = None
-        return state
 
     # ---------------------------------------------------------------------------------------
     def loss_terms(self, outputs: Union[Tensor, PrototypeOutput], targets: Tensor) -> dict[str, Tensor]:
@@ -280,37 +280,40 @@ class PrototypeHead(nn.Module):
         * ``loss``: ``sum(coefficients[k] * term[k])`` (the paper: 1, 0.8, -0.08, 1e-4).
 
         Args:
-            outputs: the :class:`PrototypeOutput` of :meth:`explain`, or the logits of the last
-                ``forward`` call (the distances then come from :attr:`last_output`).
+            outputs: the :class:`PrototypeOutput` of :meth:`explain`, or the logits returned by this
+                head's ``forward`` (the minimum distances then come with them).
             targets: ``[B]`` class indices.
 
         Raises:
-            ValueError: ``outputs`` is a tensor that is not the last forward's logits, or
-                ``targets`` does not match.
+            ValueError: ``outputs`` is a tensor that is not logits returned by this head's
+                ``forward``, or ``targets`` does not match.
         """
-        if isinstance(outputs, Tensor):
-            last = self._last_output
-            if last is None or last.logits is not outputs:
+        if isinstance(outputs, PrototypeOutput):
+            logits, min_distances = outputs.logits, outputs.min_distances
+        elif isinstance(outputs, Tensor):
+            record = getattr(outputs, _FORWARD_RECORD, None)
+            if record is None or record[0]() is not self:
                 raise ValueError(
-                    "PrototypeHead.loss_terms got a tensor that is not the logits of this head's last forward "
-                    "call; pass the PrototypeOutput of `head.explain(features)` instead."
+                    "PrototypeHead.loss_terms got a tensor that is not the logits returned by this head's forward "
+                    "(an operation on the logits drops what the losses need); pass the logits themselves, or the "
+                    "PrototypeOutput of `head.explain(features)`."
                 )
-            outputs = last
-        if not isinstance(outputs, PrototypeOutput):
+            logits, min_distances = outputs, record[1]
+        else:
             raise TypeError(f"Expected `outputs` to be a PrototypeOutput or logits, but got {type(outputs).__name__}.")
-        if not isinstance(targets, Tensor) or targets.shape != outputs.logits.shape[:1]:
+        if not isinstance(targets, Tensor) or targets.shape != logits.shape[:1]:
             shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
-            raise ValueError(f"Expected `targets` of shape {tuple(outputs.logits.shape[:1])}, but got {shape}.")
+            raise ValueError(f"Expected `targets` of shape {tuple(logits.shape[:1])}, but got {shape}.")
         targets = targets.long()
         own = targets[:, None] == self.prototype_class[None, :]  # [B, P]
-        inf = torch.tensor(math.inf, device=outputs.min_distances.device, dtype=outputs.min_distances.dtype)
-        cluster = torch.where(own, outputs.min_distances, inf).amin(dim=1).mean()
-        separation = torch.where(own, inf, outputs.min_distances).amin(dim=1).mean()
+        inf = torch.tensor(math.inf, device=min_distances.device, dtype=min_distances.dtype)
+        cluster = torch.where(own, min_distances, inf).amin(dim=1).mean()
+        separation = torch.where(own, inf, min_distances).amin(dim=1).mean()
         if self.num_classes == 1:
             separation = torch.zeros_like(cluster)
         wrong = 1 - self.class_identity().t()
         terms = {
-            "cross_entropy": F.cross_entropy(outputs.logits, targets),
+            "cross_entropy": F.cross_entropy(logits, targets),
             "cluster": cluster,
             "separation": separation,
             "l1": (self.last_layer.weight * wrong).abs().sum(),

@@ -123,17 +123,51 @@ def test_bad_arguments_and_inputs() -> None:
     logits = head(torch.rand(2, 5, 3, 3))
     with pytest.raises(ValueError, match="not the logits"):
         head.loss_terms(logits.clone(), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="not the logits"):  # another head's logits
+        head.loss_terms(make_head()(torch.rand(2, 5, 3, 3)), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="targets"):
         head.loss_terms(logits, torch.tensor([0, 1, 2]))
 
 
-def test_deepcopy_and_pickle_after_forward() -> None:
-    head = make_head()
-    head(torch.rand(2, 5, 3, 3))
-    assert head.last_output is not None
+def test_head_keeps_nothing_from_a_forward_and_an_explainers_graph_is_freed() -> None:
+    """No graph outlives its caller: after an explainer's call (and after a dropped training forward)
+    the tensors saved in that forward's graph are gone; the head still deep-copies and pickles."""
+    import gc
+    import pickle
+    import weakref
+
+    from lightning_xai.attribution import Saliency
+
+    torch.manual_seed(0)
+    head = PrototypeHead(5, 3, prototypes_per_class=2, prototype_dim=4)
+    net = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), head)
+    saved: list[weakref.ref] = []  # the embedding, saved by the sigmoid for backward: alive while the graph is
+    outputs: list[weakref.ref] = []  # the head's logits, the root of the forward's graph (their grad_fn)
+    handles = [
+        head.add_on[-1].register_forward_hook(lambda m, a, out: saved.append(weakref.ref(out))),
+        head.register_forward_hook(lambda m, a, out: outputs.append(weakref.ref(out))),
+    ]
+    try:
+        attribution = Saliency()(net, torch.rand(2, 3, 6, 6), target=1)
+        gc.collect()
+        assert attribution.shape == (2, 3, 6, 6) and len(outputs) == 1
+        assert outputs[0]() is None, "the explainer's forward graph outlived its call"
+        assert not any(isinstance(v, torch.Tensor) for v in vars(head).values())
+        logits = net(torch.rand(2, 3, 6, 6))
+        assert saved[1]() is not None  # alive while the caller holds the logits ...
+        del logits
+        gc.collect()
+        assert saved[1]() is None  # ... and freed with them
+        logits = net(torch.rand(2, 3, 6, 6))
+        head.loss_terms(logits, torch.tensor([0, 2]))["loss"].backward()  # the losses still reach the distances
+        assert head.prototypes.grad is not None and head.prototypes.grad.abs().sum() > 0
+    finally:
+        for handle in handles:
+            handle.remove()
     clone = copy.deepcopy(head)
-    assert clone.last_output is None
     torch.testing.assert_close(clone.prototypes, head.prototypes)
+    restored = pickle.loads(pickle.dumps(head))
+    torch.testing.assert_close(restored.prototypes, head.prototypes)
 
 
 def brute_force_nearest(head: PrototypeHead, features: torch.Tensor, labels: torch.Tensor):
