@@ -94,8 +94,17 @@ def _load_items(dataset: Dataset, indices: Sequence[int]) -> Tensor:
 class PrototypePush(MonitorBase):
     """ProtoPNet's push (prototype projection) as a callback. **It changes the model on purpose.**
 
-    At the scheduled epochs (the end of every ``every_n_epochs``-th validation epoch, see
-    :class:`~lightning_xai.callbacks.MonitorBase`) it streams the training dataset once (in order,
+    Schedule: at the end of the validation of every ``every_n_epochs``-th epoch, counting only the
+    epochs outside a last-layer stage of the trainer's :class:`PrototypeStages` (as in the authors'
+    ``main.py``, whose last-layer iterations are an inner loop after each push: with the defaults,
+    a push every 10 warm/joint epochs and 20 last-layer epochs after it, a 30-epoch cycle). A push
+    is only scheduled where what follows it fits before ``max_epochs``: its whole last-layer stage
+    (at least one validated epoch without :class:`PrototypeStages`), so a push never runs on the
+    final epoch and the fit ends on the model its last validation measured. A due push that does
+    not fit is skipped, with a warning at ``setup`` (:meth:`plan` gives the schedule). A fit ended
+    earlier by ``max_steps``, early stopping or a time limit is not foreseen.
+
+    Each push streams the training dataset once (in order,
     no shuffling, this rank's share under DDP), embeds every image with the model in eval mode,
     and keeps for each prototype the nearest embedding patch of an image of the prototype's own
     class; the per-rank nearest patches are all-gathered and reduced, so every rank pushes the
@@ -162,6 +171,78 @@ class PrototypePush(MonitorBase):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # a training step, not only a monitor: it runs (and logs nothing) without a logger
         self.check(trainer, pl_module)
+        if stage == "fit":
+            self._warn_skipped(trainer)
+
+    # -- schedule --------------------------------------------------------------------------------
+    @staticmethod
+    def _stages(trainer: pl.Trainer) -> Optional[PrototypeStages]:
+        stages = [c for c in trainer.callbacks if isinstance(c, PrototypeStages)]  # type: ignore[attr-defined]
+        return stages[0] if stages else None
+
+    def decision(
+        self, epoch: int, push_epochs: Sequence[int], max_epochs: Optional[int], stages: Optional[PrototypeStages]
+    ) -> Optional[str]:
+        """Whether a push runs at the end of ``epoch``, given the earlier ``push_epochs``.
+
+        Returns ``"push"``, ``"skip"`` (due, but what must follow it does not fit before
+        ``max_epochs``; ``None`` or negative: no known end) or ``None`` (not due).
+        """
+        if stages is not None:
+            if stages.stage_at(epoch, push_epochs) == "last_layer":
+                return None
+            trained = epoch + 1 - stages.last_layer_epochs_through(epoch, push_epochs)
+            after = max(stages.last_layer_epochs, 1)
+        else:
+            trained, after = epoch + 1, 1
+        if trained % self.every_n_epochs:
+            return None
+        if max_epochs is not None and max_epochs >= 0 and epoch + after > max_epochs - 1:
+            return "skip"
+        return "push"
+
+    def plan(self, max_epochs: int, stages: Optional[PrototypeStages] = None) -> tuple[list[int], list[int]]:
+        """The epochs a fresh fit of ``max_epochs`` pushes at, and those where a due push is skipped.
+
+        Example:
+            >>> PrototypePush(every_n_epochs=10).plan(100, PrototypeStages(warm_epochs=5, last_layer_epochs=20))
+            ([9, 39, 69], [99])
+        """
+        pushes: list[int] = []
+        skipped: list[int] = []
+        for epoch in range(max_epochs):
+            decision = self.decision(epoch, pushes, max_epochs, stages)
+            if decision == "push":
+                pushes.append(epoch)
+            elif decision == "skip":
+                skipped.append(epoch)
+        return pushes, skipped
+
+    def _warn_skipped(self, trainer: pl.Trainer) -> None:
+        max_epochs = trainer.max_epochs
+        if max_epochs is None or max_epochs < 0:
+            return
+        stages = self._stages(trainer)
+        pushes, skipped = self.plan(max_epochs, stages)
+        if not skipped:
+            return
+        if stages is not None and stages.last_layer_epochs > 0:
+            after, follow = stages.last_layer_epochs, f"its {stages.last_layer_epochs} last-layer epoch(s)"
+        else:
+            after, follow = 1, "a validated epoch after it"
+        last = f"the last push runs after epoch {pushes[-1]}" if pushes else "no push runs"
+        self.warn(
+            f"with max_epochs={max_epochs}, the push(es) due after epoch(s) {skipped} are skipped: {follow} would "
+            f"not fit before the fit ends, which must end on a validated model; {last}. "
+            f"max_epochs={skipped[0] + after + 1} would fit the first of them."
+        )
+
+    @override
+    def _epoch_due(self, trainer: pl.Trainer) -> bool:
+        if self.every_n_steps is not None or self._last_epoch_run == trainer.current_epoch:
+            return False
+        epoch = int(trainer.current_epoch)
+        return self.decision(epoch, self.push_epochs, trainer.max_epochs, self._stages(trainer)) == "push"
 
     @override
     def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -275,6 +356,14 @@ class PrototypeStages(Callback):
       term on the wrong-class weights);
     * ``"joint"`` otherwise: backbone, add-on layers and prototypes train.
 
+    The default of 20 last-layer epochs is the authors' (``main.py`` runs 20 last-layer
+    iterations after every push, each a full epoch over the training set followed by a test
+    pass). Here each is one trainer epoch with its validation, so every push adds 20 epochs:
+    each a full forward pass over the training set (the backward reaches only the last layer,
+    so one costs roughly a third of a joint epoch when the backbone dominates). Those epochs do
+    not count towards the push period, and :class:`PrototypePush` only pushes where the whole
+    stage fits before ``max_epochs`` (so the fit ends on a validated model).
+
     The switch sets ``requires_grad`` (:func:`~lightning_xai.modules.set_stage`); build one
     optimiser over :func:`~lightning_xai.modules.prototype_parameter_groups` so a frozen group
     simply gets no gradient. With ``learning_rates`` (stage -> group name -> lr) the callback also
@@ -293,13 +382,15 @@ class PrototypeStages(Callback):
             ``find_unused_parameters``.
 
     Example:
-        >>> stages = PrototypeStages(warm_epochs=5, last_layer_epochs=1)
+        >>> stages = PrototypeStages(warm_epochs=5, last_layer_epochs=20)
+        >>> [stages.stage_at(e, push_epochs=[9]) for e in (4, 9, 10, 29, 30)]
+        ['warm', 'joint', 'last_layer', 'last_layer', 'joint']
     """
 
     def __init__(
         self,
         warm_epochs: int = 5,
-        last_layer_epochs: int = 1,
+        last_layer_epochs: int = 20,
         learning_rates: Optional[Mapping[str, Mapping[str, float]]] = None,
     ) -> None:
         self.warm_epochs = check_int("warm_epochs", warm_epochs, 0)
@@ -350,6 +441,17 @@ class PrototypeStages(Callback):
         if earlier and epoch - max(earlier) <= self.last_layer_epochs:
             return "last_layer"
         return "joint"
+
+    def last_layer_epochs_through(self, epoch: int, push_epochs: Sequence[int]) -> int:
+        """How many of the epochs ``0 .. epoch`` are ``"last_layer"`` by :meth:`stage_at` (``O(pushes)``)."""
+        pushes = sorted(set(int(p) for p in push_epochs))
+        count = 0
+        for i, p in enumerate(pushes):
+            following = pushes[i + 1] if i + 1 < len(pushes) else math.inf
+            low = max(p + 1, self.warm_epochs)
+            high = min(p + self.last_layer_epochs, following, epoch)
+            count += max(0, int(high) - low + 1)
+        return count
 
     def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         set_stage(pl_module, stage)

@@ -41,13 +41,15 @@ from torch.utils.data import Dataset  # noqa: E402
 
 
 class PushRecorder(pl.Callback):
-    """Listed before PrototypePush: keeps the prototypes as they were before each push, and (rank
-    zero, at fit end) saves them with the final weights to ``out_file`` (ddp_spawn runs in children)."""
+    """Listed before PrototypePush: keeps the prototypes as they were before each push and the weights
+    at each training-epoch end (after that epoch's validation and push), and (rank zero, at fit end)
+    saves them with the final weights to ``out_file`` (ddp_spawn runs in children)."""
 
     def __init__(self, out_file: str) -> None:
         self.out_file = out_file
         self.before: dict[int, Tensor] = {}
         self.requires_grad: dict[int, dict[str, bool]] = {}
+        self.after: dict[int, dict[str, Tensor]] = {}
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         head = pl_module.head
@@ -56,6 +58,7 @@ class PushRecorder(pl.Callback):
             "prototypes": head.prototypes.requires_grad,
             "last_layer": head.last_layer.weight.requires_grad,
         }
+        self.after[trainer.current_epoch] = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -64,7 +67,8 @@ class PushRecorder(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
-            torch.save({"before": self.before, "state": state, "world_size": trainer.world_size}, self.out_file)
+            saved = {"before": self.before, "after": self.after, "state": state, "world_size": trainer.world_size}
+            torch.save(saved, self.out_file)
 
 
 class LabelledImages(Dataset):

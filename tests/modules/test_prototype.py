@@ -196,6 +196,12 @@ def test_nearest_patches_match_brute_force_over_batches_and_ranks() -> None:
     labels = torch.tensor([0, 1, 2, 1, 0, 2, 1])
     with torch.no_grad():
         expected = brute_force_nearest(head, features, labels)
+        # the exact index checks below assume no ties: the nearest patch beats the runner-up by far more than
+        # float64 rounding of these 4-term sums (~1e-15)
+        d = head.distances(features)
+        for j in range(head.num_prototypes):
+            own = d[labels == head.prototype_class[j], j].flatten().sort().values
+            assert own[1] - own[0] > 1e-9
     nearest = NearestPatches.empty(head)
     for chunk in (slice(0, 3), slice(3, 5), slice(5, 7)):  # streamed in batches, indices offset by 100
         nearest.update(head, features[chunk], labels[chunk], torch.arange(7)[chunk] + 100)
