@@ -258,7 +258,10 @@ def test_schedule_leaves_room_for_the_last_layer_stage() -> None:
 def test_fit_ends_on_the_validated_model(tmp_path: Path) -> None:
     """The last push is followed by its validated last-layer epoch, so the returned model is the one the last
     validation measured: validating it again gives exactly the last logged val/acc (same model, same batches)."""
-    push, stages = PrototypePush(every_n_epochs=2, log_gallery=False), PrototypeStages(warm_epochs=1, last_layer_epochs=1)
+    push, stages = (
+        PrototypePush(every_n_epochs=2, log_gallery=False),
+        PrototypeStages(warm_epochs=1, last_layer_epochs=1),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # a schedule that fits warns nothing
         warnings.filterwarnings("ignore", message=".*(does not have many workers|val_dataloader|train_dataloader).*")
