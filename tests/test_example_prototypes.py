@@ -26,6 +26,7 @@ def test_prototype_example_runs_and_writes_pictures(tmp_path: Path) -> None:
     ]
     results = module.main([*argv, "--log-dir", str(tmp_path / "logs"), "--docs", str(tmp_path / "docs")])
     assert 0.0 <= results["prototype_acc"] <= 1.0 and 0.0 <= results["linear_acc"] <= 1.0
+    assert results["prototype_validated_val_acc"] == results["prototype_last_logged_val_acc"]  # ends validated
     assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == [
         "prototypes_gallery.png",
         "prototypes_this_looks_like_that_0.png",
