@@ -339,7 +339,7 @@ def _grad_cam_attack_map(explainer: Any) -> AttackMapFn:
     """Grad-CAM (or Grad-CAM++) at the explainer's layer, differentiable in the input: the layer's
     activation and its gradient (``create_graph``) combined by the explainer's own weights,
     ``ReLU(sum_k w_k A_k)``, upsampled as the explainer does."""
-    from lightning_xai.attribution.cam import LayerCapture, _weighted_sum, upsample
+    from lightning_xai.attribution.cam import LayerCapture, upsample, weighted_channel_sum
 
     def attack_map(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
         name = explainer.layer_name(model)
@@ -355,7 +355,7 @@ def _grad_cam_attack_map(explainer: Any) -> AttackMapFn:
             handle.remove()
         activation = capture.activation
         (gradient,) = torch.autograd.grad(scores.sum(), activation, create_graph=True)
-        maps = _weighted_sum(explainer._weights(activation, gradient), activation)
+        maps = weighted_channel_sum(explainer._weights(activation, gradient), activation)
         return upsample(maps, inputs.shape[-2:], explainer.interpolate_mode)
 
     return attack_map
