@@ -123,15 +123,14 @@ __all__ = [
     "estimate_patterns",
 ]
 
-# The trained masking model's explainer lives with its module; importing it registers "masking_model".
-# (lightning_xai.modules.masking imports this package: when it is the one importing us, it is
-# still half-built here, so its class is looked up on access.)
-import lightning_xai.modules.masking as _masking  # noqa: E402
-
+# The trained masking model's explainer lives with its module (lightning_xai.modules.masking, which
+# imports this package); it is imported on first access, and `get_explainer("masking_model")` imports it too.
 __all__ += ["MaskingModelExplainer"]
 
 
 def __getattr__(name: str) -> object:
     if name == "MaskingModelExplainer":
-        return _masking.MaskingModelExplainer
+        from lightning_xai.modules.masking import MaskingModelExplainer
+
+        return MaskingModelExplainer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

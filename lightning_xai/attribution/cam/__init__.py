@@ -38,7 +38,6 @@ every block) has no single activation, and asking for it raises
 """
 
 from lightning_xai.attribution.cam.base import (
-    LayerCAMBase,
     forward_chunk_rows,
     minmax_normalize,
     upsample,
@@ -67,7 +66,6 @@ __all__ = [
     "GradCAM",
     "GradCAMPlusPlus",
     "GuidedGradCAM",
-    "LayerCAMBase",
     "LayerCapture",
     "ScoreCAM",
     "activated_last_conv",

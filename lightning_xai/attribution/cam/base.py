@@ -4,6 +4,7 @@ sum, chunk sizing and the layer-map base class."""
 from __future__ import annotations
 
 import warnings
+from abc import abstractmethod
 from typing import ClassVar
 
 import torch
@@ -25,7 +26,7 @@ from lightning_xai.attribution.cam.layers import LAST_CONV, is_global_pool, pool
 from lightning_xai.attribution.capture import INPUT_SUFFIX
 from lightning_xai.errors import LightningXAIError
 
-__all__ = ["LayerCAMBase", "forward_chunk_rows", "minmax_normalize", "upsample", "weighted_channel_sum"]
+__all__ = ["forward_chunk_rows", "minmax_normalize", "upsample", "weighted_channel_sum"]
 
 _INTERPOLATE_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
 
@@ -147,7 +148,7 @@ def forward_chunk_rows(inputs: Tensor) -> int:
 # --------------------------------------------------------------------------------------------
 # the layer-map family
 # --------------------------------------------------------------------------------------------
-class LayerCAMBase(Explainer):
+class _LayerCAMBase(Explainer):
     """Shared configuration of the maps computed at one layer and upsampled to the input."""
 
     region: ClassVar[bool] = True
@@ -215,11 +216,11 @@ class LayerCAMBase(Explainer):
         maps, _ = self._layer_map(model, inputs, target, ctx)
         return upsample(maps, inputs.shape[-2:], self.interpolate_mode)
 
+    @abstractmethod
     def _layer_map(
         self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext
     ) -> tuple[Tensor, Tensor]:
         """``([B, 1, h, w] map, resolved [B] target)``."""
-        raise NotImplementedError
 
     def _where(self) -> str:
         return f" at layer {self.layer!r}" if self.layer else " at the default layer (the global pool's input)"

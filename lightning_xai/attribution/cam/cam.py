@@ -14,7 +14,7 @@ from lightning_xai.attribution.base import (
     get_layer,
     resolve_target,
 )
-from lightning_xai.attribution.cam.base import LayerCAMBase, _check_name, _spatial, weighted_channel_sum
+from lightning_xai.attribution.cam.base import _check_name, _LayerCAMBase, _spatial, weighted_channel_sum
 from lightning_xai.attribution.cam.layers import _is_global
 from lightning_xai.attribution.capture import INPUT_SUFFIX, capture_layer
 from lightning_xai.errors import LightningXAIError
@@ -22,7 +22,7 @@ from lightning_xai.errors import LightningXAIError
 __all__ = ["CAM"]
 
 
-class CAM(LayerCAMBase):
+class CAM(_LayerCAMBase):
     """Class activation mapping (Zhou et al., 2016): ``ReLU(sum_k w_ck A_k)``, upsampled.
 
     Needs a model whose classifier is ``features -> global average pooling -> nn.Linear``:
@@ -125,7 +125,7 @@ class CAM(LayerCAMBase):
         """
         self._head(model)
         if self.layer is not None:
-            LayerCAMBase.layer_name(self, model)
+            _LayerCAMBase.layer_name(self, model)
 
     def layer_name(self, model: nn.Module) -> str:
         """``layer`` (resolved as in :meth:`GradCAM.layer_name`), or by default ``"<gap>:input"``:
@@ -136,7 +136,7 @@ class CAM(LayerCAMBase):
         """
         if self.layer is None:
             return self._head(model)[2] + INPUT_SUFFIX
-        return LayerCAMBase.layer_name(self, model)
+        return _LayerCAMBase.layer_name(self, model)
 
     def _layer_map(
         self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext
@@ -166,7 +166,7 @@ class CAM(LayerCAMBase):
             activation = pooled[0]
             where = f"the input of the global average pooling {gap_name!r}"
         else:
-            name = LayerCAMBase.layer_name(self, model)
+            name = _LayerCAMBase.layer_name(self, model)
             capture = capture_layer(ctx, model, name, method=self._method)
             with torch.no_grad():
                 outputs = model(inputs.detach())

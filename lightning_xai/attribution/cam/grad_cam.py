@@ -10,13 +10,13 @@ from lightning_xai.attribution.base import (
     TargetType,
     accumulation_dtype,
 )
-from lightning_xai.attribution.cam.base import LayerCAMBase, _spatial, weighted_channel_sum
+from lightning_xai.attribution.cam.base import _LayerCAMBase, _spatial, weighted_channel_sum
 from lightning_xai.attribution.capture import layer_activation_and_gradient
 
 __all__ = ["GradCAM"]
 
 
-class GradCAM(LayerCAMBase):
+class GradCAM(_LayerCAMBase):
     """Grad-CAM (Selvaraju et al., 2016): ``ReLU(sum_k mean_ij(dS_c/dA_k) A_k)``, upsampled.
 
     ``A`` is the output of ``layer`` (its true output even when an in-place ReLU follows: see the

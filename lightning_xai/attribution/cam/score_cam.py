@@ -15,13 +15,13 @@ from lightning_xai.attribution.base import (
     run_chunked,
     select_scores,
 )
-from lightning_xai.attribution.cam.base import LayerCAMBase, _spatial, forward_chunk_rows, weighted_channel_sum
+from lightning_xai.attribution.cam.base import _LayerCAMBase, _spatial, forward_chunk_rows, weighted_channel_sum
 from lightning_xai.attribution.capture import capture_layer
 
 __all__ = ["ScoreCAM"]
 
 
-class ScoreCAM(LayerCAMBase):
+class ScoreCAM(_LayerCAMBase):
     """Score-CAM (Wang et al., 2020), as pytorch-grad-cam 1.5.7 defines it. No gradients.
 
     Each channel ``A_k`` of the layer output is upsampled to the input size (bilinear with
