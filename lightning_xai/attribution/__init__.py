@@ -123,14 +123,15 @@ __all__ = [
     "estimate_patterns",
 ]
 
-# The trained masking model's explainer lives with its module (lightning_xai.modules.masking, which
-# imports this package); it is imported on first access, and `get_explainer("masking_model")` imports it too.
-__all__ += ["MaskingModelExplainer"]
+# The trained masking model's explainer lives with its module: `lightning_xai.modules.MaskingModelExplainer`
+# (`get_explainer("masking_model")` finds it). This package never imports lightning_xai.modules.
+_MOVED = {"MaskingModelExplainer": "lightning_xai.modules.MaskingModelExplainer"}
 
 
 def __getattr__(name: str) -> object:
-    if name == "MaskingModelExplainer":
-        from lightning_xai.modules.masking import MaskingModelExplainer
-
-        return MaskingModelExplainer
+    if name in _MOVED:
+        raise AttributeError(
+            f"`lightning_xai.attribution.{name}` has moved: import it as `{_MOVED[name]}` "
+            "(this package does not import lightning_xai.modules)."
+        )
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,6 +27,7 @@ from lightning_xai.errors import LightningXAIError
 from lightning_xai.metrics.functional._common import (
     ExplainFn,
     check_batch,
+    check_explainer,
     explain_batched,
     generator_for,
     given_or_explained,
@@ -45,14 +46,6 @@ __all__ = [
     "default_attack_map",
     "softplus_twin",
 ]
-
-
-def _check_explainer(explainer: object, method: str) -> None:
-    if not callable(explainer):
-        raise TypeError(
-            f"{method}: expected `explainer` to be callable as explainer(model, inputs, target), "
-            f"but got {type(explainer).__name__}."
-        )
 
 
 def _map_changes(
@@ -147,7 +140,7 @@ def local_lipschitz(
         tensor([0., 0.])
     """
     method = "local_lipschitz"
-    _check_explainer(explainer, method)
+    check_explainer(explainer, method)
     check_int("samples", samples, 1)
     check_float("std", std, 0.0)
     check_int("seed", seed, 0)
@@ -199,7 +192,7 @@ def max_sensitivity(
         tensor([0., 0.])
     """
     method = "max_sensitivity"
-    _check_explainer(explainer, method)
+    check_explainer(explainer, method)
     check_int("samples", samples, 1)
     check_float("radius", radius, 0.0)
     check_int("seed", seed, 0)
@@ -474,7 +467,7 @@ def _fragility_attack(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(attacked inputs [B, ...], top-k intersection [B], centre shift [B])`` (float64 scores)."""
     method = "fragility"
-    _check_explainer(explainer, method)
+    check_explainer(explainer, method)
     if attack not in ATTACKS:
         raise ValueError(f"{method}: expected argument `attack` to be one of {ATTACKS}, but got {attack!r}.")
     check_float("epsilon", epsilon, 0.0)
