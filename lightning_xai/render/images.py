@@ -33,6 +33,9 @@ __all__ = [
     "image_grid",
     "annotated_grid",
     "evolution_strip",
+    "COLORBAR_TEXT",
+    "MIN_TILE_PX",
+    "MIN_CELL_PX",
     "to_uint8_hwc",
     "save_png",
 ]
@@ -299,34 +302,79 @@ def _font(size_px: int) -> object:
     return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size_px)
 
 
+def _wrap(text: str, font: object, max_px: float) -> list[str]:
+    """Greedy word wrap of ``text`` (its ``\\n`` kept) to lines at most ``max_px`` wide in ``font``;
+    a word wider than the line is cut between characters."""
+    measure = font.getlength  # type: ignore[attr-defined]
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if measure(candidate) <= max_px:
+                line = candidate
+                continue
+            if line:
+                lines.append(line)
+            while measure(word) > max_px and len(word) > 1:
+                cut = max(1, max(i for i in range(1, len(word) + 1) if measure(word[:i]) <= max_px or i == 1))
+                lines.append(word[:cut])
+                word = word[cut:]
+            line = word
+        lines.append(line)
+    return lines
+
+
+MIN_TILE_PX = 128
+"""Tiles are upscaled (nearest, by an integer factor) until their longer side is at least this many pixels."""
+MIN_CELL_PX = 112
+"""A grid cell is at least this wide, so that a caption under a small tile stays readable."""
+
+
 def _compose(
-    tiles: Tensor, captions: Sequence[str], ncols: int, title: str | None, scale: int | None, fontsize: float
+    tiles: Tensor,
+    captions: Sequence[str],
+    ncols: int,
+    title: str | None,
+    scale: int | None,
+    fontsize: float,
+    colorbar: str | None = None,
+    cmap: str | None = None,
 ) -> Tensor:
     """Lay out ``tiles`` ``[N, 3, h, w]`` on a white canvas, each captioned below, with a title.
 
     Tiles are upscaled by an integer ``scale`` (nearest: pixel for pixel, colours exact) and
     pasted as arrays; only the text goes through PIL (with matplotlib's DejaVu Sans), which keeps
-    this cheap enough to run every epoch for every probe image.
+    this cheap enough to run every epoch for every probe image. Captions and the title are
+    wrapped to their width, never clipped and never drawn over a neighbour.
     """
     from PIL import Image, ImageDraw
 
     n, _, h, w = tiles.shape
     if scale is None:
-        scale = max(1, math.ceil(128 / max(h, w)))
+        scale = max(1, math.ceil(MIN_TILE_PX / max(h, w)))
     elif isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ValueError(f"Expected argument `scale` to be a positive int or None, but got {scale!r}.")
     tile_h, tile_w = h * scale, w * scale
     pad = 8
     font_px = max(6, round(fontsize * 100.0 / 72.0))
+    font = _font(font_px)
     line_px = int(math.ceil(font_px * 1.3))
-    lines = max((c.count("\n") + 1 if c else 0) for c in captions)
-    caption_px = lines * line_px + (4 if lines else 0)
-    title_font_px = round(1.2 * font_px)
-    title_px = (title.count("\n") + 1) * int(math.ceil(title_font_px * 1.3)) + pad if title else 0
     cols = min(ncols, n)
     rows = math.ceil(n / cols)
-    cell_w, cell_h = tile_w + 2 * pad, tile_h + caption_px + pad
-    width_px, height_px = cols * cell_w, rows * cell_h + title_px + pad
+    cell_w = max(tile_w, MIN_CELL_PX) + 2 * pad
+    wrapped = ["\n".join(_wrap(c, font, cell_w - 4)) if c else "" for c in captions]
+    lines = max((c.count("\n") + 1 if c else 0) for c in wrapped)
+    caption_px = lines * line_px + (4 if lines else 0)
+    title_font_px = round(1.2 * font_px)
+    title_font = _font(title_font_px)
+    width_px = cols * cell_w
+    title_text = "\n".join(_wrap(title, title_font, width_px - 2 * pad)) if title else ""
+    title_px = (title_text.count("\n") + 1) * int(math.ceil(title_font_px * 1.3)) + pad if title else 0
+    bar = _colorbar_rows(colorbar, cmap, min(width_px - 2 * pad, 360), font) if colorbar else None
+    bar_px = bar.shape[0] + pad if bar is not None else 0
+    cell_h = tile_h + caption_px + pad
+    height_px = rows * cell_h + title_px + pad + bar_px
 
     canvas = np.full((height_px, width_px, 3), 255, dtype=np.uint8)
     array = (tiles.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
@@ -336,22 +384,63 @@ def _compose(
     anchors = []
     for i in range(n):
         r, c = divmod(i, cols)
-        left, top = c * cell_w + pad, title_px + pad + r * cell_h
+        left, top = c * cell_w + (cell_w - tile_w) // 2, title_px + pad + r * cell_h
         canvas[top : top + tile_h, left : left + tile_w] = array_np[i]
-        anchors.append((left + tile_w / 2, top + tile_h + 3))
+        anchors.append((c * cell_w + cell_w / 2, top + tile_h + 3))
+    if bar is not None:
+        top = title_px + pad + rows * cell_h
+        left = (width_px - bar.shape[1]) // 2
+        canvas[top : top + bar.shape[0], left : left + bar.shape[1]] = bar
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
     if title:
         draw.multiline_text(
-            (width_px / 2, pad / 2), title, fill=(0, 0, 0), font=_font(title_font_px), anchor="ma", align="center"
+            (width_px / 2, pad / 2), title_text, fill=(0, 0, 0), font=title_font, anchor="ma", align="center"
         )
-    font = _font(font_px)
-    for (x, y), caption in zip(anchors, captions):
+    for (x, y), caption in zip(anchors, wrapped):
         if caption:
             draw.multiline_text(
                 (x, y), caption, fill=(0, 0, 0), font=font, anchor="ma", align="center", spacing=line_px - font_px
             )
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0
+
+
+COLORBAR_TEXT = {
+    "signed": ("-max", "0", "+max", "red: raises the class score, blue: lowers it (scale per map)"),
+    "unsigned": ("0", "", "max", "attribution, low to high (scale per map)"),
+}
+"""The labels under a colour bar: left, centre and right ticks and the legend line, by kind."""
+
+
+def _colorbar_rows(kind: str, cmap: str | None, width: int, font: object) -> np.ndarray:
+    """A ``[h, width, 3]`` uint8 colour bar with its tick labels and legend, white background."""
+    from PIL import Image, ImageDraw
+
+    if kind not in COLORBAR_TEXT:
+        raise ValueError(f"Expected argument `colorbar` to be one of 'signed', 'unsigned' or None, but got {kind!r}.")
+    signed = kind == "signed"
+    name = cmap if cmap is not None else (DEFAULT_SIGNED_CMAP if signed else DEFAULT_UNSIGNED_CMAP)
+    lut = colormap_lut(name)
+    ramp = lut[torch.linspace(0, _LUT_SIZE - 1, width).round().long()]  # [width, 3]
+    bar_h = 12
+    size_px = getattr(font, "size", 12)
+    line_px = int(math.ceil(size_px * 1.3))
+    left, centre, right, legend = COLORBAR_TEXT[kind]
+    legend_lines = _wrap(legend, font, width)
+    height = bar_h + 2 + line_px * (1 + len(legend_lines))
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    canvas[:bar_h] = (ramp * 255.0).round().to(torch.uint8).numpy()[None]
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    y = bar_h + 2
+    draw.text((0, y), left, fill=(0, 0, 0), font=font, anchor="la")
+    if centre:
+        draw.text((width / 2, y), centre, fill=(0, 0, 0), font=font, anchor="ma")
+    draw.text((width, y), right, fill=(0, 0, 0), font=font, anchor="ra")
+    draw.multiline_text(
+        (width / 2, y + line_px), "\n".join(legend_lines), fill=(0, 0, 0), font=font, anchor="ma", align="center"
+    )
+    return np.asarray(image).copy()
 
 
 def annotated_grid(
@@ -361,12 +450,15 @@ def annotated_grid(
     title: str | None = None,
     scale: int | None = None,
     fontsize: float = 12.0,
+    colorbar: str | None = None,
+    cmap: str | None = None,
 ) -> Tensor:
     """A grid of images, each captioned below, as an RGB tensor.
 
     Tiles are upscaled with nearest-neighbour (by ``scale``; by default until a tile is at least
-    128 pixels wide) so that 32x32 inputs stay sharp and captions such as
-    ``"true: circle\\npred: square (0.93)"`` stay readable. Tiles are pasted pixel for pixel, never
+    :data:`MIN_TILE_PX` pixels wide) so that 28x28 inputs stay sharp, and every cell is at least
+    :data:`MIN_CELL_PX` wide; captions such as ``"true: circle\\npred: square (0.93)"`` are
+    wrapped to the cell's width, never clipped or drawn over a neighbour. Tiles are pasted pixel for pixel, never
     resampled; text is drawn with matplotlib's DejaVu Sans through PIL (a few milliseconds, so a
     callback can afford it every epoch).
 
@@ -377,6 +469,10 @@ def annotated_grid(
         title: Optional title over the grid.
         scale: Integer upscaling factor of the tiles; ``None`` picks one.
         fontsize: Caption font size in points at 100 dpi (the title is 1.2x).
+        colorbar: ``"signed"`` or ``"unsigned"`` draws the colour bar of the heatmaps under the
+            grid, with its ticks and what the colours mean (:data:`COLORBAR_TEXT`); ``None``
+            (default) draws none.
+        cmap: The colour map of the bar (default: the signed or unsigned default).
 
     Returns:
         ``[3, H', W']`` float RGB in ``[0, 1]``.
@@ -384,7 +480,7 @@ def annotated_grid(
     Raises:
         TypeError: ``images`` is not a tensor or a caption is not a str.
         ValueError: ``images`` is not ``[N, 3, H, W]`` with ``N >= 1``, the number of captions
-            differs from ``N``, or ``ncols``/``scale`` is not positive.
+            differs from ``N``, ``ncols``/``scale`` is not positive, or ``colorbar`` is unknown.
 
     Example:
         >>> grid = annotated_grid(torch.rand(2, 3, 32, 32), ["true: circle\\npred: square (0.93)", "b"])
@@ -402,7 +498,7 @@ def annotated_grid(
             raise TypeError(f"Expected every caption to be a str, but got {caption!r}.")
     if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
         raise ValueError(f"Expected argument `ncols` to be a positive int, but got {ncols!r}.")
-    return _compose(images, captions, ncols, title, scale, fontsize)
+    return _compose(images, captions, ncols, title, scale, fontsize, colorbar, cmap)
 
 
 def evolution_strip(
