@@ -33,6 +33,7 @@ __all__ = [
     "image_grid",
     "annotated_grid",
     "evolution_strip",
+    "table_image",
     "COLORBAR_TEXT",
     "MIN_TILE_PX",
     "MIN_CELL_PX",
@@ -499,6 +500,101 @@ def annotated_grid(
     if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
         raise ValueError(f"Expected argument `ncols` to be a positive int, but got {ncols!r}.")
     return _compose(images, captions, ncols, title, scale, fontsize, colorbar, cmap)
+
+
+def table_image(columns: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None) -> Tensor:
+    """A table drawn as one picture: a header row of column names, then one row per entry.
+
+    Image cells (``[3, H, W]`` or ``[1, H, W]`` tensors in ``[0, 1]``) are upscaled (nearest, an
+    integer factor) to at least :data:`MIN_TILE_PX`; other cells are drawn as text, wrapped to the
+    column's width. For loggers without tables (TensorBoard), so the thumbnails keep their labels.
+
+    Args:
+        columns: The column names.
+        rows: Rows of cells, each as long as ``columns``.
+        title: Optional title over the table.
+
+    Returns:
+        ``[3, H', W']`` float RGB in ``[0, 1]``.
+
+    Raises:
+        ValueError: No columns, or a row whose length differs from the columns'.
+
+    Example:
+        >>> table_image(["label", "map"], [["cat", torch.rand(3, 8, 8)], ["dog", torch.rand(3, 8, 8)]]).shape[0]
+        3
+    """
+    from PIL import Image, ImageDraw
+
+    if not columns:
+        raise ValueError("Expected at least one column, but got none.")
+    for i, row in enumerate(rows):
+        if len(row) != len(columns):
+            raise ValueError(f"Expected every row to have {len(columns)} cells, but row {i} has {len(row)}.")
+    pad, font_px = 6, 17
+    font, header_font = _font(font_px), _font(font_px)
+    line_px = int(math.ceil(font_px * 1.3))
+
+    def is_image(value: object) -> bool:
+        return isinstance(value, Tensor) and value.ndim == 3 and value.shape[0] in (1, 3)
+
+    images = [v for row in rows for v in row if is_image(v)]
+    side = max((max(v.shape[-2:]) for v in images), default=0)
+    scale = max(1, math.ceil(MIN_TILE_PX / side)) if side else 1
+    tile = side * scale
+    col_w = max(tile, MIN_CELL_PX) + 2 * pad
+    width = col_w * len(columns)
+    header = [_wrap(str(c), header_font, col_w - 2 * pad) for c in columns]
+    header_h = max(len(h) for h in header) * line_px + 2 * pad
+    bodies = [[None if is_image(v) else _wrap(str(v), font, col_w - 2 * pad) for v in row] for row in rows]
+    row_h = [
+        max([tile if is_image(v) else 0 for v in row] + [len(b or []) * line_px for b in body]) + 2 * pad
+        for row, body in zip(rows, bodies)
+    ]
+    title_lines = _wrap(title, header_font, width - 2 * pad) if title else []
+    title_h = len(title_lines) * line_px + pad if title else 0
+    canvas = np.full((title_h + header_h + sum(row_h), width, 3), 255, dtype=np.uint8)
+    canvas[title_h + header_h - 2 : title_h + header_h] = 0  # rule under the header
+    top = title_h + header_h
+    for row, height in zip(rows, row_h):
+        for j, value in enumerate(row):
+            if is_image(value):
+                img = value.detach().float().cpu().clamp(0, 1).expand(3, -1, -1)
+                h, w = img.shape[-2:]
+                big = (img * 255).round().to(torch.uint8).repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+                left = j * col_w + (col_w - w * scale) // 2
+                canvas[top + pad : top + pad + h * scale, left : left + w * scale] = big.permute(1, 2, 0).numpy()
+        top += height
+        canvas[top - 1 : top] = 200  # a light rule between rows
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    if title:
+        draw.multiline_text(
+            (width / 2, pad / 2), "\n".join(title_lines), fill=(0, 0, 0), font=header_font, anchor="ma", align="center"
+        )
+    for j, lines in enumerate(header):
+        draw.multiline_text(
+            (j * col_w + col_w / 2, title_h + pad),
+            "\n".join(lines),
+            fill=(0, 0, 0),
+            font=header_font,
+            anchor="ma",
+            align="center",
+        )
+    top = title_h + header_h
+    for body, height in zip(bodies, row_h):
+        for j, lines in enumerate(body):
+            if lines is not None:
+                draw.multiline_text(
+                    (j * col_w + col_w / 2, top + pad),
+                    "\n".join(lines),
+                    fill=(0, 0, 0),
+                    font=font,
+                    anchor="ma",
+                    align="center",
+                )
+        top += height
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).float() / 255.0
 
 
 def evolution_strip(

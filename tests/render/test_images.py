@@ -233,3 +233,14 @@ def test_colorbar_shows_the_colour_map_under_the_grid(kind: str):
 def test_unknown_colorbar_kind_raises():
     with pytest.raises(ValueError, match="colorbar"):
         annotated_grid(torch.zeros(1, 3, 8, 8), [""], colorbar="diverging")
+
+
+def test_table_image_labels_every_column_and_checks_rows():
+    from lightning_xai.render.images import table_image
+
+    one = table_image(["probe", "map"], [[0, torch.zeros(3, 8, 8)]])
+    two = table_image(["probe", "map"], [[0, torch.zeros(3, 8, 8)], [1, torch.ones(3, 8, 8)]])
+    assert one.shape[-1] == two.shape[-1] and two.shape[-2] > one.shape[-2]  # one row per entry
+    assert (two < 0.5).any()  # the header's text and rules are drawn
+    with pytest.raises(ValueError, match="row 0 has 1"):
+        table_image(["probe", "map"], [[0]])
