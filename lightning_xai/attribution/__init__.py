@@ -123,15 +123,15 @@ __all__ = [
     "estimate_patterns",
 ]
 
-# The trained masking model's explainer lives with its module; importing it registers "masking_model".
-# (lightning_xai.modules.masking imports this package: when it is the one importing us, it is
-# still half-built here, so its class is looked up on access.)
-import lightning_xai.modules.masking as _masking  # noqa: E402
-
-__all__ += ["MaskingModelExplainer"]
+# The trained masking model's explainer lives with its module: `lightning_xai.modules.MaskingModelExplainer`
+# (`get_explainer("masking_model")` finds it). This package never imports lightning_xai.modules.
+_MOVED = {"MaskingModelExplainer": "lightning_xai.modules.MaskingModelExplainer"}
 
 
 def __getattr__(name: str) -> object:
-    if name == "MaskingModelExplainer":
-        return _masking.MaskingModelExplainer
+    if name in _MOVED:
+        raise AttributeError(
+            f"`lightning_xai.attribution.{name}` has moved: import it as `{_MOVED[name]}` "
+            "(this package does not import lightning_xai.modules)."
+        )
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

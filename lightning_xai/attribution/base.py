@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import importlib
 import re
 import warnings
 from abc import ABC, abstractmethod
@@ -587,6 +588,10 @@ def value_bounds(inputs: Tensor) -> tuple[Tensor, Tensor]:
 # --------------------------------------------------------------------------------------------
 _REGISTRY: dict[str, type[Explainer]] = {}
 
+# Explainers registered by modules outside this package (which import it): the module is imported
+# on the first lookup of the name, so importing lightning_xai.attribution never imports them.
+_DEFERRED: dict[str, str] = {"masking_model": "lightning_xai.modules.masking"}
+
 
 def _snake(name: str) -> str:
     name = name.replace("CAM", "Cam")
@@ -611,20 +616,21 @@ def get_explainer(name: str, **kwargs: Any) -> Explainer:
     Raises:
         ValueError: unknown name (the message lists the known ones).
     """
+    if name in _DEFERRED and name not in _REGISTRY:
+        importlib.import_module(_DEFERRED[name])  # registers it
     try:
         cls = _REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3)
+        known = available_explainers()
+        close = difflib.get_close_matches(str(name), known, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(
-            f"Unknown explainer {name!r}.{hint} Known explainers: {', '.join(sorted(_REGISTRY))}."
-        ) from None
+        raise ValueError(f"Unknown explainer {name!r}.{hint} Known explainers: {', '.join(known)}.") from None
     return cls(**kwargs)
 
 
 def available_explainers() -> list[str]:
     """The names :func:`get_explainer` accepts."""
-    return sorted(_REGISTRY)
+    return sorted({*_REGISTRY, *_DEFERRED})
 
 
 # --------------------------------------------------------------------------------------------

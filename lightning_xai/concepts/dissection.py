@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from lightning_xai._validation import check_float, check_int
 from lightning_xai.attribution.base import chunks, get_layer, observe
-from lightning_xai.attribution.cam import LayerCapture
+from lightning_xai.attribution.capture import LayerCapture
 from lightning_xai.concepts.examples import _inputs_of
 from lightning_xai.errors import LightningXAIError
 

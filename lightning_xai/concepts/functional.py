@@ -32,7 +32,7 @@ from lightning_xai.attribution.base import (
     get_layer,
     observe,
 )
-from lightning_xai.attribution.cam import LayerCapture
+from lightning_xai.attribution.capture import LayerCapture
 from lightning_xai.errors import LightningXAIError
 
 __all__ = [

@@ -123,11 +123,14 @@ class InfluenceFunction:
 
         Args:
             model: The trained network (its current weights are used).
-            train_inputs, train_targets: The training examples to score (a tensor and its
+            train_inputs: The training examples to score (a tensor and its
                 targets, or a ``Dataset``/``DataLoader`` of ``(x, y)`` and ``None``), streamed.
-            test_inputs, test_targets: Test examples and targets (tensors).
-            hessian_inputs, hessian_targets: The examples whose mean loss defines ``H``; default:
+            train_targets: See ``train_inputs``.
+            test_inputs: Test examples and targets (tensors).
+            test_targets: See ``test_inputs``.
+            hessian_inputs: The examples whose mean loss defines ``H``; default:
                 the training examples.
+            hessian_targets: See ``hessian_inputs``.
 
         Returns:
             ``[N_test, N_train]`` scores on the model's device.

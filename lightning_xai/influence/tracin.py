@@ -152,10 +152,13 @@ class TracIn:
         """``[N_test, N_train]`` TracIn scores ``sum_c lr_c * <grad L(w_c, z_train), grad L(w_c, z_test)>``.
 
         Args:
-            model, checkpoints: As in :meth:`self_influence`.
-            train_inputs, train_targets: Training examples (a tensor and its targets, or a
+            model: As in :meth:`self_influence`.
+            checkpoints: As in :meth:`self_influence`.
+            train_inputs: Training examples (a tensor and its targets, or a
                 ``Dataset``/``DataLoader`` and ``None``), streamed.
-            test_inputs, test_targets: Test examples and their targets (tensors).
+            train_targets: See ``train_inputs``.
+            test_inputs: Test examples and their targets (tensors).
+            test_targets: See ``test_inputs``.
 
         Returns:
             ``[N_test, N_train]`` scores on the model's device (training examples in reading order).
@@ -222,7 +225,8 @@ class TracIn:
             batches: ``(indices [b], inputs [b, ...], targets [b])`` triples; ``indices`` index
                 the accumulators.
             self_influence: ``[N]`` accumulator, or ``None``.
-            test_inputs, test_targets: Test examples for ``scores`` (tensors), or ``None``.
+            test_inputs: Test examples for ``scores`` (tensors), or ``None``.
+            test_targets: See ``test_inputs``.
             scores: ``[N_test, N]`` accumulator, or ``None``.
 
         Returns:

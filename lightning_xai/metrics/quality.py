@@ -18,7 +18,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from lightning_xai._validation import check_float, check_int
 from lightning_xai.attribution.base import TargetType
-from lightning_xai.metrics.functional._common import BaselineType, ExplainFn
+from lightning_xai.metrics.functional._common import BaselineType, ExplainFn, check_explainer
 from lightning_xai.metrics.functional.faithfulness import (
     _check_order,
     _deletion_curve_update,
@@ -40,7 +40,6 @@ from lightning_xai.metrics.functional.removal import DEFAULT_FRACTIONS, _check_f
 from lightning_xai.metrics.functional.robustness import (
     ATTACKS,
     AttackMapFn,
-    _check_explainer,
     _check_range,
     _fragility_update,
     local_lipschitz,
@@ -270,7 +269,7 @@ class _ExplainerMetric(_FiniteMean):
 
     def __init__(self, explainer: ExplainFn, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        _check_explainer(explainer, type(self).__name__)
+        check_explainer(explainer, type(self).__name__)
         self.explainer = explainer
 
 

@@ -126,8 +126,12 @@ class TreeDistillation(pl.LightningModule):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        """The tree's class probabilities for ``x`` (flattened)."""
+        """The tree's log-probabilities for ``x`` (flattened): logits for the rest of the library."""
         return self.tree(x.flatten(1))
+
+    def predict_proba(self, x: Tensor) -> Tensor:
+        """The tree's class probabilities for ``x`` (flattened); rows sum to one."""
+        return self.tree.predict_proba(x.flatten(1))
 
     @torch.no_grad()
     def teacher_logits(self, x: Tensor) -> Tensor:

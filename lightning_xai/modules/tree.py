@@ -8,8 +8,9 @@ a class distribution ``Q^l = softmax(phi^l)``.
 
 Two read-outs:
 
-* the **mixture** ``sum_l P^l(x) Q^l`` (what :meth:`SoftDecisionTree.forward` returns, as
-  probabilities: every row sums to one), and
+* the **mixture** ``sum_l P^l(x) Q^l`` (:meth:`SoftDecisionTree.predict_proba`; every row sums to
+  one; :meth:`SoftDecisionTree.forward` returns its logarithm, which the rest of the library reads
+  as logits), and
 * the **maximum-path leaf** ``Q^{argmax_l P^l(x)}`` (:meth:`SoftDecisionTree.predict` with
   ``mode="max_path"``), the paper's interpretable prediction: one path of decisions, one leaf.
 
@@ -47,10 +48,12 @@ _EPS = 1e-8
 class SoftDecisionTree(nn.Module):
     """A soft binary decision tree with learned filters, inverse temperature and leaf distributions.
 
-    ``forward`` returns **probabilities** ``[B, num_classes]`` (the path-weighted mixture of the
-    leaves' class distributions; rows sum to one). :meth:`log_proba` returns their logarithm
-    computed stably (log-sum-exp over leaves); use it, not ``forward(x).log()``, for a likelihood.
-    The training loss is :meth:`loss_terms`, which works on log-probabilities internally.
+    ``forward`` returns **log-probabilities** ``[B, num_classes]``: the logarithm of the
+    path-weighted mixture of the leaves' class distributions, computed stably (log-sum-exp over
+    leaves). They serve as logits wherever the library takes scores (explainers, metrics with
+    ``softmax=True``: the softmax of log-probabilities is the probabilities themselves), and as the
+    log-likelihood in ``F.nll_loss``. :meth:`predict_proba` returns the probabilities (rows sum to
+    one). The training loss is :meth:`loss_terms`, which works on log-probabilities internally.
 
     Args:
         in_features: Length of the (flattened) input vectors.
@@ -67,7 +70,9 @@ class SoftDecisionTree(nn.Module):
     Example:
         >>> tree = SoftDecisionTree(in_features=4, num_classes=3, depth=2)
         >>> x = torch.randn(5, 4)
-        >>> bool(torch.allclose(tree(x).sum(dim=1), torch.ones(5)))
+        >>> bool(torch.allclose(tree.predict_proba(x).sum(dim=1), torch.ones(5)))
+        True
+        >>> bool(torch.allclose(tree(x).softmax(dim=1), tree.predict_proba(x)))  # forward: log-probabilities
         True
         >>> tree.path_probabilities(x).shape, tree.predict(x).shape
         (torch.Size([5, 4]), torch.Size([5]))
@@ -161,11 +166,17 @@ class SoftDecisionTree(nn.Module):
         return self.leaf_logits.softmax(dim=1)
 
     def log_proba(self, x: Tensor) -> Tensor:
-        """``log sum_l P^l(x) Q^l``: log of :meth:`forward`, computed with log-sum-exp over leaves."""
+        """``log sum_l P^l(x) Q^l``: the log of :meth:`predict_proba`, computed with log-sum-exp over
+        leaves. The same as :meth:`forward`."""
         log_paths = self._paths(x)[0]
         return torch.logsumexp(log_paths.unsqueeze(2) + self.leaf_logits.log_softmax(dim=1).unsqueeze(0), dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Log-probabilities ``[B, num_classes]`` of the mixture of leaf distributions weighted by
+        path probability (:meth:`log_proba`): logits for the rest of the library."""
+        return self.log_proba(x)
+
+    def predict_proba(self, x: Tensor) -> Tensor:
         """The mixture of leaf distributions weighted by path probability: ``[B, num_classes]``
         probabilities (rows sum to one)."""
         return self.path_probabilities(x) @ self.leaf_distributions()

@@ -33,6 +33,10 @@ __all__ = [
     "image_grid",
     "annotated_grid",
     "evolution_strip",
+    "table_image",
+    "COLORBAR_TEXT",
+    "MIN_TILE_PX",
+    "MIN_CELL_PX",
     "to_uint8_hwc",
     "save_png",
 ]
@@ -299,34 +303,79 @@ def _font(size_px: int) -> object:
     return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size_px)
 
 
+def _wrap(text: str, font: object, max_px: float) -> list[str]:
+    """Greedy word wrap of ``text`` (its ``\\n`` kept) to lines at most ``max_px`` wide in ``font``;
+    a word wider than the line is cut between characters."""
+    measure = font.getlength  # type: ignore[attr-defined]
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if measure(candidate) <= max_px:
+                line = candidate
+                continue
+            if line:
+                lines.append(line)
+            while measure(word) > max_px and len(word) > 1:
+                cut = max(1, max(i for i in range(1, len(word) + 1) if measure(word[:i]) <= max_px or i == 1))
+                lines.append(word[:cut])
+                word = word[cut:]
+            line = word
+        lines.append(line)
+    return lines
+
+
+MIN_TILE_PX = 128
+"""Tiles are upscaled (nearest, by an integer factor) until their longer side is at least this many pixels."""
+MIN_CELL_PX = 112
+"""A grid cell is at least this wide, so that a caption under a small tile stays readable."""
+
+
 def _compose(
-    tiles: Tensor, captions: Sequence[str], ncols: int, title: str | None, scale: int | None, fontsize: float
+    tiles: Tensor,
+    captions: Sequence[str],
+    ncols: int,
+    title: str | None,
+    scale: int | None,
+    fontsize: float,
+    colorbar: str | None = None,
+    cmap: str | None = None,
 ) -> Tensor:
     """Lay out ``tiles`` ``[N, 3, h, w]`` on a white canvas, each captioned below, with a title.
 
     Tiles are upscaled by an integer ``scale`` (nearest: pixel for pixel, colours exact) and
     pasted as arrays; only the text goes through PIL (with matplotlib's DejaVu Sans), which keeps
-    this cheap enough to run every epoch for every probe image.
+    this cheap enough to run every epoch for every probe image. Captions and the title are
+    wrapped to their width, never clipped and never drawn over a neighbour.
     """
     from PIL import Image, ImageDraw
 
     n, _, h, w = tiles.shape
     if scale is None:
-        scale = max(1, math.ceil(128 / max(h, w)))
+        scale = max(1, math.ceil(MIN_TILE_PX / max(h, w)))
     elif isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ValueError(f"Expected argument `scale` to be a positive int or None, but got {scale!r}.")
     tile_h, tile_w = h * scale, w * scale
     pad = 8
     font_px = max(6, round(fontsize * 100.0 / 72.0))
+    font = _font(font_px)
     line_px = int(math.ceil(font_px * 1.3))
-    lines = max((c.count("\n") + 1 if c else 0) for c in captions)
-    caption_px = lines * line_px + (4 if lines else 0)
-    title_font_px = round(1.2 * font_px)
-    title_px = (title.count("\n") + 1) * int(math.ceil(title_font_px * 1.3)) + pad if title else 0
     cols = min(ncols, n)
     rows = math.ceil(n / cols)
-    cell_w, cell_h = tile_w + 2 * pad, tile_h + caption_px + pad
-    width_px, height_px = cols * cell_w, rows * cell_h + title_px + pad
+    cell_w = max(tile_w, MIN_CELL_PX) + 2 * pad
+    wrapped = ["\n".join(_wrap(c, font, cell_w - 4)) if c else "" for c in captions]
+    lines = max((c.count("\n") + 1 if c else 0) for c in wrapped)
+    caption_px = lines * line_px + (4 if lines else 0)
+    title_font_px = round(1.2 * font_px)
+    title_font = _font(title_font_px)
+    width_px = cols * cell_w
+    title_text = "\n".join(_wrap(title, title_font, width_px - 2 * pad)) if title else ""
+    title_px = (title_text.count("\n") + 1) * int(math.ceil(title_font_px * 1.3)) + pad if title else 0
+    bar = _colorbar_rows(colorbar, cmap, min(width_px - 2 * pad, 360), font) if colorbar else None
+    bar_px = bar.shape[0] + pad if bar is not None else 0
+    cell_h = tile_h + caption_px + pad
+    height_px = rows * cell_h + title_px + pad + bar_px
 
     canvas = np.full((height_px, width_px, 3), 255, dtype=np.uint8)
     array = (tiles.detach().float().cpu().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
@@ -336,22 +385,63 @@ def _compose(
     anchors = []
     for i in range(n):
         r, c = divmod(i, cols)
-        left, top = c * cell_w + pad, title_px + pad + r * cell_h
+        left, top = c * cell_w + (cell_w - tile_w) // 2, title_px + pad + r * cell_h
         canvas[top : top + tile_h, left : left + tile_w] = array_np[i]
-        anchors.append((left + tile_w / 2, top + tile_h + 3))
+        anchors.append((c * cell_w + cell_w / 2, top + tile_h + 3))
+    if bar is not None:
+        top = title_px + pad + rows * cell_h
+        left = (width_px - bar.shape[1]) // 2
+        canvas[top : top + bar.shape[0], left : left + bar.shape[1]] = bar
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
     if title:
         draw.multiline_text(
-            (width_px / 2, pad / 2), title, fill=(0, 0, 0), font=_font(title_font_px), anchor="ma", align="center"
+            (width_px / 2, pad / 2), title_text, fill=(0, 0, 0), font=title_font, anchor="ma", align="center"
         )
-    font = _font(font_px)
-    for (x, y), caption in zip(anchors, captions):
+    for (x, y), caption in zip(anchors, wrapped):
         if caption:
             draw.multiline_text(
                 (x, y), caption, fill=(0, 0, 0), font=font, anchor="ma", align="center", spacing=line_px - font_px
             )
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0
+
+
+COLORBAR_TEXT = {
+    "signed": ("-max", "0", "+max", "red: raises the class score, blue: lowers it (scale per map)"),
+    "unsigned": ("0", "", "max", "attribution, low to high (scale per map)"),
+}
+"""The labels under a colour bar: left, centre and right ticks and the legend line, by kind."""
+
+
+def _colorbar_rows(kind: str, cmap: str | None, width: int, font: object) -> np.ndarray:
+    """A ``[h, width, 3]`` uint8 colour bar with its tick labels and legend, white background."""
+    from PIL import Image, ImageDraw
+
+    if kind not in COLORBAR_TEXT:
+        raise ValueError(f"Expected argument `colorbar` to be one of 'signed', 'unsigned' or None, but got {kind!r}.")
+    signed = kind == "signed"
+    name = cmap if cmap is not None else (DEFAULT_SIGNED_CMAP if signed else DEFAULT_UNSIGNED_CMAP)
+    lut = colormap_lut(name)
+    ramp = lut[torch.linspace(0, _LUT_SIZE - 1, width).round().long()]  # [width, 3]
+    bar_h = 12
+    size_px = getattr(font, "size", 12)
+    line_px = int(math.ceil(size_px * 1.3))
+    left, centre, right, legend = COLORBAR_TEXT[kind]
+    legend_lines = _wrap(legend, font, width)
+    height = bar_h + 2 + line_px * (1 + len(legend_lines))
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    canvas[:bar_h] = (ramp * 255.0).round().to(torch.uint8).numpy()[None]
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    y = bar_h + 2
+    draw.text((0, y), left, fill=(0, 0, 0), font=font, anchor="la")
+    if centre:
+        draw.text((width / 2, y), centre, fill=(0, 0, 0), font=font, anchor="ma")
+    draw.text((width, y), right, fill=(0, 0, 0), font=font, anchor="ra")
+    draw.multiline_text(
+        (width / 2, y + line_px), "\n".join(legend_lines), fill=(0, 0, 0), font=font, anchor="ma", align="center"
+    )
+    return np.asarray(image).copy()
 
 
 def annotated_grid(
@@ -361,12 +451,15 @@ def annotated_grid(
     title: str | None = None,
     scale: int | None = None,
     fontsize: float = 12.0,
+    colorbar: str | None = None,
+    cmap: str | None = None,
 ) -> Tensor:
     """A grid of images, each captioned below, as an RGB tensor.
 
     Tiles are upscaled with nearest-neighbour (by ``scale``; by default until a tile is at least
-    128 pixels wide) so that 32x32 inputs stay sharp and captions such as
-    ``"true: circle\\npred: square (0.93)"`` stay readable. Tiles are pasted pixel for pixel, never
+    :data:`MIN_TILE_PX` pixels wide) so that 28x28 inputs stay sharp, and every cell is at least
+    :data:`MIN_CELL_PX` wide; captions such as ``"true: circle\\npred: square (0.93)"`` are
+    wrapped to the cell's width, never clipped or drawn over a neighbour. Tiles are pasted pixel for pixel, never
     resampled; text is drawn with matplotlib's DejaVu Sans through PIL (a few milliseconds, so a
     callback can afford it every epoch).
 
@@ -377,6 +470,10 @@ def annotated_grid(
         title: Optional title over the grid.
         scale: Integer upscaling factor of the tiles; ``None`` picks one.
         fontsize: Caption font size in points at 100 dpi (the title is 1.2x).
+        colorbar: ``"signed"`` or ``"unsigned"`` draws the colour bar of the heatmaps under the
+            grid, with its ticks and what the colours mean (:data:`COLORBAR_TEXT`); ``None``
+            (default) draws none.
+        cmap: The colour map of the bar (default: the signed or unsigned default).
 
     Returns:
         ``[3, H', W']`` float RGB in ``[0, 1]``.
@@ -384,7 +481,7 @@ def annotated_grid(
     Raises:
         TypeError: ``images`` is not a tensor or a caption is not a str.
         ValueError: ``images`` is not ``[N, 3, H, W]`` with ``N >= 1``, the number of captions
-            differs from ``N``, or ``ncols``/``scale`` is not positive.
+            differs from ``N``, ``ncols``/``scale`` is not positive, or ``colorbar`` is unknown.
 
     Example:
         >>> grid = annotated_grid(torch.rand(2, 3, 32, 32), ["true: circle\\npred: square (0.93)", "b"])
@@ -402,7 +499,102 @@ def annotated_grid(
             raise TypeError(f"Expected every caption to be a str, but got {caption!r}.")
     if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
         raise ValueError(f"Expected argument `ncols` to be a positive int, but got {ncols!r}.")
-    return _compose(images, captions, ncols, title, scale, fontsize)
+    return _compose(images, captions, ncols, title, scale, fontsize, colorbar, cmap)
+
+
+def table_image(columns: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None) -> Tensor:
+    """A table drawn as one picture: a header row of column names, then one row per entry.
+
+    Image cells (``[3, H, W]`` or ``[1, H, W]`` tensors in ``[0, 1]``) are upscaled (nearest, an
+    integer factor) to at least :data:`MIN_TILE_PX`; other cells are drawn as text, wrapped to the
+    column's width. For loggers without tables (TensorBoard), so the thumbnails keep their labels.
+
+    Args:
+        columns: The column names.
+        rows: Rows of cells, each as long as ``columns``.
+        title: Optional title over the table.
+
+    Returns:
+        ``[3, H', W']`` float RGB in ``[0, 1]``.
+
+    Raises:
+        ValueError: No columns, or a row whose length differs from the columns'.
+
+    Example:
+        >>> table_image(["label", "map"], [["cat", torch.rand(3, 8, 8)], ["dog", torch.rand(3, 8, 8)]]).shape[0]
+        3
+    """
+    from PIL import Image, ImageDraw
+
+    if not columns:
+        raise ValueError("Expected at least one column, but got none.")
+    for i, row in enumerate(rows):
+        if len(row) != len(columns):
+            raise ValueError(f"Expected every row to have {len(columns)} cells, but row {i} has {len(row)}.")
+    pad, font_px = 6, 17
+    font, header_font = _font(font_px), _font(font_px)
+    line_px = int(math.ceil(font_px * 1.3))
+
+    def is_image(value: object) -> bool:
+        return isinstance(value, Tensor) and value.ndim == 3 and value.shape[0] in (1, 3)
+
+    images = [v for row in rows for v in row if is_image(v)]
+    side = max((max(v.shape[-2:]) for v in images), default=0)
+    scale = max(1, math.ceil(MIN_TILE_PX / side)) if side else 1
+    tile = side * scale
+    col_w = max(tile, MIN_CELL_PX) + 2 * pad
+    width = col_w * len(columns)
+    header = [_wrap(str(c), header_font, col_w - 2 * pad) for c in columns]
+    header_h = max(len(h) for h in header) * line_px + 2 * pad
+    bodies = [[None if is_image(v) else _wrap(str(v), font, col_w - 2 * pad) for v in row] for row in rows]
+    row_h = [
+        max([tile if is_image(v) else 0 for v in row] + [len(b or []) * line_px for b in body]) + 2 * pad
+        for row, body in zip(rows, bodies)
+    ]
+    title_lines = _wrap(title, header_font, width - 2 * pad) if title else []
+    title_h = len(title_lines) * line_px + pad if title else 0
+    canvas = np.full((title_h + header_h + sum(row_h), width, 3), 255, dtype=np.uint8)
+    canvas[title_h + header_h - 2 : title_h + header_h] = 0  # rule under the header
+    top = title_h + header_h
+    for row, height in zip(rows, row_h):
+        for j, value in enumerate(row):
+            if is_image(value):
+                img = value.detach().float().cpu().clamp(0, 1).expand(3, -1, -1)
+                h, w = img.shape[-2:]
+                big = (img * 255).round().to(torch.uint8).repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+                left = j * col_w + (col_w - w * scale) // 2
+                canvas[top + pad : top + pad + h * scale, left : left + w * scale] = big.permute(1, 2, 0).numpy()
+        top += height
+        canvas[top - 1 : top] = 200  # a light rule between rows
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    if title:
+        draw.multiline_text(
+            (width / 2, pad / 2), "\n".join(title_lines), fill=(0, 0, 0), font=header_font, anchor="ma", align="center"
+        )
+    for j, lines in enumerate(header):
+        draw.multiline_text(
+            (j * col_w + col_w / 2, title_h + pad),
+            "\n".join(lines),
+            fill=(0, 0, 0),
+            font=header_font,
+            anchor="ma",
+            align="center",
+        )
+    top = title_h + header_h
+    for body, height in zip(bodies, row_h):
+        for j, lines in enumerate(body):
+            if lines is not None:
+                draw.multiline_text(
+                    (j * col_w + col_w / 2, top + pad),
+                    "\n".join(lines),
+                    fill=(0, 0, 0),
+                    font=font,
+                    anchor="ma",
+                    align="center",
+                )
+        top += height
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).float() / 255.0
 
 
 def evolution_strip(

@@ -89,8 +89,12 @@ def proponents_grid(
     Args:
         probe_image: ``[C, H, W]`` the test (probe) image.
         probe_label: Its label.
-        proponent_images, proponent_labels, proponent_scores: ``[k, C, H, W]``, ``[k]``, ``[k]``.
-        opponent_images, opponent_labels, opponent_scores: Likewise (``k`` may differ; ``0`` is fine).
+        proponent_images: ``[k, C, H, W]`` the proponents.
+        proponent_labels: ``[k]`` their labels.
+        proponent_scores: ``[k]`` their scores.
+        opponent_images: ``[k', C, H, W]`` the opponents (``k'`` may differ; ``0`` is fine).
+        opponent_labels: ``[k']`` their labels.
+        opponent_scores: ``[k']`` their scores.
         class_names: Optional names of the classes.
         title: Title over the grid (default: proponents / opponents).
 

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.loggers.logger import DummyLogger, Logger
 from torch import Tensor
 
-from lightning_xai.render.images import image_grid, save_png, to_uint8_hwc
+from lightning_xai.render.images import save_png, table_image, to_uint8_hwc
 
 __all__ = [
     "Sink",
@@ -146,14 +145,6 @@ def _cell_value(value: Any) -> Any:
     return value
 
 
-def _row_of_images(images: Sequence[Tensor]) -> Tensor:
-    """Images side by side in one grid, each resized (nearest) to the first one's size."""
-    size = images[0].shape[-2:]
-    tiles = [_check_image(img).expand(3, -1, -1)[None] for img in images]
-    tiles = [t if t.shape[-2:] == size else F.interpolate(t, size=size, mode="nearest") for t in tiles]
-    return image_grid(torch.cat(tiles), nrow=len(tiles))
-
-
 def _check_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     for i, row in enumerate(rows):
         if len(row) != len(columns):
@@ -206,8 +197,9 @@ class TensorBoardSink(Sink):
     """Writes to a ``TensorBoardLogger``'s ``SummaryWriter`` (``logger.experiment``).
 
     TensorBoard has no image captions and no tables: a caption is logged as the text
-    ``<tag>/caption``; a table as a markdown text ``<key>`` (image cells shown as ``[image]``)
-    plus, for every column holding images, one grid ``<key>/<column>`` with the rows in order.
+    ``<tag>/caption``; a table as one labelled picture ``<key>`` (a header row of column names,
+    image cells as thumbnails, other cells as text: :func:`~lightning_xai.render.images.table_image`)
+    plus, when it has text columns, a markdown text ``<key>`` of those columns.
 
     Args:
         logger: The ``TensorBoardLogger``.
@@ -249,15 +241,16 @@ class TensorBoardSink(Sink):
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         _check_table(columns, rows)
-        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        for row in rows:
-            cells = ["[image]" if _is_image(v) else str(_cell_value(v)).replace("|", "\\|") for v in row]
-            lines.append("| " + " | ".join(cells) + " |")
-        self.writer.add_text(key, "\n".join(lines), global_step=step)
-        for j, column in enumerate(columns):
-            images = [row[j] for row in rows if _is_image(row[j])]
-            if images:
-                self.log_image(f"{key}/{column}", _row_of_images(images), step)
+        cells = [[v if _is_image(v) else _cell_value(v) for v in row] for row in rows]
+        self.log_image(key, table_image(columns, cells), step)
+        text_columns = [j for j in range(len(columns)) if not any(_is_image(row[j]) for row in rows)]
+        if text_columns:
+            lines = ["| " + " | ".join(columns[j] for j in text_columns) + " |", "|" + "---|" * len(text_columns)]
+            for row in cells:
+                lines.append("| " + " | ".join(str(row[j]).replace("|", "\\|") for j in text_columns) + " |")
+            lines.append("")
+            lines.append(f"The image `{key}` shows every column, thumbnails included.")
+            self.writer.add_text(key, "\n".join(lines), global_step=step)
 
     def log_embedding(
         self,

@@ -66,7 +66,7 @@ def test_paths_match_literal_definition_and_rows_sum_to_one(depth: int) -> None:
     paths = tree.path_probabilities(x)
     assert paths.shape == (6, 2**depth)
     torch.testing.assert_close(paths.double(), leaves, rtol=1e-5, atol=1e-6)
-    out = tree(x)
+    out = tree.predict_proba(x)
     assert out.shape == (6, 4)
     torch.testing.assert_close(out.sum(dim=1), torch.ones(6))
     assert (out >= 0).all()
@@ -74,6 +74,9 @@ def test_paths_match_literal_definition_and_rows_sum_to_one(depth: int) -> None:
     mixture = leaves @ tree.leaf_logits.softmax(dim=1).double()
     torch.testing.assert_close(out.double(), mixture, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(tree.log_proba(x).exp(), out, rtol=1e-5, atol=1e-6)
+    # forward returns log-probabilities: logits for the library (their softmax is the mixture)
+    torch.testing.assert_close(tree(x), tree.log_proba(x))
+    torch.testing.assert_close(tree(x).softmax(dim=1), out, rtol=1e-5, atol=1e-6)
 
 
 def test_max_path_prediction_is_the_argmax_of_the_most_probable_leaf() -> None:
@@ -111,7 +114,8 @@ def test_depth_one_loss_terms_by_hand() -> None:
     soft = [-(1 - p[s]) * (t[s] * q_left.log()).sum() - p[s] * (t[s] * q_right.log()).sum() for s in range(2)]
     torch.testing.assert_close(tree.loss_terms(x, t)["classification"], (soft[0] + soft[1]) / 2)
     # the forward pass, by hand
-    torch.testing.assert_close(tree(x), (1 - p)[:, None] * q_left + p[:, None] * q_right)
+    torch.testing.assert_close(tree.predict_proba(x), (1 - p)[:, None] * q_left + p[:, None] * q_right)
+    torch.testing.assert_close(tree(x), ((1 - p)[:, None] * q_left + p[:, None] * q_right).log())
 
 
 def test_penalty_matches_the_papers_formula() -> None:

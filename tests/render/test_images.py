@@ -192,3 +192,55 @@ def test_normalize_maps_clip_percentile_saturates_outliers() -> None:
     assert torch.isfinite(unsigned).all() and unsigned.max() <= 1.0
     with pytest.raises(ValueError, match="clip_percentile"):
         normalize_maps(maps, signed=True, clip_percentile=0.0)
+
+
+# -- legibility: wrapped captions, minimum cell size, colour bars ------------------------------
+def test_captions_are_wrapped_to_the_cell_never_wider():
+    from lightning_xai.render.images import MIN_CELL_PX, _font, _wrap
+
+    font = _font(17)
+    text = "true: Ankle boot\npred: Pullover (1.00) and_a_token_far_longer_than_any_cell_can_hold"
+    lines = _wrap(text, font, MIN_CELL_PX)
+    assert len(lines) > 3  # the long line was broken
+    assert all(font.getlength(line) <= MIN_CELL_PX for line in lines)
+    assert "".join(lines).replace(" ", "") == text.replace("\n", "").replace(" ", "")  # nothing dropped
+
+
+def test_a_grid_of_small_images_has_readable_cells():
+    from lightning_xai.render.images import MIN_TILE_PX
+
+    grid = annotated_grid(torch.rand(3, 3, 28, 28), ["a", "b", "c"], ncols=3)
+    assert grid.shape[-1] >= 3 * MIN_TILE_PX  # 28 px tiles were scaled up, not left at 28 (or 72)
+    captions = ["true: Trouser\npred: Pullover (1.00)"] * 3
+    wrapped = annotated_grid(torch.rand(3, 3, 28, 28), captions, ncols=3)
+    assert wrapped.shape[-1] == grid.shape[-1]  # long captions wrap: the grid does not widen or overlap
+
+
+@pytest.mark.parametrize("kind", ["signed", "unsigned"])
+def test_colorbar_shows_the_colour_map_under_the_grid(kind: str):
+    from lightning_xai.render.images import DEFAULT_SIGNED_CMAP, DEFAULT_UNSIGNED_CMAP, colormap_lut
+
+    plain = annotated_grid(torch.zeros(2, 3, 16, 16), ["", ""], ncols=2)
+    with_bar = annotated_grid(torch.zeros(2, 3, 16, 16), ["", ""], ncols=2, colorbar=kind)
+    assert with_bar.shape[-2] > plain.shape[-2]
+    lut = colormap_lut(DEFAULT_SIGNED_CMAP if kind == "signed" else DEFAULT_UNSIGNED_CMAP)
+    bottom = with_bar[:, plain.shape[-2] - 8 :]  # the rows added under the grid
+    pixels = bottom.flatten(1).T  # [P, 3]
+    for colour in (lut[0], lut[-1]):  # both ends of the colour map are drawn
+        assert (pixels - colour).abs().amax(dim=1).min() < 2 / 255
+
+
+def test_unknown_colorbar_kind_raises():
+    with pytest.raises(ValueError, match="colorbar"):
+        annotated_grid(torch.zeros(1, 3, 8, 8), [""], colorbar="diverging")
+
+
+def test_table_image_labels_every_column_and_checks_rows():
+    from lightning_xai.render.images import table_image
+
+    one = table_image(["probe", "map"], [[0, torch.zeros(3, 8, 8)]])
+    two = table_image(["probe", "map"], [[0, torch.zeros(3, 8, 8)], [1, torch.ones(3, 8, 8)]])
+    assert one.shape[-1] == two.shape[-1] and two.shape[-2] > one.shape[-2]  # one row per entry
+    assert (two < 0.5).any()  # the header's text and rules are drawn
+    with pytest.raises(ValueError, match="row 0 has 1"):
+        table_image(["probe", "map"], [[0]])

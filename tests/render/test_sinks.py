@@ -63,7 +63,7 @@ def test_tensorboard_sink_round_trip(tmp_path):
     acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0, "histograms": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
-    assert {"xai/saliency", "xai/table/input"} <= set(tags["images"])
+    assert {"xai/saliency", "xai/table"} <= set(tags["images"])
     images = acc.Images("xai/saliency")
     assert [e.step for e in images] == [0, 7]
     assert (images[0].width, images[0].height) == (24, 20)
@@ -77,9 +77,10 @@ def test_tensorboard_sink_round_trip(tmp_path):
     text = acc.Tensors("xai/notes/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "hello" in text and "world" in text
     table = acc.Tensors("xai/table/text_summary")[0].tensor_proto.string_val[0].decode()
-    assert "| input | score | label |" in table and "[image]" in table and "circle" in table
-    grid = acc.Images("xai/table/input")[0]
-    assert grid.width > 2 * 24  # the two image cells side by side
+    assert "| score | label |" in table and "circle" in table and "[image]" not in table
+    assert "`xai/table`" in table  # the text names the labelled picture
+    picture = acc.Images("xai/table")[0]  # one labelled picture: header row + one row per entry
+    assert picture.width >= 3 * 112 and picture.height > 2 * 128
 
 
 def test_wandb_sink_offline_files(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from lightning_xai.attribution.base import (
 from lightning_xai.errors import LightningXAIError
 
 __all__ = [
+    "check_explainer",
     "BaselineType",
     "ExplainFn",
     "check_batch",
@@ -89,6 +90,15 @@ def check_masks(masks: object, maps: Tensor, *, method: str) -> Tensor:
             f"to match the maps {tuple(maps.shape)}, but got {tuple(masks.shape)}."
         )
     return (masks.detach().to(maps.device).amax(dim=1) > 0.5).flatten(1)
+
+
+def check_explainer(explainer: object, method: str) -> None:
+    """Raise ``TypeError`` unless ``explainer`` is callable as ``explainer(model, inputs, target)``."""
+    if not callable(explainer):
+        raise TypeError(
+            f"{method}: expected `explainer` to be callable as explainer(model, inputs, target), "
+            f"but got {type(explainer).__name__}."
+        )
 
 
 def check_finite(name: str, value: Tensor, *, method: str) -> Tensor:

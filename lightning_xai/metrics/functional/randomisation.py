@@ -26,11 +26,11 @@ from lightning_xai.errors import LightningXAIError
 from lightning_xai.metrics.functional._common import (
     ExplainFn,
     check_batch,
+    check_explainer,
     explain_batched,
     given_or_explained,
     resolve,
 )
-from lightning_xai.metrics.functional.robustness import _check_explainer
 from lightning_xai.metrics.functional.similarity import _map_similarity_update, check_measure
 
 __all__ = [
@@ -132,7 +132,7 @@ def parameter_randomization(
         torch.Size([2, 3])
     """
     method = "parameter_randomization"
-    _check_explainer(explainer, method)
+    check_explainer(explainer, method)
     if mode not in ("cascading", "independent"):
         raise ValueError(f"{method}: expected `mode` in ('cascading', 'independent'), but got {mode!r}.")
     check_measure(measure)
@@ -202,7 +202,7 @@ def data_randomization(
         True
     """
     method = "data_randomization"
-    _check_explainer(explainer, method)
+    check_explainer(explainer, method)
     check_measure(measure)
     if not isinstance(random_model, nn.Module):
         raise TypeError(f"{method}: expected `random_model` to be an nn.Module, but got {type(random_model).__name__}.")
@@ -285,7 +285,7 @@ def input_invariance(
         (tensor([1., 1.]), tensor([0., 0.]))
     """
     method = "input_invariance"
-    _check_explainer(explainer, method)
+    check_explainer(explainer, method)
     shift = check_float("shift", shift)
     atol = check_float("atol", atol, 0.0)
     inputs = check_batch("inputs", inputs, method=method)

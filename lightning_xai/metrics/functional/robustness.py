@@ -27,6 +27,7 @@ from lightning_xai.errors import LightningXAIError
 from lightning_xai.metrics.functional._common import (
     ExplainFn,
     check_batch,
+    check_explainer,
     explain_batched,
     generator_for,
     given_or_explained,
@@ -45,14 +46,6 @@ __all__ = [
     "default_attack_map",
     "softplus_twin",
 ]
-
-
-def _check_explainer(explainer: object, method: str) -> None:
-    if not callable(explainer):
-        raise TypeError(
-            f"{method}: expected `explainer` to be callable as explainer(model, inputs, target), "
-            f"but got {type(explainer).__name__}."
-        )
 
 
 def _map_changes(
@@ -147,7 +140,7 @@ def local_lipschitz(
         tensor([0., 0.])
     """
     method = "local_lipschitz"
-    _check_explainer(explainer, method)
+    check_explainer(explainer, method)
     check_int("samples", samples, 1)
     check_float("std", std, 0.0)
     check_int("seed", seed, 0)
@@ -199,7 +192,7 @@ def max_sensitivity(
         tensor([0., 0.])
     """
     method = "max_sensitivity"
-    _check_explainer(explainer, method)
+    check_explainer(explainer, method)
     check_int("samples", samples, 1)
     check_float("radius", radius, 0.0)
     check_int("seed", seed, 0)
@@ -339,7 +332,7 @@ def _grad_cam_attack_map(explainer: Any) -> AttackMapFn:
     """Grad-CAM (or Grad-CAM++) at the explainer's layer, differentiable in the input: the layer's
     activation and its gradient (``create_graph``) combined by the explainer's own weights,
     ``ReLU(sum_k w_k A_k)``, upsampled as the explainer does."""
-    from lightning_xai.attribution.cam import LayerCapture, _weighted_sum, upsample
+    from lightning_xai.attribution.cam import LayerCapture, upsample, weighted_channel_sum
 
     def attack_map(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
         name = explainer.layer_name(model)
@@ -355,7 +348,7 @@ def _grad_cam_attack_map(explainer: Any) -> AttackMapFn:
             handle.remove()
         activation = capture.activation
         (gradient,) = torch.autograd.grad(scores.sum(), activation, create_graph=True)
-        maps = _weighted_sum(explainer._weights(activation, gradient), activation)
+        maps = weighted_channel_sum(explainer._weights(activation, gradient), activation)
         return upsample(maps, inputs.shape[-2:], explainer.interpolate_mode)
 
     return attack_map
@@ -474,7 +467,7 @@ def _fragility_attack(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(attacked inputs [B, ...], top-k intersection [B], centre shift [B])`` (float64 scores)."""
     method = "fragility"
-    _check_explainer(explainer, method)
+    check_explainer(explainer, method)
     if attack not in ATTACKS:
         raise ValueError(f"{method}: expected argument `attack` to be one of {ATTACKS}, but got {attack!r}.")
     check_float("epsilon", epsilon, 0.0)
