@@ -488,7 +488,8 @@ class PrototypeMonitor(ProbeMonitor):
         pushes = [c for c in trainer.callbacks if isinstance(c, PrototypePush)]  # type: ignore[attr-defined]
         self._push = pushes[0] if pushes else None
         push_view = self._push.dataset if self._push is not None else None
-        self._dataset = next((d for d in (self.dataset, push_view) if d is not None), None) or _train_dataset(trainer)
+        views = [d for d in (self.dataset, push_view) if d is not None]  # (no truth test: len() 0 is a view too)
+        self._dataset = views[0] if views else _train_dataset(trainer)
 
     def _source_images(self, trainer: pl.Trainer, pl_module: pl.LightningModule, sources: Tensor) -> Tensor:
         """The pushed-from image of each prototype source in ``sources`` ``[m]`` (model device and dtype):
