@@ -16,19 +16,23 @@ itself and never talks to a logger backend directly.
 
 from __future__ import annotations
 
+import copy
 import math
+import random
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, IterableDataset, Subset
 from typing_extensions import override
 
 from lightning_xai._validation import check_float, check_int
@@ -374,78 +378,284 @@ class MonitorBase(Callback):
             x = trainer.precision_plugin.convert_input(x)
         return x
 
+    progress_interval_s: float = 30.0
+    """Seconds between the rank-zero progress lines of a pass over the training set (:meth:`iter_dataset`)."""
+
     def iter_dataset(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
-        dataset: Optional[Dataset] = None,
+        dataset: Optional[Any] = None,
         batch_size: Optional[int] = None,
     ) -> Iterator[tuple[Tensor, Any]]:
-        """Stream a dataset (default: the training dataloader's) without touching training.
+        """Stream the training examples the model trains on, without touching training.
 
-        Yields ``(indices, batch)``: the global dataset indices of the batch's samples and the
-        batch with every tensor on the model's device (floating inputs in the model's dtype). Under
-        DDP each rank reads its own strided share (``rank, rank + world, ...``), so gathered
-        results cover the dataset once. The order is fixed (no shuffling), no worker processes are
-        started (``num_workers=0``), and the global RNG is saved and restored around every batch
-        read, so random augmentations in the dataset do not advance training's random stream.
+        Yields ``(indices, batch)``: the dataset indices of the batch's examples and the batch with
+        every tensor on the model's device (floating inputs in the model's dtype).
+
+        *Which examples*: those the training dataloader's sampler (or batch sampler) yields, read
+        from a copy of it (a ``SubsetRandomSampler([0..3])`` streams 0..3; a sampler's generator and
+        state stay as they were). Under DDP, Lightning's ``DistributedSampler`` gives each rank its
+        share; an index two ranks' shares hold (the sampler's padding) is read by the lower rank
+        only, so results summed over ranks count every example once. *Order*: sorted, each index
+        once: a random sampler yields another permutation every epoch, but the set is what matters.
+        Without a training dataloader (a ``dataset`` given outside ``fit``) every index of
+        ``dataset`` is read, strided over ranks.
+
+        *Which view*: ``dataset`` (a map-style dataset, or a DataLoader whose dataset and
+        ``collate_fn`` are used) is an alternative view of the same examples with the training
+        dataset's length and indexing, typically without random augmentation (ProtoPNet's
+        ``train_push_loader``); the indices still come from the training sampler.
+
+        *Randomness*: the reads draw from their own random stream (torch CPU, the model's CUDA
+        device, Python's ``random`` and NumPy), forked once from the global state at the start of
+        the pass: successive batches draw different augmentations, and the global state the caller
+        and training see between and after the reads is unchanged.
+
+        *Cost*: one read of this rank's share. On an accelerator the reader uses the training
+        loader's ``num_workers``, ``pin_memory``, ``worker_init_fn`` and ``multiprocessing_context``
+        (never ``persistent_workers``, and not its ``generator``: drawing from it would change
+        training's shuffling); on the CPU it reads in the main process. A rank-zero progress line
+        with an ETA is logged every :attr:`progress_interval_s` seconds. When the Trainer received
+        SIGTERM the pass stops between batches and raises Lightning's ``SIGTERMException``, as
+        Lightning's own loops do: the run publishes nothing and the Trainer shuts down.
 
         Args:
             trainer: The trainer.
             pl_module: The model (for its device and precision).
-            dataset: A map-style dataset; default the training dataloader's ``dataset``.
+            dataset: Optional view of the training examples (see above); default the training
+                dataloader's dataset.
             batch_size: Default: the training dataloader's batch size (64 if unknown).
 
         Raises:
-            ValueError: No dataset is given and the trainer has no training dataloader with a
-                map-style dataset.
+            ValueError: No map-style dataset to read (an ``IterableDataset`` training set: pass
+                ``dataset=``), or ``dataset`` has another length than the training dataset.
+            SIGTERMException: The Trainer received SIGTERM during the pass.
         """
-        loader = None
-        if dataset is None:
-            loader = _first_loader(trainer.train_dataloader)
-            if loader is None:
-                # the fit loop has not loaded its data yet (before the first epoch): the same source it will use
-                source = trainer.fit_loop._data_source  # private: no public accessor before the loop runs
-                loader = _first_loader(source.dataloader()) if source.is_defined() else None
-            dataset = getattr(loader, "dataset", None)
-        if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        loader = _training_loader(trainer)
+        view_loader = dataset if isinstance(dataset, DataLoader) else None
+        view = view_loader.dataset if view_loader is not None else dataset
+        train_set = getattr(loader, "dataset", None)
+        name = type(self).__name__
+        if view is None:
+            view = train_set
+        if not _map_style(view):
             raise ValueError(
-                f"{type(self).__name__}: needs a map-style training dataset (with __len__ and __getitem__) to stream; "
-                f"got {type(dataset).__name__}."
+                f"{name}: needs a map-style training dataset (with __len__ and __getitem__) to stream; got "
+                f"{type(view).__name__}. Pass `dataset=` (a map-style view of the training examples)."
             )
+        n = len(view)  # type: ignore[arg-type]
+        indices: Optional[Tensor] = None
+        if _map_style(train_set):
+            if view is not train_set and len(train_set) != n:  # type: ignore[arg-type]
+                raise ValueError(
+                    f"{name}: `dataset` must index the same examples as the training dataset, but it holds {n} "
+                    f"examples and the training dataset {len(train_set)}."  # type: ignore[arg-type]
+                )
+            indices = _sampler_indices(loader)  # type: ignore[arg-type]
+        if indices is None:
+            if loader is not None and view is train_set:
+                raise ValueError(
+                    f"{name}: cannot read which examples the training dataloader's sampler yields; pass "
+                    "`dataset=` (a map-style view of the training examples)."
+                )
+            world, rank = trainer.world_size, trainer.global_rank
+            indices = torch.arange(rank, n, world) if world > 1 else torch.arange(n)
+        elif trainer.world_size > 1:
+            indices = _own_share(trainer, indices)
         if batch_size is None:
-            batch_size = getattr(loader, "batch_size", None) or 64
-        n = len(dataset)  # type: ignore[arg-type]
-        world, rank = trainer.world_size, trainer.global_rank
-        indices = torch.arange(rank, n, world) if world > 1 else torch.arange(n)
-        collate = getattr(loader, "collate_fn", None)
+            batch_size = getattr(view_loader, "batch_size", None) or getattr(loader, "batch_size", None) or 64
+        collate = getattr(view_loader or loader, "collate_fn", None)
         reader = DataLoader(
-            Subset(dataset, indices.tolist()),
+            Subset(view, indices.tolist()),
             batch_size=batch_size,
             shuffle=False,
-            num_workers=0,
             collate_fn=collate,
+            **_reader_kwargs(view_loader or loader, pl_module.device.type),
         )
         device_fn = lambda t: self.to_model(trainer, pl_module, t)  # noqa: E731
-        rng_devices = [pl_module.device] if pl_module.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=rng_devices):  # creating the iterator draws a base seed
+        rng = _RandomStream(pl_module.device)
+        progress = _Progress(name, len(indices), self.progress_interval_s, trainer.is_global_zero)
+        with rng.active():  # creating the iterator draws a base seed
             iterator = iter(reader)
         start = 0
-        while True:
-            with torch.random.fork_rng(devices=rng_devices):  # augmentations draw from the global RNG
-                try:
-                    batch = next(iterator)
-                except StopIteration:
-                    return
-            size = _batch_size(batch)
-            yield indices[start : start + size], _move(batch, device_fn)
-            start += size
+        try:
+            while True:
+                if getattr(trainer, "received_sigterm", False):
+                    progress.stopped(start)
+                    raise SIGTERMException
+                with rng.active():  # augmentations draw from the global RNG
+                    try:
+                        batch = next(iterator)
+                    except StopIteration:
+                        break
+                size = _batch_size(batch)
+                yield indices[start : start + size], _move(batch, device_fn)
+                start += size
+                progress.update(start)
+        finally:
+            del iterator  # shuts its worker processes down on every exit path
+        progress.done(start)
 
     def warn(self, message: str) -> None:
         """A rank-zero warning prefixed with the class name."""
         rank_zero_warn(f"{type(self).__name__}: {message}")
 
     _warn = warn
+
+
+def _map_style(dataset: Any) -> bool:
+    return (
+        dataset is not None
+        and not isinstance(dataset, IterableDataset)
+        and hasattr(dataset, "__len__")
+        and hasattr(dataset, "__getitem__")
+    )
+
+
+def _training_loader(trainer: pl.Trainer) -> Optional[DataLoader]:
+    """The training DataLoader (Lightning's, with its distributed sampler, once the fit loop has
+    loaded it; before that, the one the fit loop will load), or ``None``."""
+    loader = _first_loader(trainer.train_dataloader)
+    if loader is None:
+        source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)  # private: no public accessor
+        if source is not None and source.is_defined():
+            with torch.random.fork_rng(devices=[]):  # building a user's dataloader may draw from the RNG
+                loader = _first_loader(source.dataloader())
+    return loader
+
+
+def _sampler_indices(loader: Optional[DataLoader]) -> Optional[Tensor]:
+    """The sorted unique dataset indices one pass of ``loader``'s (batch) sampler yields, read from a
+    copy of the sampler under a forked RNG (so the training sampler's generator and state are
+    untouched); ``None`` when it yields no indices (an IterableDataset) or there is no loader."""
+    if loader is None or isinstance(loader.dataset, IterableDataset):
+        return None
+    source = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+    try:  # the dataset is shared, not copied; a sampler's generator is copied (drawing from it is ours)
+        source = copy.deepcopy(source, memo={id(loader.dataset): loader.dataset})
+    except Exception:  # noqa: BLE001 -- an uncopyable sampler is read as it is, under the forked RNG
+        pass
+    found: list[int] = []
+    with torch.random.fork_rng(devices=[]):
+        for item in source:
+            if item is None:
+                return None
+            if isinstance(item, Tensor):
+                found.extend(item.flatten().tolist())
+            elif isinstance(item, (list, tuple)):
+                found.extend(int(i) for i in item)
+            else:
+                found.append(int(item))
+    return torch.tensor(sorted(set(found)), dtype=torch.long)
+
+
+def _own_share(trainer: pl.Trainer, indices: Tensor) -> Tensor:
+    """``indices`` less those a lower rank also holds (a DistributedSampler pads by repeating indices)."""
+    device = trainer.strategy.root_device
+    counts = trainer.strategy.all_gather(torch.tensor([indices.numel()], device=device)).flatten()
+    padded = torch.full((int(counts.max()),), -1, dtype=torch.long, device=device)
+    padded[: indices.numel()] = indices.to(device)
+    everyone = trainer.strategy.all_gather(padded).reshape(len(counts), -1)
+    lower = everyone[: trainer.global_rank].flatten()
+    keep = ~torch.isin(indices.to(device), lower[lower >= 0])
+    return indices[keep.cpu()]
+
+
+def _reader_kwargs(loader: Optional[DataLoader], device_type: str) -> dict[str, Any]:
+    """DataLoader arguments of a monitor's read of the training set on ``device_type``: on the CPU
+    the main process reads (workers would compete with training for the cores); on an accelerator
+    the training loader's worker and pinning settings, so the device does not wait on decoding."""
+    if device_type == "cpu" or loader is None:
+        return {"num_workers": 0}
+    if loader.num_workers == 0:
+        return {"num_workers": 0, "pin_memory": loader.pin_memory}
+    kwargs: dict[str, Any] = {
+        "num_workers": loader.num_workers,
+        "pin_memory": loader.pin_memory,
+        "worker_init_fn": loader.worker_init_fn,
+        "multiprocessing_context": loader.multiprocessing_context,
+        "persistent_workers": False,
+        "timeout": loader.timeout,
+    }
+    if loader.prefetch_factor is not None:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    return kwargs
+
+
+class _RandomStream:
+    """A random stream of its own for a monitor's reads, forked once from the global state: inside
+    :meth:`active` the global generators (torch CPU, the CUDA device, Python, NumPy) continue this
+    stream; outside they are as the caller left them."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._cuda = device if device.type == "cuda" else None
+        self._state = self._get()
+
+    def _get(self) -> tuple[Any, ...]:
+        cuda = torch.cuda.get_rng_state(self._cuda) if self._cuda is not None else None
+        return torch.get_rng_state(), cuda, random.getstate(), _numpy_state()
+
+    def _set(self, state: tuple[Any, ...]) -> None:
+        cpu, cuda, py, np_state = state
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, self._cuda)
+        random.setstate(py)
+        if np_state is not None:
+            import numpy
+
+            numpy.random.set_state(np_state)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        outer = self._get()
+        self._set(self._state)
+        try:
+            yield
+        finally:
+            self._state = self._get()
+            self._set(outer)
+
+
+def _numpy_state() -> Any:
+    try:
+        import numpy
+    except ImportError:  # pragma: no cover - numpy comes with torch's usual installs
+        return None
+    return numpy.random.get_state()
+
+
+class _Progress:
+    """Rank-zero progress lines (done, total, elapsed, ETA) of a long pass, every ``interval`` seconds."""
+
+    def __init__(self, name: str, total: int, interval: float, enabled: bool) -> None:
+        self.name, self.total, self.interval, self.enabled = name, total, interval, enabled
+        self.start = self.last = time.perf_counter()
+        self.logged = False
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if not self.enabled or now - self.last < self.interval or done >= self.total:
+            return
+        self.last, self.logged = now, True
+        elapsed = now - self.start
+        eta = elapsed / max(done, 1) * (self.total - done)
+        rank_zero_info(
+            f"{self.name}: read {done}/{self.total} training examples ({100 * done / max(self.total, 1):.0f}%), "
+            f"{elapsed:.0f} s, ETA {eta:.0f} s"
+        )
+
+    def done(self, done: int) -> None:
+        if self.enabled and self.logged:
+            rank_zero_info(f"{self.name}: read {done} training examples in {time.perf_counter() - self.start:.0f} s")
+
+    def stopped(self, done: int) -> None:
+        if self.enabled:
+            rank_zero_info(
+                f"{self.name}: SIGTERM received; stopped the pass after {done}/{self.total} examples, "
+                "the run's results are dropped"
+            )
 
 
 def _batch_size(batch: Any) -> int:

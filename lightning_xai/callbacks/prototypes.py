@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 from typing_extensions import override
 
 from lightning_xai._validation import check_float, check_int
@@ -84,10 +84,14 @@ def _dataset_labels(dataset: Dataset) -> Optional[Tensor]:
     return None
 
 
-def _load_items(dataset: Dataset, indices: Sequence[int]) -> Tensor:
-    """The inputs of ``dataset[i]`` for each ``i`` as one batch, read with the global RNG untouched."""
+def _load_items(dataset: Any, indices: Sequence[int]) -> Tensor:
+    """The inputs of ``dataset[i]`` for each ``i`` as one batch, read with the global RNG untouched
+    (``dataset`` may be a DataLoader: its dataset, read with its ``collate_fn``)."""
+    collate = default_collate
+    if isinstance(dataset, DataLoader):
+        collate, dataset = dataset.collate_fn or default_collate, dataset.dataset
     with torch.random.fork_rng(devices=[]):
-        batch = default_collate([dataset[i] for i in indices])
+        batch = collate([dataset[i] for i in indices])
     return _split_batch(batch)[0]
 
 
@@ -104,8 +108,9 @@ class PrototypePush(MonitorBase):
     not fit is skipped, with a warning at ``setup`` (:meth:`plan` gives the schedule). A fit ended
     earlier by ``max_steps``, early stopping or a time limit is not foreseen.
 
-    Each push streams the training dataset once (in order,
-    no shuffling, this rank's share under DDP), embeds every image with the model in eval mode,
+    Each push streams the training examples the training sampler yields once (sorted, this rank's
+    share under DDP; see :meth:`~lightning_xai.callbacks.MonitorBase.iter_dataset`), read from
+    ``dataset`` when given (ProtoPNet's un-augmented ``train_push_loader``), embeds every image with the model in eval mode,
     and keeps for each prototype the nearest embedding patch of an image of the prototype's own
     class; the per-rank nearest patches are all-gathered and reduced, so every rank pushes the
     same prototypes. Each prototype is then *replaced* by its patch, and the head records the
@@ -118,7 +123,10 @@ class PrototypePush(MonitorBase):
     not touched: the dataset is read through its own loader with the RNG forked).
 
     Logged (rank zero, in the background): ``prototypes/gallery`` (each prototype's patch, its
-    source image with the box, and its similarity map over that image), the prototype vectors as
+    source image with the box, and its similarity map over that image; the image is the exact view
+    the patch was pushed from, kept during the pass, so a random crop or flip cannot move the box
+    off it: this keeps ``max_logged`` (default all) images of the input's size, gathered over ranks
+    under DDP, and :attr:`source_images` holds them until the next push), the prototype vectors as
     an embedding with their patches, and ``xai/PrototypePush/mean_shift`` (how far the
     prototypes moved) and ``.../mean_distance`` (their distance to the nearest patch before).
 
@@ -128,6 +136,9 @@ class PrototypePush(MonitorBase):
         log_gallery: Log the prototype gallery and embedding after each push.
         max_logged: Log at most this many prototypes in the gallery (``None``: all).
         synchronous_logging: Render on the training thread (debugging).
+        dataset: Optional view of the training examples to push onto (a map-style dataset or a
+            DataLoader, e.g. without random augmentation), with the training dataset's length and
+            indexing; which indices are read still comes from the training sampler.
 
     Raises:
         ValueError: at ``setup``: not exactly one PrototypeHead in the model, an empty training
@@ -145,14 +156,22 @@ class PrototypePush(MonitorBase):
         log_gallery: bool = True,
         max_logged: Optional[int] = None,
         synchronous_logging: Optional[bool] = None,
+        dataset: Optional[Any] = None,
     ) -> None:
         super().__init__(every_n_epochs=every_n_epochs, synchronous_logging=synchronous_logging)
+        self.dataset = dataset
+        self.source_images: Optional[Tensor] = None
+        """``[count, C, H, W]`` (CPU) the images the gallery's prototypes were last pushed from, as
+        streamed (``None`` until a push that logs its gallery)."""
+        self.source_indices: Optional[Tensor] = None
+        """``[count]`` the dataset indices of :attr:`source_images`."""
         self.batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
         self.max_logged = check_int("max_logged", max_logged, 1, allow_none=True)
         if not isinstance(log_gallery, bool):
             raise TypeError(f"Expected argument `log_gallery` to be a bool, but got {log_gallery!r}.")
         self.log_gallery = log_gallery
         self.push_epochs: list[int] = []
+        self._kept_images: Optional[Tensor] = None
 
     # -- state -----------------------------------------------------------------------------------
     @override
@@ -270,14 +289,30 @@ class PrototypePush(MonitorBase):
         _, head = find_prototype_head(pl_module)
         nearest = NearestPatches.empty(head)
         image_size: Optional[tuple[int, ...]] = None
+        count = self._gallery_count(head) if self._keeps_images(trainer) else 0
+        images: Optional[Tensor] = None  # the streamed image each of the first `count` prototypes' patch came from
         with observe(pl_module), torch.no_grad():
-            for indices, batch in self.iter_dataset(trainer, pl_module, batch_size=self.batch_size):
+            for indices, batch in self.iter_dataset(trainer, pl_module, self.dataset, batch_size=self.batch_size):
                 x, y, _ = _split_batch(batch)
                 if y is None:
                     raise ValueError(f"{type(self).__name__}: the training batches carry no labels to push with.")
                 image_size = tuple(x.shape[-2:])
                 features = _head_features(pl_module, head, x)
+                before = nearest.distance[:count].clone()
                 nearest.update(head, features, torch.as_tensor(y), indices.to(features.device))
+                if count:
+                    if images is None:
+                        images = torch.zeros(count, *x.shape[1:], dtype=x.dtype, device=x.device)
+                    changed = (nearest.distance[:count] < before).nonzero().flatten()
+                    if changed.numel():
+                        batch_indices = indices.to(nearest.source.device)
+                        where = (batch_indices[None, :] == nearest.source[changed][:, None]).int().argmax(dim=1)
+                        images[changed] = x[where.to(x.device)]
+        if trainer.world_size > 1 and count:
+            assert images is not None
+            winner = trainer.strategy.all_gather(nearest.distance[:count]).argmin(dim=0)  # as NearestPatches.reduce
+            images = trainer.strategy.all_gather(images)[winner, torch.arange(count, device=winner.device)]
+        self._kept_images = images
         if trainer.world_size > 1:
             gathered = [trainer.strategy.all_gather(t) for t in (nearest.distance, nearest.patch)]
             gathered += [trainer.strategy.all_gather(t) for t in (nearest.source, nearest.position)]
@@ -289,10 +324,18 @@ class PrototypePush(MonitorBase):
             raise ValueError(f"{type(self).__name__}: the training dataset yielded no batch to push onto.")
         return nearest, image_size
 
+    def _keeps_images(self, trainer: pl.Trainer) -> bool:
+        return self.log_gallery and bool(trainer.loggers)
+
+    def _gallery_count(self, head: PrototypeHead) -> int:
+        return head.num_prototypes if self.max_logged is None else min(self.max_logged, head.num_prototypes)
+
     @override
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         _, head = find_prototype_head(pl_module)
+        self.source_images = self.source_indices = None  # until this push's gallery keeps its own
         nearest, image_size = self.nearest_patches(trainer, pl_module)
+        kept, self._kept_images = self._kept_images, None
         before = head.prototypes.detach().clone()
         with torch.inference_mode(False):
             head.push(nearest, image_size)  # the one intended change to the model
@@ -308,7 +351,8 @@ class PrototypePush(MonitorBase):
         if not self.log_gallery:
             self._publish_scalars(trainer, scalars)
             return
-        gallery = self._gallery_inputs(trainer, pl_module, head)
+        assert kept is not None
+        gallery = self._gallery_inputs(pl_module, head, kept)
         classes = head.prototype_class.cpu()
         vectors = head.prototypes.detach().flatten(1).cpu().float()
 
@@ -331,13 +375,13 @@ class PrototypePush(MonitorBase):
         self.publish(trainer, render)
 
     def _gallery_inputs(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, head: PrototypeHead
+        self, pl_module: pl.LightningModule, head: PrototypeHead, x: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """(source images, boxes, similarity maps on the source) of the logged prototypes, on the CPU."""
-        dataset = _train_dataset(trainer)
-        count = head.num_prototypes if self.max_logged is None else min(self.max_logged, head.num_prototypes)
-        sources = head.prototype_source[:count].tolist()
-        x = self.to_model(trainer, pl_module, _load_items(dataset, sources))  # type: ignore[arg-type]
+        """(source images, boxes, similarity maps on the source) of the logged prototypes, on the CPU:
+        each image is the one kept while streaming (the exact view the patch was pushed from)."""
+        count = x.shape[0]
+        self.source_images = x.detach().float().cpu()
+        self.source_indices = head.prototype_source[:count].cpu().clone()
         with observe(pl_module), torch.no_grad():
             distances = head.distances(_head_features(pl_module, head, x))  # [n, P, h, w]
             own = distances[torch.arange(count), torch.arange(count)]  # each prototype on its own source
@@ -481,6 +525,12 @@ class PrototypeMonitor(ProbeMonitor):
     similarity and the prototype's weight for the predicted class. It observes only: training
     with and without it is bitwise identical.
 
+    The source image is the exact view the prototype was pushed from when the trainer's
+    :class:`PrototypePush` kept it (:attr:`PrototypePush.source_images`); otherwise (after a
+    resume, or beyond its ``max_logged``) it is read again from ``dataset``, else the push's
+    ``dataset``, else the training dataset: give an un-augmented view there, or a random crop or
+    flip of the re-read image may not match the box.
+
     Args:
         num_samples: Size of the probe set (class-balanced, chosen at ``setup``).
         top_k: Prototypes shown per image.
@@ -491,6 +541,7 @@ class PrototypeMonitor(ProbeMonitor):
         class_names: Optional class names for the captions.
         max_overhead: Time budget as a fraction of training time.
         synchronous_logging: Render on the training thread (debugging).
+        dataset: Optional view of the training examples to read source images from (see above).
 
     Example:
         >>> monitor = PrototypeMonitor(num_samples=4, top_k=3)
@@ -507,6 +558,7 @@ class PrototypeMonitor(ProbeMonitor):
         class_names: Optional[Sequence[str]] = None,
         max_overhead: Optional[float] = None,
         synchronous_logging: Optional[bool] = None,
+        dataset: Optional[Any] = None,
     ) -> None:
         super().__init__(
             num_samples=num_samples,
@@ -519,7 +571,9 @@ class PrototypeMonitor(ProbeMonitor):
         )
         self.top_k = check_int("top_k", top_k, 1)
         self.class_names = list(class_names) if class_names is not None else None
-        self._dataset: Optional[Dataset] = None
+        self.dataset = dataset
+        self._dataset: Optional[Any] = None
+        self._push: Optional[PrototypePush] = None
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -532,7 +586,31 @@ class PrototypeMonitor(ProbeMonitor):
             raise ValueError(
                 f"{type(self).__name__}: top_k={self.top_k} is more than the head's {head.num_prototypes} prototypes."
             )
-        self._dataset = _train_dataset(trainer)
+        pushes = [c for c in trainer.callbacks if isinstance(c, PrototypePush)]  # type: ignore[attr-defined]
+        self._push = pushes[0] if pushes else None
+        push_view = self._push.dataset if self._push is not None else None
+        views = [d for d in (self.dataset, push_view) if d is not None]  # (no truth test: len() 0 is a view too)
+        self._dataset = views[0] if views else _train_dataset(trainer)
+
+    def _source_images(self, trainer: pl.Trainer, pl_module: pl.LightningModule, sources: Tensor) -> Tensor:
+        """The pushed-from image of each prototype source in ``sources`` ``[m]`` (model device and dtype):
+        the push's kept view where it holds that source, else read from the view."""
+        kept = self._push.source_images if self._push is not None else None
+        kept_at = self._push.source_indices if self._push is not None else None
+        wanted = sources.tolist()
+        position = {int(i): j for j, i in enumerate(kept_at.tolist())} if kept_at is not None else {}
+        missing = sorted({i for i in wanted if i not in position})
+        read = _load_items(self._dataset, missing) if missing and self._dataset is not None else None
+        rows = []
+        for i in wanted:
+            if i in position:
+                assert kept is not None
+                rows.append(kept[position[i]])
+            elif read is not None:
+                rows.append(read[missing.index(i)])
+            else:
+                raise ValueError(f"{type(self).__name__}: found no dataset to read prototype source {i} from.")
+        return self.to_model(trainer, pl_module, torch.stack(rows))
 
     @override
     def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: Probe) -> dict[str, Tensor]:
@@ -551,8 +629,7 @@ class PrototypeMonitor(ProbeMonitor):
             known = sources >= 0
             images = torch.zeros(n, k, *probe.inputs.shape[1:], dtype=probe.inputs.dtype, device=probe.inputs.device)
             if bool(known.any()) and self._dataset is not None:
-                wanted = sources[known].tolist()
-                images[known] = self.to_model(trainer, pl_module, _load_items(self._dataset, wanted)).to(images.dtype)
+                images[known] = self._source_images(trainer, pl_module, sources[known]).to(images.dtype)
         return {
             "logits": output.logits,
             "top": top,

@@ -10,11 +10,12 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
+from torch.utils.data import DataLoader
 from torch.utils.data._utils.collate import default_collate
 from typing_extensions import override
 
 from lightning_xai._validation import check_int
-from lightning_xai.callbacks.base import ProbeMonitor, RunInfo, _first_loader
+from lightning_xai.callbacks.base import ProbeMonitor, RunInfo, _training_loader
 from lightning_xai.data.probe import Probe, _as_targets, _split_batch
 from lightning_xai.errors import LightningXAIError
 from lightning_xai.influence import TracIn
@@ -29,6 +30,11 @@ __all__ = ["TracInMonitor"]
 _MAX_INFLUENCERS = 8
 
 
+def _rankable(self_influence: Tensor, scores: Tensor) -> Tensor:
+    """``[N]`` mask of the examples with a finite self-influence and finite scores for every probe."""
+    return torch.isfinite(self_influence) & torch.isfinite(scores).all(0)
+
+
 class TracInMonitor(ProbeMonitor):
     """TracIn (Pruthi et al. 2020) during training: every checkpoint epoch adds
     ``lr * <grad L(z), grad L(z')>`` at the current weights to running sums, so no checkpoint is
@@ -36,12 +42,14 @@ class TracInMonitor(ProbeMonitor):
 
     At each scheduled run (a "checkpoint") it reads the learning rate from the optimizer (the
     param group holding the first selected parameter; :attr:`lr_source` says which, and it is
-    logged at fit start), streams the whole training set (this rank's share under DDP, in a fixed
-    order, RNG and sampler untouched, through :meth:`~lightning_xai.callbacks.base.MonitorBase.iter_dataset`)
+    logged at fit start), streams the training examples the training sampler yields (this rank's
+    share under DDP, in a fixed order, training's RNG and sampler untouched, through
+    :meth:`~lightning_xai.callbacks.base.MonitorBase.iter_dataset`; from ``dataset`` when given)
     and accumulates
 
     * every training example's self-influence ``sum_c lr_c |grad L(w_c, z)|^2`` (high: hard or
-      mislabelled examples), and
+      mislabelled examples; ``NaN`` for every index the sampler never yielded, e.g. a validation
+      split a ``SubsetRandomSampler`` carves out), and
     * every probe image's TracIn score against every training example (kept as a
       ``num_samples x N`` matrix), from which its proponents (highest scores) and opponents
       (lowest) are read.
@@ -49,7 +57,7 @@ class TracInMonitor(ProbeMonitor):
     It logs, on rank zero and in the background: ``xai/tracin/self_influence_top`` (a grid of the
     ``top_k`` highest self-influence training images with index, label and score: the mislabel
     candidates), ``xai/tracin/proponents/<i>`` (probe image *i* with its proponents and opponents,
-    ``min(top_k, 8)`` each), the ``xai/tracin/self_influence`` histogram, scalars
+    ``min(top_k, 8)`` each), the ``xai/tracin/self_influence`` histogram (finite scores), scalars
     ``xai/tracin/learning_rate`` and ``xai/tracin/checkpoints``, and a table
     ``xai/tracin/top_self_influence`` (index, label, score, image).
 
@@ -62,6 +70,11 @@ class TracInMonitor(ProbeMonitor):
     The accumulated sums are part of the callback's ``state_dict``, so a resumed fit continues
     them. Under DDP every rank computes its share of the training set; the sums are gathered, so
     every rank holds the full result and rank zero logs it.
+
+    Rankings and pictures skip indices never streamed; a streamed example whose score is not
+    finite (a NaN image, say) is left out of them too, with a warning naming its dataset index.
+    Pictures are read from ``dataset`` when given (the view that was scored, when it has no
+    random augmentation), else from the training dataset (then one random view of the example).
 
     Args:
         every_n_epochs: A checkpoint every n epochs.
@@ -80,6 +93,10 @@ class TracInMonitor(ProbeMonitor):
         probe: Optional user probe ``(inputs, targets)``.
         max_overhead: Time budget as a fraction of training time (see :class:`~lightning_xai.callbacks.base.MonitorBase`).
         synchronous_logging: Render on the training thread (debugging).
+        dataset: Optional view of the training examples to score and draw, with the training
+            dataset's length and indexing, typically without random augmentation (a map-style
+            dataset or a DataLoader whose ``collate_fn`` is used); which indices are read still
+            comes from the training sampler.
 
     Example:
         >>> monitor = TracInMonitor(every_n_epochs=2, top_k=16, save_checkpoints=True)
@@ -103,6 +120,7 @@ class TracInMonitor(ProbeMonitor):
         probe: Optional[Any] = None,
         max_overhead: Optional[float] = None,
         synchronous_logging: Optional[bool] = None,
+        dataset: Optional[Any] = None,
     ) -> None:
         super().__init__(
             num_samples=num_samples,
@@ -121,10 +139,13 @@ class TracInMonitor(ProbeMonitor):
         self.save_checkpoints = bool(save_checkpoints)
         self.checkpoint_dir = checkpoint_dir
         self.class_names = list(class_names) if class_names is not None else None
+        self.dataset = dataset
         self.self_influence: Optional[Tensor] = None
-        """``[N]`` accumulated self-influence of every training example (float64, CPU)."""
+        """``[N]`` accumulated self-influence of every training example (float64, CPU; ``NaN`` where
+        never streamed)."""
         self.probe_scores: Optional[Tensor] = None
-        """``[num_samples, N]`` accumulated TracIn scores of the probe images (float64, CPU)."""
+        """``[num_samples, N]`` accumulated TracIn scores of the probe images (float64, CPU; ``NaN``
+        columns where never streamed)."""
         self.checkpoints: list[dict[str, Any]] = []
         """One record per checkpoint added: epoch, step, learning rate, param group, file (if saved)."""
         self.lr_source: Optional[str] = None
@@ -199,18 +220,20 @@ class TracInMonitor(ProbeMonitor):
         return lr, f"optimizer {o}, param group {g}"
 
     # -- data ----------------------------------------------------------------------------------
-    def _dataset(self, trainer: pl.Trainer) -> Any:
-        loader = _first_loader(trainer.train_dataloader)
-        if loader is None:
-            source = trainer.fit_loop._data_source  # before the first epoch: the source the loop will use
-            loader = _first_loader(source.dataloader()) if source.is_defined() else None
+    def _dataset(self, trainer: pl.Trainer) -> tuple[Any, Optional[DataLoader]]:
+        """The dataset scored and drawn (``dataset`` when given) and the loader whose ``collate_fn`` reads it."""
+        if isinstance(self.dataset, DataLoader):
+            return self.dataset.dataset, self.dataset
+        loader = _training_loader(trainer)
+        if self.dataset is not None:
+            return self.dataset, loader
         return getattr(loader, "dataset", None), loader
 
     def _triples(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, limit: Optional[int] = None
     ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         read = 0
-        for indices, batch in self.iter_dataset(trainer, pl_module, batch_size=self.batch_size):
+        for indices, batch in self.iter_dataset(trainer, pl_module, self.dataset, batch_size=self.batch_size):
             x, y, _ = _split_batch(batch)
             if y is None:
                 raise ValueError("TracInMonitor: the training batches hold no targets; TracIn needs (x, y).")
@@ -222,7 +245,7 @@ class TracInMonitor(ProbeMonitor):
                 return
 
     def _examples(self, trainer: pl.Trainer, indices: Tensor) -> tuple[Tensor, Tensor]:
-        """Training images and labels at ``indices`` (CPU), read with the RNG untouched."""
+        """Training images and labels at ``indices`` (CPU) from the scored view, read with the RNG untouched."""
         dataset, loader = self._dataset(trainer)
         collate = getattr(loader, "collate_fn", None) or default_collate
         with torch.random.fork_rng(devices=[]):
@@ -242,17 +265,26 @@ class TracInMonitor(ProbeMonitor):
     def _contributions(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: Probe, lr: float, limit: Optional[int]
     ) -> dict[str, Tensor]:
+        """This checkpoint's ``self_influence`` ``[N]`` and ``scores`` ``[len(probe), N]`` (``NaN`` where
+        not streamed) and the ``seen`` mask ``[N]`` of the streamed indices (gathered over ranks)."""
         dataset, _ = self._dataset(trainer)
         n = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else 0
         device = pl_module.device
         own_self = torch.zeros(n, device=device, dtype=torch.float64)
         own_scores = torch.zeros(len(probe), n, device=device, dtype=torch.float64)
+        seen = torch.zeros(n, device=device, dtype=torch.uint8)
         assert probe.targets is not None
+
+        def triples() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+            for indices, x, y in self._triples(trainer, pl_module, limit):
+                seen[indices.to(device)] = 1
+                yield indices, x, y
+
         try:
             self.tracin.update(
                 pl_module,
                 lr,
-                self._triples(trainer, pl_module, limit),
+                triples(),
                 self_influence=own_self,
                 test_inputs=probe.inputs,
                 test_targets=probe.targets.to(device),
@@ -264,19 +296,37 @@ class TracInMonitor(ProbeMonitor):
             # each example was read by exactly one rank: the sum over ranks places every row exactly
             own_self = trainer.strategy.all_gather(own_self).reshape(-1, n).sum(0)
             own_scores = trainer.strategy.all_gather(own_scores).reshape(-1, len(probe), n).sum(0)
-        return {"self_influence": own_self.cpu(), "scores": own_scores.cpu()}
+            seen = trainer.strategy.all_gather(seen).reshape(-1, n).amax(0)
+        mask = seen.bool().cpu()
+        nan = float("nan")
+        return {
+            "self_influence": own_self.cpu().masked_fill(~mask, nan),
+            "scores": own_scores.cpu().masked_fill(~mask[None], nan),
+            "seen": mask,
+        }
 
     @override
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self.probe is not None
         lr, source = self._learning_rate(trainer, pl_module)
         contribution = self._contributions(trainer, pl_module, self.probe, lr, limit=None)
-        if self.self_influence is None or self.self_influence.shape != contribution["self_influence"].shape:
-            self.self_influence = torch.zeros_like(contribution["self_influence"])
-            self.probe_scores = torch.zeros_like(contribution["scores"])
+        added, scores, seen = contribution["self_influence"], contribution["scores"], contribution["seen"]
+        if self.self_influence is None or self.self_influence.shape != added.shape:
+            self.self_influence = torch.full_like(added, float("nan"))
+            self.probe_scores = torch.full_like(scores, float("nan"))
         assert self.probe_scores is not None
-        self.self_influence += contribution["self_influence"]
-        self.probe_scores += contribution["scores"]
+        # an index joins the sums at its first streamed checkpoint; one a checkpoint did not stream keeps its sum
+        old_self, old_scores = self.self_influence, self.probe_scores
+        self.self_influence = torch.where(seen, old_self.nan_to_num(nan=0.0) + added, old_self)
+        self.probe_scores = torch.where(seen[None], old_scores.nan_to_num(nan=0.0) + scores, old_scores)
+        bad = seen & ~(torch.isfinite(added) & torch.isfinite(scores).all(0))
+        if bool(bad.any()) and trainer.is_global_zero:
+            where = bad.nonzero().flatten().tolist()
+            self.warn(
+                f"training example(s) at dataset index {where[:20]}{' ...' if len(where) > 20 else ''} have a "
+                f"non-finite TracIn score at epoch {trainer.current_epoch} (a NaN or inf input, label or loss?); "
+                "they are left out of the rankings and pictures."
+            )
         record: dict[str, Any] = {
             "epoch": int(trainer.current_epoch),
             "step": int(trainer.global_step),
@@ -299,6 +349,9 @@ class TracInMonitor(ProbeMonitor):
         self.checkpoints.append(record)
         if not trainer.is_global_zero:
             return
+        if not bool(_rankable(self.self_influence, self.probe_scores).any()):
+            self.warn("no training example has a finite TracIn score yet; nothing to draw.")
+            return
         results = self._picture_data(trainer, self.self_influence, self.probe_scores, lr)
         probe = self.probe.to("cpu")
         self.publish(trainer, lambda sinks, info: self.render(sinks, info, probe, results))
@@ -306,17 +359,18 @@ class TracInMonitor(ProbeMonitor):
     def _picture_data(
         self, trainer: pl.Trainer, self_influence: Tensor, scores: Tensor, lr: float, index_map: Optional[Tensor] = None
     ) -> dict[str, Tensor]:
-        """Everything :meth:`render` draws, as CPU tensors (images read from the training set).
-        ``index_map`` maps positions in ``self_influence`` to dataset indices (default: identity)."""
+        """Everything :meth:`render` draws, as CPU tensors (images read from the scored view).
+        ``index_map`` maps positions in ``self_influence`` to dataset indices (default: identity).
+        Positions whose score is not finite (never streamed, or a NaN example) are left out."""
+        if index_map is None:
+            index_map = torch.arange(self_influence.numel())
+        keep = _rankable(self_influence, scores).nonzero().flatten()
+        self_influence, scores, index_map = self_influence[keep], scores[:, keep], index_map[keep]
         top = self_influence.float().topk(min(self.top_k, self_influence.numel()))
         k = min(self.top_k, _MAX_INFLUENCERS, scores.shape[1])
         pro = scores.float().topk(k, dim=1)
         opp = scores.float().topk(k, dim=1, largest=False)
-        if index_map is not None:
-            pro_indices, opp_indices = index_map[pro.indices], index_map[opp.indices]
-            top_indices = index_map[self_influence.float().topk(min(self.top_k, self_influence.numel())).indices]
-        else:
-            pro_indices, opp_indices, top_indices = pro.indices, opp.indices, top.indices
+        pro_indices, opp_indices, top_indices = index_map[pro.indices], index_map[opp.indices], index_map[top.indices]
         wanted = torch.cat([top_indices, pro_indices.flatten(), opp_indices.flatten()])
         images, labels = self._examples(trainer, wanted)
         t, p = top_indices.numel(), pro_indices.numel()
@@ -349,8 +403,8 @@ class TracInMonitor(ProbeMonitor):
             part = self._contributions(trainer, pl_module, self.probe[:1], lr, limit=2)
         except (LightningXAIError, RuntimeError, TypeError) as err:
             raise ValueError(f"TracInMonitor fails at fit start (before training): {err}") from err
-        if trainer.is_global_zero:
-            seen = (part["self_influence"] != 0).nonzero().flatten()  # the examples read
+        seen = part["seen"].nonzero().flatten()  # the examples read
+        if trainer.is_global_zero and bool(_rankable(part["self_influence"][seen], part["scores"][:, seen]).any()):
             results = self._picture_data(
                 trainer, part["self_influence"][seen], part["scores"][:, seen], lr, index_map=seen
             )
