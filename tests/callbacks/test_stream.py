@@ -249,13 +249,28 @@ class _Flipped(LabelledImages):
         return image + 0.3 * torch.rand_like(image), label
 
 
+class _AfterFirstEpoch(pl.Callback):
+    """Listed after the push: the weights at the end of epoch 0 (right after the push)."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 0:
+            self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+
 def test_the_gallery_shows_the_exact_view_each_prototype_was_pushed_from(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     data = _Flipped(torch.rand(24, 3, 16, 16, generator=g), torch.arange(24) % 3)
     push = PrototypePush(every_n_epochs=1, synchronous_logging=True)
+    snapshot = _AfterFirstEpoch()  # a push never runs on the final epoch: compare with the weights it pushed into
     model = _fit(
-        tmp_path, [push], DataLoader(data, batch_size=8), model=ProtoShapes(3), logger=TensorBoardLogger(str(tmp_path))
+        tmp_path,
+        [push, snapshot],
+        DataLoader(data, batch_size=8),
+        model=ProtoShapes(3),
+        logger=TensorBoardLogger(str(tmp_path)),
+        max_epochs=2,
     )
+    model.load_state_dict(snapshot.state)
     head = model.head
     assert push.source_indices.tolist() == head.prototype_source.tolist()
     ph, pw = head.prototype_shape
