@@ -22,6 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
 from lightning_xai.attribution.base import ExplainContext, TargetType, forward_scores
+from lightning_xai.attribution.propagation.cache import weight_cache
 from lightning_xai.attribution.propagation.canonizers import batchnorm_affine, batchnorm_pairs
 from lightning_xai.attribution.propagation.composites import LINEAR_TYPES, POOL_TYPES, Composite
 from lightning_xai.attribution.propagation.rules import LayerView, Rule
@@ -460,11 +461,26 @@ def propagate(
         ctx: The call's context; hooks go through it.
         method: Name used in errors.
         layers: Dotted names of layers whose output relevance to return as well.
-        cache: Keep the rules' derived parameters across calls (:mod:`~lightning_xai.attribution.propagation.cache`).
+        cache: Reuse the rules' derived parameters within the call, and across calls inside an
+            enclosing :func:`~lightning_xai.attribution.propagation.cache.weight_cache` block.
 
     Returns:
         ``(relevance shaped like inputs, {layer: relevance of its output})``.
     """
+    with weight_cache():  # nothing derived outlives the call unless an outer scope is open
+        return _propagate(model, inputs, target, composite, ctx, method, layers, cache)
+
+
+def _propagate(
+    model: nn.Module,
+    inputs: Tensor,
+    target: TargetType,
+    composite: Composite,
+    ctx: ExplainContext,
+    method: str,
+    layers: Sequence[str],
+    cache: bool,
+) -> tuple[Tensor, dict[str, Tensor]]:
     the_plan = plan(model, composite, method)
     state = _State(method=method, inputs=inputs, cache=cache)
     _register(model, the_plan, state, ctx)

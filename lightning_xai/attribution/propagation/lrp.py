@@ -40,7 +40,9 @@ class LRP(Explainer):
 
     COST: 1 forward + 1 backward pass, plus one extra forward of each layer under z+ (two under
     alpha-beta, one of double width under gamma, three under z^B); about 1.5 passes on a z+ network.
-    The rule-modified weights are computed once and reused while the parameters are unchanged.
+    The rule-modified weights are computed once per call; inside a
+    :func:`~lightning_xai.attribution.propagation.weight_cache` block they are reused across
+    calls while the parameters are unchanged (nothing is kept after the block or the call).
 
     Args:
         composite: The composite (name, :class:`Composite` or mapping).
@@ -49,10 +51,11 @@ class LRP(Explainer):
         low: The input box's lower bound for z^B (``"epsilon_gamma_box"``; default -3).
         high: Its upper bound (default 3).
         stabilizer: The other rules' stabiliser (named composites; default 1e-6).
-        cache_weights: Keep the rules' derived parameters (BatchNorm-merged weights, their
-            positive parts, ...) across calls, recomputed whenever a parameter or BatchNorm
-            statistic changed (its version counter, storage, dtype or device; see
-            :mod:`~lightning_xai.attribution.propagation.cache`). ``False``: recompute every call.
+        cache_weights: Reuse the rules' derived parameters (BatchNorm-merged weights, their
+            positive parts, ...) within the call and, inside a ``weight_cache()`` block, across
+            calls; recomputed whenever a parameter or BatchNorm statistic changed (its version
+            counter, storage, dtype or device; see
+            :mod:`~lightning_xai.attribution.propagation.cache`). ``False``: recompute every time.
 
     Raises:
         ValueError: unknown composite name or parameters it does not take.

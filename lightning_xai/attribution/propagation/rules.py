@@ -61,15 +61,15 @@ class LayerView:
     """What a rule sees of one linear layer for one call: its operation and its parameters, with a
     following BatchNorm (``y = scale * out + shift`` per channel) merged in when the canonizer
     merged one. Derived parameters (the merged weight and bias, their signed parts, gamma's
-    weights) come from :func:`~lightning_xai.attribution.propagation.cache.cached`: computed once,
-    kept across calls and recomputed whenever a source tensor changed (its version counter,
-    storage, dtype or device).
+    weights) come from :func:`~lightning_xai.attribution.propagation.cache.cached`: computed once
+    per :func:`~lightning_xai.attribution.propagation.cache.weight_cache` scope and recomputed
+    whenever a source tensor changed (its version counter, storage, dtype or device).
 
     Args:
         module: The ``nn.Conv*d`` or ``nn.Linear``.
         batchnorm: The eval-mode BatchNorm merged into it, or ``None``.
         weight: Override the weight (PatternNet's patterns); the merge does not apply then.
-        cache: Keep derived parameters across calls (see :mod:`~lightning_xai.attribution.propagation.cache`).
+        cache: Keep derived parameters in the open scope (see :mod:`~lightning_xai.attribution.propagation.cache`).
         nonnegative: The layer's input is known to have no negative value (a ReLU's output), so
             rules need not check.
 
