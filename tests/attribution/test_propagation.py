@@ -712,6 +712,58 @@ def test_input_rule_on_inner_layer_raises() -> None:
         LRP(Composite({"2": Flat()}))(model, torch.rand(2, 4), 0)
 
 
+def test_zbox_box_is_required() -> None:
+    """No silent default box (as zennit): the composite, the rule by name and a half box raise."""
+    with pytest.raises(ValueError, match=r"'epsilon_gamma_box' needs the rule parameters \['low', 'high'\]"):
+        LRP("epsilon_gamma_box")
+    with pytest.raises(ValueError, match="needs the rule parameters \\['high'\\]"):
+        LRP("epsilon_gamma_box", low=0.0)
+    with pytest.raises(ValueError, match="'zbox' needs the input box"):
+        LRP(Composite({nn.Linear: "zbox"}))
+    with pytest.raises(TypeError):
+        ZBox()  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="both bounds"):
+        DeepTaylor(high=1.0)
+    with pytest.raises(ValueError, match="low <= high"):
+        ZBox(1.0, 0.0)
+
+
+def test_zbox_raises_on_inputs_outside_the_box_and_runs_inside() -> None:
+    model, x = _model("small")
+    explainer = LRP("epsilon_gamma_box", low=0.0, high=1.0)
+    outside = x * 2 - 0.5
+    before = _snapshot(model)
+    message = (
+        r"LRP \(composite 'epsilon_gamma_box'\), layer 'features.0': z\^B \(ZBox\) assumes inputs in the box "
+        rf"\[0, 1\], but the inputs span \[{float(outside.min()):.4g}, {float(outside.max()):.4g}\].*low=\.\.\."
+    )
+    with pytest.raises(ValueError, match=message):
+        explainer(model, outside, 1)
+    _assert_same(before, _snapshot(model))
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules()), "hook left behind"
+    with pytest.raises(ValueError, match="DeepTaylor .*box \\[0, 0.5\\]"):
+        DeepTaylor(low=0.0, high=0.5)(model, x, 1)
+
+    edges = x.clone()
+    edges[:, :, 0, 0], edges[:, :, 0, 1] = 0.0, 1.0  # on the box's faces: inside
+    assert explainer(model, edges, 1).abs().sum() > 0
+    # a normalised box computed in float64, inputs rounded to float32 (0 maps just below `low`):
+    # inside up to rounding; a per-channel tensor box gives the map of the same float box
+    mean, std = 0.485, 0.229
+    low, high = (0 - mean) / std, (1 - mean) / std
+    normalised = ((edges.double() - mean) / std).float()
+    assert float(normalised.min()) < low
+    assert LRP("epsilon_gamma_box", low=low, high=high)(model, normalised, 1).abs().sum() > 0
+
+    def rules(box: ZBox) -> Composite:
+        return Composite({"features.0": box, nn.Conv2d: Gamma(0.25), nn.Linear: Epsilon(1e-6)})
+
+    floats = LRP(rules(ZBox(low, high)))(model, normalised, 1)
+    channel = lambda v: torch.tensor([v]).view(1, 1, 1, 1)  # noqa: E731
+    tensors = LRP(rules(ZBox(channel(low), channel(high))))(model, normalised, 1)
+    torch.testing.assert_close(tensors, floats, rtol=1e-5, atol=1e-7)
+
+
 def test_flat_first_layer_through_flatten() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
     x = torch.rand(2, 3, 2, 2)

@@ -213,6 +213,7 @@ class _State:
     # id -> (tensor, version): a ReLU's output (or a pooling / reshape of one), not written since
     nonnegative: dict[int, tuple[Tensor, int]] = field(default_factory=dict)
     cache: bool = True
+    composite: str = "custom"  # how errors name the composite
 
     def mark_nonnegative(self, t: Tensor) -> None:
         """Remember ``t`` (at its current version) as nonnegative."""
@@ -368,7 +369,10 @@ def _register(model: nn.Module, the_plan: Plan, state: _State, ctx: ExplainConte
             scale = scale_c.view((1, -1) + (1,) * (output.ndim - 2))
         terms = None
         if rule is not None:
-            leaf = _leaf_maker(state, x, state.method, name, rule) if rule.input_layer else _no_leaf
+            leaf = _no_leaf
+            if rule.input_layer:
+                leaf = _leaf_maker(state, x, state.method, name, rule)
+                rule.check_input(x, f"{state.method} (composite {state.composite!r}), layer {name!r}")
             terms = rule.terms(view, x, output, z, scale, leaf)
         if terms is None and bn is not None:
             terms = [(output, scale)]
@@ -482,7 +486,7 @@ def _propagate(
     cache: bool,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     the_plan = plan(model, composite, method)
-    state = _State(method=method, inputs=inputs, cache=cache)
+    state = _State(method=method, inputs=inputs, cache=cache, composite=composite.name)
     _register(model, the_plan, state, ctx)
     captured: dict[str, Tensor] = {}
     merged_into = {linear: bn for bn, linear in the_plan.batchnorms.values()}
