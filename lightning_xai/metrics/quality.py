@@ -4,6 +4,8 @@ over DDP ranks) over the pure functions in :mod:`lightning_xai.metrics.functiona
 Metrics that perturb inputs take the model in ``update``; those that call an explainer hold it
 as configuration (explainers hold no model, so a metric stays picklable). Per-sample values that
 are NaN (an empty mask, a constant score) are counted in ``skipped`` and left out of the mean.
+Metrics with a ``seed`` draw batch ``i`` (counted since construction or ``reset``) with the seed
+``seed + i``, under ``forward`` and ``update`` alike: batches get distinct draws, reruns the same.
 """
 
 from __future__ import annotations
@@ -101,6 +103,48 @@ class _FiniteMean(Metric):
         if int(self.count) == 0:
             return torch.tensor(float("nan"))
         return (self.total / self.count).to(torch.get_default_dtype())
+
+
+class _SeededDraws(Metric):
+    """Random draws that differ from batch to batch and repeat from run to run.
+
+    Batch ``i`` (counted from 0 since construction or the last :meth:`reset`) draws with the seed
+    ``seed + i``. ``forward`` counts as one batch whichever way torchmetrics runs it (one
+    ``update`` on a fresh state, or two), so its batch value equals a fresh metric's ``update``
+    on that batch at the same position, and ``forward`` and ``update`` accumulate the same
+    values. The counter is a plain attribute (not a metric state): torchmetrics' own reset inside
+    ``forward`` leaves it alone.
+    """
+
+    seed: int
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batches = 0  # batches drawn since construction or the last reset
+        self._pinned_seed: int | None = None  # the batch's seed while forward runs
+
+    def _batch_seed(self) -> int:
+        """The seed of the batch being updated; moves the counter on (outside ``forward``)."""
+        if self._pinned_seed is not None:
+            return self._pinned_seed
+        self._batches += 1
+        return self.seed + self._batches - 1
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`torchmetrics.Metric.forward`; every ``update`` it runs draws with this batch's seed."""
+        batches = self._batches
+        self._pinned_seed = self.seed + batches
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            self._pinned_seed = None
+            self._batches = batches + 1
+
+    def reset(self) -> None:
+        """Reset the states and, outside ``forward``, restart the draws at ``seed``."""
+        super().reset()
+        if getattr(self, "_pinned_seed", None) is None:
+            self._batches = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,12 +249,13 @@ class RegionPerturbation(_FiniteMean):
         self._accumulate(drops.mean(dim=1))
 
 
-class FaithfulnessCorrelation(_FiniteMean):
+class FaithfulnessCorrelation(_SeededDraws, _FiniteMean):
     """Mean faithfulness correlation (see
     :func:`~lightning_xai.metrics.functional.faithfulness_correlation`); higher is better.
 
-    Each update draws its subsets from ``seed`` plus the number of updates so far, so two batches
-    never share their draws while a rerun gives the same numbers.
+    Batch ``i`` since construction or :meth:`reset` draws its subsets with the seed ``seed + i``
+    (``forward`` and ``update`` alike): successive batches get different draws, a rerun the same
+    numbers.
     """
 
     higher_is_better = True
@@ -229,13 +274,13 @@ class FaithfulnessCorrelation(_FiniteMean):
         self._accumulate(
             faithfulness_correlation(
                 model, inputs, attributions, target, runs=self.runs, subset_size=self.subset_size,
-                baseline=self.baseline, softmax=self.softmax, seed=self.seed + self._update_count,
+                baseline=self.baseline, softmax=self.softmax, seed=self._batch_seed(),
                 batch_size=self.batch_size,
             )
         )  # fmt: skip
 
 
-class Infidelity(_FiniteMean):
+class Infidelity(_SeededDraws, _FiniteMean):
     """Mean infidelity (see :func:`~lightning_xai.metrics.functional.infidelity`); lower is better."""
 
     higher_is_better = False
@@ -254,7 +299,7 @@ class Infidelity(_FiniteMean):
         self._accumulate(
             infidelity(
                 model, inputs, attributions, target, runs=self.runs, noise_std=self.noise_std,
-                normalize=self.normalize, softmax=self.softmax, seed=self.seed + self._update_count,
+                normalize=self.normalize, softmax=self.softmax, seed=self._batch_seed(),
                 batch_size=self.batch_size,
             )
         )  # fmt: skip
@@ -273,7 +318,7 @@ class _ExplainerMetric(_FiniteMean):
         self.explainer = explainer
 
 
-class LocalLipschitz(_ExplainerMetric):
+class LocalLipschitz(_SeededDraws, _ExplainerMetric):
     """Mean local Lipschitz estimate of ``explainer`` (see
     :func:`~lightning_xai.metrics.functional.local_lipschitz`); lower is better.
 
@@ -300,12 +345,12 @@ class LocalLipschitz(_ExplainerMetric):
         self._accumulate(
             local_lipschitz(
                 model, inputs, self.explainer, target, attributions=attributions, samples=self.samples,
-                std=self.std, seed=self.seed + self._update_count, batch_size=self.batch_size,
+                std=self.std, seed=self._batch_seed(), batch_size=self.batch_size,
             )
         )  # fmt: skip
 
 
-class MaxSensitivity(_ExplainerMetric):
+class MaxSensitivity(_SeededDraws, _ExplainerMetric):
     """Mean max-sensitivity of ``explainer`` (see
     :func:`~lightning_xai.metrics.functional.max_sensitivity`); lower is better."""
 
@@ -324,12 +369,12 @@ class MaxSensitivity(_ExplainerMetric):
         self._accumulate(
             max_sensitivity(
                 model, inputs, self.explainer, target, attributions=attributions, samples=self.samples,
-                radius=self.radius, seed=self.seed + self._update_count, batch_size=self.batch_size,
+                radius=self.radius, seed=self._batch_seed(), batch_size=self.batch_size,
             )
         )  # fmt: skip
 
 
-class Fragility(_ExplainerMetric):
+class Fragility(_SeededDraws, _ExplainerMetric):
     """Mean top-k intersection after the fragility attack (see
     :func:`~lightning_xai.metrics.functional.fragility`); higher is better (a robust map). The
     mean centre-of-mass shift is kept too: :meth:`compute_all` returns both.
@@ -376,7 +421,7 @@ class Fragility(_ExplainerMetric):
             model, inputs, self.explainer, target, attack=self.attack, epsilon=self.epsilon,
             iterations=self.iterations, step_size=self.step_size, softplus_beta=self.softplus_beta,
             input_range=self.input_range, attack_map=self.attack_map, candidates=self.candidates, k=self.k,
-            seed=self.seed + self._update_count, batch_size=self.batch_size,
+            seed=self._batch_seed(), batch_size=self.batch_size,
         )  # fmt: skip
         self._accumulate(result.topk_intersection)
         self.shift_total += result.center_shift.detach().to(self.shift_total.device, torch.float64).sum()
@@ -528,7 +573,7 @@ class InputInvariance(_ExplainerMetric):
 # ---------------------------------------------------------------------------------------------
 # remove and evaluate
 # ---------------------------------------------------------------------------------------------
-class ROAD(Metric):
+class ROAD(_SeededDraws, Metric):
     """Mean ROAD curve (see :func:`~lightning_xai.metrics.functional.road`): ``[F]`` mean target
     score per removed fraction; for ``"morf"`` lower is better."""
 
@@ -558,7 +603,7 @@ class ROAD(Metric):
         curves = road(
             model, inputs, attributions, target, fractions=self.fractions, order=self.order,
             noise_std=self.noise_std, tol=self.tol, max_iterations=self.max_iterations, softmax=self.softmax,
-            seed=self.seed + self._update_count, batch_size=self.batch_size,
+            seed=self._batch_seed(), batch_size=self.batch_size,
         )  # fmt: skip
         self.total += curves.detach().to(self.total.device, torch.float64).sum(dim=0)
         self.count += curves.shape[0]

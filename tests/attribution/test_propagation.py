@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -23,7 +25,12 @@ from lightning_xai.attribution.propagation import (
     ZBox,
     ZPlus,
     batchnorm_pairs,
+    cache_size,
+    clear_cache,
+    weight_cache,
 )
+from lightning_xai.attribution.propagation import cache as cache_module
+from lightning_xai.attribution.propagation import rules as rules_module
 from lightning_xai.errors import LightningXAIError
 from tests.attribution.test_contract import EXPLAINERS, PROPAGATION_RESNET, _assert_same, _snapshot, _training_like
 from tests.helpers.models import make, randomize_batchnorm, resnet18
@@ -344,10 +351,16 @@ def test_cached_weights_are_never_stale(composite: str) -> None:
     """Rule-modified weights (positive parts, BatchNorm-merged weights, gamma's) are kept across
     calls; after any change of a parameter or BatchNorm statistic (an in-place write, an optimizer
     step, a training-mode forward, a dtype move) the cached explainer equals a fresh uncached one."""
+    with weight_cache():
+        _check_never_stale(composite)
+
+
+def _check_never_stale(composite: str) -> None:
     model, x = _model("bn")
     ours = OURS[composite]()
     fresh = lambda: LRP(composite, cache_weights=False, **{k: v for k, v in vars(ours).items() if k in ("low", "high")})  # noqa: E731
     first = ours(model, x, 1)
+    assert cache_size() > 0
     assert torch.equal(first, fresh()(model, x, 1))
     assert torch.equal(ours(model, x, 1), first)  # from the cache
 
@@ -374,16 +387,67 @@ def test_cached_weights_are_never_stale(composite: str) -> None:
 
 def test_writes_through_data_need_clear_cache() -> None:
     """``p.data`` writes bypass the version counter (documented): clear_cache() drops the cache."""
-    from lightning_xai.attribution.propagation.cache import clear_cache
-
     model, x = _model("bn")
     ours = LRP("epsilon_plus_flat")
-    ours(model, x, 1)
-    model.features[4].weight.data.mul_(-1.5)  # the forward sees it; the cached positive part does not
-    fresh = LRP("epsilon_plus_flat", cache_weights=False)(model, x, 1)
-    assert not torch.equal(ours(model, x, 1), fresh)
-    clear_cache()
-    assert torch.equal(ours(model, x, 1), fresh)
+    with weight_cache():
+        ours(model, x, 1)
+        model.features[4].weight.data.mul_(-1.5)  # the forward sees it; the cached positive part does not
+        fresh = LRP("epsilon_plus_flat", cache_weights=False)(model, x, 1)
+        assert not torch.equal(ours(model, x, 1), fresh)
+        clear_cache()
+        assert torch.equal(ours(model, x, 1), fresh)
+
+
+def _record_derived(monkeypatch: pytest.MonkeyPatch) -> tuple[list[weakref.ref], list[int]]:
+    """Weak references to every derived tensor the rules get from the cache, and a count of computes."""
+    refs: list[weakref.ref] = []
+    computes = [0]
+
+    def spy(owner, key, sources, compute, enabled=True):  # type: ignore[no-untyped-def]
+        def counted():  # type: ignore[no-untyped-def]
+            computes[0] += 1
+            return compute()
+
+        value = cache_module.cached(owner, key, sources, counted, enabled)
+        for t in value if isinstance(value, tuple) else (value,):
+            if isinstance(t, torch.Tensor):
+                refs.append(weakref.ref(t))
+        return value
+
+    monkeypatch.setattr(rules_module, "cached", spy)
+    return refs, computes
+
+
+def test_weight_cache_lives_in_a_scope(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call keeps nothing after it returns; inside a ``weight_cache()`` block repeated calls reuse
+    the derived weights (no recompute) and the block's exit frees them; a call's own scope nests."""
+    refs, computes = _record_derived(monkeypatch)
+    model, x = _model("bn")
+    explainer = LRP("epsilon_gamma_box", low=0.0, high=1.0)
+
+    explainer(model, x, 1)
+    per_call = computes[0]
+    assert per_call > 0 and cache_size() == 0
+    gc.collect()
+    assert refs and all(r() is None for r in refs), "a derived weight outlived the call"
+    explainer(model, x, 1)
+    assert computes[0] == 2 * per_call  # no scope: the second call recomputes
+
+    refs.clear()
+    computes[0] = 0
+    with weight_cache():
+        first = explainer(model, x, 1)
+        assert computes[0] == per_call and cache_size() > 0
+        with weight_cache():  # an inner scope (a call's own) shares the outer one's entries
+            assert torch.equal(explainer(model, x, 1), first)
+        DeepTaylor(low=0.0, high=1.0)(model, x, 1)  # another explainer in the same scope
+        after_taylor = computes[0]
+        explainer(model, x, 1)
+        assert computes[0] == after_taylor  # every derived weight came from the scope
+        assert cache_size() > 0
+    assert cache_size() == 0
+    gc.collect()
+    assert refs and all(r() is None for r in refs), "a derived weight outlived its scope"
 
 
 # --------------------------------------------------------------------------------------------
@@ -646,6 +710,58 @@ def test_input_rule_on_inner_layer_raises() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(LightningXAIError, match="model input"):
         LRP(Composite({"2": Flat()}))(model, torch.rand(2, 4), 0)
+
+
+def test_zbox_box_is_required() -> None:
+    """No silent default box (as zennit): the composite, the rule by name and a half box raise."""
+    with pytest.raises(ValueError, match=r"'epsilon_gamma_box' needs the rule parameters \['low', 'high'\]"):
+        LRP("epsilon_gamma_box")
+    with pytest.raises(ValueError, match="needs the rule parameters \\['high'\\]"):
+        LRP("epsilon_gamma_box", low=0.0)
+    with pytest.raises(ValueError, match="'zbox' needs the input box"):
+        LRP(Composite({nn.Linear: "zbox"}))
+    with pytest.raises(TypeError):
+        ZBox()  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="both bounds"):
+        DeepTaylor(high=1.0)
+    with pytest.raises(ValueError, match="low <= high"):
+        ZBox(1.0, 0.0)
+
+
+def test_zbox_raises_on_inputs_outside_the_box_and_runs_inside() -> None:
+    model, x = _model("small")
+    explainer = LRP("epsilon_gamma_box", low=0.0, high=1.0)
+    outside = x * 2 - 0.5
+    before = _snapshot(model)
+    message = (
+        r"LRP \(composite 'epsilon_gamma_box'\), layer 'features.0': z\^B \(ZBox\) assumes inputs in the box "
+        rf"\[0, 1\], but the inputs span \[{float(outside.min()):.4g}, {float(outside.max()):.4g}\].*low=\.\.\."
+    )
+    with pytest.raises(ValueError, match=message):
+        explainer(model, outside, 1)
+    _assert_same(before, _snapshot(model))
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules()), "hook left behind"
+    with pytest.raises(ValueError, match="DeepTaylor .*box \\[0, 0.5\\]"):
+        DeepTaylor(low=0.0, high=0.5)(model, x, 1)
+
+    edges = x.clone()
+    edges[:, :, 0, 0], edges[:, :, 0, 1] = 0.0, 1.0  # on the box's faces: inside
+    assert explainer(model, edges, 1).abs().sum() > 0
+    # a normalised box computed in float64, inputs rounded to float32 (0 maps just below `low`):
+    # inside up to rounding; a per-channel tensor box gives the map of the same float box
+    mean, std = 0.485, 0.229
+    low, high = (0 - mean) / std, (1 - mean) / std
+    normalised = ((edges.double() - mean) / std).float()
+    assert float(normalised.min()) < low
+    assert LRP("epsilon_gamma_box", low=low, high=high)(model, normalised, 1).abs().sum() > 0
+
+    def rules(box: ZBox) -> Composite:
+        return Composite({"features.0": box, nn.Conv2d: Gamma(0.25), nn.Linear: Epsilon(1e-6)})
+
+    floats = LRP(rules(ZBox(low, high)))(model, normalised, 1)
+    channel = lambda v: torch.tensor([v]).view(1, 1, 1, 1)  # noqa: E731
+    tensors = LRP(rules(ZBox(channel(low), channel(high))))(model, normalised, 1)
+    torch.testing.assert_close(tensors, floats, rtol=1e-5, atol=1e-7)
 
 
 def test_flat_first_layer_through_flatten() -> None:

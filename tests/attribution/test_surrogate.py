@@ -285,6 +285,40 @@ def test_anchor_precision_claim_holds_on_fresh_samples() -> None:
     assert (fresh[result.valid] + slack[result.valid] >= 0.9).all()
 
 
+class KeptShare(nn.Module):
+    """Class 0 while more than 90% of the image is kept: an anchor needs most of the superpixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += x.shape[0]
+        s = 10 * (x.mean((1, 2, 3)) - 0.9)
+        return torch.stack([s, torch.zeros_like(s)], dim=1)
+
+
+def test_anchor_budget_bounds_the_forwards() -> None:
+    """The search stops before a pull would pass ``budget`` perturbed inputs per image (counted at
+    the model), and returns its best anchor so far, not valid; unbounded it needs far more."""
+    x = torch.ones(2, 3, 16, 16)
+    grid = {"segmentation": "grid", "segmentation_kwargs": {"cell_size": 4}}  # 16 superpixels
+    model = KeptShare()
+    result = Anchors(budget=1500, **grid).explain(model, x)
+    assert model.rows - 2 == int(result.n_samples.sum())  # 2: the prediction of the batch
+    assert (result.n_samples <= 1500).all() and (result.n_samples > 1500 - 2 * 32).all()
+    assert not result.valid.any() and all(len(a) >= 1 for a in result.anchors)
+    assert ((result.lower_bound <= result.precision) & (result.precision <= 1)).all()
+
+    unbounded = KeptShare()
+    full = Anchors(budget=None, max_anchor_size=6, **grid).explain(unbounded, x[:1])
+    assert int(full.n_samples[0]) > 3 * 1500 and unbounded.rows - 1 == int(full.n_samples[0])
+    with pytest.raises(ValueError, match=r"n_init \* superpixels = 32 \* 16 = 512"):
+        Anchors(budget=500, **grid)(model, x)
+    with pytest.raises(ValueError, match="budget"):
+        Anchors(budget=16, n_init=32)
+
+
 def test_kl_bounds() -> None:
     means = torch.tensor([0.0, 0.5, 0.9, 1.0])
     low, up = kl_bounds(means, torch.full((4,), 0.1))

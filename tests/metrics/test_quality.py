@@ -14,12 +14,15 @@ from lightning_xai.metrics import (
     ROAR,
     DeletionAUC,
     FaithfulnessCorrelation,
+    Fragility,
+    Infidelity,
     InsertionAUC,
     InternalConsistency,
     LocalLipschitz,
     MapSimilarity,
     MaskAUPR,
     MaskMass,
+    MaxSensitivity,
     MetricReliability,
     ParameterRandomization,
     PointingGame,
@@ -329,13 +332,95 @@ def test_metric_classes_accumulate_the_functional_values() -> None:
     assert prt.layers == MF.randomization_layers(model)
     lip = LocalLipschitz(Saliency(), samples=3)
     lip.update(model, x[:4], y[:4])
-    assert torch.allclose(lip.compute(), MF.local_lipschitz(model, x[:4], Saliency(), y[:4], samples=3, seed=1).mean())
+    assert torch.allclose(lip.compute(), MF.local_lipschitz(model, x[:4], Saliency(), y[:4], samples=3, seed=0).mean())
     road = ROAD(fractions=[0.2, 0.6])
     road.update(model, x, grad, y)
     assert road.compute().shape == (2,)
     roar = ROAR(fractions=[0.5])
     roar.update(torch.tensor([[0, 1]]), torch.tensor([[1, 1]]), torch.tensor([0, 1]))
     assert roar.compute()["accuracy"].reshape(-1).tolist() == [1.0] and float(roar.compute()["gap"]) == -0.5
+
+
+SEEDED = {
+    "faithfulness_correlation": (
+        lambda seed, **kw: FaithfulnessCorrelation(runs=4, subset_size=4, seed=seed, **kw),
+        lambda m, x, a, y, seed: MF.faithfulness_correlation(m, x, a, y, runs=4, subset_size=4, seed=seed),
+    ),
+    "infidelity": (
+        lambda seed, **kw: Infidelity(runs=3, seed=seed, **kw),
+        lambda m, x, a, y, seed: MF.infidelity(m, x, a, y, runs=3, seed=seed),
+    ),
+    "local_lipschitz": (
+        lambda seed, **kw: LocalLipschitz(Saliency(), samples=2, seed=seed, **kw),
+        lambda m, x, a, y, seed: MF.local_lipschitz(m, x, Saliency(), y, samples=2, seed=seed),
+    ),
+    "max_sensitivity": (
+        lambda seed, **kw: MaxSensitivity(Saliency(), samples=2, seed=seed, **kw),
+        lambda m, x, a, y, seed: MF.max_sensitivity(m, x, Saliency(), y, samples=2, seed=seed),
+    ),
+    "fragility": (
+        lambda seed, **kw: Fragility(
+            Saliency(), attack="random", epsilon=0.5, iterations=1, candidates=2, seed=seed, **kw
+        ),
+        lambda m, x, a, y, seed: (
+            MF.fragility(
+                m, x, Saliency(), y, attack="random", epsilon=0.5, iterations=1, candidates=2, seed=seed
+            ).topk_intersection
+        ),
+    ),
+    "road": (
+        lambda seed, **kw: ROAD(fractions=[0.3, 0.6], noise_std=0.5, seed=seed, **kw),
+        lambda m, x, a, y, seed: MF.road(m, x, a, y, fractions=[0.3, 0.6], noise_std=0.5, seed=seed),
+    ),
+}
+
+
+def _seeded_args(name: str) -> tuple[nn.Module, tuple]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2])
+    maps = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(2))
+    needs_maps = name in ("faithfulness_correlation", "infidelity", "road")
+    return model, ((model, x, maps, y) if needs_maps else (model, x, y))
+
+
+def _value(name: str, per_sample: torch.Tensor) -> torch.Tensor:
+    """A metric's value on one batch from its function's per-sample output."""
+    return per_sample.double().mean(0).float() if name == "road" else per_sample.double().nanmean().float()
+
+
+@pytest.mark.parametrize("sync_on_step", [False, True], ids=["one_update", "two_updates"])
+@pytest.mark.parametrize("name", list(SEEDED))
+def test_seeded_metrics_draw_anew_per_batch_and_forward_agrees_with_update(name: str, sync_on_step: bool) -> None:
+    """Batch i draws with ``seed + i`` under ``forward`` (either way torchmetrics runs it) and
+    ``update`` alike: two batches differ, a rerun repeats, forward's batch value is a fresh
+    metric's value on that batch, and both paths accumulate the same mean."""
+    build, function = SEEDED[name]
+    model, args = _seeded_args(name)
+    x, maps, y = args[1], args[2] if len(args) == 4 else None, args[-1]
+
+    def forward_twice() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        metric = build(7, dist_sync_on_step=sync_on_step)  # True: torchmetrics' forward calls update twice
+        first, second = metric(*args), metric(*args)
+        return first, second, metric.compute()
+
+    first, second, total = forward_twice()
+    tol = {"rtol": 1e-5, "atol": 1e-6}  # float32 model outputs, means over a few samples
+    assert not torch.allclose(first, second, **tol), "two batches reused the same draws"
+    for i, value in enumerate((first, second)):
+        torch.testing.assert_close(value, _value(name, function(model, x, maps, y, 7 + i)), **tol)
+    fresh = build(7)
+    fresh.update(*args)
+    torch.testing.assert_close(fresh.compute(), first, **tol)
+    fresh.update(*args)
+    torch.testing.assert_close(fresh.compute(), total, **tol)
+    again = forward_twice()  # a fixed seed reproduces
+    for a, b in zip(again, (first, second, total)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    fresh.reset()  # reset restarts the draws at the seed
+    fresh.update(*args)
+    torch.testing.assert_close(fresh.compute(), first, **tol)
 
 
 def test_nan_values_are_skipped_and_counted() -> None:

@@ -4,7 +4,7 @@ PatternNet and PatternAttribution.
 No Lightning import here.
 """
 
-from lightning_xai.attribution.propagation.cache import clear_cache
+from lightning_xai.attribution.propagation.cache import cache_size, clear_cache, weight_cache
 from lightning_xai.attribution.propagation.canonizers import batchnorm_pairs, merged_parameters
 from lightning_xai.attribution.propagation.composites import COMPOSITES, Composite, make_composite
 from lightning_xai.attribution.propagation.deeplift import DeepLift
@@ -52,10 +52,12 @@ __all__ = [
     "ZBox",
     "ZPlus",
     "batchnorm_pairs",
+    "cache_size",
     "clear_cache",
     "estimate_patterns",
     "get_patterns",
     "make_composite",
     "merged_parameters",
     "set_patterns",
+    "weight_cache",
 ]

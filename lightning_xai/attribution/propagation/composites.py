@@ -17,6 +17,7 @@ from torch import nn
 
 from lightning_xai.attribution.propagation.rules import (
     AlphaBeta,
+    BoxBound,
     Epsilon,
     Flat,
     Gamma,
@@ -149,10 +150,11 @@ def epsilon_plus(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
 
 
 def epsilon_gamma_box(
-    epsilon: float = 1e-6, gamma: float = 0.25, low: float = -3.0, high: float = 3.0, stabilizer: float = 1e-6
+    low: BoxBound, high: BoxBound, epsilon: float = 1e-6, gamma: float = 0.25, stabilizer: float = 1e-6
 ) -> Composite:
     """z^B for the first convolution, gamma for the others, epsilon for ``Linear`` (zennit
-    ``EpsilonGammaBox``)."""
+    ``EpsilonGammaBox``). The input box ``[low, high]`` has no default, as in zennit: it is the
+    range of the inputs as the model sees them (see :class:`ZBox`), checked at every call."""
     composite = _conv_composite("epsilon_gamma_box", Gamma(gamma, stabilizer), epsilon, stabilizer, None)
     composite.first = ZBox(low, high, stabilizer)
     composite.first_types = CONV_TYPES
@@ -178,12 +180,17 @@ def epsilon(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
 
 def deep_taylor(low: float | None = None, high: float | None = None, stabilizer: float = 1e-6) -> Composite:
     """Deep Taylor decomposition (Montavon et al. 2017): z+ for every layer above the input, z^B
-    for the input layer when the input box ``[low, high]`` is given, else w-square."""
-    first: Rule = (
-        WSquare(stabilizer)
-        if low is None and high is None
-        else ZBox(0.0 if low is None else low, 1.0 if high is None else high, stabilizer)
-    )
+    for the input layer when the input box ``[low, high]`` is given, else w-square.
+
+    Raises:
+        ValueError: only one of ``low`` and ``high`` given.
+    """
+    if (low is None) != (high is None):
+        raise ValueError(
+            f"Deep Taylor takes both bounds of the input box (z^B) or neither (w-square), but got low={low!r}, "
+            f"high={high!r}."
+        )
+    first: Rule = WSquare(stabilizer) if low is None or high is None else ZBox(low, high, stabilizer)
     rules: dict[RuleKey, Rule] = {t: ZPlus(stabilizer) for t in LINEAR_TYPES}
     rules.update({t: Norm(stabilizer) for t in POOL_TYPES})
     return Composite(rules, first=first, name="deep_taylor")
@@ -220,6 +227,19 @@ def make_composite(spec: CompositeSpec, **parameters: Any) -> Composite:
         unknown = sorted(set(parameters) - set(allowed))
         if unknown:
             raise ValueError(f"Composite {spec!r} takes the rule parameters {allowed}, but got {unknown}.")
+        required = [
+            name
+            for name, p in inspect.signature(factory).parameters.items()
+            if p.default is inspect.Parameter.empty and name not in parameters
+        ]
+        if required:
+            hint = (
+                " (the input box of z^B, no default: the range of the inputs as the model sees them, after "
+                f"normalisation; e.g. LRP({spec!r}, low=0.0, high=1.0) for unnormalised [0, 1] images)"
+                if {"low", "high"} & set(required)
+                else ""
+            )
+            raise ValueError(f"Composite {spec!r} needs the rule parameters {required}{hint}.")
         return factory(**parameters)
     if parameters:
         raise ValueError(f"Rule parameters {sorted(parameters)} apply to named composites only; configure the rules.")

@@ -22,6 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
 from lightning_xai.attribution.base import ExplainContext, TargetType, forward_scores
+from lightning_xai.attribution.propagation.cache import weight_cache
 from lightning_xai.attribution.propagation.canonizers import batchnorm_affine, batchnorm_pairs
 from lightning_xai.attribution.propagation.composites import LINEAR_TYPES, POOL_TYPES, Composite
 from lightning_xai.attribution.propagation.rules import LayerView, Rule
@@ -212,6 +213,7 @@ class _State:
     # id -> (tensor, version): a ReLU's output (or a pooling / reshape of one), not written since
     nonnegative: dict[int, tuple[Tensor, int]] = field(default_factory=dict)
     cache: bool = True
+    composite: str = "custom"  # how errors name the composite
 
     def mark_nonnegative(self, t: Tensor) -> None:
         """Remember ``t`` (at its current version) as nonnegative."""
@@ -367,7 +369,10 @@ def _register(model: nn.Module, the_plan: Plan, state: _State, ctx: ExplainConte
             scale = scale_c.view((1, -1) + (1,) * (output.ndim - 2))
         terms = None
         if rule is not None:
-            leaf = _leaf_maker(state, x, state.method, name, rule) if rule.input_layer else _no_leaf
+            leaf = _no_leaf
+            if rule.input_layer:
+                leaf = _leaf_maker(state, x, state.method, name, rule)
+                rule.check_input(x, f"{state.method} (composite {state.composite!r}), layer {name!r}")
             terms = rule.terms(view, x, output, z, scale, leaf)
         if terms is None and bn is not None:
             terms = [(output, scale)]
@@ -460,13 +465,28 @@ def propagate(
         ctx: The call's context; hooks go through it.
         method: Name used in errors.
         layers: Dotted names of layers whose output relevance to return as well.
-        cache: Keep the rules' derived parameters across calls (:mod:`~lightning_xai.attribution.propagation.cache`).
+        cache: Reuse the rules' derived parameters within the call, and across calls inside an
+            enclosing :func:`~lightning_xai.attribution.propagation.cache.weight_cache` block.
 
     Returns:
         ``(relevance shaped like inputs, {layer: relevance of its output})``.
     """
+    with weight_cache():  # nothing derived outlives the call unless an outer scope is open
+        return _propagate(model, inputs, target, composite, ctx, method, layers, cache)
+
+
+def _propagate(
+    model: nn.Module,
+    inputs: Tensor,
+    target: TargetType,
+    composite: Composite,
+    ctx: ExplainContext,
+    method: str,
+    layers: Sequence[str],
+    cache: bool,
+) -> tuple[Tensor, dict[str, Tensor]]:
     the_plan = plan(model, composite, method)
-    state = _State(method=method, inputs=inputs, cache=cache)
+    state = _State(method=method, inputs=inputs, cache=cache, composite=composite.name)
     _register(model, the_plan, state, ctx)
     captured: dict[str, Tensor] = {}
     merged_into = {linear: bn for bn, linear in the_plan.batchnorms.values()}

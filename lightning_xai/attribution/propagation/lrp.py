@@ -40,22 +40,29 @@ class LRP(Explainer):
 
     COST: 1 forward + 1 backward pass, plus one extra forward of each layer under z+ (two under
     alpha-beta, one of double width under gamma, three under z^B); about 1.5 passes on a z+ network.
-    The rule-modified weights are computed once and reused while the parameters are unchanged.
+    The rule-modified weights are computed once per call; inside a
+    :func:`~lightning_xai.attribution.propagation.weight_cache` block they are reused across
+    calls while the parameters are unchanged (nothing is kept after the block or the call).
 
     Args:
         composite: The composite (name, :class:`Composite` or mapping).
         epsilon: The epsilon rule's stabiliser (named composites; default 1e-6).
         gamma: The gamma rule's parameter (``"epsilon_gamma_box"``; default 0.25).
-        low: The input box's lower bound for z^B (``"epsilon_gamma_box"``; default -3).
-        high: Its upper bound (default 3).
+        low: The input box's lower bound for z^B (``"epsilon_gamma_box"``, required there, as in
+            zennit): the smallest value the inputs take as the model sees them (after
+            normalisation). Every call checks the inputs against the box.
+        high: Its upper bound, likewise.
         stabilizer: The other rules' stabiliser (named composites; default 1e-6).
-        cache_weights: Keep the rules' derived parameters (BatchNorm-merged weights, their
-            positive parts, ...) across calls, recomputed whenever a parameter or BatchNorm
-            statistic changed (its version counter, storage, dtype or device; see
-            :mod:`~lightning_xai.attribution.propagation.cache`). ``False``: recompute every call.
+        cache_weights: Reuse the rules' derived parameters (BatchNorm-merged weights, their
+            positive parts, ...) within the call and, inside a ``weight_cache()`` block, across
+            calls; recomputed whenever a parameter or BatchNorm statistic changed (its version
+            counter, storage, dtype or device; see
+            :mod:`~lightning_xai.attribution.propagation.cache`). ``False``: recompute every time.
 
     Raises:
-        ValueError: unknown composite name or parameters it does not take.
+        ValueError: unknown composite name, parameters it does not take or it needs
+            (``"epsilon_gamma_box"`` without ``low``/``high``); at call time, inputs outside the
+            z^B box (the message gives their range).
 
     Example:
         >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
@@ -138,7 +145,8 @@ class LRP(Explainer):
 class DeepTaylor(LRP):
     """Deep Taylor decomposition (Montavon et al. 2017): z+ for every layer above the input (the
     root point of a ReLU neuron on the positive orthant), and for the input layer z^B when the
-    input box ``[low, high]`` is known, else w-square (unbounded inputs).
+    input box ``[low, high]`` is known (both bounds; checked against the inputs at every call),
+    else w-square (unbounded inputs).
 
     COST: as :class:`LRP` with z+ everywhere (about 1.5 passes).
 

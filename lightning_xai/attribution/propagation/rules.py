@@ -61,15 +61,15 @@ class LayerView:
     """What a rule sees of one linear layer for one call: its operation and its parameters, with a
     following BatchNorm (``y = scale * out + shift`` per channel) merged in when the canonizer
     merged one. Derived parameters (the merged weight and bias, their signed parts, gamma's
-    weights) come from :func:`~lightning_xai.attribution.propagation.cache.cached`: computed once,
-    kept across calls and recomputed whenever a source tensor changed (its version counter,
-    storage, dtype or device).
+    weights) come from :func:`~lightning_xai.attribution.propagation.cache.cached`: computed once
+    per :func:`~lightning_xai.attribution.propagation.cache.weight_cache` scope and recomputed
+    whenever a source tensor changed (its version counter, storage, dtype or device).
 
     Args:
         module: The ``nn.Conv*d`` or ``nn.Linear``.
         batchnorm: The eval-mode BatchNorm merged into it, or ``None``.
         weight: Override the weight (PatternNet's patterns); the merge does not apply then.
-        cache: Keep derived parameters across calls (see :mod:`~lightning_xai.attribution.propagation.cache`).
+        cache: Keep derived parameters in the open scope (see :mod:`~lightning_xai.attribution.propagation.cache`).
         nonnegative: The layer's input is known to have no negative value (a ReLU's output), so
             rules need not check.
 
@@ -217,6 +217,10 @@ class Rule:
             leaf: Makes input-shaped leaves (input-layer rules).
         """
         raise NotImplementedError
+
+    def check_input(self, x: Tensor, where: str) -> None:
+        """Raise if the model input ``x`` is outside what an input-layer rule assumes; ``where``
+        names the call, composite and layer for the message. No check by default."""
 
     def _config(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -479,10 +483,23 @@ class WSquare(Rule):
 BoxBound = Union[float, Tensor]
 
 
+def _bound_text(bound: BoxBound) -> str:
+    if isinstance(bound, Tensor):
+        values = bound.flatten().tolist()
+        return f"{values[0]:.4g}" if len(values) == 1 else "per-channel " + str([round(v, 4) for v in values])
+    return f"{bound:.4g}"
+
+
 class ZBox(Rule):
     """z^B (Montavon et al. 2017) for inputs bounded in the box ``[low, high]``:
     ``R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) R_j / sum_i (...)``. For the layer that reads
     the model input.
+
+    The box is the range the model's inputs can take *as the model sees them* (after any
+    normalisation: ``[(0 - mean) / std, (1 - mean) / std]`` per channel for normalised images).
+    It has no default (as in zennit): a wrong box gives relevance of the wrong sign and size
+    without any other sign of trouble. Every call checks that the inputs lie in the box (one
+    reduction and one host sync) and raises otherwise.
 
     Args:
         low: Lowest input value (a float or a tensor broadcastable to one input, e.g. ``[1, C, 1, 1]``).
@@ -491,6 +508,7 @@ class ZBox(Rule):
 
     Raises:
         TypeError: a bound is neither a float nor a tensor.
+        ValueError: ``low > high`` somewhere; at call time, inputs outside the box.
 
     Example:
         >>> ZBox(low=0.0, high=1.0)
@@ -500,10 +518,31 @@ class ZBox(Rule):
     input_layer = True
     name = "zbox"
 
-    def __init__(self, low: BoxBound = 0.0, high: BoxBound = 1.0, stabilizer: float = 1e-6) -> None:
+    def __init__(self, low: BoxBound, high: BoxBound, stabilizer: float = 1e-6) -> None:
         self.low = self._bound("low", low)
         self.high = self._bound("high", high)
         self.stabilizer = check_float("stabilizer", stabilizer, 0.0)
+        if bool((torch.as_tensor(self.low) > torch.as_tensor(self.high)).any()):
+            raise ValueError(f"Expected the box low <= high, but got low={self.low!r}, high={self.high!r}.")
+
+    def check_input(self, x: Tensor, where: str) -> None:
+        """Raise ``ValueError`` if ``x`` leaves ``[low, high]`` by more than float rounding."""
+        x = x.detach()
+        low = torch.as_tensor(self.low, dtype=x.dtype, device=x.device)
+        high = torch.as_tensor(self.high, dtype=x.dtype, device=x.device)
+        slack = 8 * torch.finfo(x.dtype).eps  # relative: a box computed in float64, inputs in x's dtype
+        below = x < low - slack * low.abs().clamp(min=1)
+        above = x > high + slack * high.abs().clamp(min=1)
+        if not bool((below | above).any()):
+            return
+        box = f"[{_bound_text(self.low)}, {_bound_text(self.high)}]"
+        raise ValueError(
+            f"{where}: z^B (ZBox) assumes inputs in the box {box}, but the inputs span "
+            f"[{float(x.min()):.4g}, {float(x.max()):.4g}] ({int(below.sum())} values below, {int(above.sum())} "
+            "above). Set the box to the range of the inputs as the model sees them (after normalisation), e.g. "
+            "LRP('epsilon_gamma_box', low=..., high=...), DeepTaylor(low=..., high=...) or ZBox(low=..., high=...); "
+            "per-channel bounds are tensors broadcastable to one input, e.g. [1, C, 1, 1]."
+        )
 
     @staticmethod
     def _bound(name: str, value: object) -> BoxBound:
@@ -547,5 +586,10 @@ def make_rule(spec: Rule | str) -> Rule:
     if isinstance(spec, str):
         if spec not in RULES:
             raise ValueError(f"Expected a rule name in {sorted(RULES)}, but got {spec!r}.")
+        if spec == ZBox.name:
+            raise ValueError(
+                "Rule 'zbox' needs the input box, which has no default: use ZBox(low=..., high=...) with the "
+                "range of the inputs as the model sees them (after normalisation)."
+            )
         return RULES[spec]()
     raise TypeError(f"Expected a Rule or a rule name, but got {spec!r} of type {type(spec).__name__}.")
