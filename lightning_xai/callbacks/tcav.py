@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
@@ -111,6 +112,8 @@ class TCAVMonitor(MonitorBase):
 
     Args:
         concepts: ``{name: examples}``: a tensor, ``Dataset``, ``DataLoader`` or image-folder path each.
+        image_mode: How image folders are read: ``"RGB"`` (3 channels) or ``"L"`` (grayscale, 1 channel).
+        image_size: Resize images read from folders to ``image_size`` x ``image_size``.
         layers: One dotted layer name or several.
         target_classes: The class index or indices to score.
         n_random: Random sets per concept (at least 2).
@@ -156,6 +159,8 @@ class TCAVMonitor(MonitorBase):
         layers: Union[str, Sequence[str]],
         target_classes: Union[int, Sequence[int]],
         n_random: int = 10,
+        image_mode: str = "RGB",
+        image_size: Optional[int] = None,
         alpha: float = 0.05,
         random_examples: Any = None,
         random_size: Optional[int] = None,
@@ -199,6 +204,10 @@ class TCAVMonitor(MonitorBase):
         )
         self.output = output
         self.concept_sources = dict(concepts)
+        if image_mode not in ("RGB", "L"):
+            raise ValueError(f"Expected argument `image_mode` to be 'RGB' or 'L', but got {image_mode!r}.")
+        self.image_mode = image_mode
+        self.image_size = check_int("image_size", image_size, 1, allow_none=True)
         self.relative = check_relative(relative, list(concepts))
         self.layers = list(self.tcav.layers)
         self.target_classes = _classes_arg(target_classes)
@@ -257,15 +266,23 @@ class TCAVMonitor(MonitorBase):
         self.tcav.check(pl_module)
         self._concepts = {}
         for concept, source in self.concept_sources.items():
-            examples = load_examples(source, name=concept)
+            examples = load_examples(source, name=concept, mode=self.image_mode, image_size=self.image_size)
             check_set_size(examples.shape[0], concept, name)
             self._concepts[concept] = examples.detach().cpu()
         first_name, first = next(iter(self._concepts.items()))
         try:
             layer_activations(pl_module, first[:1], self.layers, method=name, what=f"the {first_name!r} examples")
         except ValueError as err:
+            source = self.concept_sources[first_name]
+            hint = (
+                " It is an image folder: pass `image_mode='L'` (1 channel) or `image_mode='RGB'` (3 channels) and "
+                "`image_size=` to match the model's input."
+                if isinstance(source, (str, os.PathLike))
+                else " Give examples of the model's input shape."
+            )
             raise ValueError(
-                f"{name}: concept {first_name!r} examples of shape {list(first.shape[1:])} do not fit the model: {err}"
+                f"{name}: concept {first_name!r} examples of shape {list(first.shape[1:])} do not fit the model: "
+                f"{err}.{hint}"
             ) from err
         for concept, examples in self._concepts.items():
             if examples.shape[1:] != first.shape[1:]:

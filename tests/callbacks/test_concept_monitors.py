@@ -213,3 +213,35 @@ def test_inputs_only_for_scored_classes_and_sets_stay_on_cpu(tmp_path: Path) -> 
     chosen = monitor._inputs[2]
     assert all(bool((chosen[i] == x[y == 2]).flatten(1).all(1).any()) for i in range(5))
     assert all(t.device.type == "cpu" for t in [*monitor._concepts.values(), *monitor._randoms, chosen])
+
+
+def test_grayscale_image_folders(tmp_path: Path) -> None:
+    """A folder of grayscale PNGs is read with the channel count and size the model takes
+    (``image_mode``, ``image_size``); read wrongly, the error names the set and the fix."""
+    import numpy as np
+    from PIL import Image
+    from torch import nn
+
+    from lightning_xai.concepts import load_examples
+
+    folder = tmp_path / "stripes"
+    folder.mkdir()
+    for i in range(6):
+        pixels = (np.random.default_rng(i).random((20, 20)) * 255).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(folder / f"{i}.png")
+    assert load_examples(folder, mode="L", image_size=16).shape == (6, 1, 16, 16)
+    assert load_examples(folder).shape == (6, 3, 20, 20)
+    gray = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 2))
+    result = TCAV("1", n_random=2)(gray, torch.rand(5, 1, 16, 16), 0, {"stripes": load_examples(folder, mode="L", image_size=16)}, torch.rand(20, 1, 16, 16))
+    assert result.score.shape == (1, 1)
+
+    def monitor(**kwargs):
+        return _tcav(concepts={"stripes": str(folder)}, layers=["features.8"], target_classes=[0], **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=r"'stripes' examples of shape \[1, 16, 16\] do not fit.*image folder: pass `image_mode="):
+            fit(tmp_path, [monitor(image_mode="L", image_size=16)], logger=TensorBoardLogger(str(tmp_path)), max_epochs=1)
+        good = monitor(image_size=16)  # the shapes model takes RGB 16 x 16
+        fit(tmp_path, [good], logger=TensorBoardLogger(str(tmp_path)), max_epochs=1)
+    assert len(good.history) == 1
