@@ -60,7 +60,7 @@ def workload() -> tuple[torch.nn.Module, torch.Tensor, dict[str, torch.Tensor], 
 def ours(model, inputs, concepts, randoms):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return TCAV(LAYER, n_random=5, batch_size=None).interpret(model, inputs, 0, concepts, randoms)
+        return TCAV(LAYER, n_random=5, batch_size=None)(model, inputs, 0, concepts, randoms)
 
 
 def captum(model, inputs, concepts, randoms):

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         label = f"TCAV({concept} -> square)"
         curves[label] = torch.stack([h["results"][0, c, 0, 0] for h in monitor.history])
         significant[label] = torch.stack([h["results"][0, c, 0, 3] > 0 for h in monitor.history])
-    random_scores = torch.stack([h["results"][0, 0, 0, 7 + args.n_random :] for h in monitor.history]).float()
+    random_scores = torch.stack([h["results"][0, 0, 0, 9 + args.n_random :] for h in monitor.history]).float()
     mean, sd = random_scores.mean(1), random_scores.std(1)
     image = tcav_history_plot(
         steps,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
@@ -9,13 +10,14 @@ from typing import Any, Optional, Union
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from typing_extensions import override
 
 from lightning_xai._validation import check_int
 from lightning_xai.attribution.base import OutputType, observe
 from lightning_xai.callbacks.base import MonitorBase, RunInfo, _first_loader
 from lightning_xai.concepts import TCAV
+from lightning_xai.concepts.tcav import check_relative, relative_name
 from lightning_xai.concepts.cav import check_set_size
 from lightning_xai.concepts.examples import load_examples, sample_examples
 from lightning_xai.concepts.functional import layer_activations
@@ -24,9 +26,50 @@ from lightning_xai.render.sinks import Sink
 
 __all__ = ["TCAVMonitor", "TCAV_FIELDS", "tcav_demo_monitor"]
 
-TCAV_FIELDS: tuple[str, ...] = ("score", "score_std", "p_value", "significant", "accuracy", "separates", "random_mean")
+TCAV_FIELDS: tuple[str, ...] = (
+    "score",
+    "score_std",
+    "p_value",
+    "significant",
+    "accuracy",
+    "separates",
+    "random_mean",
+    "random_std",
+    "sign_count",
+)
 """The leading fields of a packed result row; the ``n_random`` scores and ``n_random`` random
 scores follow."""
+
+
+def _scored_batches(batches: Any, classes: list[int]) -> Any:
+    """The rows of ``(x, y, ...)`` or dict batches whose target is one of ``classes``, with the
+    target replaced by its index in ``classes`` (so the probe reader balances over them only)."""
+    from lightning_xai.data.probe import TARGET_KEYS
+
+    lookup = torch.full((max(classes) + 1,), -1, dtype=torch.long)
+    lookup[torch.tensor(classes)] = torch.arange(len(classes))
+
+    def keep(y: Tensor) -> tuple[Tensor, Tensor]:
+        y = torch.as_tensor(y).reshape(-1).long().cpu()
+        mapped = torch.where((y >= 0) & (y < lookup.numel()), lookup[y.clamp(0, lookup.numel() - 1)], -1)
+        return mapped >= 0, mapped
+
+    for batch in batches:
+        if isinstance(batch, Mapping):
+            key = next((k for k in TARGET_KEYS if k in batch), None)
+            if key is None:
+                yield batch
+                continue
+            mask, mapped = keep(batch[key])
+            out = {k: (v[mask.to(v.device)] if isinstance(v, Tensor) and v.shape[:1] == mask.shape else v) for k, v in batch.items()}
+            out[key] = mapped[mask]
+            yield out
+        elif isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[1], Tensor):
+            mask, mapped = keep(batch[1])
+            rest = [t[mask.to(t.device)] if isinstance(t, Tensor) and t.shape[:1] == mask.shape else t for t in batch[2:]]
+            yield (batch[0][mask.to(batch[0].device)], mapped[mask], *rest)
+        else:
+            yield batch
 
 
 def _classes_arg(target_classes: Union[int, Sequence[int]]) -> list[int]:
@@ -43,27 +86,34 @@ class TCAVMonitor(MonitorBase):
     """TCAV scores of named concepts for chosen classes at chosen layers, every few epochs.
 
     Each run trains every CAV afresh on the current weights (concept vs ``n_random`` random sets,
-    and random vs random, at every layer, from one forward pass over all examples) and scores
-    each target class on its own inputs (one forward and backward pass per class), with the
-    significance test of :class:`~lightning_xai.concepts.TCAV` (Bonferroni over concepts x layers).
-    It logs, to every logger:
+    each ``relative`` pair against each other, and random vs random, at every layer, from one
+    forward pass over all examples) and scores each target class on its own inputs (one forward
+    and backward pass per class), with the statistic and significance test of
+    :class:`~lightning_xai.concepts.TCAV` (Bonferroni over concepts x layers). It logs, to every
+    logger, under ``xai/tcav/<layer>/<concept>/<class>/`` (a relative pair's concept is
+    ``<positive>-vs-<negative>``):
 
-    * scalars ``tcav/<concept>/<layer>/<class>`` (the score), ``tcav_p/...`` (corrected p-value),
-      ``tcav_significant/...`` (1 or 0) and ``tcav_cav_accuracy/<concept>/<layer>`` (held-out CAV
+    * scalars ``score`` (the tested statistic), ``sign_count`` (the paper's TCAV score),
+      ``p_value`` (corrected), ``significant`` (1 or 0) and ``cav_accuracy`` (held-out CAV
       accuracy; a CAV near chance is also warned about once and marked ``separates=False``);
-    * ``tcav/summary/<layer>``: the paper's bar chart (classes x concepts, error bars = standard
-      deviation over random runs, insignificant bars grey and hatched, never dropped), and
-      ``tcav/history/<layer>``: every concept x class score over the runs so far;
-    * the CAVs to TensorBoard's embedding projector (``tcav/cavs/<layer>``, labelled by concept;
-      ``random`` for the random-vs-random CAVs), and a table ``tcav/table`` (a ``wandb.Table`` on W&B).
+    * ``xai/tcav/<layer>/summary``: the paper's bar chart (classes x concepts, error bars = standard
+      deviation over random runs, insignificant bars grey and hatched, never dropped, the random
+      CAVs' mean +- sd as reference marks), and ``xai/tcav/<layer>/history``: every concept x
+      class score over the runs so far;
+    * the CAVs to TensorBoard's embedding projector (``xai/tcav/<layer>/cavs``, labelled by
+      concept; ``random`` for the random-vs-random CAVs), and a table ``xai/tcav/table``.
 
     The history of every run is kept in ``state_dict`` (a resumed run continues its curves).
     Training is never perturbed (every computation runs inside
-    :func:`~lightning_xai.attribution.observe`). Under DDP the target classes are split over the
-    ranks (each rank fits the same CAVs from the same weights) and the rows gathered.
+    :func:`~lightning_xai.attribution.observe`). The concept, random and input sets stay on the
+    CPU and go to the device batch by batch; only ``num_inputs`` inputs of each *scored* class are
+    kept. Under DDP rank zero fits the CAVs and broadcasts them; the target classes are split over
+    the ranks and the rows gathered.
 
     Args:
         concepts: ``{name: examples}``: a tensor, ``Dataset``, ``DataLoader`` or image-folder path each.
+        image_mode: How image folders are read: ``"RGB"`` (3 channels) or ``"L"`` (grayscale, 1 channel).
+        image_size: Resize images read from folders to ``image_size`` x ``image_size``.
         layers: One dotted layer name or several.
         target_classes: The class index or indices to score.
         n_random: Random sets per concept (at least 2).
@@ -76,7 +126,10 @@ class TCAVMonitor(MonitorBase):
         num_inputs: Inputs per target class (chosen once at ``setup``, class-balanced).
         class_names: Names for the class indices in the logs (default ``class_<k>``, or the
             datamodule's ``classes``).
+        relative: ``(positive, negative)`` pairs of concept names to score as relative CAVs.
         classifier: ``"logistic"`` or ``"svm"``.
+        statistic: ``"effect"`` (default), ``"cosine"``, ``"sign"`` or ``"magnitude"`` (see
+            :mod:`lightning_xai.concepts.tcav`).
         test: ``"prediction"`` or ``"welch"`` (see :class:`~lightning_xai.concepts.TCAV`).
         batch_size: Examples per forward pass.
         seed: Seed of the random sets, the input choice and the CAV splits.
@@ -106,13 +159,17 @@ class TCAVMonitor(MonitorBase):
         layers: Union[str, Sequence[str]],
         target_classes: Union[int, Sequence[int]],
         n_random: int = 10,
+        image_mode: str = "RGB",
+        image_size: Optional[int] = None,
         alpha: float = 0.05,
         random_examples: Any = None,
         random_size: Optional[int] = None,
         inputs: Any = None,
         num_inputs: int = 50,
         class_names: Optional[Sequence[str]] = None,
+        relative: Optional[Sequence[Sequence[str]]] = None,
         classifier: str = "logistic",
+        statistic: str = "effect",
         test: str = "prediction",
         batch_size: int = 64,
         seed: int = 0,
@@ -141,11 +198,17 @@ class TCAVMonitor(MonitorBase):
             random_size=random_size,
             batch_size=batch_size,
             seed=seed,
+            statistic=statistic,
             test=test,
             output=output,
         )
         self.output = output
         self.concept_sources = dict(concepts)
+        if image_mode not in ("RGB", "L"):
+            raise ValueError(f"Expected argument `image_mode` to be 'RGB' or 'L', but got {image_mode!r}.")
+        self.image_mode = image_mode
+        self.image_size = check_int("image_size", image_size, 1, allow_none=True)
+        self.relative = check_relative(relative, list(concepts))
         self.layers = list(self.tcav.layers)
         self.target_classes = _classes_arg(target_classes)
         self.num_inputs = check_int("num_inputs", num_inputs, 2)
@@ -163,8 +226,8 @@ class TCAVMonitor(MonitorBase):
     # -- identity and state --------------------------------------------------------------------
     @property
     def concept_names(self) -> list[str]:
-        """The concept names, in order."""
-        return list(self.concept_sources)
+        """The concept names, then the relative names, in the order of the results."""
+        return [*self.concept_sources, *(relative_name(a, b) for a, b in self.relative)]
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
@@ -203,15 +266,23 @@ class TCAVMonitor(MonitorBase):
         self.tcav.check(pl_module)
         self._concepts = {}
         for concept, source in self.concept_sources.items():
-            examples = load_examples(source, name=concept)
+            examples = load_examples(source, name=concept, mode=self.image_mode, image_size=self.image_size)
             check_set_size(examples.shape[0], concept, name)
             self._concepts[concept] = examples.detach().cpu()
         first_name, first = next(iter(self._concepts.items()))
         try:
             layer_activations(pl_module, first[:1], self.layers, method=name, what=f"the {first_name!r} examples")
         except ValueError as err:
+            source = self.concept_sources[first_name]
+            hint = (
+                " It is an image folder: pass `image_mode='L'` (1 channel) or `image_mode='RGB'` (3 channels) and "
+                "`image_size=` to match the model's input."
+                if isinstance(source, (str, os.PathLike))
+                else " Give examples of the model's input shape."
+            )
             raise ValueError(
-                f"{name}: concept {first_name!r} examples of shape {list(first.shape[1:])} do not fit the model: {err}"
+                f"{name}: concept {first_name!r} examples of shape {list(first.shape[1:])} do not fit the model: "
+                f"{err}.{hint}"
             ) from err
         for concept, examples in self._concepts.items():
             if examples.shape[1:] != first.shape[1:]:
@@ -259,12 +330,20 @@ class TCAVMonitor(MonitorBase):
             raise ValueError(
                 f"{name}: found no validation or training dataloader for the class inputs; pass `inputs=(x, y)`."
             )
-        probe = select_probe(source, num_samples=self.num_inputs * classes, num_classes=classes, seed=self.seed)
+        scored = list(self.target_classes)
+        if isinstance(source, (tuple, list)) and len(source) >= 2 and all(isinstance(t, Tensor) for t in source[:2]):
+            (batch,) = list(_scored_batches([tuple(source[:2])], scored))
+            filtered: Any = batch
+        else:
+            if isinstance(source, Dataset) and not isinstance(source, IterableDataset) and hasattr(source, "__len__"):
+                source = DataLoader(source, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(self.seed))
+            filtered = _scored_batches(source, scored)
+        probe = select_probe(filtered, num_samples=self.num_inputs * len(scored), num_classes=len(scored), seed=self.seed)
         if probe.targets is None:
             raise ValueError(f"{name}: the class inputs need targets; pass `inputs=(x, y)`.")
         self._inputs = {}
-        for k in self.target_classes:
-            chosen = probe.inputs[probe.targets == k][: self.num_inputs]
+        for i, k in enumerate(scored):
+            chosen = probe.inputs[probe.targets == i][: self.num_inputs]
             if chosen.shape[0] < 2:
                 raise ValueError(f"{name}: found {chosen.shape[0]} inputs of target class {k}; at least 2 are needed.")
             self._inputs[k] = chosen.detach().cpu()
@@ -294,13 +373,6 @@ class TCAVMonitor(MonitorBase):
             )
 
     @override
-    def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        move = lambda t: self.to_model(trainer, pl_module, t)  # noqa: E731
-        self._concepts = {k: move(v) for k, v in self._concepts.items()}
-        self._randoms = [move(r) for r in self._randoms]
-        self._inputs = {k: move(v) for k, v in self._inputs.items()}
-
-    @override
     def dry_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Fit two random runs of the first concept and score the first class on two inputs,
         then render into encode-only sinks."""
@@ -309,6 +381,7 @@ class TCAVMonitor(MonitorBase):
             n_random=2,
             batch_size=self.tcav.batch_size,
             seed=self.seed,
+            statistic=self.tcav.statistic,
             test=self.tcav.test,
             output=self.output,
         )
@@ -334,34 +407,38 @@ class TCAVMonitor(MonitorBase):
                 self._dry_running = False
 
     # -- one run -------------------------------------------------------------------------------
-    def _pack(self, results: Mapping[tuple[str, str], Any], concepts: list[str], n: int) -> Tensor:
-        rows = []
-        for concept in concepts:
-            per_layer = []
-            for layer in self.layers:
-                r = results[(concept, layer)]
-                head = torch.tensor(
-                    [
-                        r.score,
-                        r.score_std,
-                        r.p_value,
-                        float(r.significant),
-                        r.accuracy,
-                        float(r.separates),
-                        float(r.random_scores.mean()),
-                    ],
-                    dtype=torch.float64,
-                )
-                per_layer.append(torch.cat([head, r.scores.double(), r.random_scores.double()]))
-            rows.append(torch.stack(per_layer))
-        return torch.stack(rows)  # [C, L, F]
+    @staticmethod
+    def _pack(result: Any, concepts: list[str], n: int) -> Tensor:
+        """``[C, L, F]`` rows: the :data:`TCAV_FIELDS`, then the ``n`` scores and ``n`` random scores."""
+        r = result
+        head = torch.stack(
+            [
+                r.score,
+                r.score_std,
+                r.p_value,
+                r.significant.double(),
+                r.accuracy,
+                r.separates.double(),
+                r.random_scores.mean(2),
+                r.random_scores.std(2),
+                r.sign_count,
+            ],
+            dim=2,
+        ).double()
+        return torch.cat([head, r.scores.double(), r.random_scores.double()], dim=2)
 
     @override
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         concepts = self.concept_names
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # near-chance CAVs are warned about once below, not every run
-            cavs = self.tcav.fit(pl_module, self._concepts, self._randoms)
+        cavs = None
+        if trainer.is_global_zero or trainer.world_size <= 1:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # near-chance CAVs are warned about once below, not every run
+                cavs = self.tcav.fit(pl_module, self._concepts, self._randoms, self.relative)
+        if trainer.world_size > 1:  # fitted once, on rank zero, and sent to the others
+            if cavs is not None:
+                cavs.vectors = {k: v.cpu() for k, v in cavs.vectors.items()}
+            cavs = trainer.strategy.broadcast(cavs, src=0)
         n_classes = len(self.target_classes)
         mine = self.shard(trainer, n_classes).tolist()
         packed = torch.stack(
@@ -408,25 +485,31 @@ class TCAVMonitor(MonitorBase):
         from lightning_xai.render.plots import tcav_bar_chart, tcav_history_plot
 
         names = [self.class_name(k) for k in classes]
+        statistic = self.tcav.statistic
         scalars: dict[str, float] = {}
         rows: list[list[Any]] = []
         for t, cls in enumerate(names):
             for c, concept in enumerate(concepts):
                 for li, layer in enumerate(self.layers):
                     row = packed[t, c, li]
-                    key = f"{concept}/{layer}/{cls}"
-                    scalars[f"tcav/{key}"] = float(row[0])
-                    scalars[f"tcav_p/{key}"] = float(row[2])
-                    scalars[f"tcav_significant/{key}"] = float(row[3])
-                    scalars[f"tcav_cav_accuracy/{concept}/{layer}"] = float(row[4])
+                    key = f"xai/tcav/{layer}/{concept}/{cls}"
+                    scalars[f"{key}/score"] = float(row[0])
+                    scalars[f"{key}/sign_count"] = float(row[8])
+                    scalars[f"{key}/p_value"] = float(row[2])
+                    scalars[f"{key}/significant"] = float(row[3])
+                    scalars[f"{key}/cav_accuracy"] = float(row[4])
                     rows.append(
                         [
                             info.epoch,
                             cls,
                             concept,
                             layer,
-                            round(float(row[0]), 4),
-                            round(float(row[1]), 4),
+                            statistic,
+                            round(float(row[0]), 6),
+                            round(float(row[1]), 6),
+                            round(float(row[6]), 6),
+                            round(float(row[7]), 6),
+                            round(float(row[8]), 4),
                             float(row[2]),
                             bool(row[3]),
                             round(float(row[4]), 4),
@@ -438,23 +521,31 @@ class TCAVMonitor(MonitorBase):
             "class",
             "concept",
             "layer",
+            "statistic",
             "score",
             "std",
+            "random_mean",
+            "random_std",
+            "sign_count",
             "p_value",
             "significant",
             "cav_accuracy",
             "separates",
         ]
+        ylabel = {"effect": "score change along CAV", "cosine": "cos(CAV, gradient)"}.get(statistic, "TCAV score")
         images = {}
         for li, layer in enumerate(self.layers):
-            images[f"tcav/summary/{layer}"] = tcav_bar_chart(
+            images[f"xai/tcav/{layer}/summary"] = tcav_bar_chart(
                 packed[:, :, li, 0],
                 packed[:, :, li, 1],
                 packed[:, :, li, 3] > 0,
                 names,
                 concepts,
-                title=f"TCAV at {layer}, epoch {info.epoch}",
+                title=f"TCAV ({statistic}) at {layer}, epoch {info.epoch}",
                 random_means=packed[:, :, li, 6],
+                random_stds=packed[:, :, li, 7],
+                ylabel=ylabel,
+                chance=0.5 if statistic in ("sign", "magnitude") else 0.0,
             )
             if history:
                 epochs = [int(h["epoch"]) for h in history]
@@ -464,16 +555,20 @@ class TCAVMonitor(MonitorBase):
                         label = f"{concept} -> {cls}"
                         curves[label] = torch.stack([h["results"][t, c, li, 0] for h in history])
                         sig[label] = torch.stack([h["results"][t, c, li, 3] > 0 for h in history])
-                images[f"tcav/history/{layer}"] = tcav_history_plot(epochs, curves, sig, title=f"TCAV at {layer}")
+                mean = torch.stack([h["results"][0, 0, li, 6] for h in history])
+                sd = torch.stack([h["results"][0, 0, li, 7] for h in history])
+                images[f"xai/tcav/{layer}/history"] = tcav_history_plot(
+                    epochs, curves, sig, title=f"TCAV ({statistic}) at {layer}", band=(mean - sd, mean + sd), ylabel=ylabel
+                )
         for sink in sinks:
             sink.log_scalars(scalars, info.step)
             for tag, image in images.items():
                 sink.log_image(tag, image, info.step)
-            sink.log_table("tcav/table", columns, rows, info.step)
+            sink.log_table("xai/tcav/table", columns, rows, info.step)
             for layer, v in vectors.items():
                 n = v.shape[1]
                 labels = [concept for concept in concepts for _ in range(n)] + ["random"] * n
-                sink.log_embedding(f"tcav/cavs/{layer}", v.reshape(-1, v.shape[-1]), info.step, labels=labels)
+                sink.log_embedding(f"xai/tcav/{layer}/cavs", v.reshape(-1, v.shape[-1]), info.step, labels=labels)
 
 
 def tcav_demo_monitor(

@@ -2,8 +2,8 @@
 
 * :class:`CAV` (Kim et al. 2018): a linear direction at a layer separating a concept's examples
   from random ones, trained in torch on the model's device.
-* :class:`TCAV`: the fraction of a class's inputs whose score increases along a concept's CAV,
-  with the paper's t-test against random CAVs and a Bonferroni correction.
+* :class:`TCAV`: how a class's score changes along a concept's CAV (or a relative CAV of one
+  concept against another), tested against random-vs-random CAVs with a Bonferroni correction.
 * :class:`NetworkDissection` (Bau et al. 2017): per-unit IoU of thresholded activation maps with
   concept masks.
 
@@ -15,7 +15,7 @@ Example:
 from lightning_xai.concepts.cav import CAV, CLASSIFIERS, MIN_EXAMPLES
 from lightning_xai.concepts.dissection import DissectionResult, NetworkDissection
 from lightning_xai.concepts.examples import ExampleSource, load_examples, sample_examples
-from lightning_xai.concepts.tcav import TCAV, FittedCAVs, RandomSource, TCAVResult
+from lightning_xai.concepts.tcav import STATISTICS, TCAV, TESTS, FittedCAVs, RandomSource, TCAVResult, relative_name
 
 __all__ = [
     "CAV",
@@ -28,6 +28,9 @@ __all__ = [
     "RandomSource",
     "TCAV",
     "TCAVResult",
+    "STATISTICS",
+    "TESTS",
+    "relative_name",
     "load_examples",
     "sample_examples",
 ]

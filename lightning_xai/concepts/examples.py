@@ -8,8 +8,9 @@ Every concept method takes its example sets as an :data:`ExampleSource` and turn
   key (a mapping, see :data:`~lightning_xai.data.INPUT_KEYS`);
 * a ``DataLoader`` or any other iterable of batches, read the same way;
 * a folder path (``str`` or ``os.PathLike``): every ``.png``/``.jpg``/``.jpeg``/``.bmp``/``.gif``/
-  ``.webp`` file in it, in sorted order, as RGB ``[3, H, W]`` floats in ``[0, 1]`` (``image_size``
-  resizes them; otherwise they must all have one size).
+  ``.webp`` file in it, in sorted order, as ``[3, H, W]`` (``mode="RGB"``, the default) or
+  ``[1, H, W]`` (``mode="L"``, grayscale) floats in ``[0, 1]`` (``image_size`` resizes them;
+  otherwise they must all have one size).
 
 :func:`sample_examples` draws ``k`` random sets from one pool of examples (a tensor or a
 ``Dataset``: only the chosen items are read), which is how :class:`~lightning_xai.concepts.TCAV`
@@ -56,7 +57,7 @@ def _inputs_of(item: Any, what: str) -> Tensor:
     raise TypeError(f"Expected {what} to be a tensor, a tuple (x, ...) or a mapping, but got {type(item).__name__}.")
 
 
-def _load_folder(path: Path, image_size: int | None, max_examples: int | None) -> Tensor:
+def _load_folder(path: Path, image_size: int | None, max_examples: int | None, mode: str = "RGB") -> Tensor:
     if not path.is_dir():
         raise ValueError(f"Expected an image folder, but {str(path)!r} is not a directory.")
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
@@ -70,10 +71,11 @@ def _load_folder(path: Path, image_size: int | None, max_examples: int | None) -
     images = []
     for file in files:
         with Image.open(file) as img:
-            img = img.convert("RGB")
+            img = img.convert(mode)
             if image_size is not None:
                 img = img.resize((image_size, image_size), Image.BILINEAR)
-            images.append(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
+            array = np.asarray(img, dtype=np.uint8).copy()
+            images.append(torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1))
     sizes = {tuple(t.shape) for t in images}
     if len(sizes) > 1:
         raise ValueError(
@@ -88,6 +90,7 @@ def load_examples(
     name: str = "examples",
     max_examples: int | None = None,
     image_size: int | None = None,
+    mode: str = "RGB",
 ) -> Tensor:
     """One example set as a ``[N, ...]`` float tensor (on the CPU unless ``source`` is a tensor).
 
@@ -96,6 +99,8 @@ def load_examples(
         name: What the set is called in error messages (a concept name).
         max_examples: Read at most this many examples (the first ones).
         image_size: For a folder: resize every image to ``image_size`` x ``image_size``.
+        mode: For a folder: the PIL mode every image is converted to, ``"RGB"`` (3 channels) or
+            ``"L"`` (1 channel, grayscale): match the model's input channels.
 
     Returns:
         The examples, ``[N, ...]``, floating point.
@@ -112,8 +117,12 @@ def load_examples(
         torch.Size([4, 3, 8, 8])
     """
     max_examples = check_int("max_examples", max_examples, 1, allow_none=True)
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"Expected argument `mode` to be 'RGB' or 'L', but got {mode!r}.")
     if isinstance(source, (str, os.PathLike)):
-        examples = _load_folder(Path(source), check_int("image_size", image_size, 1, allow_none=True), max_examples)
+        examples = _load_folder(
+            Path(source), check_int("image_size", image_size, 1, allow_none=True), max_examples, mode
+        )
     elif isinstance(source, Tensor):
         examples = source.detach()
         if max_examples is not None:

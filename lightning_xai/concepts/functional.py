@@ -40,6 +40,7 @@ __all__ = [
     "layer_gradients",
     "directional_derivatives",
     "tcav_score",
+    "tcav_statistic",
     "welch_t_test",
     "prediction_test",
 ]
@@ -293,6 +294,45 @@ def tcav_score(derivatives: Tensor, *, magnitude: bool = False) -> Tensor | floa
     else:
         score = (d > 0).float().mean(0)
     return float(score) if derivatives.ndim == 1 else score
+
+
+def tcav_statistic(
+    derivatives: Tensor,
+    statistic: str,
+    *,
+    gradient_norms: Tensor | None = None,
+    displacements: Tensor | None = None,
+) -> Tensor:
+    """One statistic per CAV from directional derivatives ``[B, K]`` (``K`` CAVs).
+
+    * ``"sign"``: the paper's score, the fraction of positive derivatives (:func:`tcav_score`);
+    * ``"magnitude"``: ``sum(max(d, 0)) / sum(|d|)`` (:func:`tcav_score` with ``magnitude=True``);
+    * ``"cosine"``: ``mean_i d_i / |g_i|``, the mean cosine between the (unit) CAV and the
+      gradient (``gradient_norms`` ``[B]``: the gradients' norms; a zero gradient counts as 0);
+    * ``"effect"``: ``mean_i d_i * displacements``, the first-order change of the class score when
+      the activations move by each CAV's ``displacements`` ``[K]`` (``v . (mu_pos - mu_neg)``).
+
+    Raises:
+        ValueError: an unknown statistic, or a missing ``gradient_norms``/``displacements``.
+
+    Example:
+        >>> d = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
+        >>> tcav_statistic(d, "effect", displacements=torch.tensor([2.0, 1.0])).tolist()
+        [4.0, -0.75]
+    """
+    d = derivatives.reshape(derivatives.shape[0], -1)
+    if statistic in ("sign", "magnitude"):
+        return tcav_score(d, magnitude=statistic == "magnitude")  # type: ignore[return-value]
+    if statistic == "cosine":
+        if gradient_norms is None:
+            raise ValueError("tcav_statistic: 'cosine' needs `gradient_norms`.")
+        norms = gradient_norms.to(d).reshape(-1, 1)
+        return torch.where(norms > 0, d / norms.clamp(min=torch.finfo(d.dtype).tiny), 0.0).mean(0)
+    if statistic == "effect":
+        if displacements is None:
+            raise ValueError("tcav_statistic: 'effect' needs `displacements`.")
+        return d.double().mean(0) * displacements.to(device=d.device, dtype=torch.float64).reshape(-1)
+    raise ValueError(f"tcav_statistic: unknown statistic {statistic!r}; expected sign, magnitude, cosine or effect.")
 
 
 def welch_t_test(a: Tensor, b: Tensor) -> float:

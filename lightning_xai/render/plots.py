@@ -50,6 +50,9 @@ def tcav_bar_chart(
     bars: Sequence[str],
     title: str = "TCAV",
     random_means: Tensor | None = None,
+    random_stds: Tensor | None = None,
+    ylabel: str = "TCAV score",
+    chance: float | None = 0.5,
 ) -> Tensor:
     """The paper's summary picture: one group of bars per class (or layer), one bar per concept.
 
@@ -60,7 +63,13 @@ def tcav_bar_chart(
         groups: ``G`` group labels (x axis).
         bars: ``K`` bar labels (legend).
         title: Title.
-        random_means: Optional ``[G, K]`` mean random-vs-random scores, drawn as short black ticks.
+        random_means: Optional ``[G, K]`` mean random-vs-random scores, drawn as short black ticks
+            (in the legend: "random CAVs").
+        random_stds: Optional ``[G, K]`` their standard deviations, a grey box around each tick.
+        ylabel: Label of the y axis (the statistic).
+        chance: Where to draw the dashed "no effect" line (0.5 for sign counts, 0 for statistics
+            centred on 0; ``None``: none). The y range is ``[0, 1.05]`` when every value lies in
+            it, otherwise fitted to the bars and error bars.
 
     Returns:
         A ``[3, H, W]`` image in ``[0, 1]``.
@@ -95,14 +104,42 @@ def tcav_bar_chart(
                 linewidth=1.0,
             )
             if random_means is not None:
+                mean = float(random_means[i, j])
+                if random_stds is not None:
+                    sd = float(random_stds[i, j])
+                    ax.add_patch(
+                        plt.Rectangle(
+                            (pos[i] - width * 0.4, mean - sd),
+                            width * 0.8,
+                            2 * sd,
+                            color="black",
+                            alpha=0.12,
+                            lw=0,
+                            label="random CAVs: mean +- sd" if i == 0 and j == 0 else None,
+                        )
+                    )
                 ax.plot(
-                    [pos[i] - width * 0.4, pos[i] + width * 0.4], [float(random_means[i, j])] * 2, color="black", lw=1
+                    [pos[i] - width * 0.4, pos[i] + width * 0.4],
+                    [mean] * 2,
+                    color="black",
+                    lw=1.2,
+                    label="random CAVs: mean" if i == 0 and j == 0 and random_stds is None else None,
                 )
-    ax.axhline(0.5, color="#888888", lw=0.8, ls="--")
+    if chance is not None:
+        ax.axhline(chance, color="#888888", lw=0.8, ls="--", label=f"no effect ({chance:g})")
     ax.set_xticks(x)
     ax.set_xticklabels(list(groups), fontsize=8)
-    ax.set_ylim(0.0, 1.05)
-    ax.set_ylabel("TCAV score")
+    values = [scores - errors, scores + errors]
+    if random_means is not None:
+        sd = random_stds.float().cpu() if random_stds is not None else torch.zeros_like(random_means.float().cpu())
+        values += [random_means.float().cpu() - sd, random_means.float().cpu() + sd]
+    low, high = min(float(v.min()) for v in values), max(float(v.max()) for v in values)
+    if low >= 0.0 and high <= 1.05:
+        ax.set_ylim(0.0, 1.05)
+    else:
+        pad = 0.08 * max(high - low, 1e-12)
+        ax.set_ylim(min(low, 0.0) - pad, max(high, 0.0) + pad)
+    ax.set_ylabel(ylabel)
     ax.set_title(f"{title}  (grey hatched: not significant)", fontsize=9)
     if k:
         ax.legend(fontsize=7, loc="upper right", ncol=min(k, 3))
@@ -118,8 +155,13 @@ def tcav_history_plot(
     title: str = "TCAV over training",
     band: tuple[Tensor, Tensor] | None = None,
     xlabel: str = "epoch",
+    ylabel: str = "TCAV score",
 ) -> Tensor:
     """TCAV scores over training, one line per curve; insignificant points are hollow.
+
+    Curves that coincide (several at 0 or 1) stay apart: each has its own line style and marker,
+    and its points are shifted sideways by a small, distinct offset (at most a fifth of the
+    spacing between runs).
 
     Args:
         epochs: The x values (epochs) of the runs.
@@ -129,6 +171,8 @@ def tcav_history_plot(
         title: Title.
         band: Optional ``([R] low, [R] high)``: a grey band (random-vs-random scores, mean +- sd).
         xlabel: Label of the x axis.
+        ylabel: Label of the y axis. The y range is ``[0, 1.05]`` when every value lies in it,
+            otherwise fitted to the values.
 
     Returns:
         A ``[3, H, W]`` image in ``[0, 1]``.
@@ -148,20 +192,38 @@ def tcav_history_plot(
             alpha=0.5,
             label="random CAVs (mean +- sd)",
         )
+    xs_all = np.asarray(list(epochs), dtype=float)
+    spacing = float(np.min(np.diff(np.unique(xs_all)))) if len(np.unique(xs_all)) > 1 else 1.0
+    count = max(len(curves), 1)
+    styles, markers = ("-", "--", "-.", ":"), ("o", "s", "^", "D", "v", "P")
+    values_seen: list[float] = []
     for j, (label, values) in enumerate(curves.items()):
         colour = _COLORS[j % len(_COLORS)]
         ys = values.float().cpu().numpy()
-        ax.plot(list(epochs), ys, color=colour, lw=1.8, label=label)
+        values_seen += ys.tolist()
+        xs = xs_all + (j - (count - 1) / 2) * (0.2 * spacing / max(count - 1, 1))
+        marker = markers[j % len(markers)]
+        ax.plot(xs, ys, color=colour, lw=1.6, ls=styles[j % len(styles)], label=label, alpha=0.9)
         sig = None if significant is None else significant.get(label)
         sig_np = np.ones(len(ys), dtype=bool) if sig is None else sig.bool().cpu().numpy()
-        ax.scatter(np.asarray(epochs)[sig_np], ys[sig_np], color=colour, s=28, zorder=3)
-        ax.scatter(np.asarray(epochs)[~sig_np], ys[~sig_np], facecolors="white", edgecolors=colour, s=28, zorder=3)
+        ax.scatter(xs[sig_np], ys[sig_np], color=colour, s=26, marker=marker, zorder=3)
+        ax.scatter(xs[~sig_np], ys[~sig_np], facecolors="white", edgecolors=colour, s=26, marker=marker, zorder=3)
     for j, (label, (xs, ys)) in enumerate((extra or {}).items()):
+        values_seen += list(ys)
         ax.plot(list(xs), list(ys), color="#444444" if j == 0 else _COLORS[-1 - j], ls="--", lw=1.5, label=label)
-    ax.set_ylim(0.0, 1.05)
+    if band is not None:
+        values_seen += band[0].float().tolist() + band[1].float().tolist()
+    low, high = (min(values_seen), max(values_seen)) if values_seen else (0.0, 1.0)
+    if low >= 0.0 and high <= 1.05:
+        ax.set_ylim(-0.03, 1.05)
+    else:
+        pad = 0.08 * max(high - low, 1e-12)
+        ax.set_ylim(min(low, 0.0) - pad, max(high, 0.0) + pad)
+        ax.axhline(0.0, color="#888888", lw=0.8, ls="--")
+    ax.set_ylabel(ylabel)
     ax.set_xlabel(xlabel)
     ax.set_title(f"{title}  (hollow: not significant)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return figure_to_tensor(fig)

@@ -3,6 +3,7 @@ trip, bitwise-identical training, 2-process DDP equals one process, errors at se
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def _dissection(**kwargs) -> DissectionMonitor:
 
 
 def test_tensorboard_read_back(tmp_path: Path) -> None:
-    tcav, dissection = _tcav(), _dissection()
+    tcav, dissection = _tcav(relative=[("circle", "marker_square")]), _dissection()
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -44,18 +45,23 @@ def test_tensorboard_read_back(tmp_path: Path) -> None:
     for concept in ("circle", "marker_square"):
         for layer in LAYERS:
             for cls in ("square", "triangle"):  # the datamodule's class names for classes 0 and 2
-                values = [e.value for e in acc.Scalars(f"tcav/{concept}/{layer}/{cls}")]
-                assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
-                assert {e.value for e in acc.Scalars(f"tcav_significant/{concept}/{layer}/{cls}")} <= {0.0, 1.0}
-            assert f"tcav_cav_accuracy/{concept}/{layer}" in scalars
+                key = f"xai/tcav/{layer}/{concept}/{cls}"
+                values = [e.value for e in acc.Scalars(f"{key}/score")]
+                assert len(values) == 2 and all(math.isfinite(v) for v in values)
+                assert all(0.0 <= e.value <= 1.0 for e in acc.Scalars(f"{key}/sign_count"))
+                assert {e.value for e in acc.Scalars(f"{key}/significant")} <= {0.0, 1.0}
+                assert f"{key}/cav_accuracy" in scalars and f"{key}/p_value" in scalars
+    relative = "xai/tcav/features.8/circle-vs-marker_square/square/score"
+    assert len(acc.Scalars(relative)) == 2
     for layer in LAYERS:
-        assert len(acc.Images(f"tcav/summary/{layer}")) == 2 and len(acc.Images(f"tcav/history/{layer}")) == 2
-    assert "tcav/table/text_summary" in acc.Tags()["tensors"]
+        assert len(acc.Images(f"xai/tcav/{layer}/summary")) == 2 and len(acc.Images(f"xai/tcav/{layer}/history")) == 2
+    assert "xai/tcav/table/text_summary" in acc.Tags()["tensors"]
+    assert not [t for t in scalars if t.startswith("tcav")]  # everything under xai/
     # the logged scores are the monitor's history
     last = tcav.history[-1]["results"]
-    assert acc.Scalars("tcav/circle/features.7/triangle")[-1].value == pytest.approx(float(last[1, 0, 0, 0]))
+    assert acc.Scalars("xai/tcav/features.7/circle/triangle/score")[-1].value == pytest.approx(float(last[1, 0, 0, 0]))
     projector = Path(logger.log_dir) / "projector_config.pbtxt"
-    assert projector.exists() and "tcav/cavs/features.7" in projector.read_text()
+    assert projector.exists() and "xai/tcav/features.7/cavs" in projector.read_text()
     counts = [e.value for e in acc.Scalars("dissection/features.8/interpretable_units")]
     assert len(counts) == 2 and counts[-1] == dissection.history[-1]["iou"].max(1).values.gt(0.04).sum()
     assert len(acc.Images("dissection/features.8/top_units")) == 2
@@ -72,7 +78,7 @@ def test_wandb_offline_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     (run,) = list((tmp_path / "wandb").glob("offline-run-*"))
     media = run / "files" / "media"
     pngs = [str(p) for p in media.rglob("*.png")]
-    assert any("tcav/summary/features.8" in p for p in pngs) and any("tcav/history/features.8" in p for p in pngs), pngs
+    assert any("xai/tcav/features.8/summary" in p for p in pngs) and any("xai/tcav/features.8/history" in p for p in pngs), pngs
     assert [p for p in media.rglob("*.table.json") if "tcav" in str(p)], list(media.rglob("*"))
 
 
@@ -144,12 +150,12 @@ def test_ddp_spawn_two_processes_equal_one(tmp_path: Path) -> None:
         warnings.simplefilter("ignore")
         cavs = single.fit(model, concepts, published["randoms"])
     for t in range(3):
-        results = single.score(model, published["inputs"][t], t, cavs)
+        result = single.score(model, published["inputs"][t], t, cavs)
         for c, concept in enumerate(concepts):
             for li, layer in enumerate(LAYERS):
                 row = published["packed"][t, c, li]
-                assert float(row[0]) == pytest.approx(results[(concept, layer)].score, abs=1e-6)
-                assert float(row[2]) == pytest.approx(results[(concept, layer)].p_value, rel=1e-4, abs=1e-9)
+                assert float(row[0]) == pytest.approx(float(result.score[c, li]), rel=1e-4, abs=1e-6)
+                assert float(row[2]) == pytest.approx(float(result.p_value[c, li]), rel=1e-4, abs=1e-9)
 
     published = torch.load(dis_file, weights_only=True)
     model.load_state_dict(published["weights"])
@@ -192,3 +198,50 @@ def test_near_chance_concept_is_warned_once_and_marked(tmp_path: Path) -> None:
         fit(tmp_path, [monitor], logger=TensorBoardLogger(str(tmp_path)), max_epochs=2)
     assert sum("near chance" in str(w.message) for w in record) == 1
     assert monitor.history[-1]["results"][0, 0, 0, 5] == 0  # separates = False, in the logs' table too
+
+
+def test_inputs_only_for_scored_classes_and_sets_stay_on_cpu(tmp_path: Path) -> None:
+    """Only the scored class's inputs are read and kept, and every set stays on the CPU; the
+    class-0 inputs a class-balanced probe over every class would hold are never selected."""
+    x = torch.rand(60, 3, 16, 16)
+    y = torch.arange(60) % 3
+    monitor = _tcav(target_classes=[2], inputs=(x, y), num_inputs=5, layers=["features.8"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(tmp_path, [monitor], logger=TensorBoardLogger(str(tmp_path)), max_epochs=1)
+    assert list(monitor._inputs) == [2] and monitor._inputs[2].shape[0] == 5
+    chosen = monitor._inputs[2]
+    assert all(bool((chosen[i] == x[y == 2]).flatten(1).all(1).any()) for i in range(5))
+    assert all(t.device.type == "cpu" for t in [*monitor._concepts.values(), *monitor._randoms, chosen])
+
+
+def test_grayscale_image_folders(tmp_path: Path) -> None:
+    """A folder of grayscale PNGs is read with the channel count and size the model takes
+    (``image_mode``, ``image_size``); read wrongly, the error names the set and the fix."""
+    import numpy as np
+    from PIL import Image
+    from torch import nn
+
+    from lightning_xai.concepts import load_examples
+
+    folder = tmp_path / "stripes"
+    folder.mkdir()
+    for i in range(6):
+        pixels = (np.random.default_rng(i).random((20, 20)) * 255).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(folder / f"{i}.png")
+    assert load_examples(folder, mode="L", image_size=16).shape == (6, 1, 16, 16)
+    assert load_examples(folder).shape == (6, 3, 20, 20)
+    gray = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 2))
+    result = TCAV("1", n_random=2)(gray, torch.rand(5, 1, 16, 16), 0, {"stripes": load_examples(folder, mode="L", image_size=16)}, torch.rand(20, 1, 16, 16))
+    assert result.score.shape == (1, 1)
+
+    def monitor(**kwargs):
+        return _tcav(concepts={"stripes": str(folder)}, layers=["features.8"], target_classes=[0], **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=r"'stripes' examples of shape \[1, 16, 16\] do not fit.*image folder: pass `image_mode="):
+            fit(tmp_path, [monitor(image_mode="L", image_size=16)], logger=TensorBoardLogger(str(tmp_path)), max_epochs=1)
+        good = monitor(image_size=16)  # the shapes model takes RGB 16 x 16
+        fit(tmp_path, [good], logger=TensorBoardLogger(str(tmp_path)), max_epochs=1)
+    assert len(good.history) == 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DetectorNet", "background", "with_patches", "concept_data"]
+__all__ = ["DetectorNet", "PooledDetectorNet", "background", "with_patches", "concept_data"]
 
 
 class DetectorNet(nn.Module):
@@ -78,3 +78,30 @@ def concept_data(n_concept: int = 30, n_pool: int = 400, n_inputs: int = 24, see
     inputs = background(n_inputs, seed + 3)
     inputs[: n_inputs // 2], _ = with_patches(inputs[: n_inputs // 2], seed + 4)
     return {"concept": concept, "pool": pool, "inputs": inputs}
+
+
+class PooledDetectorNet(nn.Module):
+    """The red-patch detector of :class:`DetectorNet` followed directly by global average pooling
+    and a linear head (``features.1`` is the detector layer).
+
+    The gradient of any class score w.r.t. ``features.1`` is then the same for every input, so
+    each CAV's sign-count TCAV score is exactly 0 or 1: the random-vs-random null is bimodal. Units
+    1 and 2 are ``relu(g - b)`` and ``relu(b - g)``, unit 3 the brightness ``relu(r + g + b) / 3``;
+    class 0 grows with the detector (weight 8) and class 2 ignores it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 3)
+        with torch.no_grad():
+            w1 = torch.tensor([[2.0, -2.0, -2.0], [0.0, 1.0, -1.0], [0.0, -1.0, 1.0], [1 / 3, 1 / 3, 1 / 3]])
+            self.features[0].weight.copy_(w1.view(4, 3, 1, 1))
+            self.features[0].bias.copy_(torch.tensor([-1.0, 0.0, 0.0, 0.0]))
+            self.fc.weight.copy_(torch.tensor([[8.0, 1.0, -1.0, 2.0], [-8.0, -1.0, 1.0, -2.0], [0.0, 1.0, 1.0, 1.0]]))
+            self.fc.bias.zero_()
+        self.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
