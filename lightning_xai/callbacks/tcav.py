@@ -17,10 +17,10 @@ from lightning_xai._validation import check_int
 from lightning_xai.attribution.base import OutputType, observe
 from lightning_xai.callbacks.base import MonitorBase, RunInfo, _first_loader
 from lightning_xai.concepts import TCAV
-from lightning_xai.concepts.tcav import check_relative, relative_name
 from lightning_xai.concepts.cav import check_set_size
 from lightning_xai.concepts.examples import load_examples, sample_examples
 from lightning_xai.concepts.functional import layer_activations
+from lightning_xai.concepts.tcav import check_relative, relative_name
 from lightning_xai.data.probe import select_probe
 from lightning_xai.render.sinks import Sink
 
@@ -61,12 +61,17 @@ def _scored_batches(batches: Any, classes: list[int]) -> Any:
                 yield batch
                 continue
             mask, mapped = keep(batch[key])
-            out = {k: (v[mask.to(v.device)] if isinstance(v, Tensor) and v.shape[:1] == mask.shape else v) for k, v in batch.items()}
+            out = {
+                k: (v[mask.to(v.device)] if isinstance(v, Tensor) and v.shape[:1] == mask.shape else v)
+                for k, v in batch.items()
+            }
             out[key] = mapped[mask]
             yield out
         elif isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[1], Tensor):
             mask, mapped = keep(batch[1])
-            rest = [t[mask.to(t.device)] if isinstance(t, Tensor) and t.shape[:1] == mask.shape else t for t in batch[2:]]
+            rest = [
+                t[mask.to(t.device)] if isinstance(t, Tensor) and t.shape[:1] == mask.shape else t for t in batch[2:]
+            ]
             yield (batch[0][mask.to(batch[0].device)], mapped[mask], *rest)
         else:
             yield batch
@@ -336,9 +341,13 @@ class TCAVMonitor(MonitorBase):
             filtered: Any = batch
         else:
             if isinstance(source, Dataset) and not isinstance(source, IterableDataset) and hasattr(source, "__len__"):
-                source = DataLoader(source, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(self.seed))
+                source = DataLoader(
+                    source, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(self.seed)
+                )
             filtered = _scored_batches(source, scored)
-        probe = select_probe(filtered, num_samples=self.num_inputs * len(scored), num_classes=len(scored), seed=self.seed)
+        probe = select_probe(
+            filtered, num_samples=self.num_inputs * len(scored), num_classes=len(scored), seed=self.seed
+        )
         if probe.targets is None:
             raise ValueError(f"{name}: the class inputs need targets; pass `inputs=(x, y)`.")
         self._inputs = {}
@@ -558,7 +567,12 @@ class TCAVMonitor(MonitorBase):
                 mean = torch.stack([h["results"][0, 0, li, 6] for h in history])
                 sd = torch.stack([h["results"][0, 0, li, 7] for h in history])
                 images[f"xai/tcav/{layer}/history"] = tcav_history_plot(
-                    epochs, curves, sig, title=f"TCAV ({statistic}) at {layer}", band=(mean - sd, mean + sd), ylabel=ylabel
+                    epochs,
+                    curves,
+                    sig,
+                    title=f"TCAV ({statistic}) at {layer}",
+                    band=(mean - sd, mean + sd),
+                    ylabel=ylabel,
                 )
         for sink in sinks:
             sink.log_scalars(scalars, info.step)

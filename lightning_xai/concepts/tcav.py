@@ -174,7 +174,9 @@ class TCAVResult:
         return replace(self, concepts=[concept], layers=[self.layers[i] for i in ls], **picked)
 
     def __repr__(self) -> str:
-        lines = [f"TCAVResult(target={self.target}, statistic={self.statistic!r}, test={self.test!r}, alpha={self.alpha})"]
+        lines = [
+            f"TCAVResult(target={self.target}, statistic={self.statistic!r}, test={self.test!r}, alpha={self.alpha})"
+        ]
         for c, concept in enumerate(self.concepts):
             for li, layer in enumerate(self.layers):
                 flag = "significant" if bool(self.significant[c, li]) else "not significant"
@@ -279,7 +281,9 @@ def check_relative(relative: Pairs | None, concepts: Sequence[str] | None = None
             raise ValueError(f"A relative pair needs two different concepts, but got {pair!r}.")
         for name in (a, b):
             if concepts is not None and name not in concepts:
-                raise ValueError(f"The relative pair {pair!r} names {name!r}, which is not a concept: {list(concepts)}.")
+                raise ValueError(
+                    f"The relative pair {pair!r} names {name!r}, which is not a concept: {list(concepts)}."
+                )
         pairs.append((a, b))
     return list(dict.fromkeys(pairs))
 
@@ -470,7 +474,9 @@ class TCAV:
         for a, b in pairs:  # relative runs: the same two sets, a fresh seeded split per run
             for _ in range(n):
                 pairs_index.append((index[a], index[b]))
-                pair_splits.append(tuple(split_indices(all_sets[i].shape[0], self.test_fraction, gen) for i in (index[a], index[b])))
+                pair_splits.append(
+                    tuple(split_indices(all_sets[i].shape[0], self.test_fraction, gen) for i in (index[a], index[b]))
+                )
         pairs_index += [(c + (r + 1) % n, c + r) for r in range(n)]
         pair_splits += [(splits[c + (r + 1) % n], splits[c + r]) for r in range(n)]
         rows_total = c + len(pairs) + 1

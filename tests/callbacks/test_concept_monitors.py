@@ -78,7 +78,9 @@ def test_wandb_offline_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     (run,) = list((tmp_path / "wandb").glob("offline-run-*"))
     media = run / "files" / "media"
     pngs = [str(p) for p in media.rglob("*.png")]
-    assert any("xai/tcav/features.8/summary" in p for p in pngs) and any("xai/tcav/features.8/history" in p for p in pngs), pngs
+    assert any("xai/tcav/features.8/summary" in p for p in pngs) and any(
+        "xai/tcav/features.8/history" in p for p in pngs
+    ), pngs
     assert [p for p in media.rglob("*.table.json") if "tcav" in str(p)], list(media.rglob("*"))
 
 
@@ -151,8 +153,8 @@ def test_ddp_spawn_two_processes_equal_one(tmp_path: Path) -> None:
         cavs = single.fit(model, concepts, published["randoms"])
     for t in range(3):
         result = single.score(model, published["inputs"][t], t, cavs)
-        for c, concept in enumerate(concepts):
-            for li, layer in enumerate(LAYERS):
+        for c, _concept in enumerate(concepts):
+            for li, _layer in enumerate(LAYERS):
                 row = published["packed"][t, c, li]
                 assert float(row[0]) == pytest.approx(float(result.score[c, li]), rel=1e-4, abs=1e-6)
                 assert float(row[2]) == pytest.approx(float(result.p_value[c, li]), rel=1e-4, abs=1e-9)
@@ -232,7 +234,13 @@ def test_grayscale_image_folders(tmp_path: Path) -> None:
     assert load_examples(folder, mode="L", image_size=16).shape == (6, 1, 16, 16)
     assert load_examples(folder).shape == (6, 3, 20, 20)
     gray = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 2))
-    result = TCAV("1", n_random=2)(gray, torch.rand(5, 1, 16, 16), 0, {"stripes": load_examples(folder, mode="L", image_size=16)}, torch.rand(20, 1, 16, 16))
+    result = TCAV("1", n_random=2)(
+        gray,
+        torch.rand(5, 1, 16, 16),
+        0,
+        {"stripes": load_examples(folder, mode="L", image_size=16)},
+        torch.rand(20, 1, 16, 16),
+    )
     assert result.score.shape == (1, 1)
 
     def monitor(**kwargs):
@@ -240,8 +248,15 @@ def test_grayscale_image_folders(tmp_path: Path) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(ValueError, match=r"'stripes' examples of shape \[1, 16, 16\] do not fit.*image folder: pass `image_mode="):
-            fit(tmp_path, [monitor(image_mode="L", image_size=16)], logger=TensorBoardLogger(str(tmp_path)), max_epochs=1)
+        with pytest.raises(
+            ValueError, match=r"'stripes' examples of shape \[1, 16, 16\] do not fit.*image folder: pass `image_mode="
+        ):
+            fit(
+                tmp_path,
+                [monitor(image_mode="L", image_size=16)],
+                logger=TensorBoardLogger(str(tmp_path)),
+                max_epochs=1,
+            )
         good = monitor(image_size=16)  # the shapes model takes RGB 16 x 16
         fit(tmp_path, [good], logger=TensorBoardLogger(str(tmp_path)), max_epochs=1)
     assert len(good.history) == 1
