@@ -18,6 +18,7 @@ import difflib
 import importlib
 import re
 import warnings
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
@@ -41,6 +42,8 @@ __all__ = [
     "default_chunk_rows",
     "model_dtype",
     "observe",
+    "observing",
+    "register_own_forward_hook",
     "resolve_target",
     "run_chunked",
     "select_output",
@@ -259,6 +262,48 @@ def _autocast_off(device: torch.device) -> contextlib.ExitStack:
     return stack
 
 
+_OBSERVING: ContextVar[int] = ContextVar("lightning_xai_observing", default=0)
+
+
+def observing() -> bool:
+    """``True`` inside an :func:`observe` block (of any model) in this thread / context.
+
+    Forward hooks that watch training (a
+    :class:`~lightning_xai.callbacks.PatternEstimator`'s) use it to ignore the forward passes of
+    explanations, metrics and other monitors, which all run inside :func:`observe`.
+    """
+    return _OBSERVING.get() > 0
+
+
+def register_own_forward_hook(module: nn.Module, hook: Callable[[nn.Module, Any, Any], Any]) -> RemovableHandle:
+    """``module.register_forward_hook(hook)``, but ``hook`` runs only on ``module`` itself.
+
+    ``copy.deepcopy`` copies a module's hooks with it, and the copied hook is the same function,
+    bound to the same owner: without this guard, a copy's forward passes (a sanity check's
+    randomised copy, the fragility attack's softplus twin, an EMA/SWA copy) would reach the
+    owner's hook. The guard is one identity check per call (a weak reference: the hook keeps no
+    module alive).
+
+    Example:
+        >>> import copy
+        >>> seen = []
+        >>> layer = nn.Linear(2, 2)
+        >>> handle = register_own_forward_hook(layer, lambda m, args, out: seen.append(m))
+        >>> _ = layer(torch.ones(1, 2)), copy.deepcopy(layer)(torch.ones(1, 2))
+        >>> seen == [layer]
+        True
+        >>> handle.remove()
+    """
+    owner = weakref.ref(module)
+
+    def own_hook(mod: nn.Module, args: Any, output: Any) -> Any:
+        if mod is owner():
+            return hook(mod, args, output)
+        return None
+
+    return module.register_forward_hook(own_hook)
+
+
 @contextlib.contextmanager
 def observe(model: nn.Module, *, eval_mode: bool = True, output: OutputType = None) -> Iterator[ExplainContext]:
     """Run an explanation without perturbing training.
@@ -269,6 +314,7 @@ def observe(model: nn.Module, *, eval_mode: bool = True, output: OutputType = No
     every path: every module's ``training`` flag, every parameter's ``requires_grad`` and
     ``.grad``, BatchNorm running statistics and the CPU/CUDA RNG states are restored, and every
     hook registered through the yielded :class:`ExplainContext` is removed.
+    While the block runs, :func:`observing` is ``True``.
 
     **Precision.** An enclosing ``torch.autocast`` (a ``bf16-mixed`` training step) is switched
     off inside the block when the model's parameters are float32 or float64, so explanations are
@@ -297,6 +343,7 @@ def observe(model: nn.Module, *, eval_mode: bool = True, output: OutputType = No
     ctx = ExplainContext(model=model, device=model_device(model), dtype=dtype)
     bn_stats: list[tuple[nn.Module, dict[str, Tensor]]] = []
     low_precision = any(p.dtype in _LOW_PRECISION for p in params)
+    depth = _OBSERVING.set(_OBSERVING.get() + 1)
     try:
         with torch.inference_mode(False), torch.enable_grad(), contextlib.ExitStack() as stack:
             if not low_precision:
@@ -316,6 +363,7 @@ def observe(model: nn.Module, *, eval_mode: bool = True, output: OutputType = No
                 p.requires_grad_(False)
             yield ctx
     finally:
+        _OBSERVING.reset(depth)
         for handle in ctx.handles:
             handle.remove()
         ctx.handles.clear()

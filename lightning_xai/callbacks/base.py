@@ -16,6 +16,7 @@ itself and never talks to a logger backend directly.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -117,7 +118,8 @@ class MonitorBase(Callback):
         every_n_epochs: Run every n epochs (ignored when ``every_n_steps`` is set).
         every_n_steps: Run every n optimizer steps instead of at epoch ends.
         max_overhead: Optional time budget as a fraction of training time (``0.05``: at most 5%
-            spent in this monitor's runs on the training thread); ``None`` runs on schedule.
+            spent by this monitor on the training thread: its runs, fit-start preparation and
+            anything wrapped in :meth:`timed`, such as forward hooks); ``None`` runs on schedule.
         synchronous_logging: Render and write on the training thread (``True``) or on the
             background writer (``False``). ``None`` (default) decides at fit start: in the
             background when the model is on an accelerator (the device keeps training while the
@@ -208,8 +210,9 @@ class MonitorBase(Callback):
         self._writer.synchronous = bool(synchronous)
         self._spent = 0.0
         self._fit_start_time = time.perf_counter()
-        self.prepare(trainer, pl_module)
-        self.dry_run(trainer, pl_module)
+        with self.timed():  # fit-start work counts against the budget too
+            self.prepare(trainer, pl_module)
+            self.dry_run(trainer, pl_module)
 
     def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Per-fit preparation on every rank (move state to the model's device and dtype)."""
@@ -282,13 +285,31 @@ class MonitorBase(Callback):
             self._last_step_run = step
             self._maybe_run(trainer, pl_module)
 
-    def _over_budget(self, trainer: pl.Trainer) -> bool:
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        """Count the block's wall time against this monitor's ``max_overhead`` budget.
+
+        Wrap every piece of monitor work on the training thread outside :meth:`run` (forward
+        hooks, fit-start preparation) in it; :meth:`run` is timed already. On an accelerator this
+        is the host time (queued kernels are not waited for: a synchronisation would slow
+        training). Cost: two ``perf_counter`` calls.
+        """
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._spent += time.perf_counter() - start
+
+    def _budget_exceeded(self) -> bool:
+        """This rank's own view: has the monitor spent more than ``max_overhead`` of the training time?"""
         if self.max_overhead is None or self._fit_start_time is None:
             return False
         training = max(time.perf_counter() - self._fit_start_time - self._spent, 1e-9)
-        over = self._spent / training > self.max_overhead
+        return self._spent / training > self.max_overhead
+
+    def _over_budget(self, trainer: pl.Trainer) -> bool:
         # every rank must take the same decision, or the collectives of a run would hang
-        return bool(trainer.strategy.reduce_boolean_decision(over, all=False))
+        return bool(trainer.strategy.reduce_boolean_decision(self._budget_exceeded(), all=False))
 
     def _maybe_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._over_budget(trainer):
@@ -300,11 +321,8 @@ class MonitorBase(Callback):
                 )
             self._publish_scalars(trainer, {f"xai/{self.log_key}/skipped_runs": float(self._skipped_runs)})
             return
-        start = time.perf_counter()
-        try:
+        with self.timed():
             self.run(trainer, pl_module)
-        finally:
-            self._spent += time.perf_counter() - start
 
     @abstractmethod
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

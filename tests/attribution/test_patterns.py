@@ -212,5 +212,20 @@ def test_batchnorm_merged_in_the_estimator_callback_hooks() -> None:
         conv_out = net[0](x)
         stats.update("0", net[0], x, conv_out, net[1])  # the conv's forward hook runs before the BatchNorm
         net[1](conv_out)
+    # Tolerance from float32 and the computation's length: y differs by rounding (folded conv vs
+    # conv then affine: a dot product of fan_in terms), and each sum adds n = B * positions products,
+    # so errors grow like eps * sqrt(n * fan_in) relative to the sums' magnitude (AVX-512/AMX and
+    # the default ATen kernels round differently: 1.37e-6 was seen against a 1e-6 absolute bound).
+    eps = torch.finfo(torch.float32).eps
+    fan_in = net[0].weight[0].numel()
+    with torch.no_grad():
+        y = folded[0](x)
+    n = y[:, 0].numel()
+    y_tol = 4 * eps * fan_in * float(y.abs().max())
+    assert bool((y.abs() > y_tol).all()), "an output within rounding of 0 could change regime: pick another seed"
     for key, value in reference.sums["0"].items():
-        torch.testing.assert_close(stats.sums["0"][key], value, rtol=1e-6, atol=1e-6)
+        if key.startswith("n_"):  # counts: no output is a tie, so exact
+            torch.testing.assert_close(stats.sums["0"][key], value, rtol=0, atol=0)
+            continue
+        tol = 4 * eps * (n * fan_in) ** 0.5 * float(value.abs().max())
+        torch.testing.assert_close(stats.sums["0"][key], value, rtol=0, atol=tol, msg=key)
