@@ -141,3 +141,23 @@ def test_attribution_never_imports_the_interpretable_modules():
         if target.startswith("lightning_xai.modules")
     }
     assert offenders == set()
+
+
+def test_no_private_name_is_imported_from_another_subpackage():
+    offenders = set()
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lightning_xai."):
+                if _package(node.module) == _package(name):
+                    continue
+                offenders.update((name, node.module, a.name) for a in node.names if a.name.startswith("_"))
+    assert offenders == set()
+
+
+def test_a_moved_name_says_where_it_went():
+    import lightning_xai.attribution as attribution
+
+    with pytest.raises(AttributeError, match=r"lightning_xai\.modules\.MaskingModelExplainer"):
+        attribution.MaskingModelExplainer  # noqa: B018
+    assert "masking_model" in attribution.available_explainers()
+    assert type(attribution.get_explainer("masking_model")).__module__ == "lightning_xai.modules.masking"

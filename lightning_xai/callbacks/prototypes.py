@@ -23,7 +23,7 @@ from typing_extensions import override
 from lightning_xai._validation import check_float, check_int
 from lightning_xai.attribution.base import observe
 from lightning_xai.callbacks.base import MonitorBase, ProbeMonitor, RunInfo, _first_loader
-from lightning_xai.data.probe import Probe, _split_batch
+from lightning_xai.data.probe import Probe, split_batch
 from lightning_xai.modules.prototype import (
     STAGES,
     NearestPatches,
@@ -92,7 +92,7 @@ def _load_items(dataset: Any, indices: Sequence[int]) -> Tensor:
         collate, dataset = dataset.collate_fn or default_collate, dataset.dataset
     with torch.random.fork_rng(devices=[]):
         batch = collate([dataset[i] for i in indices])
-    return _split_batch(batch)[0]
+    return split_batch(batch)[0]
 
 
 class PrototypePush(MonitorBase):
@@ -293,7 +293,7 @@ class PrototypePush(MonitorBase):
         images: Optional[Tensor] = None  # the streamed image each of the first `count` prototypes' patch came from
         with observe(pl_module), torch.no_grad():
             for indices, batch in self.iter_dataset(trainer, pl_module, self.dataset, batch_size=self.batch_size):
-                x, y, _ = _split_batch(batch)
+                x, y, _ = split_batch(batch)
                 if y is None:
                     raise ValueError(f"{type(self).__name__}: the training batches carry no labels to push with.")
                 image_size = tuple(x.shape[-2:])

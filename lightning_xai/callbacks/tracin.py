@@ -16,10 +16,9 @@ from typing_extensions import override
 
 from lightning_xai._validation import check_int
 from lightning_xai.callbacks.base import ProbeMonitor, RunInfo, _training_loader
-from lightning_xai.data.probe import Probe, _as_targets, _split_batch
+from lightning_xai.data.probe import Probe, as_targets, split_batch
 from lightning_xai.errors import LightningXAIError
-from lightning_xai.influence import TracIn
-from lightning_xai.influence._common import LossType, selected_parameters
+from lightning_xai.influence import LossType, TracIn, selected_parameters
 from lightning_xai.influence.checkpoints import save_tracin_checkpoint
 from lightning_xai.render.images import to_display
 from lightning_xai.render.influence import class_name, proponents_grid, self_influence_grid
@@ -234,7 +233,7 @@ class TracInMonitor(ProbeMonitor):
     ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         read = 0
         for indices, batch in self.iter_dataset(trainer, pl_module, self.dataset, batch_size=self.batch_size):
-            x, y, _ = _split_batch(batch)
+            x, y, _ = split_batch(batch)
             if y is None:
                 raise ValueError("TracInMonitor: the training batches hold no targets; TracIn needs (x, y).")
             if limit is not None:
@@ -250,8 +249,8 @@ class TracInMonitor(ProbeMonitor):
         collate = getattr(loader, "collate_fn", None) or default_collate
         with torch.random.fork_rng(devices=[]):
             batch = collate([dataset[int(i)] for i in indices])
-        x, y, _ = _split_batch(batch)
-        return torch.as_tensor(x).detach().cpu().float(), _as_targets(y, len(indices))
+        x, y, _ = split_batch(batch)
+        return torch.as_tensor(x).detach().cpu().float(), as_targets(y, len(indices))
 
     # -- computation ---------------------------------------------------------------------------
     @override

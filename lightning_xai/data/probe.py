@@ -29,7 +29,16 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torch.utils.data._utils.collate import default_collate
 
-__all__ = ["INPUT_KEYS", "TARGET_KEYS", "MASK_KEYS", "Probe", "ProbeSource", "select_probe"]
+__all__ = [
+    "INPUT_KEYS",
+    "TARGET_KEYS",
+    "MASK_KEYS",
+    "Probe",
+    "ProbeSource",
+    "as_targets",
+    "select_probe",
+    "split_batch",
+]
 
 INPUT_KEYS: tuple[str, ...] = ("image", "images", "input", "inputs", "x", "pixel_values", "img")
 """Mapping keys read as the inputs, in order of preference."""
@@ -143,7 +152,7 @@ def _first_key(batch: Mapping[str, Any], keys: Sequence[str]) -> str | None:
     return None
 
 
-def _split_batch(batch: Any) -> tuple[Tensor, Any, Any]:
+def split_batch(batch: Any) -> tuple[Tensor, Any, Any]:
     """``(x, y or None, mask or None)`` from one batch in any supported format."""
     if isinstance(batch, Tensor):
         return batch, None, None
@@ -170,7 +179,7 @@ def _split_batch(batch: Any) -> tuple[Tensor, Any, Any]:
     )
 
 
-def _as_targets(y: Any, batch_size: int) -> Tensor:
+def as_targets(y: Any, batch_size: int) -> Tensor:
     y = torch.as_tensor(y).detach()
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
@@ -222,13 +231,13 @@ class _Collector:
         return {c: self.num_samples // k + (1 if i < self.num_samples % k else 0) for i, c in enumerate(classes)}
 
     def add(self, batch: Any) -> None:
-        x, y, mask = _split_batch(batch)
+        x, y, mask = split_batch(batch)
         if not isinstance(x, Tensor):
             raise TypeError(f"Expected the inputs to be a tensor, but got {type(x).__name__}.")
         if x.ndim < 1:
             raise ValueError(f"Expected batched inputs, but got shape {tuple(x.shape)}.")
         b = int(x.shape[0])
-        targets = None if y is None else _as_targets(y, b)
+        targets = None if y is None else as_targets(y, b)
         masks = None if mask is None else _as_masks(mask, b)
         if self.has_targets is None:
             self.has_targets, self.has_masks = targets is not None, masks is not None

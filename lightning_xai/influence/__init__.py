@@ -7,7 +7,7 @@
   explicit Hessian for small layers).
 """
 
-from lightning_xai.influence._common import LOSSES, Checkpoint, DataSource, LossType
+from lightning_xai.influence._common import LOSSES, Checkpoint, DataSource, LossType, selected_parameters
 from lightning_xai.influence.checkpoints import load_tracin_checkpoint, save_tracin_checkpoint, tracin_checkpoints
 from lightning_xai.influence.functions import InfluenceFunction
 from lightning_xai.influence.tracin import TopK, TracIn
@@ -22,5 +22,6 @@ __all__ = [
     "TracIn",
     "load_tracin_checkpoint",
     "save_tracin_checkpoint",
+    "selected_parameters",
     "tracin_checkpoints",
 ]

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from lightning_xai._validation import check_float
 from lightning_xai.attribution.base import ExplainContext, get_layer
-from lightning_xai.data.probe import _split_batch
+from lightning_xai.data.probe import split_batch
 from lightning_xai.errors import LightningXAIError
 
 __all__ = [
@@ -348,7 +348,7 @@ def iter_batches(
         return
     loader = inputs if isinstance(inputs, DataLoader) else DataLoader(inputs, batch_size=batch_size, shuffle=False)
     for batch in loader:
-        x, y, _ = _split_batch(batch)
+        x, y, _ = split_batch(batch)
         if y is None:
             raise ValueError("Expected each batch to hold (x, y) with targets, but found no targets.")
         x, y = torch.as_tensor(x), torch.as_tensor(y)

@@ -41,7 +41,6 @@ from lightning_xai.attribution import (
     InputXGradient,
     IntegratedGradients,
     KernelSHAP,
-    MaskingModelExplainer,
     MeaningfulPerturbation,
     NoiseTunnel,
     Occlusion,
@@ -54,6 +53,7 @@ from lightning_xai.attribution import (
     get_explainer,
 )
 from lightning_xai.attribution.base import _REGISTRY
+from lightning_xai.modules import MaskingModelExplainer
 from tests.helpers.models import make
 from tests.helpers.patterns import pattern_file
 from tests.modules.helpers import contract_masker
