@@ -132,10 +132,11 @@ def test_nan_maps_are_reported_and_skipped(tmp_path: Path) -> None:
         if "xai/test_nan/nonfinite" in a.Tags()["scalars"]
         for e in a.Scalars("xai/test_nan/nonfinite")
     ]
-    assert flags == [1.0, 1.0]
+    assert flags == [2.0, 2.0]  # both probes, both runs
     images = _tags(accs, "images")
-    assert "xai/test_nan/overlays" not in images
+    assert images["xai/test_nan/overlays"] == 2  # blank cells, captioned
     assert images["xai/grad_cam/overlays"] == 2
+    assert "xai/test_nan/entropy" not in _tags(accs, "scalars")
 
 
 def test_every_n_epochs_schedule_and_fast_dev_run(tmp_path: Path) -> None:
