@@ -19,6 +19,7 @@ from lightning_xai.concepts.functional import (
 )
 from tests.helpers.concept_models import DetectorNet, background, concept_data
 from tests.helpers.models import SmallCNN, randomize_batchnorm
+from tests.helpers.tolerance import reduction_tol
 
 LAYER = "features.1"
 
@@ -68,10 +69,13 @@ def test_same_cavs_give_captums_scores(case, data, model, tmp_path):
     ours = tcav.score(net, inputs, target, cavs)[("c", layer)]
     vectors = cavs.vectors[layer][0]
     theirs = _captum_scores(net, layer, inputs, target, vectors, tmp_path)
-    assert torch.equal(ours.scores, theirs.float())
-    # and the functional half: the same derivatives and scores
-    derivatives = directional_derivatives(net, inputs, target, layer, vectors)
-    assert torch.equal(tcav_score(derivatives), theirs.float())
+    # A score is the share of positive derivatives; a derivative within rounding of zero (two
+    # reduction orders of a D-term dot product) may take either sign, so each may move the share by 1/B.
+    derivatives = directional_derivatives(net, inputs, target, layer, vectors)  # [B, K]
+    tol = reduction_tol(torch.float32, derivatives.numel()) * float(derivatives.abs().max())
+    slack = (derivatives.abs() <= tol).sum(dim=0).float() / derivatives.shape[0]
+    for scores in (ours.scores, tcav_score(derivatives)):  # the module and the functional half
+        assert ((scores - theirs.float()).abs() <= slack + 1e-6).all(), (scores, theirs, slack)
 
 
 def _converged_sklearn_classifier():
