@@ -107,6 +107,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_demo_logs_and_tensorboard_server_lists_them(tmp_path: Path) -> None:
     result = run_demo(
         ["--epochs", "2", "--num-train", "128", "--image-size", "24", "--num-samples", "4", "--log-dir", str(tmp_path)]

@@ -179,7 +179,9 @@ class MonitorBase(Callback):
             "last_epoch_run": self._last_epoch_run,
             "last_step_run": self._last_step_run,
             "skipped_runs": self._skipped_runs,
-            "key_fields": _plain(self._state_key_fields()),  # so a resume with another configuration can say what changed
+            "key_fields": _plain(
+                self._state_key_fields()
+            ),  # so a resume with another configuration can say what changed
         }
 
     @override

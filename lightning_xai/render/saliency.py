@@ -263,7 +263,9 @@ class SaliencyRenderer:
             normalized = normalize_maps(m, signed=signed, clip_percentile=self.clip_percentile)
             overlays = overlay(images, normalized, signed=signed, alpha=self.overlay_alpha)
             overlays[~ok.to(overlays.device)] = _BLANK  # the bad probe's cell is blank, captioned below
-            cell_captions = [c if ok[i] else f"{c}\n{_nonfinite_reason(bool(bad_input[i]))}" for i, c in enumerate(captions)]
+            cell_captions = [
+                c if ok[i] else f"{c}\n{_nonfinite_reason(bool(bad_input[i]))}" for i, c in enumerate(captions)
+            ]
             table_maps[name] = overlays
             grid = annotated_grid(overlays, cell_captions, ncols=ncols, title=f"{name} - epoch {epoch}")
             for sink in sinks:

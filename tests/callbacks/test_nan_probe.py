@@ -74,7 +74,10 @@ def test_one_nan_probe_skips_only_itself(tmp_path: Path) -> None:
         entropy = _scalars(accs, f"xai/{name}/entropy")
         assert len(entropy) == 2 and all(math.isfinite(v) for v in entropy)
         assert len(_scalars(accs, f"xai/{name}/ssim_prev")) == 1
-        assert sum(len(a.Images(f"xai/{name}/overlays")) for a in accs if f"xai/{name}/overlays" in a.Tags()["images"]) == 2
+        assert (
+            sum(len(a.Images(f"xai/{name}/overlays")) for a in accs if f"xai/{name}/overlays" in a.Tags()["images"])
+            == 2
+        )
         frames = saliency.history(name)[-1][1]  # [N, 3, H, W] overlays of the last run
         blank = [i for i in range(4) if bool(frames[i].max() == frames[i].min())]
         assert blank == sorted({nan_input} | ({map_only} if name == "last_row_nan" else set())), (name, blank)
@@ -84,7 +87,7 @@ def test_one_nan_probe_skips_only_itself(tmp_path: Path) -> None:
         assert set(_scalars(accs, f"xai/metrics/grad_cam/{metric}/skipped")) <= {1.0}
     assert any(f"probe {nan_input} (NaN/inf input)" in m and "'grad_cam'" in m for m in messages if "scores" in m)
     sanity_tags = [t for a in accs for t in a.Tags()["scalars"] if t.startswith("xai/sanity/saliency/")]
-    assert sanity_tags and all(
-        math.isfinite(v) for t in sanity_tags for v in _scalars(accs, t)
-    ), "the randomisation curve is the finite probes' mean"
+    assert sanity_tags and all(math.isfinite(v) for t in sanity_tags for v in _scalars(accs, t)), (
+        "the randomisation curve is the finite probes' mean"
+    )
     assert not [m for m in messages if re.search(r"failed.*skipped this run", m)], messages

@@ -21,6 +21,8 @@ from tests.helpers.concept_models import DetectorNet, background, concept_data
 from tests.helpers.models import SmallCNN, randomize_batchnorm
 from tests.helpers.tolerance import reduction_tol
 
+pytestmark = pytest.mark.numerics
+
 LAYER = "features.1"
 
 

@@ -21,6 +21,8 @@ from tests.attribution.test_contract import _assert_same, _snapshot, _training_l
 from tests.helpers.models import SmallCNN
 from tests.helpers.tolerance import assert_same_top_k
 
+pytestmark = pytest.mark.numerics
+
 captum_tracin = pytest.importorskip("captum.influence")
 
 N_TRAIN, N_TEST, CLASSES = 24, 5, 4
