@@ -279,7 +279,7 @@ def lightning_cli(args: Sequence[str] | None = None) -> object:
             config = parser.parse_args(first)
             sub = config.get("subcommand")
             config = config[sub] if sub else config
-            target = parser._subcommands_action._name_parser_map[sub] if sub else parser
+            target = self._parser(sub)  # the subcommand's parser holds the model/data defaults
             named = {}
             for key, cls in demo.items():
                 path = config.get(f"{key}.class_path")
