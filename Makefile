@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test venv bench clean docs-pictures
+.PHONY: demo test test-fast venv bench clean docs-pictures
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,16 @@ venv: $(VENV)/.installed-core
 demo: $(VENV)/.installed-core
 	$(BIN)/lightning-xai demo $(ARGS)
 
+# `make test`: the whole suite (tests/ and the doctests of lightning_xai/; pyproject: testpaths, --doctest-modules),
+# then the `numerics`-marked tests again with ATen's portable kernels (ATEN_CPU_CAPABILITY=default: no AVX2/AVX-512
+# vectorisation), so a test that only passes with this CPU's reduction order fails here, not on the next machine.
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(ARGS)  # tests/ and the doctests of lightning_xai/ (pyproject: testpaths, --doctest-modules)
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(ARGS)
+	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -m numerics -n 2 --dist loadfile -q $(ARGS)
+
+# For development: everything but the slow and the process-spawning (DDP) tests.
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q -m "not slow and not ddp" $(ARGS)
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/bench_attribution.py $(ARGS)

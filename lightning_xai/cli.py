@@ -22,10 +22,11 @@ import argparse
 import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main", "run_demo", "lightning_cli"]
+__all__ = ["CLIConfigError", "main", "run_demo", "lightning_cli"]
 
 
 def _demo_parser() -> argparse.ArgumentParser:
@@ -214,24 +215,87 @@ def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
     return result
 
 
+class CLIConfigError(ValueError):
+    """A configuration the CLI could not instantiate; the message is the root cause's, on one line."""
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of ``err``'s chain that was raised outside jsonargparse and Lightning.
+
+    jsonargparse wraps a constructor's error twice ("Does not validate against any of the Union
+    subtypes"); the error the user needs is the one the configured class raised.
+    """
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for candidate in chain:
+        frames = traceback.extract_tb(candidate.__traceback__)
+        origin = frames[-1].filename.replace(os.sep, "/") if frames else ""
+        if not any(f"/{pkg}/" in origin for pkg in ("jsonargparse", "pytorch_lightning", "lightning")):
+            return candidate
+    return chain[-1]
+
+
 def lightning_cli(args: Sequence[str] | None = None) -> object:
     """Lightning's ``LightningCLI`` over any LightningModule and data module.
 
     ``model`` and ``data`` take any ``class_path`` (any ``LightningModule`` / ``LightningDataModule``
     subclass, with its ``init_args``); when a config names neither, they default to the demo's
     :class:`~lightning_xai.demo.ShapesClassifier` and :class:`~lightning_xai.data.ShapesDataModule`,
-    so a config holding only ``trainer.callbacks`` runs as written.
+    so a config holding only ``trainer.callbacks`` runs as written. A class the config names gets its
+    own defaults for every argument the config leaves out, never the demo's. Parsing costs one
+    extra pass when a config names its own model or data class.
+
+    Args:
+        args: The command line after the program name; ``None`` reads ``sys.argv[1:]`` (as the console
+            script does, so Lightning does not warn about both being given).
+
+    Raises:
+        CLIConfigError: When a class in the configuration cannot be built (an unknown explainer name,
+            say); the message is the root cause's.
     """
     from pytorch_lightning.cli import LightningCLI
 
     from lightning_xai.data import ShapesDataModule
     from lightning_xai.demo import ShapesClassifier
 
+    demo = {"model": ShapesClassifier, "data": ShapesDataModule}
+
     class _CLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
             from jsonargparse import lazy_instance
 
-            parser.set_defaults({"model": lazy_instance(ShapesClassifier), "data": lazy_instance(ShapesDataModule)})
+            parser.set_defaults({key: lazy_instance(cls) for key, cls in demo.items()})
+
+        def parse_arguments(self, parser, args) -> None:  # type: ignore[no-untyped-def]
+            # jsonargparse keeps a default's init_args that the named class also accepts when a config
+            # switches class_path (the demo's num_classes/lr/batch_size leaked into a user's classes).
+            # So a first pass learns which classes were named, each defaults to its own class, the second parses.
+            # (--print_config prints and exits while parsing: the first pass leaves it out.)
+            argv = list(sys.argv[1:] if args is None else args)
+            first = [a for a in argv if a != "--print_config" and not a.startswith("--print_config=")]
+            config = parser.parse_args(first)
+            sub = config.get("subcommand")
+            config = config[sub] if sub else config
+            target = self._parser(sub)  # the subcommand's parser holds the model/data defaults
+            named = {}
+            for key, cls in demo.items():
+                path = config.get(f"{key}.class_path")
+                if path and path != f"{cls.__module__}.{cls.__qualname__}":
+                    named[key] = {"class_path": path}
+            if named:
+                target.set_defaults(named)
+            super().parse_arguments(parser, args)
+
+        def instantiate_classes(self) -> None:
+            try:
+                super().instantiate_classes()
+            except Exception as err:
+                cause = _root_cause(err)
+                message = " ".join(str(cause).split())
+                raise CLIConfigError(f"{type(cause).__name__}: {message}") from err
 
     return _CLI(
         None,
@@ -244,7 +308,16 @@ def lightning_cli(args: Sequence[str] | None = None) -> object:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lightning-xai`` console script."""
+    """Entry point of the ``lightning-xai`` console script.
+
+    Args:
+        argv: The arguments after the program name; ``None`` reads ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0, or 2 when the configuration cannot be built (the error is printed alone,
+        on one line, to stderr).
+    """
+    from_sys_argv = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(
@@ -255,7 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] == "demo":
         run_demo(argv[1:])
         return 0
-    lightning_cli(argv)
+    try:
+        lightning_cli(None if from_sys_argv else argv)  # None: Lightning reads sys.argv itself, as its own entry does
+    except CLIConfigError as err:
+        print(f"lightning-xai: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -32,3 +32,23 @@ def _wandb_files_stay_in_tmp(tmp_path_factory: pytest.TempPathFactory):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# Markers (pyproject: ddp, slow, numerics) of test files whose owners mark them later; files mark
+# themselves with `pytestmark` otherwise. Keys are paths under the repository root, or path::test.
+_MARKS: dict[str, tuple[str, ...]] = {
+    "tests/attribution/test_patterns.py": ("numerics",),
+    "tests/callbacks/test_pattern_estimator.py": ("numerics",),
+    "tests/callbacks/test_pattern_estimator_ddp.py": ("ddp", "slow", "numerics"),
+    "tests/callbacks/test_prototypes.py": ("numerics",),
+    "tests/callbacks/test_prototypes.py::test_ddp_spawn_push_reduces_over_ranks": ("ddp", "slow"),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = config.rootpath
+    for item in items:
+        path = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
+        for key in (path, f"{path}::{item.originalname if hasattr(item, 'originalname') else item.name}"):
+            for name in _MARKS.get(key, ()):
+                item.add_marker(getattr(pytest.mark, name))

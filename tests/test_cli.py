@@ -107,6 +107,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_demo_logs_and_tensorboard_server_lists_them(tmp_path: Path) -> None:
     result = run_demo(
         ["--epochs", "2", "--num-train", "128", "--image-size", "24", "--num-samples", "4", "--log-dir", str(tmp_path)]
@@ -150,3 +151,58 @@ def test_demo_logs_and_tensorboard_server_lists_them(tmp_path: Path) -> None:
 def test_main_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     assert "lightning-xai demo" in capsys.readouterr().out
+
+
+USER_CONFIG = """
+seed_everything: 0
+trainer: {max_epochs: 1, accelerator: cpu, devices: 1, logger: false, enable_checkpointing: false,
+          enable_progress_bar: false, enable_model_summary: false}
+model:
+  class_path: tests.helpers.cli_modules.UserCNN
+  init_args: {hidden: 3}
+data:
+  class_path: tests.helpers.cli_modules.UserData
+"""
+
+
+def test_cli_keeps_a_user_modules_own_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A user's classes get their own defaults and init_args, never the demo's (num_classes 4, lr 3e-3, batch 32)."""
+    import yaml
+
+    config = tmp_path / "config.yaml"
+    config.write_text(USER_CONFIG)
+    with pytest.raises(SystemExit):
+        lightning_cli(["fit", "--config", str(config), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"] == {"num_classes": 2, "lr": 0.125, "hidden": 3}
+    assert printed["data"]["init_args"] == {"batch_size": 6, "num_classes": 2, "size": 24}
+
+    cli = lightning_cli(["fit", "--config", str(config), "--model.init_args.lr", "0.5"])  # a real tiny fit
+    assert type(cli.model).__name__ == "UserCNN" and cli.trainer.current_epoch == 1
+    assert (cli.model.head.out_features, cli.model.hparams.lr, cli.model.hparams.hidden) == (2, 0.5, 3)
+    assert (cli.datamodule.batch_size, cli.datamodule.num_classes) == (6, 2)
+
+
+def test_console_script_prints_a_config_error_alone(tmp_path: Path) -> None:
+    """An unknown explainer in the YAML: one line on stderr, exit status 2, no traceback, no Lightning
+    warning about ``args`` (the console script lets LightningCLI read sys.argv itself)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "trainer:\n  logger: false\n  callbacks:\n    - class_path: lightning_xai.callbacks.SaliencyMonitor\n"
+        "      init_args: {explainers: [salency]}\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "lightning_xai.cli", "fit", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**__import__("os").environ, "PYTHONPATH": str(root)},
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("lightning-xai: error: ValueError: Unknown explainer 'salency'")
+    assert "Did you mean 'saliency'?" in errors[0]
+    assert "Traceback" not in done.stderr and "args parameter is intended" not in done.stderr
+    assert len(done.stderr) < 1500

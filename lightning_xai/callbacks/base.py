@@ -16,6 +16,7 @@ itself and never talks to a logger backend directly.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import math
@@ -184,7 +185,44 @@ class MonitorBase(Callback):
             "last_epoch_run": self._last_epoch_run,
             "last_step_run": self._last_step_run,
             "skipped_runs": self._skipped_runs,
+            "key_fields": _plain(
+                self._state_key_fields()
+            ),  # so a resume with another configuration can say what changed
         }
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Warn when the checkpoint holds state for this monitor's class under another configuration.
+
+        The ``state_key`` includes the configuration, so a monitor whose settings changed between runs
+        (one explainer added, say) finds no state and starts its history over; the warning names the
+        fields that differ, against the checkpoint's same-class entry that is closest (fewest
+        differing fields) among those no other callback of this run claims.
+        """
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        claimed = {getattr(cb, "state_key", None) for cb in trainer.callbacks}
+        prefix = type(self).__qualname__ + "{"
+        mine = _plain(self._state_key_fields())
+        diffs = []
+        for key, state in states.items():
+            if not isinstance(key, str) or not key.startswith(prefix) or key in claimed:
+                continue
+            theirs = state.get("key_fields") if isinstance(state, dict) else None
+            if not isinstance(theirs, dict):
+                theirs = _fields_from_key(key[len(type(self).__qualname__) :])
+            if theirs is None:
+                continue
+            changed = [f for f in sorted(set(mine) | set(theirs)) if mine.get(f) != theirs.get(f)]
+            diffs.append((len(changed), [(f, theirs.get(f), mine.get(f)) for f in changed]))
+        if not diffs:
+            return
+        _, changed = min(diffs, key=lambda d: d[0])
+        what = "; ".join(f"{f} {old!r} but this monitor has {new!r}" for f, old, new in changed)
+        self.warn(f"the checkpoint holds state for {what}; its history starts over.")
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -674,6 +712,21 @@ class _Progress:
                 f"{self.name}: SIGTERM received; stopped the pass after {done}/{self.total} examples, "
                 "the run's results are dropped"
             )
+
+
+def _plain(fields: dict[str, Any]) -> dict[str, Any]:
+    """The state-key fields as plain Python literals (as ``_generate_state_key`` writes them), else as reprs."""
+    plain = _fields_from_key(repr(fields))
+    return plain if plain is not None else {str(k): repr(v) for k, v in fields.items()}
+
+
+def _fields_from_key(text: str) -> Optional[dict[str, Any]]:
+    """The dict a ``_generate_state_key`` string holds after the class name, or ``None`` if unparseable."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _batch_size(batch: Any) -> int:

@@ -57,6 +57,16 @@ def _nan_rows(n: int, device: torch.device, *shape: int) -> Tensor:
     return torch.full((n, *shape), float("nan"), device=device)
 
 
+def _nonfinite_probes(name: str, bad: Tensor, inputs: Tensor) -> str:
+    """A warning naming the probes whose maps are non-finite and whether their input already was."""
+    bad_input = ~torch.isfinite(inputs.flatten(1)).all(dim=1)
+    parts = [
+        f"probe {i} ({'NaN/inf input' if bool(bad_input[i]) else 'NaN/inf map, finite input'})"
+        for i in bad.nonzero().flatten().tolist()
+    ]
+    return f"explainer {name!r} gave non-finite maps for {', '.join(parts)}; their scores are skipped this run."
+
+
 class _QualityMonitor(ProbeMonitor):
     """Shared by both monitors: explainers and their names, the target, the scored model."""
 
@@ -221,10 +231,15 @@ class MetricsMonitor(_QualityMonitor):
         target = self._target(model, probe)
         results: dict[str, Tensor] = {}
         for name, explainer in zip(self.names, self.explainers):
+            bad = torch.zeros(n, dtype=torch.bool, device=device)
             try:
                 maps = explainer(model, probe.inputs, target)
-                if not bool(torch.isfinite(maps).all()):
+                bad = ~torch.isfinite(maps.flatten(1)).all(dim=1).to(device)
+                if bool(bad.all()):
                     raise LightningXAIError(f"explainer {name!r} returned NaN/inf maps")
+                if bool(bad.any()):  # only those probes' scores are skipped (NaN rows, counted as skipped)
+                    self.warn(_nonfinite_probes(name, bad, probe.inputs))
+                    maps = torch.where(bad.to(maps.device).view(-1, *[1] * (maps.ndim - 1)), 0.0, maps)
             except _SKIPPABLE as err:
                 if self.dry_running:
                     raise
@@ -240,7 +255,7 @@ class MetricsMonitor(_QualityMonitor):
                         metric, model, probe.inputs, maps, target, masks=probe.masks, explainer=explainer,
                         **self.metric_kwargs.get(metric, {}),
                     )  # fmt: skip
-                    results[key] = values.detach().float().to(device)
+                    results[key] = torch.where(bad, torch.nan, values.detach().float().to(device))
                 except torch.OutOfMemoryError:
                     raise
                 except _SKIPPABLE as err:

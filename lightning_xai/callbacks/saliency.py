@@ -42,7 +42,7 @@ class SaliencyMonitor(ProbeMonitor):
     * scalars ``xai/<name>/entropy`` (how spread the map is), ``xai/<name>/mask_share`` (share of
       attribution inside the ground-truth mask, when the data has masks), ``xai/<name>/ssim_prev``
       (SSIM to the previous run's maps: has the explanation settled?) and ``xai/<name>/nonfinite``
-      (1 when the maps held NaN/inf and were skipped);
+      (how many probes' maps held NaN/inf: their cells are left blank, the other probes' maps are logged);
     * a histogram of the attribution values, and (W&B) a table of probe images x explainers.
 
     Training is never perturbed: every computation runs inside

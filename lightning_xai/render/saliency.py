@@ -147,6 +147,13 @@ class EvolutionHistory:
         self._cells = [None] * len(self._runs)
 
 
+_BLANK = 0.5  # a non-finite map's cell: flat grey, captioned with the reason
+
+
+def _nonfinite_reason(input_nonfinite: bool) -> str:
+    return "NaN/inf input" if input_nonfinite else "NaN/inf map, finite input"
+
+
 class SaliencyRenderer:
     """Render one saliency run per explainer into every sink.
 
@@ -154,8 +161,10 @@ class SaliencyRenderer:
     ``xai/<name>/entropy``, ``mask_share`` (with masks), ``ssim_prev`` (to the previous run) and
     ``nonfinite``, a histogram ``xai/<name>/values``, per-probe strips
     ``xai/<name>/evolution/<i>``, and a table ``xai/probe_table`` of probe inputs x explainers.
-    Maps holding NaN/inf are reported (``nonfinite = 1`` and a warning through ``warn``) and
-    skipped.
+    A probe whose map holds NaN/inf is handled alone: its cell is left blank (grey, captioned
+    "NaN/inf input" or "NaN/inf map, finite input"), it is left out of the scalars and the
+    histogram, ``nonfinite`` counts such probes, and ``warn`` names the explainer, the probe
+    indices and which of the two it was; the other probes' maps are logged as usual.
 
     Args:
         names: One name per explainer.
@@ -203,6 +212,14 @@ class SaliencyRenderer:
                 self.histories[name].load_state_dict(hist)
         self._previous = {n: m.float() for n, m in state.get("previous", {}).items() if n in self.histories}
 
+    @staticmethod
+    def _nonfinite_message(name: str, ok: Tensor, bad_input: Tensor, epoch: int, step: int) -> str:
+        parts = [f"probe {i} ({_nonfinite_reason(bool(bad_input[i]))})" for i in (~ok).nonzero().flatten().tolist()]
+        return (
+            f"explainer {name!r} gave non-finite maps at epoch {epoch} (step {step}) for {', '.join(parts)}; "
+            "those cells are left blank, the other probes' maps are logged."
+        )
+
     def __call__(
         self,
         sinks: Sequence[Any],
@@ -229,35 +246,44 @@ class SaliencyRenderer:
         """
         images = to_display(as_image_batch(inputs.float()))
         captions = probe_captions(targets, probs, self.class_names)
+        bad_input = ~torch.isfinite(inputs.detach().float().flatten(1)).all(dim=1).cpu()
         scalars: dict[str, float] = {}
         table_maps: dict[str, Tensor] = {}
         ncols = min(4, len(captions))
         for name in self.names:
             m = maps[name].float()
             m = as_image_batch(m) if m.ndim != 4 else m
-            finite = bool(torch.isfinite(m).all())
-            scalars[f"xai/{name}/nonfinite"] = 0.0 if finite else 1.0
-            if not finite:
-                self.warn(f"explainer {name!r} produced NaN/inf maps at epoch {epoch} (step {step}); skipped.")
-                continue
-            signed = bool(self.signed.get(name, True) and m.min() < 0)
+            ok = torch.isfinite(m.flatten(1)).all(dim=1).cpu()
+            scalars[f"xai/{name}/nonfinite"] = float((~ok).sum())
+            if not bool(ok.all()):
+                self.warn(self._nonfinite_message(name, ok, bad_input, epoch, step))
+            m = torch.where(ok.to(m.device).view(-1, 1, 1, 1), m, torch.zeros_like(m))
+            good = m[ok.to(m.device)]
+            signed = bool(self.signed.get(name, True) and good.numel() > 0 and good.min() < 0)
             normalized = normalize_maps(m, signed=signed, clip_percentile=self.clip_percentile)
             overlays = overlay(images, normalized, signed=signed, alpha=self.overlay_alpha)
+            overlays[~ok.to(overlays.device)] = _BLANK  # the bad probe's cell is blank, captioned below
+            cell_captions = [
+                c if ok[i] else f"{c}\n{_nonfinite_reason(bool(bad_input[i]))}" for i, c in enumerate(captions)
+            ]
             table_maps[name] = overlays
-            grid = annotated_grid(overlays, captions, ncols=ncols, title=f"{name} - epoch {epoch}")
+            grid = annotated_grid(overlays, cell_captions, ncols=ncols, title=f"{name} - epoch {epoch}")
             for sink in sinks:
                 sink.log_image(f"xai/{name}/overlays", grid, step, caption=f"{name}, epoch {epoch}")
-            scalars[f"xai/{name}/entropy"] = float(map_entropy(m))
-            if masks is not None and masks.shape[-2:] == m.shape[-2:]:
-                scalars[f"xai/{name}/mask_share"] = float(mask_share(m, masks.float()))
+            if good.shape[0] > 0:
+                scalars[f"xai/{name}/entropy"] = float(map_entropy(good))
+                if masks is not None and masks.shape[-2:] == m.shape[-2:]:
+                    scalars[f"xai/{name}/mask_share"] = float(mask_share(good, masks[ok.to(masks.device)].float()))
             previous = self._previous.get(name)
             if previous is not None and previous.shape == m.shape and min(m.shape[-2:]) > 1:
-                scalars[f"xai/{name}/ssim_prev"] = float(map_ssim(m, previous))
-            if self.log_histograms:
+                both = ok.to(m.device) & torch.isfinite(previous.flatten(1)).all(dim=1).to(m.device)
+                if bool(both.any()):
+                    scalars[f"xai/{name}/ssim_prev"] = float(map_ssim(m[both], previous.to(m.device)[both]))
+            if self.log_histograms and good.shape[0] > 0:
                 for sink in sinks:
-                    sink.log_histogram(f"xai/{name}/values", m, step)
-            if keep_history:
-                self._previous[name] = m
+                    sink.log_histogram(f"xai/{name}/values", good, step)
+            if keep_history:  # the bad probes' maps stay NaN so the next ssim_prev leaves them out
+                self._previous[name] = torch.where(ok.to(m.device).view(-1, 1, 1, 1), m, torch.nan)
             if self.log_evolution:
                 history = self.histories[name]
                 if not keep_history:  # a dry run renders one strip from a throwaway history

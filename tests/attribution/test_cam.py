@@ -43,6 +43,8 @@ from lightning_xai.attribution.cam import (
 from lightning_xai.errors import LightningXAIError
 from tests.helpers.models import make
 
+pytestmark = pytest.mark.numerics
+
 # targets whose Grad-CAM map is not all zero on the seeded models (so the comparisons see signal)
 TARGETS = {
     "small": [2, 4, 5, 6],

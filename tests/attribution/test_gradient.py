@@ -19,6 +19,8 @@ from lightning_xai.attribution.gradient import deconvnet_rule, guided_rule, modi
 from lightning_xai.errors import LightningXAIError
 from tests.helpers.models import MODEL_NAMES, SharedReluCNN, make
 
+pytestmark = pytest.mark.numerics
+
 captum_attr = pytest.importorskip("captum.attr")
 
 

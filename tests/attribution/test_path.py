@@ -18,6 +18,8 @@ from lightning_xai.attribution import IntegratedGradients
 from lightning_xai.attribution.path import INTEGRATION_METHODS, gaussian_blur, make_baseline, quadrature
 from tests.helpers.models import MODEL_NAMES, make
 
+pytestmark = pytest.mark.numerics
+
 captum_attr = pytest.importorskip("captum.attr")
 
 

@@ -21,6 +21,8 @@ from lightning_xai.attribution.path import quadrature
 from lightning_xai.errors import LightningXAIError
 from tests.helpers.models import make
 
+pytestmark = pytest.mark.numerics
+
 
 def _cosine(a: Tensor, b: Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))

@@ -35,6 +35,8 @@ from lightning_xai.errors import LightningXAIError
 from tests.attribution.test_contract import EXPLAINERS, PROPAGATION_RESNET, _assert_same, _snapshot, _training_like
 from tests.helpers.models import make, randomize_batchnorm, resnet18
 
+pytestmark = pytest.mark.numerics
+
 torch.set_num_threads(1)
 
 

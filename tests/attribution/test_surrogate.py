@@ -16,6 +16,8 @@ from lightning_xai.attribution.surrogate import kl_bounds, lime_kernel, shapley_
 from lightning_xai.data import ShapesDataset
 from tests.helpers.models import make
 
+pytestmark = pytest.mark.numerics
+
 captum_attr = pytest.importorskip("captum.attr")
 captum_linear = pytest.importorskip("captum._utils.models.linear_model")
 

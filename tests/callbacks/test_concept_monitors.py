@@ -122,6 +122,9 @@ def test_observe_never_perturb_bitwise(tmp_path: Path) -> None:
     assert all(len(m.history) == 2 for m in monitors)
 
 
+@pytest.mark.ddp
+@pytest.mark.slow
+@pytest.mark.numerics
 def test_ddp_spawn_two_processes_equal_one(tmp_path: Path) -> None:
     tcav_file, dis_file = tmp_path / "tcav.pt", tmp_path / "dissection.pt"
     sets = tiny_concepts()

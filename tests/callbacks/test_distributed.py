@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from lightning_xai.attribution import GradCAM
 from lightning_xai.data.probe import Probe
 from tests.callbacks.helpers import RecordingSaliencyMonitor, fit, read_tensorboard, tiny_model
+
+pytestmark = [pytest.mark.ddp, pytest.mark.slow, pytest.mark.numerics]
 
 
 def test_ddp_spawn_shards_gathers_and_logs_once(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -19,6 +20,8 @@ from torch import Tensor
 from lightning_xai.callbacks import MetricsMonitor, SanityCheckMonitor
 from lightning_xai.demo import ShapesClassifier
 from tests.callbacks.helpers import read_tensorboard, tiny_datamodule, trainer_kwargs
+
+pytestmark = [pytest.mark.ddp, pytest.mark.slow, pytest.mark.numerics]
 
 EPOCHS = 2
 

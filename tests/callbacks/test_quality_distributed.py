@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -13,6 +14,8 @@ from lightning_xai.data.probe import Probe
 from lightning_xai.metrics.functional import deletion_auc, parameter_randomization, pointing_game
 from tests.callbacks.helpers import fit, read_tensorboard, tiny_model
 from tests.callbacks.quality_helpers import RecordingMetricsMonitor, RecordingSanityCheckMonitor
+
+pytestmark = [pytest.mark.ddp, pytest.mark.slow, pytest.mark.numerics]
 
 
 def test_ddp_spawn_gathers_per_sample_scores_in_probe_order(tmp_path: Path) -> None:

@@ -132,10 +132,11 @@ def test_nan_maps_are_reported_and_skipped(tmp_path: Path) -> None:
         if "xai/test_nan/nonfinite" in a.Tags()["scalars"]
         for e in a.Scalars("xai/test_nan/nonfinite")
     ]
-    assert flags == [1.0, 1.0]
+    assert flags == [2.0, 2.0]  # both probes, both runs
     images = _tags(accs, "images")
-    assert "xai/test_nan/overlays" not in images
+    assert images["xai/test_nan/overlays"] == 2  # blank cells, captioned
     assert images["xai/grad_cam/overlays"] == 2
+    assert "xai/test_nan/entropy" not in _tags(accs, "scalars")
 
 
 def test_every_n_epochs_schedule_and_fast_dev_run(tmp_path: Path) -> None:
@@ -219,3 +220,42 @@ def test_resumed_fit_explains_the_same_probe(tmp_path: Path) -> None:
     fresh = _monitor(num_samples=3)
     fit(tmp_path / "c", [fresh], dm_kwargs={"seed": 7}, logger=TensorBoardLogger(str(tmp_path / "c")), max_epochs=1)
     assert not torch.equal(fresh.probe.inputs.cpu(), first.probe.inputs.cpu()), "other data, other probe"
+
+
+def test_resume_with_a_changed_configuration_warns_what_changed(tmp_path: Path) -> None:
+    """One explainer added between runs: the state_key changes, so the history starts over; the
+    warning names the monitor and the field that changed (also for checkpoints without ``key_fields``).
+    An unchanged monitor resumes silently."""
+    import warnings
+
+    from lightning_xai.callbacks import MetricsMonitor
+
+    def metrics() -> MetricsMonitor:
+        return MetricsMonitor([Saliency()], metrics=["deletion_auc"], metric_kwargs={"deletion_auc": {"steps": 4}},
+                              num_samples=2)  # fmt: skip
+
+    first = SaliencyMonitor([GradCAM()], num_samples=2)
+    fit(tmp_path / "a", [first, metrics()], logger=TensorBoardLogger(str(tmp_path / "a")), max_epochs=1,
+        enable_checkpointing=True)  # fmt: skip
+    ckpt = next((tmp_path / "a").rglob("*.ckpt"))
+    old_style = tmp_path / "old.ckpt"  # as written before key_fields existed: the diff comes from the key
+    state = torch.load(ckpt, weights_only=False)
+    for value in state["callbacks"].values():
+        value.pop("key_fields", None)
+    torch.save(state, old_style)
+
+    for path in (ckpt, old_style):
+        resumed = SaliencyMonitor([GradCAM(), Saliency()], num_samples=2)
+        pl.seed_everything(0)
+        trainer = pl.Trainer(callbacks=[resumed, metrics()], logger=TensorBoardLogger(str(tmp_path / "b")),
+                             **trainer_kwargs(tmp_path / "b", max_epochs=2))  # fmt: skip
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(tiny_model(), datamodule=tiny_datamodule(), ckpt_path=str(path))
+        ours = [str(w.message) for w in caught if "history starts over" in str(w.message)]
+        expected = (
+            f"SaliencyMonitor: the checkpoint holds state for explainers {[repr(GradCAM())]!r} but this monitor has "
+            f"{[repr(GradCAM()), repr(Saliency())]!r}; its history starts over."
+        )
+        assert ours == [expected], (path.name, ours)
+        assert [e for e, _ in resumed.history()] == [1]  # it did start over

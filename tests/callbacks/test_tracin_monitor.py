@@ -129,6 +129,9 @@ def test_checkpoint_round_trip_keeps_the_sums(tmp_path: Path) -> None:
     assert (added > 0).all(), "the third checkpoint adds to the restored sums"
 
 
+@pytest.mark.ddp
+@pytest.mark.slow
+@pytest.mark.numerics
 def test_ddp_spawn_equals_one_process(tmp_path: Path) -> None:
     out_file = tmp_path / "published.pt"
     monitor = RecordingTracInMonitor(str(out_file), num_samples=3, top_k=4)

@@ -21,6 +21,9 @@ from lightning_xai.concepts.functional import (
 )
 from tests.helpers.concept_models import DetectorNet, PooledDetectorNet, background, concept_data, with_patches
 from tests.helpers.models import SmallCNN, randomize_batchnorm
+from tests.helpers.tolerance import reduction_tol
+
+pytestmark = pytest.mark.numerics
 
 LAYER = "features.1"
 
@@ -70,11 +73,14 @@ def test_same_cavs_give_captums_scores(case, data, model, tmp_path):
     ours = tcav.score(net, inputs, target, cavs)["c", layer]
     vectors = cavs.vectors[layer][0]
     theirs = _captum_scores(net, layer, inputs, target, vectors, tmp_path)
-    assert torch.equal(ours.scores[0, 0], theirs.float())
-    assert torch.equal(ours.sign_count[0, 0], theirs.float().mean())
-    # and the functional half: the same derivatives and scores
-    derivatives = directional_derivatives(net, inputs, target, layer, vectors)
-    assert torch.equal(tcav_score(derivatives), theirs.float())
+    # A score is the share of positive derivatives; a derivative within rounding of zero (two
+    # reduction orders of a D-term dot product) may take either sign, so each may move the share by 1/B.
+    derivatives = directional_derivatives(net, inputs, target, layer, vectors)  # [B, K]
+    tol = reduction_tol(torch.float32, derivatives.numel()) * float(derivatives.abs().max())
+    slack = (derivatives.abs() <= tol).sum(dim=0).float() / derivatives.shape[0]
+    for scores in (ours.scores[0, 0], tcav_score(derivatives)):  # the module and the functional half
+        assert ((scores - theirs.float()).abs() <= slack + 1e-6).all(), (scores, theirs, slack)
+    assert float((ours.sign_count[0, 0] - theirs.float().mean()).abs()) <= float(slack.mean()) + 1e-6
 
 
 def _converged_sklearn_classifier():
@@ -210,7 +216,15 @@ def test_relative_cavs_have_the_known_answer(data):
     concepts = {"red": red, "green": green, "noise_a": background(30, 51), "noise_b": background(30, 52)}
     pairs = [("red", "green"), ("green", "red"), ("noise_a", "noise_b")]
     result = _quiet(TCAV(LAYER, n_random=10), model, data["inputs"], 0, concepts, background(400, 2), relative=pairs)
-    assert result.concepts == ["red", "green", "noise_a", "noise_b", "red-vs-green", "green-vs-red", "noise_a-vs-noise_b"]
+    assert result.concepts == [
+        "red",
+        "green",
+        "noise_a",
+        "noise_b",
+        "red-vs-green",
+        "green-vs-red",
+        "noise_a-vs-noise_b",
+    ]
     rg, gr, noise = result["red-vs-green"], result["green-vs-red"], result["noise_a-vs-noise_b"]
     assert bool(rg.significant) and float(rg.score) > 0 and float(rg.accuracy) > 0.9
     assert bool(gr.significant) and float(gr.score) < 0
@@ -221,8 +235,12 @@ def test_relative_cavs_have_the_known_answer(data):
 def test_one_result_type_for_one_or_many(data, model):
     one = _quiet(TCAV(LAYER, n_random=3), model, data["inputs"], 0, data["concept"], data["pool"])
     many = _quiet(
-        TCAV([LAYER, "features.3"], n_random=3), model, data["inputs"], 0,
-        {"concept": data["concept"], "noise": background(30, 5)}, data["pool"],
+        TCAV([LAYER, "features.3"], n_random=3),
+        model,
+        data["inputs"],
+        0,
+        {"concept": data["concept"], "noise": background(30, 5)},
+        data["pool"],
     )
     assert type(one) is type(many) is TCAVResult
     assert one.score.shape == (1, 1) and many.score.shape == (2, 2) and many.scores.shape == (2, 2, 3)
@@ -252,12 +270,20 @@ def test_demo_marker_and_shape_are_told_apart():
     dm = ShapesDataModule(batch_size=64, num_train=512, num_val=128, image_size=32, shortcut=True, seed=0)
     net = ShapesClassifier(num_classes=4, width=16, lr=3e-3)
     trainer = pl.Trainer(
-        max_epochs=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", deterministic=True,
+        max_epochs=6,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        deterministic=True,
     )
     _quiet(trainer.fit, net, dm)
     net.eval()
-    sets = {k: v.images for k, v in concept_sets(30, image_size=32, num_classes=4, concepts=["marker_square", "square"]).items()}
+    sets = {
+        k: v.images
+        for k, v in concept_sets(30, image_size=32, num_classes=4, concepts=["marker_square", "square"]).items()
+    }
     pool = random_images(300, image_size=32, num_classes=4, seed=7)
     inputs = torch.stack([x for x, y, *_ in dm.val_set if int(y) == 0][:30])
     layer = "features.8"
@@ -266,8 +292,10 @@ def test_demo_marker_and_shape_are_told_apart():
     with torch.no_grad():
         rise = {k: float(net(v).softmax(1)[:, 0].mean() - net(pool).softmax(1)[:, 0].mean()) for k, v in sets.items()}
     marker, shape = result["marker_square"], result["square"]
-    print(f"demo: effect marker {float(marker.score):.3f} (p={float(marker.p_value):.2g}), shape {float(shape.score):.3f} "
-          f"(p={float(shape.p_value):.2g}); sign counts {sign.sign_count.flatten().tolist()}; p(square) rise {rise}")
+    print(
+        f"demo: effect marker {float(marker.score):.3f} (p={float(marker.p_value):.2g}), shape {float(shape.score):.3f} "
+        f"(p={float(shape.p_value):.2g}); sign counts {sign.sign_count.flatten().tolist()}; p(square) rise {rise}"
+    )
     assert not bool(sign.significant.any())  # the old panel: neither significant, both at or near 1
     assert bool(shape.significant) and not bool(marker.significant)
     gap = float(shape.score - marker.score)

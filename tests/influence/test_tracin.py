@@ -19,6 +19,9 @@ from lightning_xai.errors import LightningXAIError
 from lightning_xai.influence import TracIn
 from tests.attribution.test_contract import _assert_same, _snapshot, _training_like
 from tests.helpers.models import SmallCNN
+from tests.helpers.tolerance import assert_same_top_k
+
+pytestmark = pytest.mark.numerics
 
 captum_tracin = pytest.importorskip("captum.influence")
 
@@ -109,10 +112,11 @@ def test_matches_captum_tracincp(trained, data, layers) -> None:
     _close(ours.self_influence(model, checkpoints, x, y), oracle.self_influence())
     theirs = oracle.influence((xt, yt), k=None)
     _close(ours.scores(model, checkpoints, x, y, xt, yt), theirs)
+    # ranked on our scores, compared on captum's: near-ties may order either way (ties are ties)
     top = ours.proponents(model, checkpoints, x, y, xt, yt, k=3)
-    assert torch.equal(top.indices, theirs.topk(3, dim=1).indices)
+    assert_same_top_k(top.indices, theirs, 3, rtol=1e-4)
     bottom = ours.opponents(model, checkpoints, x, y, xt, yt, k=3)
-    assert torch.equal(bottom.indices, theirs.topk(3, dim=1, largest=False).indices)
+    assert_same_top_k(bottom.indices, theirs, 3, largest=False, rtol=1e-4)
 
 
 def test_captum_fast_batched_mode_leaves_batchnorm_out(trained, data) -> None:

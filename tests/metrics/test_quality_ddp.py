@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 from tests.metrics.helpers import _ddp_metrics, ddp_worker, update_all
+
+pytestmark = [pytest.mark.ddp, pytest.mark.slow, pytest.mark.numerics]
 
 
 def _free_port() -> int:

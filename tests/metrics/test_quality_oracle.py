@@ -30,6 +30,8 @@ from lightning_xai.metrics.functional import (
     road,
 )
 
+pytestmark = pytest.mark.numerics
+
 quantus = pytest.importorskip("quantus")
 warnings.filterwarnings("ignore", module="quantus")
 

@@ -114,6 +114,8 @@ def test_fit_projects_logs_and_round_trips(tmp_path: Path) -> None:
     torch.testing.assert_close(restored.gated_forward(x, y), module.gated_forward(x, y))
 
 
+@pytest.mark.ddp
+@pytest.mark.slow
 def test_fit_under_ddp_spawn(tmp_path: Path) -> None:
     module = ClassSpecificGateTraining(
         tiny_cnn(), ClassSpecificGates(8, 3, sparsity=0.5), lr=0.05, render_every_n_epochs=0

@@ -170,6 +170,8 @@ def test_fit_freezes_classifier_logs_and_round_trips(tmp_path: Path) -> None:
     torch.testing.assert_close(restored(x), module(x))
 
 
+@pytest.mark.ddp
+@pytest.mark.slow
 def test_fit_under_ddp_spawn(tmp_path: Path) -> None:
     module = MaskingModelTraining(tiny_cnn().eval(), MaskingModel(8, 3, hidden=4), lr=0.01, render_every_n_epochs=0)
     before = module.masker.decoder[2].weight.clone()

@@ -257,6 +257,8 @@ def test_fit_keeps_teacher_frozen_logs_tree_and_round_trips(tmp_path: Path) -> N
     torch.testing.assert_close(restored(x), module(x))
 
 
+@pytest.mark.ddp
+@pytest.mark.slow
 def test_hard_label_fit_under_ddp_spawn(tmp_path: Path) -> None:
     module = TreeDistillation(None, SoftDecisionTree(16, 3, depth=2), mode="hard", lr=0.05, render_every_n_epochs=0)
     before = module.tree.leaf_logits.clone()
