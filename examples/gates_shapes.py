@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--num-val", type=int, default=512)
     parser.add_argument("--image-size", type=int, default=24)
     parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--sparsity", type=float, default=1e-3)
     parser.add_argument("--gated-lr", type=float, default=None, help="network lr on the gated path (default: --lr)")
     parser.add_argument("--budget", type=float, default=0.2)
