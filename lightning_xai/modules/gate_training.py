@@ -22,24 +22,29 @@ __all__ = ["ClassSpecificGateTraining"]
 
 
 class ClassSpecificGateTraining(pl.LightningModule):
-    """Train a classifier with class-specific gates after one of its layers (the recipe).
+    """Train a classifier with class-specific gates after one of its layers (the authors' recipe).
 
     The gates act on the output of ``layer`` (default: the last ``nn.Conv2d``) through a forward
-    hook that is active only on the gated path. Training steps alternate (even batch index:
-    standard path, odd: gated path):
+    hook that is active only on the gated path. Training alternates the paths **per epoch**, as the
+    authors' ``train.py`` does: the first ``warmup_epochs`` epochs train the standard path only;
+    after them, epoch ``e`` trains the gated path when ``e % period >= gated_from`` and the standard
+    path otherwise (defaults 10, 3, 1: after warm-up one standard epoch, then two gated ones).
 
     * standard step: ``CE(model(x), y)``, logged ``train/loss_standard``;
     * gated step: ``gated_weight * CE(model_G(x, y), y) + gates.loss_terms()["sparsity"]``, logged
-      ``train/loss_gated`` and ``train/sparsity``;
+      ``train/loss_gated`` and ``train/sparsity``, then ``G`` is projected
+      (:meth:`ClassSpecificGates.project_`: rows divided by their maximum, clamped to ``[0, 1]``).
 
-    the standard step adds ``0 * G.sum()`` so the gates are part of every step's graph (DDP requires
-    every parameter to be used; Adam's momentum still moves ``G`` a little on standard steps). One
-    optimiser (Adam, the gates in their own parameter group with ``gate_lr``) updates the network and the gates; after every step ``G`` is projected
-    onto ``[0, 1]``. ``forward`` (and so validation, prediction and every explainer given this
-    module or ``module.model``) is the standard path. Validation logs ``val/acc`` of the standard
-    path. Every ``render_every_n_epochs`` training epochs rank zero logs ``gates/density`` (share of
-    gates above 0.1), ``gates/l1`` (mean gate) and the filter-class matrix as the image
-    ``gates/assignment`` to every logger.
+    Each path has its own Adam optimiser (manual optimisation), as in the authors' code: the standard
+    one holds the network at ``lr``; the gated one holds the network at ``gated_lr`` and the gates at
+    ``gate_lr``. So the gates, and the gated optimiser's moments, stay still during standard epochs.
+    The standard step adds ``0 * G.sum()`` so the gates are part of every step's graph (DDP requires
+    every parameter to be used; the standard optimiser does not hold them). ``forward`` (and so
+    validation, prediction and every explainer given this module or ``module.model``) is the standard
+    path. Validation logs ``val/acc`` of the standard path. Every ``render_every_n_epochs`` training
+    epochs rank zero logs ``gates/density`` (share of gates above 0.1), ``gates/l1`` (mean gate) and
+    the filter-class matrix as the image ``gates/assignment`` to every logger. Cost per step: one
+    forward and one backward of the model, on either path.
 
     Args:
         model: The classifier (its ``forward`` returns ``[B, num_classes]`` logits).
@@ -47,22 +52,26 @@ class ClassSpecificGateTraining(pl.LightningModule):
             the first gated step, before any optimiser step).
         layer: Dotted name of the gated layer; ``None``: the last ``nn.Conv2d``.
         gated_weight: ``lambda_1``.
-        lr: Adam learning rate of the network.
+        lr: Adam learning rate of the network on the standard path.
+        gated_lr: Adam learning rate of the network on the gated path; ``None``: ``lr``.
         gate_lr: Adam learning rate of the gates (Adam moves each gate by about ``gate_lr`` per step
-            whatever the gradient's scale, so with the network's small rate the gates could not
-            travel from 1 to 0 in a short training).
+            whatever the gradient's scale).
+        warmup_epochs: Epochs of standard-path training before the alternation starts.
+        period: Length in epochs of one standard/gated cycle after warm-up.
+        gated_from: Epoch ``e`` (after warm-up) is gated when ``e % period >= gated_from``.
         class_names: Names for the picture's columns.
         render_every_n_epochs: 0 turns the picture off.
 
     Raises:
         TypeError: ``model`` or ``gates`` has the wrong type.
-        ValueError: Unknown ``layer`` (the message lists the valid names) or bad numbers.
+        ValueError: Unknown ``layer`` (the message lists the valid names) or bad numbers (among them
+            ``gated_from`` outside ``[0, period)``).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
-        >>> module = ClassSpecificGateTraining(net, ClassSpecificGates(4, 2))
-        >>> module.layer
-        '0'
+        >>> module = ClassSpecificGateTraining(net, ClassSpecificGates(4, 2), warmup_epochs=1)
+        >>> [module.uses_gated_path(e) for e in range(5)]
+        [False, True, True, False, True]
     """
 
     def __init__(
@@ -72,7 +81,11 @@ class ClassSpecificGateTraining(pl.LightningModule):
         layer: Optional[str] = None,
         gated_weight: float = 1.0,
         lr: float = 3e-3,
+        gated_lr: Optional[float] = None,
         gate_lr: float = 0.05,
+        warmup_epochs: int = 10,
+        period: int = 3,
+        gated_from: int = 1,
         class_names: Optional[Sequence[str]] = None,
         render_every_n_epochs: int = 1,
     ) -> None:
@@ -93,12 +106,26 @@ class ClassSpecificGateTraining(pl.LightningModule):
         self.gates = gates
         self.gated_weight = check_float("gated_weight", gated_weight, 0.0)
         self.lr = check_float("lr", lr, 0.0)
+        self.gated_lr = self.lr if gated_lr is None else check_float("gated_lr", gated_lr, 0.0)
         self.gate_lr = check_float("gate_lr", gate_lr, 0.0)
+        self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
+        self.period = check_int("period", period, 1)
+        self.gated_from = check_int("gated_from", gated_from, 0)
+        if self.gated_from >= self.period:
+            raise ValueError(
+                f"Expected argument `gated_from` to be in [0, period) = [0, {self.period}), but got {gated_from} "
+                "(no epoch would be gated)."
+            )
         self.class_names = list(class_names) if class_names is not None else None
         self.render_every_n_epochs = check_int("render_every_n_epochs", render_every_n_epochs, 0)
+        self.automatic_optimization = False
         self._labels: Optional[Tensor] = None
         # the bound hook pickles and deep-copies with the model (ddp_spawn, checkpoints of the whole module)
         get_layer(model, self.layer).register_forward_hook(self._gate_hook)
+
+    def uses_gated_path(self, epoch: int) -> bool:
+        """Whether training epoch ``epoch`` (0-based) trains the gated path."""
+        return epoch >= self.warmup_epochs and epoch % self.period >= self.gated_from
 
     def _gate_hook(self, module: nn.Module, args: Any, output: Tensor) -> Optional[Tensor]:
         if self._labels is None:
@@ -119,19 +146,24 @@ class ClassSpecificGateTraining(pl.LightningModule):
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         x, y = batch[0], batch[1]
-        if batch_idx % 2 == 0:
+        opt_standard, opt_gated = self.optimizers()  # type: ignore[misc]
+        gated = self.uses_gated_path(self.current_epoch)
+        if gated:
+            sparsity = self.gates.loss_terms()["sparsity"]
+            loss = self.gated_weight * F.cross_entropy(self.gated_forward(x, y), y) + sparsity
+            self.log("train/loss_gated", loss)
+            self.log("train/sparsity", sparsity)
+        else:
             # 0 * G: the gates take part in every step's graph (DDP requires every parameter to be used)
             loss = F.cross_entropy(self.model(x), y) + 0.0 * self.gates.gate.sum()
             self.log("train/loss_standard", loss, prog_bar=True)
-            return loss
-        sparsity = self.gates.loss_terms()["sparsity"]
-        loss = self.gated_weight * F.cross_entropy(self.gated_forward(x, y), y) + sparsity
-        self.log("train/loss_gated", loss)
-        self.log("train/sparsity", sparsity)
-        return loss
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.gates.project_()
+        opt = opt_gated if gated else opt_standard
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        if gated:
+            self.gates.project_()
+        return loss.detach()
 
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         x, y = batch[0], batch[1]
@@ -156,9 +188,14 @@ class ClassSpecificGateTraining(pl.LightningModule):
             sink.log_image("gates/assignment", image, step=self.global_step)
             sink.log_scalars(scalars, step=self.global_step)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Two Adam optimisers: the standard path's (network at ``lr``) and the gated path's (network at
+        ``gated_lr``, gates at ``gate_lr``)."""
         gate_ids = {id(p) for p in self.gates.parameters()}
         network = [p for p in self.parameters() if id(p) not in gate_ids and p.requires_grad]
-        return torch.optim.Adam(
-            [{"params": network, "lr": self.lr}, {"params": list(self.gates.parameters()), "lr": self.gate_lr}]
-        )
+        return [
+            torch.optim.Adam(network, lr=self.lr),
+            torch.optim.Adam(
+                [{"params": network, "lr": self.gated_lr}, {"params": list(self.gates.parameters()), "lr": self.gate_lr}]
+            ),
+        ]

@@ -7,13 +7,17 @@ sits after the last convolution. Training alternates two paths through the same 
 * the **standard path**: the network as it is, cross-entropy ``CE(f(x), y)``;
 * the **gated (CSG) path**: the feature maps of filter ``k`` are multiplied by ``G[k, y]`` for the
   input's true class ``y``, cross-entropy ``lambda_1 CE(f_G(x, y), y)`` plus the sparsity
-  regulariser ``lambda_2 ||G||_1`` (here the mean ``|G|`` over its ``K x C`` entries, so the
-  strength does not depend on the layer's size).
+  regulariser, a hinge on the L1 norm: ``lambda_2 * relu(||G||_1 - budget * K * C)`` (the authors'
+  code, ``LearnableMaskLayer.loss_function``: zero while at most a ``budget`` = 0.2 share of the
+  gate mass is open, linear above).
 
 The sparsity pushes each filter to serve few classes; the gated path's cross-entropy keeps open the
-gates a class needs. ``G`` is projected back onto ``[0, 1]`` after every optimiser step
-(:meth:`ClassSpecificGates.project_`). At inference no label is known: the standard path is used,
-and its filters have become class-specific, which is what sharpens CAM-style localisation.
+gates a class needs. After every gated optimiser step ``G`` is projected
+(:meth:`ClassSpecificGates.project_`, the authors' ``clip_lmask``): each filter's row is divided by
+its maximum over the classes, then clamped onto ``[0, 1]``, so every filter stays fully open for at
+least one class (a filter cannot close for every class). Gates start at 0.5. At inference no label
+is known: the standard path is used, and its filters have become class-specific, which is what
+sharpens CAM-style localisation.
 
 :class:`ClassSpecificGates` is the plain module (no Lightning); the recipe above is the
 LightningModule :class:`lightning_xai.modules.gate_training.ClassSpecificGateTraining`.
@@ -40,8 +44,10 @@ class ClassSpecificGates(nn.Module):
     Args:
         channels: Number of filters ``K`` of the gated layer (its output channels).
         num_classes: Number of classes ``C``.
-        sparsity: ``lambda_2``, the strength of the L1 regulariser in :meth:`loss_terms`.
-        init: Initial value of every gate, in ``[0, 1]`` (1: the gated path starts as the standard one).
+        sparsity: ``lambda_2``, the strength of the hinge L1 regulariser in :meth:`loss_terms` (the
+            authors' default ``--lambda_reg`` is 1e-3).
+        budget: Share of the ``K x C`` gate mass the regulariser leaves free (the authors' 0.2).
+        init: Initial value of every gate, in ``[0, 1]`` (the authors' 0.5).
 
     Raises:
         TypeError: An argument has the wrong type.
@@ -56,11 +62,14 @@ class ClassSpecificGates(nn.Module):
         True
     """
 
-    def __init__(self, channels: int, num_classes: int, sparsity: float = 0.05, init: float = 1.0) -> None:
+    def __init__(
+        self, channels: int, num_classes: int, sparsity: float = 1e-3, budget: float = 0.2, init: float = 0.5
+    ) -> None:
         super().__init__()
         self.channels = check_int("channels", channels, 1)
         self.num_classes = check_int("num_classes", num_classes, 2)
         self.sparsity = check_float("sparsity", sparsity, 0.0)
+        self.budget = check_float("budget", budget, 0.0, 1.0)
         init = check_float("init", init, 0.0, 1.0)
         self.gate = nn.Parameter(torch.full((self.channels, self.num_classes), init))
 
@@ -90,13 +99,21 @@ class ClassSpecificGates(nn.Module):
         return features * g.view(*g.shape, *([1] * (features.ndim - 2))).to(features.dtype)
 
     def loss_terms(self) -> dict[str, Tensor]:
-        """``{"sparsity": lambda_2 * mean |G|}`` (the L1 regulariser, averaged over the ``K x C`` gates)."""
-        return {"sparsity": self.sparsity * self.gate.abs().mean()}
+        """``{"sparsity": lambda_2 * relu(||G||_1 - budget * K * C)}``: zero while the gates' L1 norm is
+        within the budget, then linear in it (gradient ``lambda_2 * sign(G)``)."""
+        l1 = self.gate.abs().sum()
+        return {"sparsity": self.sparsity * torch.relu(l1 - self.budget * self.gate.numel())}
 
     @torch.no_grad()
     def project_(self) -> None:
-        """Clamp ``G`` onto ``[0, 1]`` in place (call after each optimiser step)."""
-        self.gate.clamp_(0.0, 1.0)
+        """Divide each filter's row of ``G`` by its maximum over the classes, then clamp onto ``[0, 1]``,
+        in place (call after each gated optimiser step). Afterwards every row's maximum is 1; a row
+        whose maximum is not positive (closed for every class) becomes all ones, the fixed point of
+        the division (the authors' code would divide by zero there). Cost: ``O(K C)``."""
+        top = self.gate.amax(dim=1, keepdim=True)
+        dead = top <= 0
+        self.gate.div_(torch.where(dead, torch.ones_like(top), top)).clamp_(0.0, 1.0)
+        self.gate.masked_fill_(dead.expand_as(self.gate), 1.0)
 
     def assignment(self) -> Tensor:
         """The class each filter serves most: ``argmax_c G[k, c]``, ``[K]``."""
@@ -107,4 +124,6 @@ class ClassSpecificGates(nn.Module):
         return (self.gate.detach() > threshold).float().mean()
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, num_classes={self.num_classes}, sparsity={self.sparsity}"
+        return (
+            f"channels={self.channels}, num_classes={self.num_classes}, sparsity={self.sparsity}, budget={self.budget}"
+        )
