@@ -148,16 +148,22 @@ def test_uncountable_layer_raises_at_setup_naming_it(tmp_path: Path) -> None:
 
 
 # -- DDP ---------------------------------------------------------------------------------------
+class _Epoch:
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls it on `batch_sampler.sampler`
+        self.epoch = epoch
+
+
 class InterleavedBatches(Sampler):
     """One process replaying two DistributedSampler ranks (shuffle, seed 0): step k's batch is rank
     0's k-th batch followed by rank 1's, so the global batches equal a 2-process run's."""
 
     def __init__(self, n: int, per_rank: int) -> None:
-        self.n, self.per_rank, self.epoch = n, per_rank, 0
+        self.n, self.per_rank, self.sampler = n, per_rank, _Epoch()
 
     def __iter__(self) -> Iterator[list[int]]:
-        g = torch.Generator().manual_seed(self.epoch)  # DistributedSampler's seed 0 + epoch
-        self.epoch += 1
+        g = torch.Generator().manual_seed(self.sampler.epoch)  # DistributedSampler's seed 0 + epoch
         order = torch.randperm(self.n, generator=g).tolist()
         ranks = [order[r::2] for r in range(2)]
         for k in range(0, len(ranks[0]), self.per_rank):
@@ -185,7 +191,8 @@ class DDPMLP(MLP):
         return torch.optim.SGD(self.parameters(), lr=LR)
 
 
-def test_two_ddp_processes_equal_one(tmp_path: Path) -> None:
+def test_two_ddp_processes_equal_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # the DistributedSampler's seed, which InterleavedBatches replays
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
     _fit(tmp_path / "1", SavingMonitor(str(one)), DDPMLP(sampler=InterleavedBatches(N, 4)))
     _fit(tmp_path / "2", SavingMonitor(str(two)), DDPMLP(batch_size=4), strategy="ddp_spawn", devices=2)
