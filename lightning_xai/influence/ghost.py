@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -144,15 +144,41 @@ def _factors(module: nn.Module, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _bn_xhat(module: _BatchNorm, x: Tensor, batch_stats: bool) -> Tensor:
-    dims = [0] + list(range(2, x.ndim))
+    """The normalised input the forward computed (batch or running statistics), one fused kernel."""
     if batch_stats:
-        mean = x.mean(dims, keepdim=True)
-        var = x.var(dims, unbiased=False, keepdim=True)
-    else:
-        assert module.running_mean is not None and module.running_var is not None
-        shape = [1, -1] + [1] * (x.ndim - 2)
-        mean, var = module.running_mean.reshape(shape), module.running_var.reshape(shape)
-    return (x - mean) * torch.rsqrt(var + module.eps)
+        return F.batch_norm(x, None, None, training=True, eps=module.eps)
+    return F.batch_norm(x, module.running_mean, module.running_var, training=False, eps=module.eps)
+
+
+def _cat(parts: list[Tensor], dim: int) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+
+
+def _conv_weight_grads(module: nn.Conv1d | nn.Conv2d, calls: list[tuple[Tensor, Tensor, bool]]) -> Tensor:
+    """``[B, *weight.shape]`` per-example weight gradients by the conv's own weight-gradient kernel,
+    run as one grouped convolution over the batch (groups ``B * groups``): no unfolded input."""
+    total: Optional[Tensor] = None
+    for x, g, _ in calls:
+        n = x.shape[0]
+        padding: Any = module.padding
+        if isinstance(padding, str) or module.padding_mode != "zeros":
+            mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+            x = F.pad(x, list(module._reversed_padding_repeated_twice), mode=mode)
+            padding = 0
+        shape = (n * module.out_channels, *module.weight.shape[1:])
+        fn = torch.nn.grad.conv1d_weight if isinstance(module, nn.Conv1d) else torch.nn.grad.conv2d_weight
+        w = fn(
+            x.reshape(1, -1, *x.shape[2:]),
+            shape,
+            g.reshape(1, -1, *g.shape[2:]),
+            stride=module.stride,
+            padding=padding,
+            dilation=module.dilation,
+            groups=n * module.groups,
+        ).reshape(n, *module.weight.shape)
+        total = w if total is None else total + w
+    assert total is not None
+    return total
 
 
 def per_example_from_factors(module: nn.Module, calls: list[tuple[Tensor, Tensor, bool]]) -> dict[str, Tensor]:
@@ -162,9 +188,14 @@ def per_example_from_factors(module: nn.Module, calls: list[tuple[Tensor, Tensor
     forward. Memory ``B x`` the layer's parameter count: meant for small batches (probes).
     """
     out: dict[str, Tensor] = {}
-    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        if module.weight.requires_grad:
+            out["weight"] = _conv_weight_grads(module, calls)
+        if module.bias is not None:
+            out["bias"] = sum(g.flatten(2).sum(-1) for _, g, _ in calls)  # type: ignore[assignment]
+    elif isinstance(module, nn.Linear):
         pairs = [_factors(module, a, b) for a, b, _ in calls]
-        a, b = torch.cat([p[0] for p in pairs], -1), torch.cat([p[1] for p in pairs], -1)
+        a, b = _cat([p[0] for p in pairs], -1), _cat([p[1] for p in pairs], -1)
         out["weight"] = torch.einsum("bgol,bgkl->bgok", b, a).reshape(b.shape[0], *module.weight.shape)
         if module.bias is not None:
             out["bias"] = b.sum(-1).reshape(b.shape[0], -1)
@@ -179,8 +210,8 @@ def per_example_from_factors(module: nn.Module, calls: list[tuple[Tensor, Tensor
             bias = bi if bias is None else bias + bi
         out["weight"], out["bias"] = w, bias  # type: ignore[assignment]
     elif isinstance(module, nn.Embedding):
-        idx = torch.cat([a.reshape(a.shape[0], -1) for a, _, _ in calls], 1)
-        b = torch.cat([b.reshape(b.shape[0], -1, b.shape[-1]) for _, b, _ in calls], 1)
+        idx = _cat([a.reshape(a.shape[0], -1) for a, _, _ in calls], 1)
+        b = _cat([b.reshape(b.shape[0], -1, b.shape[-1]) for _, b, _ in calls], 1)
         if module.padding_idx is not None:
             b = b * (idx != module.padding_idx).unsqueeze(-1)
         grad = b.new_zeros(b.shape[0], module.num_embeddings, module.embedding_dim)
@@ -192,9 +223,16 @@ def per_example_from_factors(module: nn.Module, calls: list[tuple[Tensor, Tensor
 def _sq_norms(module: nn.Module, calls: list[tuple[Tensor, Tensor, bool]]) -> dict[str, Tensor]:
     """Each own parameter's ``[B]`` squared per-example gradient norms (Gram form or formed
     gradient, whichever costs fewer multiply-adds)."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        length = sum(g[0].numel() // g.shape[1] for _, g, _ in calls)  # output positions
+        k = module.weight[0].numel()
+        o = module.out_channels // module.groups
+        if length > 1 and length * (k + o) >= k * o:  # forming the gradient is cheaper than the Gram form
+            out = {k_: (v * v).flatten(1).sum(1) for k_, v in per_example_from_factors(module, calls).items()}
+            return out
     if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
         pairs = [_factors(module, a, b) for a, b, _ in calls]
-        a, b = torch.cat([p[0] for p in pairs], -1), torch.cat([p[1] for p in pairs], -1)
+        a, b = _cat([p[0] for p in pairs], -1), _cat([p[1] for p in pairs], -1)
         k, o, length = a.shape[2], b.shape[2], a.shape[3]
         out: dict[str, Tensor] = {}
         if module.weight.requires_grad:
@@ -212,8 +250,8 @@ def _sq_norms(module: nn.Module, calls: list[tuple[Tensor, Tensor, bool]]) -> di
             out["bias"] = (s * s).sum((1, 2))
         return out
     if isinstance(module, nn.Embedding):
-        idx = torch.cat([a.reshape(a.shape[0], -1) for a, _, _ in calls], 1)
-        b = torch.cat([b.reshape(b.shape[0], -1, b.shape[-1]) for _, b, _ in calls], 1)
+        idx = _cat([a.reshape(a.shape[0], -1) for a, _, _ in calls], 1)
+        b = _cat([b.reshape(b.shape[0], -1, b.shape[-1]) for _, b, _ in calls], 1)
         if module.padding_idx is not None:
             b = b * (idx != module.padding_idx).unsqueeze(-1)
         same = (idx.unsqueeze(2) == idx.unsqueeze(1)).to(b.dtype)
@@ -233,7 +271,7 @@ def _dots(module: nn.Module, calls: list[tuple[Tensor, Tensor, bool]], probe: di
 
     if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
         pairs = [_factors(module, a, b) for a, b, _ in calls]
-        a, b = torch.cat([p[0] for p in pairs], -1), torch.cat([p[1] for p in pairs], -1)
+        a, b = _cat([p[0] for p in pairs], -1), _cat([p[1] for p in pairs], -1)
         groups, k = a.shape[1], a.shape[2]
         if "weight" in probe:
             w = probe["weight"].reshape(probe["weight"].shape[0], groups, -1, k)  # [P, G, O, K]
@@ -244,8 +282,8 @@ def _dots(module: nn.Module, calls: list[tuple[Tensor, Tensor, bool]], probe: di
         if "bias" in probe:
             add(b.sum(-1).flatten(1) @ probe["bias"].T)
     elif isinstance(module, nn.Embedding):
-        idx = torch.cat([a.reshape(a.shape[0], -1) for a, _, _ in calls], 1)
-        b = torch.cat([b.reshape(b.shape[0], -1, b.shape[-1]) for _, b, _ in calls], 1)
+        idx = _cat([a.reshape(a.shape[0], -1) for a, _, _ in calls], 1)
+        b = _cat([b.reshape(b.shape[0], -1, b.shape[-1]) for _, b, _ in calls], 1)
         if module.padding_idx is not None:
             b = b * (idx != module.padding_idx).unsqueeze(-1)
         rows = probe["weight"][:, idx]  # [P, B, T, dim]

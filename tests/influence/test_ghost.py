@@ -55,11 +55,12 @@ class Convs2d(nn.Module):
         self.c1 = nn.Conv2d(3, 4, 3, stride=2, padding=1)
         self.c2 = nn.Conv2d(4, 6, 3, groups=2, dilation=2, padding=2, padding_mode="reflect", bias=False)
         self.bn = nn.BatchNorm2d(6)
-        self.fc = nn.Linear(6, 3)
+        self.c3 = nn.Conv2d(6, 16, 3, stride=2)  # 2x2 positions: the Gram form (c1, c2: formed gradients)
+        self.fc = nn.Linear(16, 3)
 
     def forward(self, x: Tensor) -> Tensor:
         h = F.relu(self.bn(self.c2(torch.tanh(self.c1(x)))), inplace=True)  # in place on the BN output
-        return self.fc(h.mean((2, 3)))
+        return self.fc(self.c3(h).mean((2, 3)))
 
 
 class Convs1d(nn.Module):
