@@ -4,8 +4,9 @@ steps; training is bitwise identical with and without it; two DDP processes equa
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
