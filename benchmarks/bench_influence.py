@@ -64,7 +64,7 @@ LABELS = {
     "ours_projected": "ours: TracIn(projection_dim=128)",
     "fit_plain": "fit without the monitor",
     "fit_tracin": "fit with TracInMonitor (all parameters)",
-    "fit_tracin_fc": "fit with TracInMonitor(layers=['fc'])",
+    "fit_tracin_fc": "fit with TracInMonitor(gradient_layers=['fc'])",
 }
 
 
@@ -114,9 +114,9 @@ def fit_worker(row: str, out: Path) -> None:
 
     callbacks = []
     if row == "fit_tracin":
-        callbacks = [TracInMonitor(num_samples=4, top_k=16)]
+        callbacks = [TracInMonitor(num_samples=4, num_top_examples=16)]
     elif row == "fit_tracin_fc":
-        callbacks = [TracInMonitor(num_samples=4, top_k=16, layers=["fc"])]
+        callbacks = [TracInMonitor(num_samples=4, num_top_examples=16, gradient_layers=["fc"])]
     pl.seed_everything(0, verbose=False)
     dm = ShapesDataModule(batch_size=64, num_train=2048, num_val=64, image_size=32, num_classes=4, seed=0)
     model = ShapesClassifier(num_classes=4, width=8)

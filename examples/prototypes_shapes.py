@@ -230,7 +230,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     callbacks = [
         PrototypeStages(warm_epochs=min(2, push_every - 1), last_layer_epochs=args.last_layer_epochs),
         push,
-        PrototypeMonitor(num_samples=4, top_k=3, class_names=dm.classes),
+        PrototypeMonitor(num_samples=4, prototypes_per_image=3, class_names=dm.classes),
     ]
     proto_s, proto_logged, proto_validated = fit(
         Classifier(proto_net, rates), dm, args.epochs, args.log_dir, "prototype", callbacks

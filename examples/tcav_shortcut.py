@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         num_classes=dm.num_classes,
         n_random=args.n_random,
         seed=args.seed,
-        every_n_steps=args.every_n_steps,
+        every_n_train_steps=args.every_n_train_steps,
     )
     accuracy = _Accuracy().callback
     trainer = pl.Trainer(

@@ -68,7 +68,7 @@ def test_lightning_cli_yaml_configures_the_monitor(tmp_path: Path) -> None:
     assert monitor.explainers[1].baseline == "blur"
     assert monitor.target == "label"
     tags = {t for acc in read_tensorboard(tmp_path / "yaml") for t in acc.Tags()["images"]}
-    assert {"xai/grad_cam/overlays", "xai/integrated_gradients/overlays", "xai/saliency/overlays"} <= tags
+    assert {"xai/saliency/grad_cam/overlays", "xai/saliency/integrated_gradients/overlays", "xai/saliency/saliency/overlays"} <= tags
 
 
 def _readme_yaml() -> str:
@@ -84,7 +84,7 @@ def test_readme_cli_config_runs_verbatim(tmp_path: Path, monkeypatch: pytest.Mon
     assert type(cli.model).__name__ == "ShapesClassifier"  # the demo model by default
     monitor = next(c for c in cli.trainer.callbacks if type(c).__name__ == "SaliencyMonitor")
     tags = {t for acc in read_tensorboard(tmp_path) for t in acc.Tags()["images"]}
-    assert {f"xai/{name}/overlays" for name in monitor.names} <= tags
+    assert {f"xai/saliency/{name}/overlays" for name in monitor.names} <= tags
 
 
 def test_lightning_cli_takes_any_lightning_module(tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_lightning_cli_takes_any_lightning_module(tmp_path: Path) -> None:
     cli = lightning_cli(["fit", "--config", str(config)])
     assert type(cli.model).__name__ == "PlainCNN"
     tags = {t for acc in read_tensorboard(tmp_path / "yaml") for t in acc.Tags()["images"]}
-    assert "xai/grad_cam/overlays" in tags
+    assert "xai/saliency/grad_cam/overlays" in tags
 
 
 def _free_port() -> int:
@@ -142,7 +142,7 @@ def test_demo_logs_and_tensorboard_server_lists_them(tmp_path: Path) -> None:
             time.sleep(1)
         assert tags, "TensorBoard did not answer"
         listed = {tag for run in tags.values() for tag in run}
-        assert {"xai/grad_cam/overlays", "xai/integrated_gradients/overlays", "xai/grad_cam/evolution/00"} <= listed
+        assert {"xai/saliency/grad_cam/overlays", "xai/saliency/integrated_gradients/overlays", "xai/saliency/grad_cam/evolution/00"} <= listed
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -787,7 +787,13 @@ class ExtremalPerturbation(Explainer):
                     (grad[rows],) = torch.autograd.grad((weight * area - reward).sum(), p)
                     last[rows] = cropped.detach()
 
-                run_chunked(params.shape[0], chunk, body, method="ExtremalPerturbation", adaptive=self.internal_batch_size is None)
+                run_chunked(
+                    params.shape[0],
+                    chunk,
+                    body,
+                    method="ExtremalPerturbation",
+                    adaptive=self.internal_batch_size is None,
+                )
                 params.grad = grad
                 optimizer.step()
                 with torch.no_grad():

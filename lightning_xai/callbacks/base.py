@@ -21,6 +21,7 @@ import contextlib
 import copy
 import math
 import random
+import re
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -103,7 +104,7 @@ class MonitorBase(Callback):
     """The scheduling base of every lightning_xai monitor.
 
     Schedule: by default at the end of every ``every_n_epochs``-th validation epoch (at the end of
-    the training epoch when the run has no validation loop); with ``every_n_steps`` after every
+    the training epoch when the run has no validation loop); with ``every_n_train_steps`` after every
     n-th optimizer step instead. Never during the sanity check or a ``fast_dev_run``. With
     ``max_overhead`` a due run is skipped (and the skip logged as ``xai/<key>/skipped_runs``)
     while the time the monitor has spent on the training thread exceeds that fraction of the
@@ -116,8 +117,8 @@ class MonitorBase(Callback):
     on a background thread on rank zero.
 
     Args:
-        every_n_epochs: Run every n epochs (ignored when ``every_n_steps`` is set).
-        every_n_steps: Run every n optimizer steps instead of at epoch ends.
+        every_n_epochs: Run every n epochs (ignored when ``every_n_train_steps`` is set).
+        every_n_train_steps: Run every n optimizer steps instead of at epoch ends.
         max_overhead: Optional time budget as a fraction of training time (``0.05``: at most 5%
             spent by this monitor on the training thread: its runs, fit-start preparation and
             anything wrapped in :meth:`timed`, such as forward hooks); ``None`` runs on schedule.
@@ -131,19 +132,20 @@ class MonitorBase(Callback):
 
     def __init__(
         self,
+        *,
         every_n_epochs: int = 1,
-        every_n_steps: Optional[int] = None,
+        every_n_train_steps: Optional[int] = None,
         max_overhead: Optional[float] = None,
         synchronous_logging: Optional[bool] = None,
     ) -> None:
         check_int("every_n_epochs", every_n_epochs, 1)
-        check_int("every_n_steps", every_n_steps, 1, allow_none=True)
+        check_int("every_n_train_steps", every_n_train_steps, 1, allow_none=True)
         if max_overhead is not None:
             check_float("max_overhead", max_overhead, 0.0, 10.0)
             if max_overhead <= 0:
                 raise ValueError(f"Expected argument `max_overhead` to be a float > 0 or None, but got {max_overhead}.")
         self.every_n_epochs = every_n_epochs
-        self.every_n_steps = every_n_steps
+        self.every_n_train_steps = every_n_train_steps
         self.max_overhead = max_overhead
         self.synchronous_logging = synchronous_logging
         self._last_epoch_run = -1
@@ -166,8 +168,11 @@ class MonitorBase(Callback):
     # -- identity and state --------------------------------------------------------------------
     @property
     def log_key(self) -> str:
-        """The name this monitor's own bookkeeping scalars are logged under (``xai/<log_key>/...``)."""
-        return type(self).__name__
+        """The group every tag of this monitor is logged under: ``xai/<log_key>/...``, lower case
+        (``saliency``, ``metrics``, ``sanity``, ``tcav``, ``dissection``, ``tracin``, ``prototypes``,
+        ``patterns``); by default the class name without ``Monitor``, in snake case."""
+        name = type(self).__name__.removesuffix("Monitor")
+        return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
     @property
     @override
@@ -176,7 +181,10 @@ class MonitorBase(Callback):
 
     def _state_key_fields(self) -> dict[str, Any]:
         """The configuration that makes two instances of one class distinct (extend in subclasses)."""
-        return {"every_n_epochs": self.every_n_epochs, "every_n_steps": self.every_n_steps}
+        return {
+            "every_n_epochs": self.every_n_epochs,
+            "every_n_steps": self.every_n_train_steps,
+        }  # the key's field name is pinned (old checkpoints)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -286,7 +294,7 @@ class MonitorBase(Callback):
 
     def _epoch_due(self, trainer: pl.Trainer) -> bool:
         return (
-            self.every_n_steps is None
+            self.every_n_train_steps is None
             and self._last_epoch_run != trainer.current_epoch
             and (trainer.current_epoch + 1) % self.every_n_epochs == 0
         )
@@ -315,10 +323,10 @@ class MonitorBase(Callback):
     ) -> None:
         step = trainer.global_step
         if (
-            self.every_n_steps is not None
+            self.every_n_train_steps is not None
             and not self._skip(trainer)
             and step != self._last_step_run
-            and step % self.every_n_steps == 0
+            and step % self.every_n_train_steps == 0
         ):
             self._last_step_run = step
             self._maybe_run(trainer, pl_module)
@@ -749,8 +757,8 @@ class ProbeMonitor(MonitorBase):
 
     Args:
         num_samples: Size of the probe set, chosen once at ``setup``, class-balanced.
-        every_n_epochs: Run every n epochs (ignored when ``every_n_steps`` is set).
-        every_n_steps: Run every n training steps instead of at epoch ends.
+        every_n_epochs: Run every n epochs (ignored when ``every_n_train_steps`` is set).
+        every_n_train_steps: Run every n training steps instead of at epoch ends.
         seed: Seed of the probe selection: the order in which a Dataset or tensors are read, or the
             shuffling of a shuffled DataLoader (an unshuffled loader is read in its own order).
         probe: Optional user-provided probe: a tuple ``(inputs[, targets[, masks]])`` of tensors, or
@@ -766,9 +774,10 @@ class ProbeMonitor(MonitorBase):
 
     def __init__(
         self,
+        *,
         num_samples: int = 8,
         every_n_epochs: int = 1,
-        every_n_steps: Optional[int] = None,
+        every_n_train_steps: Optional[int] = None,
         seed: int = 0,
         probe: Optional[Any] = None,
         output: OutputType = None,
@@ -777,7 +786,7 @@ class ProbeMonitor(MonitorBase):
     ) -> None:
         super().__init__(
             every_n_epochs=every_n_epochs,
-            every_n_steps=every_n_steps,
+            every_n_train_steps=every_n_train_steps,
             max_overhead=max_overhead,
             synchronous_logging=synchronous_logging,
         )

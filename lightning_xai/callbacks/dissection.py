@@ -67,7 +67,7 @@ class DissectionMonitor(MonitorBase):
         top_units: Units shown in the picture.
         batch_size: Images per forward pass.
         every_n_epochs: Run every n epochs.
-        every_n_steps: Run every n training steps instead.
+        every_n_train_steps: Run every n training steps instead.
         max_overhead: Time budget as a fraction of training time.
         synchronous_logging: Render on the training thread (debugging).
 
@@ -87,11 +87,16 @@ class DissectionMonitor(MonitorBase):
         top_units: int = 4,
         batch_size: int = 64,
         every_n_epochs: int = 1,
-        every_n_steps: Optional[int] = None,
+        every_n_train_steps: Optional[int] = None,
         max_overhead: Optional[float] = None,
         synchronous_logging: Optional[bool] = None,
     ) -> None:
-        super().__init__(every_n_epochs, every_n_steps, max_overhead, synchronous_logging)
+        super().__init__(
+            every_n_epochs=every_n_epochs,
+            every_n_train_steps=every_n_train_steps,
+            max_overhead=max_overhead,
+            synchronous_logging=synchronous_logging,
+        )
         self.dissection = NetworkDissection(
             layer, quantile=quantile, iou_threshold=iou_threshold, batch_size=batch_size
         )

@@ -65,7 +65,7 @@ class PatternEstimator(MonitorBase):
     Args:
         layers: Dotted names of the Linear/Conv layers (default: all of them).
         every_n_epochs: Turn the sums into patterns every n epochs.
-        every_n_steps: ... or every n optimizer steps instead.
+        every_n_train_steps: ... or every n optimizer steps instead.
         reset_each_run: Restart the sums after every run.
         path: File the latest patterns are saved to (rank zero), or ``None``.
         initial_batches: At fit start (unless resumed with patterns), estimate first patterns from
@@ -76,8 +76,12 @@ class PatternEstimator(MonitorBase):
         every_n_batches: Record the training forward of every n-th training batch (``batch_idx %
             n == 0``, micro-batches under gradient accumulation); the patterns are then estimated
             from 1/n of the samples, at 1/n of the hooks' cost.
+        dataset: Optional view of the training examples the initial estimate reads (same length
+            and indexing as the training dataset, typically without augmentation; see
+            :meth:`~lightning_xai.callbacks.base.MonitorBase.iter_dataset`).
         max_overhead: See :class:`~lightning_xai.callbacks.base.MonitorBase`; the hooks' time
             counts, and no batch is recorded while the estimator is over budget.
+        synchronous_logging: Render on the training thread (see :class:`~lightning_xai.callbacks.base.MonitorBase`).
 
     Raises:
         TypeError: ``layers``, ``reset_each_run`` or ``path`` of the wrong type.
@@ -89,18 +93,29 @@ class PatternEstimator(MonitorBase):
         ['features.0', 'fc']
     """
 
+    log_key = "patterns"  # type: ignore[assignment]
+
     def __init__(
         self,
+        *,
         layers: Optional[list[str]] = None,
         every_n_epochs: int = 1,
-        every_n_steps: Optional[int] = None,
+        every_n_train_steps: Optional[int] = None,
         reset_each_run: bool = True,
         path: Optional[str] = None,
         initial_batches: int = 1,
         every_n_batches: int = 1,
+        dataset: Optional[Any] = None,
         max_overhead: Optional[float] = None,
+        synchronous_logging: Optional[bool] = None,
     ) -> None:
-        super().__init__(every_n_epochs=every_n_epochs, every_n_steps=every_n_steps, max_overhead=max_overhead)
+        super().__init__(
+            every_n_epochs=every_n_epochs,
+            every_n_train_steps=every_n_train_steps,
+            max_overhead=max_overhead,
+            synchronous_logging=synchronous_logging,
+        )
+        self.dataset = dataset
         if layers is not None and (
             not isinstance(layers, (list, tuple)) or not all(isinstance(n, str) for n in layers)
         ):
@@ -166,7 +181,7 @@ class PatternEstimator(MonitorBase):
         self._target, self._initial = stats, True
         try:
             with observe(pl_module), torch.no_grad():
-                for count, (_, batch) in enumerate(self.iter_dataset(trainer, pl_module)):
+                for count, (_, batch) in enumerate(self.iter_dataset(trainer, pl_module, dataset=self.dataset)):
                     if count >= self.initial_batches:
                         break
                     inputs = batch[0] if isinstance(batch, (list, tuple)) else batch

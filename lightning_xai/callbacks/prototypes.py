@@ -122,12 +122,12 @@ class PrototypePush(MonitorBase):
     statistics, the RNG and the training data stream are as they were (the training dataloader is
     not touched: the dataset is read through its own loader with the RNG forked).
 
-    Logged (rank zero, in the background): ``prototypes/gallery`` (each prototype's patch, its
+    Logged (rank zero, in the background): ``xai/prototypes/gallery`` (each prototype's patch, its
     source image with the box, and its similarity map over that image; the image is the exact view
     the patch was pushed from, kept during the pass, so a random crop or flip cannot move the box
     off it: this keeps ``max_logged`` (default all) images of the input's size, gathered over ranks
     under DDP, and :attr:`source_images` holds them until the next push), the prototype vectors as
-    an embedding with their patches, and ``xai/PrototypePush/mean_shift`` (how far the
+    an embedding with their patches, and ``xai/prototypes/push/mean_shift`` (how far the
     prototypes moved) and ``.../mean_distance`` (their distance to the nearest patch before).
 
     Args:
@@ -149,8 +149,11 @@ class PrototypePush(MonitorBase):
         >>> push = PrototypePush(every_n_epochs=10)
     """
 
+    log_key = "prototypes/push"  # type: ignore[assignment]
+
     def __init__(
         self,
+        *,
         every_n_epochs: int = 10,
         batch_size: Optional[int] = None,
         log_gallery: bool = True,
@@ -258,7 +261,7 @@ class PrototypePush(MonitorBase):
 
     @override
     def _epoch_due(self, trainer: pl.Trainer) -> bool:
-        if self.every_n_steps is not None or self._last_epoch_run == trainer.current_epoch:
+        if self.every_n_train_steps is not None or self._last_epoch_run == trainer.current_epoch:
             return False
         epoch = int(trainer.current_epoch)
         return self.decision(epoch, self.push_epochs, trainer.max_epochs, self._stages(trainer)) == "push"
@@ -343,8 +346,8 @@ class PrototypePush(MonitorBase):
         shift = (head.prototypes.detach() - before).flatten(1).norm(dim=1).mean().item()
         finite = nearest.distance[torch.isfinite(nearest.distance)]
         scalars = {
-            "xai/PrototypePush/mean_shift": shift,
-            "xai/PrototypePush/mean_distance": finite.mean().item() if finite.numel() else math.nan,
+            "xai/prototypes/push/mean_shift": shift,
+            "xai/prototypes/push/mean_distance": finite.mean().item() if finite.numel() else math.nan,
         }
         if not trainer.is_global_zero or not trainer.loggers:
             return
@@ -366,10 +369,10 @@ class PrototypePush(MonitorBase):
             patches = crop_patches(images, boxes, size=(16, 16))
             for sink in sinks:
                 sink.log_scalars(scalars, info.step)
-                sink.log_image("prototypes/gallery", figure, info.step)
+                sink.log_image("xai/prototypes/gallery", figure, info.step)
                 if images.shape[0] == vectors.shape[0]:
                     sink.log_embedding(
-                        "prototypes/vectors", vectors, info.step, [str(int(c)) for c in classes], patches
+                        "xai/prototypes/vectors", vectors, info.step, [str(int(c)) for c in classes], patches
                     )
 
         self.publish(trainer, render)
@@ -433,6 +436,7 @@ class PrototypeStages(Callback):
 
     def __init__(
         self,
+        *,
         warm_epochs: int = 5,
         last_layer_epochs: int = 20,
         learning_rates: Optional[Mapping[str, Mapping[str, float]]] = None,
@@ -519,7 +523,7 @@ class PrototypeMonitor(ProbeMonitor):
     """ "This looks like that" for a fixed probe set: each probe image's top-k prototypes.
 
     Every run (default: every epoch), for each probe image it logs
-    ``prototypes/this_looks_like_that/<i>``: one row per top-k prototype (by similarity) with the
+    ``xai/prototypes/this_looks_like_that/<i>``: one row per top-k prototype (by similarity) with the
     prototype's similarity map upsampled over the image, the prototype's patch and its source
     image with the box (from the last push; blank before the first), captioned with the
     similarity and the prototype's weight for the predicted class. It observes only: training
@@ -533,9 +537,9 @@ class PrototypeMonitor(ProbeMonitor):
 
     Args:
         num_samples: Size of the probe set (class-balanced, chosen at ``setup``).
-        top_k: Prototypes shown per image.
+        prototypes_per_image: Prototypes shown per probe image (its most similar ones).
         every_n_epochs: Run every n epochs.
-        every_n_steps: Run every n steps instead.
+        every_n_train_steps: Run every n steps instead.
         seed: Seed of the probe selection.
         probe: Optional user-provided probe (see :class:`~lightning_xai.callbacks.ProbeMonitor`).
         class_names: Optional class names for the captions.
@@ -544,15 +548,18 @@ class PrototypeMonitor(ProbeMonitor):
         dataset: Optional view of the training examples to read source images from (see above).
 
     Example:
-        >>> monitor = PrototypeMonitor(num_samples=4, top_k=3)
+        >>> monitor = PrototypeMonitor(num_samples=4, prototypes_per_image=3)
     """
+
+    log_key = "prototypes"  # type: ignore[assignment]
 
     def __init__(
         self,
+        *,
         num_samples: int = 8,
-        top_k: int = 3,
+        prototypes_per_image: int = 3,
         every_n_epochs: int = 1,
-        every_n_steps: Optional[int] = None,
+        every_n_train_steps: Optional[int] = None,
         seed: int = 0,
         probe: Optional[Any] = None,
         class_names: Optional[Sequence[str]] = None,
@@ -563,13 +570,13 @@ class PrototypeMonitor(ProbeMonitor):
         super().__init__(
             num_samples=num_samples,
             every_n_epochs=every_n_epochs,
-            every_n_steps=every_n_steps,
+            every_n_train_steps=every_n_train_steps,
             seed=seed,
             probe=probe,
             max_overhead=max_overhead,
             synchronous_logging=synchronous_logging,
         )
-        self.top_k = check_int("top_k", top_k, 1)
+        self.prototypes_per_image = check_int("prototypes_per_image", prototypes_per_image, 1)
         self.class_names = list(class_names) if class_names is not None else None
         self.dataset = dataset
         self._dataset: Optional[Any] = None
@@ -577,14 +584,17 @@ class PrototypeMonitor(ProbeMonitor):
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
-        return {**super()._state_key_fields(), "top_k": self.top_k}
+        return {
+            **super()._state_key_fields(),
+            "top_k": self.prototypes_per_image,
+        }  # the field name is pinned (old checkpoints)
 
     @override
     def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         _, head = find_prototype_head(pl_module)
-        if self.top_k > head.num_prototypes:
+        if self.prototypes_per_image > head.num_prototypes:
             raise ValueError(
-                f"{type(self).__name__}: top_k={self.top_k} is more than the head's {head.num_prototypes} prototypes."
+                f"{type(self).__name__}: prototypes_per_image={self.prototypes_per_image} is more than the head's {head.num_prototypes} prototypes."
             )
         pushes = [c for c in trainer.callbacks if isinstance(c, PrototypePush)]  # type: ignore[attr-defined]
         self._push = pushes[0] if pushes else None
@@ -618,7 +628,7 @@ class PrototypeMonitor(ProbeMonitor):
         with observe(pl_module), torch.no_grad():
             output = head.explain(_head_features(pl_module, head, probe.inputs))
             sims = output.similarities  # [n, P]
-            top_sim, top = sims.topk(self.top_k, dim=1)  # [n, k]
+            top_sim, top = sims.topk(self.prototypes_per_image, dim=1)  # [n, k]
             n, k = top.shape
             rows = torch.arange(n, device=top.device)[:, None]
             maps = head.similarity(output.distances[rows, top])  # [n, k, h, w]
@@ -669,4 +679,4 @@ class PrototypeMonitor(ProbeMonitor):
                 title=f"true: {truth}  pred: {self._name(int(predicted[i]))}  (epoch {info.epoch})",
             )
             for sink in sinks:
-                sink.log_image(f"prototypes/this_looks_like_that/{i}", figure, info.step)
+                sink.log_image(f"xai/prototypes/this_looks_like_that/{i}", figure, info.step)

@@ -147,7 +147,7 @@ class MetricsMonitor(_QualityMonitor):
         metric_kwargs: ``{metric: {argument: value}}`` overrides (e.g. ``{"deletion_auc": {"steps": 10}}``).
         num_samples: Probe-set size.
         every_n_epochs: Run every n epochs.
-        every_n_steps: Run every n training steps instead.
+        every_n_train_steps: Run every n training steps instead.
         target: ``"predicted"`` or ``"label"``: the class explained and scored.
         names: One log name per explainer (default: registry names).
         seed: Seed of the probe selection.
@@ -169,11 +169,12 @@ class MetricsMonitor(_QualityMonitor):
     def __init__(
         self,
         explainers: Optional[Sequence[ExplainerSpec]] = None,
+        *,
         metrics: Optional[Sequence[str]] = None,
         metric_kwargs: Optional[dict[str, dict[str, Any]]] = None,
         num_samples: int = 8,
         every_n_epochs: int = 1,
-        every_n_steps: Optional[int] = None,
+        every_n_train_steps: Optional[int] = None,
         target: str = "predicted",
         names: Optional[list[str]] = None,
         seed: int = 0,
@@ -190,7 +191,7 @@ class MetricsMonitor(_QualityMonitor):
             target,
             num_samples=num_samples,
             every_n_epochs=every_n_epochs,
-            every_n_steps=every_n_steps,
+            every_n_train_steps=every_n_train_steps,
             seed=seed,
             probe=probe,
             output=output,
@@ -309,7 +310,7 @@ class SanityCheckMonitor(_QualityMonitor):
             ``GradCAM`` and ``GuidedBackprop``.
         num_samples: Probe-set size.
         every_n_epochs: Run every n epochs.
-        every_n_steps: Run every n training steps instead.
+        every_n_train_steps: Run every n training steps instead.
         mode: ``"cascading"`` or ``"independent"``.
         measure: ``"spearman"``, ``"pearson"``, ``"ssim"`` or ``"hog"``.
         randomization_seed: Seed of each layer's re-initialisation (the global RNG is restored).
@@ -326,13 +327,15 @@ class SanityCheckMonitor(_QualityMonitor):
     """
 
     prefix = "xai/sanity"
+    log_key = "sanity"  # type: ignore[assignment]
 
     def __init__(
         self,
         explainers: Optional[Sequence[ExplainerSpec]] = None,
+        *,
         num_samples: int = 8,
         every_n_epochs: int = 1,
-        every_n_steps: Optional[int] = None,
+        every_n_train_steps: Optional[int] = None,
         mode: str = "cascading",
         measure: str = "spearman",
         randomization_seed: int = 43,
@@ -352,7 +355,7 @@ class SanityCheckMonitor(_QualityMonitor):
             target,
             num_samples=num_samples,
             every_n_epochs=every_n_epochs,
-            every_n_steps=every_n_steps,
+            every_n_train_steps=every_n_train_steps,
             seed=seed,
             probe=probe,
             output=output,

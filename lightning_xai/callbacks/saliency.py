@@ -56,7 +56,7 @@ class SaliencyMonitor(ProbeMonitor):
             ``[GradCAM(), IntegratedGradients(n_steps=16)]``.
         num_samples: Probe-set size (class-balanced, chosen once at ``setup``).
         every_n_epochs: Run every n epochs.
-        every_n_steps: Run every n training steps instead.
+        every_n_train_steps: Run every n training steps instead.
         target: ``"predicted"`` (explain the predicted class) or ``"label"`` (the true class).
         class_names: Names for the class indices in captions (default: the datamodule's or
             dataset's ``classes`` attribute, else the indices).
@@ -91,9 +91,10 @@ class SaliencyMonitor(ProbeMonitor):
     def __init__(
         self,
         explainers: Optional[Sequence[ExplainerSpec]] = None,
+        *,
         num_samples: int = 8,
         every_n_epochs: int = 1,
-        every_n_steps: Optional[int] = None,
+        every_n_train_steps: Optional[int] = None,
         target: str = "predicted",
         class_names: Optional[list[str]] = None,
         names: Optional[list[str]] = None,
@@ -111,7 +112,7 @@ class SaliencyMonitor(ProbeMonitor):
         super().__init__(
             num_samples=num_samples,
             every_n_epochs=every_n_epochs,
-            every_n_steps=every_n_steps,
+            every_n_train_steps=every_n_train_steps,
             seed=seed,
             probe=probe,
             output=output,

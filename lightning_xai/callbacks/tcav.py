@@ -140,7 +140,7 @@ class TCAVMonitor(MonitorBase):
         seed: Seed of the random sets, the input choice and the CAV splits.
         log_embeddings: Log the CAVs to the embedding projector.
         every_n_epochs: Run every n epochs.
-        every_n_steps: Run every n training steps instead.
+        every_n_train_steps: Run every n training steps instead.
         max_overhead: Time budget as a fraction of training time (see :class:`MonitorBase`).
         synchronous_logging: Render on the training thread (debugging).
         output: Where the ``[B, C]`` scores are when the model's forward returns a tuple, dict or
@@ -180,12 +180,17 @@ class TCAVMonitor(MonitorBase):
         seed: int = 0,
         log_embeddings: bool = True,
         every_n_epochs: int = 1,
-        every_n_steps: Optional[int] = None,
+        every_n_train_steps: Optional[int] = None,
         max_overhead: Optional[float] = None,
         synchronous_logging: Optional[bool] = None,
         output: OutputType = None,
     ) -> None:
-        super().__init__(every_n_epochs, every_n_steps, max_overhead, synchronous_logging)
+        super().__init__(
+            every_n_epochs=every_n_epochs,
+            every_n_train_steps=every_n_train_steps,
+            max_overhead=max_overhead,
+            synchronous_logging=synchronous_logging,
+        )
         if not isinstance(concepts, Mapping) or not concepts:
             raise TypeError(
                 f"Expected argument `concepts` to be a non-empty mapping {{name: examples}}, but got {concepts!r}."
@@ -593,7 +598,7 @@ def tcav_demo_monitor(
     num_per_concept: int = 50,
     n_random: int = 10,
     every_n_epochs: int = 1,
-    every_n_steps: Optional[int] = None,
+    every_n_train_steps: Optional[int] = None,
     seed: int = 0,
     max_overhead: Optional[float] = None,
 ) -> TCAVMonitor:
@@ -629,7 +634,7 @@ def tcav_demo_monitor(
         random_examples=pool,
         random_size=num_per_concept,
         every_n_epochs=every_n_epochs,
-        every_n_steps=every_n_steps,
+        every_n_train_steps=every_n_train_steps,
         seed=seed,
         max_overhead=max_overhead,
     )

@@ -15,10 +15,19 @@ from torch.utils.data._utils.collate import default_collate
 from typing_extensions import override
 
 from lightning_xai._validation import check_int
+from lightning_xai.attribution.base import OutputType
 from lightning_xai.callbacks.base import ProbeMonitor, RunInfo, _training_loader
 from lightning_xai.data.probe import Probe, as_targets, split_batch
 from lightning_xai.errors import LightningXAIError
-from lightning_xai.influence import LossType, TracIn, selected_parameters
+from lightning_xai.influence import (
+    LAST_LINEAR,
+    GradientLayers,
+    LossType,
+    TracIn,
+    check_gradient_layers,
+    resolve_gradient_layers,
+    selected_parameters,
+)
 from lightning_xai.influence.checkpoints import save_tracin_checkpoint
 from lightning_xai.render.images import to_display
 from lightning_xai.render.influence import class_name, proponents_grid, self_influence_grid
@@ -32,6 +41,12 @@ _MAX_INFLUENCERS = 8
 def _rankable(self_influence: Tensor, scores: Tensor) -> Tensor:
     """``[N]`` mask of the examples with a finite self-influence and finite scores for every probe."""
     return torch.isfinite(self_influence) & torch.isfinite(scores).all(0)
+
+
+_CHECKPOINT_ONLY = frozenset(
+    {"projection_dim", "save_checkpoints", "checkpoint_dir", "batch_size", "dataset", "every_n_train_steps"}
+)
+"""Arguments of the checkpoint mode that the steps mode has no use for."""
 
 
 class TracInMonitor(ProbeMonitor):
@@ -54,14 +69,14 @@ class TracInMonitor(ProbeMonitor):
       (lowest) are read.
 
     It logs, on rank zero and in the background: ``xai/tracin/self_influence_top`` (a grid of the
-    ``top_k`` highest self-influence training images with index, label and score: the mislabel
+    ``num_top_examples`` highest self-influence training images with index, label and score: the mislabel
     candidates), ``xai/tracin/proponents/<i>`` (probe image *i* with its proponents and opponents,
-    ``min(top_k, 8)`` each), the ``xai/tracin/self_influence`` histogram (finite scores), scalars
+    ``min(num_top_examples, 8)`` each), the ``xai/tracin/self_influence`` histogram (finite scores), scalars
     ``xai/tracin/learning_rate`` and ``xai/tracin/checkpoints``, and a table
     ``xai/tracin/top_self_influence`` (index, label, score, image).
 
     Cost per run: one pass of per-example gradients over the training set (``vmap``; with
-    ``layers`` set to one linear layer, one forward pass). With ``save_checkpoints=True`` each run
+    the default ``gradient_layers``, one forward pass). With ``save_checkpoints=True`` each run
     also writes a light checkpoint (weights + learning rate, see
     :mod:`lightning_xai.influence.checkpoints`) that :class:`~lightning_xai.influence.TracIn` and
     captum's ``TracInCP`` (``checkpoints_load_func=load_tracin_checkpoint``) read.
@@ -75,21 +90,33 @@ class TracInMonitor(ProbeMonitor):
     Pictures are read from ``dataset`` when given (the view that was scored, when it has no
     random augmentation), else from the training dataset (then one random view of the example).
 
+    Two modes: ``mode="checkpoints"`` (this class: a pass over the training set at each scheduled
+    checkpoint) and ``mode="steps"``, which returns a
+    :class:`~lightning_xai.callbacks.tracin_steps.TracInStepsMonitor`: the paper's idealised TracIn
+    accumulated at every training step from the training backward itself, no second pass (it takes
+    the same keywords, less those of the checkpoint pass).
+
     Args:
+        mode: ``"checkpoints"`` or ``"steps"`` (see above).
         every_n_epochs: A checkpoint every n epochs.
-        layers: ``None`` (every trainable parameter) or module names whose parameters count.
+        every_n_train_steps: A checkpoint every n optimizer steps instead.
+        gradient_layers: Whose parameter gradients count: ``"last_linear"`` (default: the last
+            ``nn.Linear`` with trainable parameters, one forward pass per batch, the cheap choice of
+            TracInCP-fast), ``None`` (every trainable parameter: one ``vmap`` per-example-gradient
+            pass, memory ``batch_size x`` the parameter count) or module names.
         num_samples: Probe images (class-balanced, from the validation data) whose proponents
             and opponents are tracked.
-        top_k: Highest self-influence examples shown and tabled.
+        num_top_examples: Highest self-influence examples shown and tabled.
         projection_dim: Random projection of the gradients (see :class:`~lightning_xai.influence.TracIn`).
         save_checkpoints: Also write light checkpoints to ``checkpoint_dir``.
         checkpoint_dir: Where (default ``<log_dir>/tracin_checkpoints``).
         loss: Loss name or per-example callable (see :class:`~lightning_xai.influence.TracIn`).
         batch_size: Examples per per-example-gradient batch and per read of the training set.
         class_names: Names for the class indices in captions (default: the datamodule's ``classes``).
-        every_n_steps: A checkpoint every n optimizer steps instead.
         seed: Seed of the probe selection.
         probe: Optional user probe ``(inputs, targets)``.
+        output: How to pick the ``[B, C]`` scores the loss reads when the model returns a tuple,
+            dict or dataclass (see :func:`~lightning_xai.attribution.base.select_output`).
         max_overhead: Time budget as a fraction of training time (see :class:`~lightning_xai.callbacks.base.MonitorBase`).
         synchronous_logging: Render on the training thread (debugging).
         dataset: Optional view of the training examples to score and draw, with the training
@@ -98,42 +125,71 @@ class TracInMonitor(ProbeMonitor):
             comes from the training sampler.
 
     Example:
-        >>> monitor = TracInMonitor(every_n_epochs=2, top_k=16, save_checkpoints=True)
+        >>> monitor = TracInMonitor(every_n_epochs=2, num_top_examples=16, save_checkpoints=True)
         >>> # pl.Trainer(callbacks=[monitor]).fit(model, datamodule); monitor.self_influence
     """
 
+    def __new__(cls, *args: Any, mode: str = "checkpoints", **kwargs: Any) -> Any:
+        if mode == "steps" and cls is TracInMonitor:
+            from lightning_xai.callbacks.tracin_steps import TracInStepsMonitor
+
+            unused = sorted(set(kwargs) & _CHECKPOINT_ONLY)
+            if unused or args:
+                raise TypeError(
+                    f"TracInMonitor(mode='steps') accumulates at the training steps and takes no {unused or 'positional'} "
+                    "argument(s): they belong to mode='checkpoints'."
+                )
+            return TracInStepsMonitor(**kwargs)
+        return super().__new__(cls)
+
     def __init__(
         self,
+        *,
+        mode: str = "checkpoints",
         every_n_epochs: int = 1,
-        layers: Optional[Sequence[str]] = None,
+        every_n_train_steps: Optional[int] = None,
+        gradient_layers: GradientLayers = LAST_LINEAR,
         num_samples: int = 8,
-        top_k: int = 16,
+        num_top_examples: int = 16,
         projection_dim: Optional[int] = None,
         save_checkpoints: bool = False,
         checkpoint_dir: Optional[str] = None,
         loss: LossType = "cross_entropy",
         batch_size: int = 64,
         class_names: Optional[list[str]] = None,
-        every_n_steps: Optional[int] = None,
         seed: int = 0,
         probe: Optional[Any] = None,
+        output: OutputType = None,
+        dataset: Optional[Any] = None,
         max_overhead: Optional[float] = None,
         synchronous_logging: Optional[bool] = None,
-        dataset: Optional[Any] = None,
     ) -> None:
+        if mode != "checkpoints":  # __new__ built a TracInStepsMonitor for mode="steps"; anything else is an error
+            raise ValueError(f"Expected argument `mode` to be 'checkpoints' or 'steps', but got {mode!r}.")
         super().__init__(
             num_samples=num_samples,
             every_n_epochs=every_n_epochs,
-            every_n_steps=every_n_steps,
+            every_n_train_steps=every_n_train_steps,
             seed=seed,
             probe=probe,
+            output=output,
             max_overhead=max_overhead,
             synchronous_logging=synchronous_logging,
         )
-        self.tracin = TracIn(loss=loss, layers=layers, projection_dim=projection_dim, batch_size=batch_size)
+        self.mode = mode
+        self.gradient_layers = check_gradient_layers(gradient_layers)
+        self.loss = loss
+        self.tracin = TracIn(
+            loss=loss,
+            layers=None if isinstance(self.gradient_layers, str) else self.gradient_layers,
+            projection_dim=projection_dim,
+            batch_size=batch_size,
+            output=output,
+        )
         self.layers = self.tracin.layers
+        """The module names whose parameters count, resolved at ``setup`` (``None``: every trainable parameter)."""
         self.projection_dim = projection_dim
-        self.top_k = check_int("top_k", top_k, 1)
+        self.num_top_examples = check_int("num_top_examples", num_top_examples, 1)
         self.batch_size = batch_size
         self.save_checkpoints = bool(save_checkpoints)
         self.checkpoint_dir = checkpoint_dir
@@ -157,7 +213,7 @@ class TracInMonitor(ProbeMonitor):
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
-        return {**super()._state_key_fields(), "layers": self.layers, "projection_dim": self.projection_dim}
+        return {**super()._state_key_fields(), "layers": self.gradient_layers, "projection_dim": self.projection_dim}
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -177,6 +233,8 @@ class TracInMonitor(ProbeMonitor):
     # -- setup ---------------------------------------------------------------------------------
     @override
     def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.layers = resolve_gradient_layers(pl_module, self.gradient_layers, type(self).__name__)
+        self.tracin.layers = self.layers
         selected_parameters(pl_module, self.layers, type(self).__name__)  # unknown layer: ValueError now
         if self.probe is not None and self.probe.targets is None:
             raise ValueError("TracInMonitor needs labelled probe images (the loss needs targets); the probe has none.")
@@ -365,8 +423,8 @@ class TracInMonitor(ProbeMonitor):
             index_map = torch.arange(self_influence.numel())
         keep = _rankable(self_influence, scores).nonzero().flatten()
         self_influence, scores, index_map = self_influence[keep], scores[:, keep], index_map[keep]
-        top = self_influence.float().topk(min(self.top_k, self_influence.numel()))
-        k = min(self.top_k, _MAX_INFLUENCERS, scores.shape[1])
+        top = self_influence.float().topk(min(self.num_top_examples, self_influence.numel()))
+        k = min(self.num_top_examples, _MAX_INFLUENCERS, scores.shape[1])
         pro = scores.float().topk(k, dim=1)
         opp = scores.float().topk(k, dim=1, largest=False)
         pro_indices, opp_indices, top_indices = index_map[pro.indices], index_map[opp.indices], index_map[top.indices]

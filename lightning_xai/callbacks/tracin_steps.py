@@ -18,8 +18,9 @@ from typing_extensions import override
 from lightning_xai._validation import check_choice, check_int
 from lightning_xai.attribution.base import OutputType, observe
 from lightning_xai.callbacks.base import ProbeMonitor, RunInfo, _batch_size, _first_loader
-from lightning_xai.data.probe import Probe, _as_targets, _split_batch
+from lightning_xai.data.probe import Probe, as_targets, split_batch
 from lightning_xai.errors import LightningXAIError
+from lightning_xai.influence import LAST_LINEAR, GradientLayers, check_gradient_layers, resolve_gradient_layers
 from lightning_xai.influence._common import LossType, PerExampleGradients, model_state, resolve_loss
 from lightning_xai.influence.ghost import GhostGradients, countable_layers
 from lightning_xai.render.images import to_display
@@ -84,7 +85,7 @@ class TracInStepsMonitor(ProbeMonitor):
     the weights by ``lr / (1 - mu)`` in total over the following steps, a common factor that
     leaves rankings unchanged while ``lr`` is constant.
 
-    Probes (``every_n_train_steps``): every n-th step, the per-example gradients of the probe
+    Probes (``probe_every_n_train_steps``): every n-th step, the per-example gradients of the probe
     images (class-balanced from the validation data, in eval mode, at the step's weights) are
     formed once (memory ``num_samples x`` the counted parameters), and the step adds
     ``lr_t * <g_t(i), g_t(probe)>`` for every example of its batch to :attr:`probe_scores`
@@ -95,16 +96,18 @@ class TracInStepsMonitor(ProbeMonitor):
     inside the backward, is not counted in the budget).
 
     Logged at the end of every ``every_n_epochs``-th epoch, on rank zero: ``xai/tracin/self_influence_top``
-    (the ``top_k`` highest self-influence training images: mislabel candidates),
+    (the ``num_top_examples`` highest self-influence training images: mislabel candidates),
     ``xai/tracin/self_influence`` (histogram), ``xai/tracin/steps`` and, with probes,
     ``xai/tracin/proponents/<i>``.
 
     Args:
         every_n_epochs: Log every n epochs (accumulation happens at every step).
-        every_n_train_steps: Probe proponents/opponents every n optimizer steps (``None``: no probes).
-        layers: Module names whose parameters count (``None``: every trainable parameter).
+        probe_every_n_train_steps: Probe proponents/opponents every n optimizer steps (``None``: no probes).
+        gradient_layers: Whose parameter gradients count: ``"last_linear"`` (default: the last
+            ``nn.Linear`` with trainable parameters: a few percent of a step), ``None`` (every trainable
+            parameter: see the cost above) or module names.
         num_samples: Probe images.
-        top_k: Highest self-influence examples shown.
+        num_top_examples: Highest self-influence examples shown.
         loss: The probes' per-example loss (name or callable; it should be the training loss).
         loss_reduction: ``"mean"`` (the training loss averages over the batch) or ``"sum"``.
         on_unsupported: ``"raise"`` or ``"warn"`` for a trainable parameter ghost norms cannot count.
@@ -116,17 +119,18 @@ class TracInStepsMonitor(ProbeMonitor):
         synchronous_logging: Render on the training thread (see :class:`~lightning_xai.callbacks.base.MonitorBase`).
 
     Example:
-        >>> monitor = TracInStepsMonitor(top_k=16)
+        >>> monitor = TracInStepsMonitor(num_top_examples=16)
         >>> # pl.Trainer(callbacks=[monitor]).fit(model, dm); monitor.self_influence.topk(16)
     """
 
     def __init__(
         self,
+        *,
         every_n_epochs: int = 1,
-        every_n_train_steps: Optional[int] = None,
-        layers: Optional[Sequence[str]] = None,
+        probe_every_n_train_steps: Optional[int] = None,
+        gradient_layers: GradientLayers = LAST_LINEAR,
         num_samples: int = 8,
-        top_k: int = 16,
+        num_top_examples: int = 16,
         loss: LossType = "cross_entropy",
         loss_reduction: str = "mean",
         on_unsupported: str = "raise",
@@ -140,16 +144,20 @@ class TracInStepsMonitor(ProbeMonitor):
         super().__init__(
             num_samples=num_samples,
             every_n_epochs=every_n_epochs,
-            every_n_steps=None,
+            every_n_train_steps=None,
             seed=seed,
             probe=probe,
             output=output,
             max_overhead=max_overhead,
             synchronous_logging=synchronous_logging,
         )
-        self.every_n_train_steps = check_int("every_n_train_steps", every_n_train_steps, 1, allow_none=True)
-        self.layers = list(layers) if layers is not None else None
-        self.top_k = check_int("top_k", top_k, 1)
+        self.probe_every_n_train_steps = check_int(
+            "probe_every_n_train_steps", probe_every_n_train_steps, 1, allow_none=True
+        )
+        self.gradient_layers = check_gradient_layers(gradient_layers)
+        self.layers: Optional[list[str]] = None if isinstance(self.gradient_layers, str) else self.gradient_layers
+        """The module names whose parameters count, resolved at ``setup`` (``None``: every trainable parameter)."""
+        self.num_top_examples = check_int("num_top_examples", num_top_examples, 1)
         self.loss_name, self.loss_fn = resolve_loss(loss)
         self.loss_reduction = check_choice("loss_reduction", loss_reduction, ("mean", "sum"))
         self.on_unsupported = check_choice("on_unsupported", on_unsupported, ("raise", "warn"))
@@ -180,7 +188,7 @@ class TracInStepsMonitor(ProbeMonitor):
 
     @override
     def _state_key_fields(self) -> dict[str, Any]:
-        return {**super()._state_key_fields(), "mode": "steps", "layers": self.layers}
+        return {**super()._state_key_fields(), "mode": "steps", "layers": self.gradient_layers}
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -200,9 +208,12 @@ class TracInStepsMonitor(ProbeMonitor):
     def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not pl_module.automatic_optimization:
             raise ValueError("TracInStepsMonitor supports automatic optimization only (automatic_optimization=True).")
+        self.layers = resolve_gradient_layers(pl_module, self.gradient_layers, type(self).__name__)
         self._counted = countable_layers(pl_module, self.layers, self.on_unsupported, type(self).__name__)
-        if self.every_n_train_steps is not None and self.probe is not None and self.probe.targets is None:
-            raise ValueError("TracInStepsMonitor needs labelled probe images (the loss needs targets); the probe has none.")
+        if self.probe_every_n_train_steps is not None and self.probe is not None and self.probe.targets is None:
+            raise ValueError(
+                "TracInStepsMonitor needs labelled probe images (the loss needs targets); the probe has none."
+            )
         if self.class_names is None:
             names = getattr(getattr(trainer, "datamodule", None), "classes", None)
             if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
@@ -236,7 +247,12 @@ class TracInStepsMonitor(ProbeMonitor):
                     + ", not plain SGD: TracIn's first-order step approximation (w -= lr * g) does not hold; "
                     "scores use the param group's lr as lr_t."
                 )
-        missing = [n for n, m in self._counted.items() for p in m.parameters(recurse=False) if p.requires_grad and id(p) not in self._lr]
+        missing = [
+            n
+            for n, m in self._counted.items()
+            for p in m.parameters(recurse=False)
+            if p.requires_grad and id(p) not in self._lr
+        ]
         if missing:
             raise ValueError(f"TracInStepsMonitor: no optimizer param group holds the parameters of layers {missing}.")
 
@@ -335,7 +351,9 @@ class TracInStepsMonitor(ProbeMonitor):
         self._watch_loader(trainer)  # a reloaded DataLoader (reload_dataloaders_every_n_epochs) is watched anew
 
     @override
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         assert self._recorder is not None and self._ghost is not None
         if not self._recorder.queue:
             raise LightningXAIError(
@@ -354,9 +372,9 @@ class TracInStepsMonitor(ProbeMonitor):
         accumulate = trainer.accumulate_grad_batches
         step = trainer.global_step  # the optimizer step this batch contributes to
         if (
-            self.every_n_train_steps is not None
+            self.probe_every_n_train_steps is not None
             and self.probe is not None
-            and step % self.every_n_train_steps == 0
+            and step % self.probe_every_n_train_steps == 0
             and not self._over_budget(trainer)
         ):
             t0 = time.perf_counter()
@@ -432,7 +450,11 @@ class TracInStepsMonitor(ProbeMonitor):
         if self.self_influence is None:
             return
         device = trainer.strategy.root_device
-        local = self._local_self if self._local_self is not None else torch.zeros(self.self_influence.shape, dtype=torch.float64, device=device)
+        local = (
+            self._local_self
+            if self._local_self is not None
+            else torch.zeros(self.self_influence.shape, dtype=torch.float64, device=device)
+        )
         scores = self._local_scores
         if scores is None:
             assert self.probe_scores is not None
@@ -496,25 +518,31 @@ class TracInStepsMonitor(ProbeMonitor):
         collate = getattr(loader, "collate_fn", None) or default_collate
         with torch.random.fork_rng(devices=[]):
             batch = collate([dataset[int(i)] for i in indices])
-        x, y, _ = _split_batch(batch)
-        return torch.as_tensor(x).detach().cpu().float(), _as_targets(y, len(indices))
+        x, y, _ = split_batch(batch)
+        return torch.as_tensor(x).detach().cpu().float(), as_targets(y, len(indices))
 
     def _picture_data(self, trainer: pl.Trainer) -> dict[str, Tensor]:
         assert self.self_influence is not None and self.probe_scores is not None
-        top = self.self_influence.float().topk(min(self.top_k, self.self_influence.numel()))
+        top = self.self_influence.float().topk(min(self.num_top_examples, self.self_influence.numel()))
         wanted = [top.indices]
         results: dict[str, Tensor] = {"top_indices": top.indices, "top_scores": top.values}
         scores = self.probe_scores
-        k = min(self.top_k, _MAX_INFLUENCERS, scores.shape[1])
-        with_probes = self.every_n_train_steps is not None and scores.numel() > 0 and bool(scores.abs().sum() > 0)
+        k = min(self.num_top_examples, _MAX_INFLUENCERS, scores.shape[1])
+        with_probes = self.probe_every_n_train_steps is not None and scores.numel() > 0 and bool(scores.abs().sum() > 0)
         if with_probes:
             pro, opp = scores.float().topk(k, dim=1), scores.float().topk(k, dim=1, largest=False)
-            results.update(pro_indices=pro.indices, pro_scores=pro.values, opp_indices=opp.indices, opp_scores=opp.values)
+            results.update(
+                pro_indices=pro.indices, pro_scores=pro.values, opp_indices=opp.indices, opp_scores=opp.values
+            )
             wanted += [pro.indices.flatten(), opp.indices.flatten()]
         images, labels = self._examples(torch.cat(wanted))
         if images.ndim != 4:  # not images: scores, histogram and table only
-            return {**results, "top_labels": labels[: top.indices.numel()],
-                    "self_influence": self.self_influence.float().clone(), "steps": torch.tensor(self.steps)}
+            return {
+                **results,
+                "top_labels": labels[: top.indices.numel()],
+                "self_influence": self.self_influence.float().clone(),
+                "steps": torch.tensor(self.steps),
+            }
         t = top.indices.numel()
         results.update(top_images=images[:t], top_labels=labels[:t])
         if with_probes:
@@ -535,7 +563,11 @@ class TracInStepsMonitor(ProbeMonitor):
         pictures: dict[str, Tensor] = {}
         if "top_images" in results:
             pictures["xai/tracin/self_influence_top"] = self_influence_grid(
-                results["top_images"], results["top_labels"], results["top_scores"], results["top_indices"], class_names=names
+                results["top_images"],
+                results["top_labels"],
+                results["top_scores"],
+                results["top_indices"],
+                class_names=names,
             )
         if "pro_images" in results and probe is not None and probe.targets is not None:
             for i in range(len(probe)):

@@ -7,12 +7,26 @@
   explicit Hessian for small layers).
 """
 
-from lightning_xai.influence._common import LOSSES, Checkpoint, DataSource, LossType, selected_parameters
+from lightning_xai.influence._common import (
+    LAST_LINEAR,
+    LOSSES,
+    Checkpoint,
+    DataSource,
+    GradientLayers,
+    LossType,
+    check_gradient_layers,
+    resolve_gradient_layers,
+    selected_parameters,
+)
 from lightning_xai.influence.checkpoints import load_tracin_checkpoint, save_tracin_checkpoint, tracin_checkpoints
 from lightning_xai.influence.functions import InfluenceFunction
 from lightning_xai.influence.tracin import TopK, TracIn
 
 __all__ = [
+    "LAST_LINEAR",
+    "GradientLayers",
+    "check_gradient_layers",
+    "resolve_gradient_layers",
     "LOSSES",
     "Checkpoint",
     "DataSource",

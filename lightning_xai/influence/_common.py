@@ -48,7 +48,19 @@ __all__ = [
     "model_state",
     "resolve_loss",
     "selected_parameters",
+    "LAST_LINEAR",
+    "GradientLayers",
+    "check_gradient_layers",
+    "resolve_gradient_layers",
 ]
+
+LAST_LINEAR = "last_linear"
+"""``gradient_layers=LAST_LINEAR``: the parameters of the last ``nn.Linear`` (in ``named_modules``
+order) that has trainable parameters: the network's head, the cheap default of the monitors."""
+
+GradientLayers = Union[str, Sequence[str], None]
+"""Whose parameter gradients count: :data:`LAST_LINEAR`, ``None`` (every trainable parameter) or
+module names."""
 
 LossType = Union[str, Callable[[Tensor, Tensor], Tensor]]
 """A loss name from :data:`LOSSES` or a callable ``loss(outputs, targets) -> [B]`` (one value per
@@ -278,6 +290,40 @@ def check_layers(layers: object) -> list[str] | None:
             f"Expected argument `layers` to be None or a non-empty list of layer names, but got {layers!r}."
         )
     return list(layers)
+
+
+def check_gradient_layers(layers: object) -> str | list[str] | None:
+    """``gradient_layers`` checked for type: :data:`LAST_LINEAR`, ``None`` or a list of names."""
+    if layers == LAST_LINEAR:
+        return LAST_LINEAR
+    try:
+        return check_layers(layers)
+    except TypeError:
+        raise TypeError(
+            f"Expected argument `gradient_layers` to be {LAST_LINEAR!r}, None or a non-empty list of module names, "
+            f"but got {layers!r}."
+        ) from None
+
+
+def resolve_gradient_layers(model: nn.Module, layers: str | list[str] | None, method: str) -> list[str] | None:
+    """The module names :data:`LAST_LINEAR` stands for in ``model`` (other values unchanged).
+
+    Raises:
+        ValueError: ``LAST_LINEAR`` and the model has no ``nn.Linear`` with trainable parameters.
+    """
+    if layers != LAST_LINEAR:
+        return layers  # type: ignore[return-value]
+    names = [
+        name
+        for name, module in model.named_modules()
+        if name and isinstance(module, nn.Linear) and any(p.requires_grad for p in module.parameters(recurse=False))
+    ]
+    if not names:
+        raise ValueError(
+            f"{method}: gradient_layers={LAST_LINEAR!r} needs an nn.Linear layer with trainable parameters, and the "
+            "model has none; pass gradient_layers=None (every trainable parameter) or module names."
+        )
+    return [names[-1]]
 
 
 # --------------------------------------------------------------------------------------------

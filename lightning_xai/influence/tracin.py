@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_xai._validation import check_float, check_int
-from lightning_xai.attribution.base import observe
+from lightning_xai.attribution.base import OutputType, check_output, observe
 from lightning_xai.influence._common import (
     Checkpoint,
     DataSource,
@@ -77,6 +77,8 @@ class TracIn:
             floats for the matrix.
         batch_size: Examples per ``vmap`` call (and per batch when reading a ``Dataset``).
         seed: Seed of the random projection.
+        output: How to pick the ``[B, C]`` scores the loss reads when the model returns a tuple,
+            dict or dataclass (see :func:`~lightning_xai.attribution.base.select_output`).
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 3))
@@ -93,7 +95,9 @@ class TracIn:
         projection_dim: int | None = None,
         batch_size: int = 64,
         seed: int = 0,
+        output: OutputType = None,
     ) -> None:
+        self.output = check_output(output)
         self._loss_name, self._loss_fn = resolve_loss(loss)
         self.loss = loss
         self.layers = check_layers(layers)
@@ -350,7 +354,7 @@ class TracIn:
         pairs = check_checkpoints(checkpoints, name)
         names = selected_parameters(model, self.layers, name)
         layer = self.layers[0] if self.layers is not None and len(self.layers) == 1 else None
-        with observe(model) as ctx:
+        with observe(model, output=self.output) as ctx:
             states = [load_checkpoint(source, model, ctx.device, name, i) for i, (source, _) in enumerate(pairs)]
             grads = PerExampleGradients(
                 model, names, self._loss_fn, ctx, projection_dim=self.projection_dim, seed=self.seed, layer=layer

@@ -40,7 +40,7 @@ class TreeDistillation(pl.LightningModule):
     Validation logs ``val/acc`` (mixture prediction), ``val/acc_max_path`` (maximum-path leaf),
     ``val/teacher_acc`` and ``val/fidelity`` (agreement of the tree's mixture prediction with the
     teacher's), and every ``render_every_n_epochs`` epochs a picture of the tree (filters, leaf
-    distributions, the path of the first validation input) as ``tree/structure`` to every logger
+    distributions, the path of the first validation input) as ``xai/tree/structure`` to every logger
     (TensorBoard, W&B, or PNG files), on rank zero.
 
     Batches are ``(x, y, ...)`` tuples. A teacher returning probabilities (rows on the simplex)
@@ -224,7 +224,7 @@ class TreeDistillation(pl.LightningModule):
             title=f"soft decision tree ({self.mode}), epoch {self.current_epoch}",
         )
         for sink in sinks:
-            sink.log_image("tree/structure", image, step=self.global_step)
+            sink.log_image("xai/tree/structure", image, step=self.global_step)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.tree.parameters(), lr=self.lr)

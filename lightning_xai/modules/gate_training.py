@@ -42,8 +42,8 @@ class ClassSpecificGateTraining(pl.LightningModule):
     every parameter to be used; the standard optimiser does not hold them). ``forward`` (and so
     validation, prediction and every explainer given this module or ``module.model``) is the standard
     path. Validation logs ``val/acc`` of the standard path. Every ``render_every_n_epochs`` training
-    epochs rank zero logs ``gates/density`` (share of gates above 0.1), ``gates/l1`` (mean gate) and
-    the filter-class matrix as the image ``gates/assignment`` to every logger. Cost per step: one
+    epochs rank zero logs ``xai/gates/density`` (share of gates above 0.1), ``xai/gates/l1`` (mean gate) and
+    the filter-class matrix as the image ``xai/gates/assignment`` to every logger. Cost per step: one
     forward and one backward of the model, on either path.
 
     Args:
@@ -183,9 +183,9 @@ class ClassSpecificGateTraining(pl.LightningModule):
             return
         gate = self.gates.gate.detach().cpu()
         image = render_gate_matrix(gate, self.class_names, title=f"class-specific gates, epoch {self.current_epoch}")
-        scalars = {"gates/density": float(self.gates.density()), "gates/l1": float(gate.abs().mean())}
+        scalars = {"xai/gates/density": float(self.gates.density()), "xai/gates/l1": float(gate.abs().mean())}
         for sink in sinks:
-            sink.log_image("gates/assignment", image, step=self.global_step)
+            sink.log_image("xai/gates/assignment", image, step=self.global_step)
             sink.log_scalars(scalars, step=self.global_step)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -196,6 +196,9 @@ class ClassSpecificGateTraining(pl.LightningModule):
         return [
             torch.optim.Adam(network, lr=self.lr),
             torch.optim.Adam(
-                [{"params": network, "lr": self.gated_lr}, {"params": list(self.gates.parameters()), "lr": self.gate_lr}]
+                [
+                    {"params": network, "lr": self.gated_lr},
+                    {"params": list(self.gates.parameters()), "lr": self.gate_lr},
+                ]
             ),
         ]

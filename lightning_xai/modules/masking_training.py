@@ -27,7 +27,7 @@ class MaskingModelTraining(pl.LightningModule):
     as ``train/<term>``); only the masker is optimised. The classifier stays in eval mode (also
     when Lightning calls ``train()``) with its parameters frozen. Validation logs ``val/loss`` and
     ``val/area``; every ``render_every_n_epochs`` epochs rank zero logs the first validation
-    batch's masks over their images as ``masking/masks`` to every logger.
+    batch's masks over their images as ``xai/masking/masks`` to every logger.
 
     Args:
         classifier: The trained classifier, in eval mode, returning logits.
@@ -121,7 +121,7 @@ class MaskingModelTraining(pl.LightningModule):
         display = to_display(x)
         grid = image_grid(torch.cat([display, overlay(display, masks, signed=False)]), nrow=x.shape[0])
         for sink in sinks:
-            sink.log_image("masking/masks", grid, step=self.global_step, caption="inputs; masks over them")
+            sink.log_image("xai/masking/masks", grid, step=self.global_step, caption="inputs; masks over them")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.masker.parameters(), lr=self.lr)

@@ -157,10 +157,12 @@ def _nonfinite_reason(input_nonfinite: bool) -> str:
 class SaliencyRenderer:
     """Render one saliency run per explainer into every sink.
 
-    Per explainer ``name`` it logs ``xai/<name>/overlays`` (a captioned grid), the scalars
-    ``xai/<name>/entropy``, ``mask_share`` (with masks), ``ssim_prev`` (to the previous run) and
-    ``nonfinite``, a histogram ``xai/<name>/values``, per-probe strips
-    ``xai/<name>/evolution/<i>``, and a table ``xai/probe_table`` of probe inputs x explainers.
+    Per explainer ``name`` it logs, under ``prefix`` (``xai/saliency``): ``<prefix>/<name>/overlays``
+    (a captioned grid with a colour bar that says what the colours mean), the scalars
+    ``<prefix>/<name>/entropy``, ``mask_share`` (with masks), ``ssim_prev`` (to the previous run)
+    and ``nonfinite``, a histogram ``<prefix>/<name>/values``, per-probe strips
+    ``<prefix>/<name>/evolution/<i>``, and a labelled table ``<prefix>/probe_table`` of probe inputs
+    x explainers.
     A probe whose map holds NaN/inf is handled alone: its cell is left blank (grey, captioned
     "NaN/inf input" or "NaN/inf map, finite input"), it is left out of the scalars and the
     histogram, ``nonfinite`` counts such probes, and ``warn`` names the explainer, the probe
@@ -173,6 +175,7 @@ class SaliencyRenderer:
         max_history, overlay_alpha, clip_percentile, log_evolution, log_histograms: see
             :class:`~lightning_xai.callbacks.SaliencyMonitor`.
         warn: Called with a message when maps are skipped.
+        prefix: The group every tag is logged under.
     """
 
     def __init__(
@@ -186,7 +189,9 @@ class SaliencyRenderer:
         log_evolution: bool = True,
         log_histograms: bool = True,
         warn: Any = None,
+        prefix: str = "xai/saliency",
     ) -> None:
+        self.prefix = prefix
         self.names = list(names)
         self.signed = dict(zip(self.names, signed))
         self.class_names = list(class_names) if class_names is not None else None
@@ -254,7 +259,7 @@ class SaliencyRenderer:
             m = maps[name].float()
             m = as_image_batch(m) if m.ndim != 4 else m
             ok = torch.isfinite(m.flatten(1)).all(dim=1).cpu()
-            scalars[f"xai/{name}/nonfinite"] = float((~ok).sum())
+            scalars[f"{self.prefix}/{name}/nonfinite"] = float((~ok).sum())
             if not bool(ok.all()):
                 self.warn(self._nonfinite_message(name, ok, bad_input, epoch, step))
             m = torch.where(ok.to(m.device).view(-1, 1, 1, 1), m, torch.zeros_like(m))
@@ -267,21 +272,29 @@ class SaliencyRenderer:
                 c if ok[i] else f"{c}\n{_nonfinite_reason(bool(bad_input[i]))}" for i, c in enumerate(captions)
             ]
             table_maps[name] = overlays
-            grid = annotated_grid(overlays, cell_captions, ncols=ncols, title=f"{name} - epoch {epoch}")
+            grid = annotated_grid(
+                overlays,
+                cell_captions,
+                ncols=ncols,
+                title=f"{name} - epoch {epoch}",
+                colorbar="signed" if signed else "unsigned",
+            )
             for sink in sinks:
-                sink.log_image(f"xai/{name}/overlays", grid, step, caption=f"{name}, epoch {epoch}")
+                sink.log_image(f"{self.prefix}/{name}/overlays", grid, step, caption=f"{name}, epoch {epoch}")
             if good.shape[0] > 0:
-                scalars[f"xai/{name}/entropy"] = float(map_entropy(good))
+                scalars[f"{self.prefix}/{name}/entropy"] = float(map_entropy(good))
                 if masks is not None and masks.shape[-2:] == m.shape[-2:]:
-                    scalars[f"xai/{name}/mask_share"] = float(mask_share(good, masks[ok.to(masks.device)].float()))
+                    scalars[f"{self.prefix}/{name}/mask_share"] = float(
+                        mask_share(good, masks[ok.to(masks.device)].float())
+                    )
             previous = self._previous.get(name)
             if previous is not None and previous.shape == m.shape and min(m.shape[-2:]) > 1:
                 both = ok.to(m.device) & torch.isfinite(previous.flatten(1)).all(dim=1).to(m.device)
                 if bool(both.any()):
-                    scalars[f"xai/{name}/ssim_prev"] = float(map_ssim(m[both], previous.to(m.device)[both]))
+                    scalars[f"{self.prefix}/{name}/ssim_prev"] = float(map_ssim(m[both], previous.to(m.device)[both]))
             if self.log_histograms and good.shape[0] > 0:
                 for sink in sinks:
-                    sink.log_histogram(f"xai/{name}/values", good, step)
+                    sink.log_histogram(f"{self.prefix}/{name}/values", good, step)
             if keep_history:  # the bad probes' maps stay NaN so the next ssim_prev leaves them out
                 self._previous[name] = torch.where(ok.to(m.device).view(-1, 1, 1, 1), m, torch.nan)
             if self.log_evolution:
@@ -293,7 +306,10 @@ class SaliencyRenderer:
                     strip = history.strip(i)
                     for sink in sinks:
                         sink.log_image(
-                            f"xai/{name}/evolution/{i:02d}", strip, step, caption=f"probe {i}: {name} over epochs"
+                            f"{self.prefix}/{name}/evolution/{i:02d}",
+                            strip,
+                            step,
+                            caption=f"probe {i}: {name} over epochs",
                         )
         for sink in sinks:
             sink.log_scalars(scalars, step)
@@ -304,5 +320,5 @@ class SaliencyRenderer:
                 for i in range(images.shape[0])
             ]
             for sink in sinks:
-                sink.log_table("xai/probe_table", columns, rows, step)
+                sink.log_table(f"{self.prefix}/probe_table", columns, rows, step)
         return scalars

@@ -130,7 +130,7 @@ def test_max_overhead_skips_runs_and_logs_it(tmp_path: Path) -> None:
     assert len(monitor.seen) == 1  # the first run fits the budget, later ones would not
     assert monitor.state_dict()["skipped_runs"] == 3
     metrics = (Path(logger.log_dir) / "metrics.csv").read_text()
-    assert "xai/Slow/skipped_runs" in metrics
+    assert "xai/slow/skipped_runs" in metrics
 
 
 def test_bad_max_overhead_is_rejected() -> None:
@@ -148,8 +148,8 @@ def test_flat_inputs_render_as_strips(tmp_path: Path) -> None:
     trainer.fit(FlatMLP(), DataLoader(TensorDataset(x, y), batch_size=8))
     logger.finalize("success")
     acc = read_tensorboard(logger.log_dir)[0]
-    assert "xai/saliency/overlays" in acc.Tags()["images"]
-    assert "xai/saliency/entropy" in acc.Tags()["scalars"]
+    assert "xai/saliency/saliency/overlays" in acc.Tags()["images"]
+    assert "xai/saliency/saliency/entropy" in acc.Tags()["scalars"]
 
 
 def test_a_render_failure_surfaces_at_fit_start(tmp_path: Path) -> None:
@@ -175,7 +175,7 @@ def test_tuple_outputs_with_output_index(tmp_path: Path) -> None:
     trainer.fit(TupleOutputClassifier(num_classes=3, width=4), datamodule=tiny_datamodule())
     logger.finalize("success")
     acc = read_tensorboard(logger.log_dir)[0]
-    assert {"xai/grad_cam/overlays", "xai/saliency/overlays"} <= set(acc.Tags()["images"])
+    assert {"xai/saliency/grad_cam/overlays", "xai/saliency/saliency/overlays"} <= set(acc.Tags()["images"])
 
 
 def test_tuple_outputs_without_output_fail_early_with_the_fix(tmp_path: Path) -> None:
@@ -196,8 +196,8 @@ def test_monitor_images_share_lightnings_step(tmp_path: Path) -> None:
         {
             e.step
             for a in accs
-            if "xai/grad_cam/entropy" in a.Tags()["scalars"]
-            for e in a.Scalars("xai/grad_cam/entropy")
+            if "xai/saliency/grad_cam/entropy" in a.Tags()["scalars"]
+            for e in a.Scalars("xai/saliency/grad_cam/entropy")
         }
     )
     assert xai_steps == val_steps and len(val_steps) == 2
@@ -216,8 +216,8 @@ def test_low_precision_fits(tmp_path: Path, precision: str) -> None:
     values = [
         e.value
         for a in accs
-        if "xai/grad_cam/nonfinite" in a.Tags()["scalars"]
-        for e in a.Scalars("xai/grad_cam/nonfinite")
+        if "xai/saliency/grad_cam/nonfinite" in a.Tags()["scalars"]
+        for e in a.Scalars("xai/saliency/grad_cam/nonfinite")
     ]
     assert values == [0.0]
 

@@ -70,12 +70,12 @@ def test_one_nan_probe_skips_only_itself(tmp_path: Path) -> None:
 
     accs = read_tensorboard(logger.log_dir)
     for name, count in (("grad_cam", 1.0), ("integrated_gradients", 1.0), ("last_row_nan", 2.0)):
-        assert _scalars(accs, f"xai/{name}/nonfinite") == [count, count]
-        entropy = _scalars(accs, f"xai/{name}/entropy")
+        assert _scalars(accs, f"xai/saliency/{name}/nonfinite") == [count, count]
+        entropy = _scalars(accs, f"xai/saliency/{name}/entropy")
         assert len(entropy) == 2 and all(math.isfinite(v) for v in entropy)
-        assert len(_scalars(accs, f"xai/{name}/ssim_prev")) == 1
+        assert len(_scalars(accs, f"xai/saliency/{name}/ssim_prev")) == 1
         assert (
-            sum(len(a.Images(f"xai/{name}/overlays")) for a in accs if f"xai/{name}/overlays" in a.Tags()["images"])
+            sum(len(a.Images(f"xai/saliency/{name}/overlays")) for a in accs if f"xai/saliency/{name}/overlays" in a.Tags()["images"])
             == 2
         )
         frames = saliency.history(name)[-1][1]  # [N, 3, H, W] overlays of the last run

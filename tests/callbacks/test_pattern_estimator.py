@@ -39,8 +39,8 @@ def test_observe_never_perturb_bitwise(tmp_path: Path) -> None:
     assert sorted(estimator.patterns) == sorted(["features.0", "features.4", "features.7", "fc"])
     assert get_patterns(model) is not None
     tags = [t for acc in read_tensorboard(tmp_path / "b") for t in acc.Tags()["scalars"]]
-    assert "xai/PatternEstimator/samples" in tags
-    assert "xai/PatternEstimator/fc/active_fraction" in tags
+    assert "xai/patterns/samples" in tags
+    assert "xai/patterns/fc/active_fraction" in tags
 
 
 class ToyRegression(pl.LightningModule):

@@ -79,7 +79,7 @@ def test_hook_time_counts_against_the_budget() -> None:
 def _monitors() -> list[pl.Callback]:
     concepts = {k: v.images for k, v in tiny_concepts(6).items()}
     return [
-        SaliencyMonitor([IntegratedGradients(n_steps=4)], num_samples=3, every_n_steps=1),
+        SaliencyMonitor([IntegratedGradients(n_steps=4)], num_samples=3, every_n_train_steps=1),
         MetricsMonitor(["saliency"], metrics=["deletion_auc"], num_samples=3),
         SanityCheckMonitor(["saliency"], num_samples=3),
         TracInMonitor(num_samples=3),

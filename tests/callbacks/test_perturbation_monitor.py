@@ -34,4 +34,4 @@ def test_saliency_monitor_with_perturbation_explainers(tmp_path: Path) -> None:
         assert torch.equal(reference[k], with_monitor[k]), f"{k} differs with the monitor attached"
     tags = {tag for acc in read_tensorboard(log_dir) for tag in acc.Tags()["images"]}
     for name in ("occlusion", "rise", "kernel_shap", "extremal_perturbation"):
-        assert f"xai/{name}/overlays" in tags, tags
+        assert f"xai/saliency/{name}/overlays" in tags, tags

@@ -99,8 +99,8 @@ def test_push_replaces_prototypes_by_nearest_real_patches(tmp_path: Path) -> Non
     assert push[1].push_epochs == [1]
     check_push(torch.load(out, weights_only=True), push_epoch=1)
     (acc,) = read_tensorboard(logger.log_dir)
-    assert len(acc.Images("prototypes/gallery")) == 1
-    assert "xai/PrototypePush/mean_shift" in acc.Tags()["scalars"]
+    assert len(acc.Images("xai/prototypes/gallery")) == 1
+    assert "xai/prototypes/push/mean_shift" in acc.Tags()["scalars"]
 
 
 def test_push_changes_only_the_prototypes(tmp_path: Path) -> None:
@@ -147,7 +147,7 @@ def test_monitor_does_not_perturb_training(tmp_path: Path) -> None:
         ]
         logger = TensorBoardLogger(str(tmp_path / f"m{with_monitor}"))
         if with_monitor:
-            callbacks.append(PrototypeMonitor(num_samples=3, top_k=2, synchronous_logging=True))
+            callbacks.append(PrototypeMonitor(num_samples=3, prototypes_per_image=2, synchronous_logging=True))
         model, _ = fit_proto(tmp_path / f"m{with_monitor}", callbacks, max_epochs=3, logger=logger)
         return model.state_dict()
 
@@ -157,8 +157,8 @@ def test_monitor_does_not_perturb_training(tmp_path: Path) -> None:
         assert torch.equal(plain[key], observed[key]), key
     (acc,) = read_tensorboard(tmp_path / "mTrue")
     tags = acc.Tags()["images"]
-    assert sorted(tags) == [f"prototypes/this_looks_like_that/{i}" for i in range(3)]
-    assert len(acc.Images("prototypes/this_looks_like_that/0")) == 3  # every epoch
+    assert sorted(tags) == [f"xai/prototypes/this_looks_like_that/{i}" for i in range(3)]
+    assert len(acc.Images("xai/prototypes/this_looks_like_that/0")) == 3  # every epoch
 
 
 def test_checkpoint_round_trip_restores_head_push_records_and_stage(tmp_path: Path) -> None:
@@ -195,11 +195,11 @@ def test_errors_before_training(tmp_path: Path) -> None:
         pl.Trainer(callbacks=[PrototypePush()], **trainer_kwargs(tmp_path, logger=False)).fit(ProtoShapes(3), missing)
     with pytest.raises(ValueError, match="Unknown stage"):
         PrototypeStages(learning_rates={"warmup": {"add_on": 1.0}})
-    with pytest.raises(ValueError, match="top_k=99"):
+    with pytest.raises(ValueError, match="prototypes_per_image=99"):
         logger = TensorBoardLogger(str(tmp_path))
-        pl.Trainer(callbacks=[PrototypeMonitor(top_k=99)], **trainer_kwargs(tmp_path, logger=logger)).fit(
-            ProtoShapes(3), datamodule=tiny_datamodule()
-        )
+        pl.Trainer(
+            callbacks=[PrototypeMonitor(prototypes_per_image=99)], **trainer_kwargs(tmp_path, logger=logger)
+        ).fit(ProtoShapes(3), datamodule=tiny_datamodule())
 
 
 def test_ddp_spawn_push_reduces_over_ranks(tmp_path: Path) -> None:
@@ -209,7 +209,7 @@ def test_ddp_spawn_push_reduces_over_ranks(tmp_path: Path) -> None:
         PushRecorder(str(out)),
         PrototypePush(every_n_epochs=2),
         PrototypeStages(warm_epochs=1, last_layer_epochs=1),
-        PrototypeMonitor(num_samples=3, top_k=2),
+        PrototypeMonitor(num_samples=3, prototypes_per_image=2),
     ]
     fit_proto(
         tmp_path, callbacks, max_epochs=3, logger=logger, strategy="ddp_spawn_find_unused_parameters_true", devices=2
@@ -221,8 +221,8 @@ def test_ddp_spawn_push_reduces_over_ranks(tmp_path: Path) -> None:
     for acc in read_tensorboard(Path(logger.save_dir)):
         for tag in acc.Tags()["images"]:
             counts[tag] = counts.get(tag, 0) + len(acc.Images(tag))
-    assert counts["prototypes/gallery"] == 1  # rank zero wrote, once
-    assert counts["prototypes/this_looks_like_that/2"] == 3  # every epoch
+    assert counts["xai/prototypes/gallery"] == 1  # rank zero wrote, once
+    assert counts["xai/prototypes/this_looks_like_that/2"] == 3  # every epoch
 
 
 def test_stages_need_find_unused_parameters_under_ddp() -> None:

@@ -35,24 +35,24 @@ def test_tensorboard_images_scalars_histograms(tmp_path: Path) -> None:
     images = _tags(accs, "images")
     scalars = _tags(accs, "scalars")
     for name in ("grad_cam", "integrated_gradients"):
-        assert images[f"xai/{name}/overlays"] == 2, images  # one grid per epoch, each once
-        assert images[f"xai/{name}/evolution/00"] == 2
-        assert f"xai/{name}/evolution/03" in images
-        assert scalars[f"xai/{name}/entropy"] == 2
-        assert scalars[f"xai/{name}/mask_share"] == 2
-        assert scalars[f"xai/{name}/ssim_prev"] == 1  # from the second run on
-        assert scalars[f"xai/{name}/nonfinite"] == 2
-    assert _tags(accs, "histograms")["xai/grad_cam/values"] == 2
+        assert images[f"xai/saliency/{name}/overlays"] == 2, images  # one grid per epoch, each once
+        assert images[f"xai/saliency/{name}/evolution/00"] == 2
+        assert f"xai/saliency/{name}/evolution/03" in images
+        assert scalars[f"xai/saliency/{name}/entropy"] == 2
+        assert scalars[f"xai/saliency/{name}/mask_share"] == 2
+        assert scalars[f"xai/saliency/{name}/ssim_prev"] == 1  # from the second run on
+        assert scalars[f"xai/saliency/{name}/nonfinite"] == 2
+    assert _tags(accs, "histograms")["xai/saliency/grad_cam/values"] == 2
     entropy = [
         e.value
         for acc in accs
-        if "xai/grad_cam/entropy" in acc.Tags()["scalars"]
-        for e in acc.Scalars("xai/grad_cam/entropy")
+        if "xai/saliency/grad_cam/entropy" in acc.Tags()["scalars"]
+        for e in acc.Scalars("xai/saliency/grad_cam/entropy")
     ]
     assert all(0.0 <= v <= 1.0 for v in entropy)
     # the evolution strip of the second epoch shows two frames: it is wider than the first
-    acc = next(a for a in accs if "xai/grad_cam/evolution/00" in a.Tags()["images"])
-    widths = [e.width for e in acc.Images("xai/grad_cam/evolution/00")]
+    acc = next(a for a in accs if "xai/saliency/grad_cam/evolution/00" in a.Tags()["images"])
+    widths = [e.width for e in acc.Images("xai/saliency/grad_cam/evolution/00")]
     assert widths[1] > widths[0]
 
 
@@ -61,7 +61,7 @@ def _train_weights(tmp_path: Path, callbacks: list[pl.Callback], **overrides) ->
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("schedule", [{"every_n_epochs": 1}, {"every_n_steps": 2}])
+@pytest.mark.parametrize("schedule", [{"every_n_epochs": 1}, {"every_n_train_steps": 2}])
 def test_observe_never_perturb_bitwise(tmp_path: Path, schedule: dict) -> None:
     """Same seed, with and without the monitor: bitwise-identical weights and BatchNorm statistics."""
     reference = _train_weights(tmp_path / "without", [])
@@ -92,7 +92,7 @@ def test_other_logger_gets_pngs_and_scalars(tmp_path: Path) -> None:
     pngs = list(Path(logger.log_dir).rglob("*.png"))
     assert any("overlays" in str(p) for p in pngs), pngs
     metrics = (Path(logger.log_dir) / "metrics.csv").read_text()
-    assert "xai/grad_cam/entropy" in metrics
+    assert "xai/saliency/grad_cam/entropy" in metrics
 
 
 def test_no_logger_fails_at_setup(tmp_path: Path) -> None:
@@ -129,14 +129,14 @@ def test_nan_maps_are_reported_and_skipped(tmp_path: Path) -> None:
     flags = [
         e.value
         for a in accs
-        if "xai/test_nan/nonfinite" in a.Tags()["scalars"]
-        for e in a.Scalars("xai/test_nan/nonfinite")
+        if "xai/saliency/test_nan/nonfinite" in a.Tags()["scalars"]
+        for e in a.Scalars("xai/saliency/test_nan/nonfinite")
     ]
     assert flags == [2.0, 2.0]  # both probes, both runs
     images = _tags(accs, "images")
-    assert images["xai/test_nan/overlays"] == 2  # blank cells, captioned
-    assert images["xai/grad_cam/overlays"] == 2
-    assert "xai/test_nan/entropy" not in _tags(accs, "scalars")
+    assert images["xai/saliency/test_nan/overlays"] == 2  # blank cells, captioned
+    assert images["xai/saliency/grad_cam/overlays"] == 2
+    assert "xai/saliency/test_nan/entropy" not in _tags(accs, "scalars")
 
 
 def test_every_n_epochs_schedule_and_fast_dev_run(tmp_path: Path) -> None:
@@ -186,7 +186,7 @@ def test_state_key_is_pinned_and_separates_configurations() -> None:
     [
         ({"num_samples": 0}, "num_samples"),
         ({"every_n_epochs": 0}, "every_n_epochs"),
-        ({"every_n_steps": -3}, "every_n_steps"),
+        ({"every_n_train_steps": -3}, "every_n_train_steps"),
         ({"target": "best"}, "target"),
         ({"overlay_alpha": 1.5}, "overlay_alpha"),
         ({"explainers": []}, "explainers"),

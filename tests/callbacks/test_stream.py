@@ -78,7 +78,7 @@ def test_the_samplers_indices_are_streamed_and_nan_elsewhere_in_tracin(tmp_path:
     data = _data(8)
     loader = DataLoader(data, batch_size=2, sampler=SubsetRandomSampler([0, 1, 2, 3]))
     recorder = _Recorder()
-    tracin = TracInMonitor(num_samples=2, top_k=3, probe=(data.tensors[0], data.tensors[1]), batch_size=3)
+    tracin = TracInMonitor(num_samples=2, num_top_examples=3, probe=(data.tensors[0], data.tensors[1]), batch_size=3)
     _fit(tmp_path, [recorder, tracin], loader)
     assert torch.cat(recorder.indices).tolist() == [0, 1, 2, 3]  # not 0..7
     assert torch.isfinite(tracin.self_influence[:4]).all() and (tracin.self_influence[:4] > 0).all()
@@ -228,7 +228,7 @@ def test_a_nan_training_example_is_left_out_of_the_rankings_with_a_warning(tmp_p
     x, y = _data(8).tensors
     x = x.clone()
     x[5] = float("nan")
-    monitor = _TopRecorder(num_samples=2, top_k=8, probe=(x[:4], y[:4]), synchronous_logging=True)
+    monitor = _TopRecorder(num_samples=2, num_top_examples=8, probe=(x[:4], y[:4]), synchronous_logging=True)
     with pytest.warns(UserWarning, match=r"dataset index \[5\].*left out of the rankings"):
         _fit(tmp_path, [monitor], DataLoader(TensorDataset(x, y), batch_size=4), model=_SkipsNaN())
     assert torch.isnan(monitor.self_influence[5])  # kept as computed

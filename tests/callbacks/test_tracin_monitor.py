@@ -24,7 +24,13 @@ def _train_tensors(**dm_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_online_sums_equal_offline_tracin_and_captum_on_its_checkpoints(tmp_path: Path) -> None:
-    monitor = TracInMonitor(num_samples=3, top_k=6, save_checkpoints=True, checkpoint_dir=str(tmp_path / "ck"))
+    monitor = TracInMonitor(
+        gradient_layers=None,
+        num_samples=3,
+        num_top_examples=6,
+        save_checkpoints=True,
+        checkpoint_dir=str(tmp_path / "ck"),
+    )
     model = fit(tmp_path, [monitor], logger=TensorBoardLogger(str(tmp_path), name="tb"), max_epochs=2)
     assert monitor.lr_source == "optimizer 0, param group 0"
     assert [c["epoch"] for c in monitor.checkpoints] == [0, 1]
@@ -55,7 +61,7 @@ def test_online_sums_equal_offline_tracin_and_captum_on_its_checkpoints(tmp_path
 
 
 def test_tensorboard_images_histogram_scalars_table(tmp_path: Path) -> None:
-    monitor = TracInMonitor(num_samples=2, top_k=4)
+    monitor = TracInMonitor(num_samples=2, num_top_examples=4)
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     fit(tmp_path, [monitor], logger=logger, max_epochs=2)
     (acc,) = read_tensorboard(logger.log_dir)
@@ -76,7 +82,7 @@ def test_tensorboard_images_histogram_scalars_table(tmp_path: Path) -> None:
 def test_wandb_offline_images_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="xai-test")
-    fit(tmp_path, [TracInMonitor(num_samples=2, top_k=4)], logger=logger, max_epochs=1)
+    fit(tmp_path, [TracInMonitor(num_samples=2, num_top_examples=4)], logger=logger, max_epochs=1)
     logger.experiment.finish()
     (run,) = list((tmp_path / "wandb").glob("offline-run-*"))
     media = run / "files" / "media"
@@ -91,7 +97,7 @@ def _weights(tmp_path: Path, callbacks: list) -> dict[str, torch.Tensor]:
 
 def test_observe_never_perturb_bitwise(tmp_path: Path) -> None:
     reference = _weights(tmp_path / "without", [])
-    monitor = TracInMonitor(num_samples=2, top_k=4, save_checkpoints=True)
+    monitor = TracInMonitor(num_samples=2, num_top_examples=4, save_checkpoints=True)
     with_monitor = _weights(tmp_path / "with", [monitor])
     for k in reference:
         assert torch.equal(reference[k], with_monitor[k]), f"{k} differs with the monitor attached"
@@ -99,7 +105,7 @@ def test_observe_never_perturb_bitwise(tmp_path: Path) -> None:
 
 
 def test_checkpoint_round_trip_keeps_the_sums(tmp_path: Path) -> None:
-    monitor = TracInMonitor(num_samples=2, top_k=4)
+    monitor = TracInMonitor(num_samples=2, num_top_examples=4)
     fit(
         tmp_path / "a",
         [monitor],
@@ -112,7 +118,7 @@ def test_checkpoint_round_trip_keeps_the_sums(tmp_path: Path) -> None:
     assert torch.equal(state["self_influence"], monitor.self_influence)
     assert torch.equal(state["probe_scores"], monitor.probe_scores)
 
-    resumed = TracInMonitor(num_samples=2, top_k=4)
+    resumed = TracInMonitor(num_samples=2, num_top_examples=4)
     assert resumed.state_key == monitor.state_key
     import pytorch_lightning as pl
 
@@ -134,7 +140,7 @@ def test_checkpoint_round_trip_keeps_the_sums(tmp_path: Path) -> None:
 @pytest.mark.numerics
 def test_ddp_spawn_equals_one_process(tmp_path: Path) -> None:
     out_file = tmp_path / "published.pt"
-    monitor = RecordingTracInMonitor(str(out_file), num_samples=3, top_k=4)
+    monitor = RecordingTracInMonitor(str(out_file), gradient_layers=None, num_samples=3, num_top_examples=4)
     fit(
         tmp_path,
         [monitor],
@@ -161,10 +167,40 @@ def test_ddp_spawn_equals_one_process(tmp_path: Path) -> None:
 
 
 def test_configuration_errors_before_training(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="top_k"):
-        TracInMonitor(top_k=0)
+    with pytest.raises(ValueError, match="num_top_examples"):
+        TracInMonitor(num_top_examples=0)
     with pytest.raises(ValueError, match="features.99"):
-        fit(tmp_path, [TracInMonitor(layers=["features.99"])], logger=TensorBoardLogger(str(tmp_path)))
-    a, b = TracInMonitor(layers=["fc"]), TracInMonitor()
+        fit(tmp_path, [TracInMonitor(gradient_layers=["features.99"])], logger=TensorBoardLogger(str(tmp_path)))
+    a, b = TracInMonitor(gradient_layers=["fc"]), TracInMonitor()
     assert a.state_key != b.state_key
-    assert a.state_key == TracInMonitor(layers=["fc"], top_k=3).state_key
+    assert a.state_key == TracInMonitor(gradient_layers=["fc"], num_top_examples=3).state_key
+
+
+def test_the_default_counts_the_last_linear_layer_and_a_tuple_output_works(tmp_path: Path) -> None:
+    # the cheap default (the head), equal to TracIn over that layer; `output=` reads a tuple's logits
+    monitor = TracInMonitor(
+        num_samples=2, num_top_examples=4, save_checkpoints=True, checkpoint_dir=str(tmp_path / "ck")
+    )
+    model = fit(tmp_path, [monitor], logger=TensorBoardLogger(str(tmp_path)), max_epochs=1)
+    last = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert monitor.layers == [last]
+    x, y = _train_tensors()
+    checkpoints = tracin_checkpoints(tmp_path / "ck")
+    offline = TracIn(layers=[last]).self_influence(model, checkpoints, x, y)
+    torch.testing.assert_close(monitor.self_influence.float(), offline, rtol=1e-4, atol=1e-6 * float(offline.max()))
+
+    class Pair(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.inner(x), x.mean()
+
+    wrapped = Pair(model)
+    state = {f"inner.{k}": v for k, v in model.state_dict().items()}
+    ours = TracIn(layers=[f"inner.{last}"], output=0).self_influence(wrapped, [(state, 0.1)], x, y)
+    plain = TracIn(layers=[last]).self_influence(model, [(model.state_dict(), 0.1)], x, y)
+    torch.testing.assert_close(ours, plain)
+    with pytest.raises(ValueError, match="one row per input"):
+        TracIn(layers=[f"inner.{last}"]).self_influence(wrapped, [(state, 0.1)], x, y)

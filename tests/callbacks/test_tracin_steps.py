@@ -98,7 +98,7 @@ def _fit(tmp_path: Path, monitor: Any, model: pl.LightningModule, **kw: Any) -> 
 
 def test_equals_explicit_per_example_sum_over_the_steps(tmp_path: Path) -> None:
     probe = (torch.randn(3, 6, generator=torch.Generator().manual_seed(5)), torch.tensor([0, 1, 2]))
-    monitor = TracInStepsMonitor(every_n_train_steps=1, probe=probe, num_samples=3)
+    monitor = TracInStepsMonitor(gradient_layers=None, probe_every_n_train_steps=1, probe=probe, num_samples=3)
     _fit(tmp_path, monitor, MLP())
     self_inf, scores = _replay(2, probe)
     assert monitor.steps == 2 * 5
@@ -112,7 +112,7 @@ def test_equals_explicit_per_example_sum_over_the_steps(tmp_path: Path) -> None:
 def test_training_is_bitwise_identical_with_and_without(tmp_path: Path) -> None:
     """Demo CNN (conv, BN, in-place ReLU, dropout, Adam), shuffled data, probe steps every 2 steps."""
     with pytest.warns(UserWarning, match="not plain SGD"):
-        monitor = TracInStepsMonitor(every_n_train_steps=2, num_samples=2, top_k=4)
+        monitor = TracInStepsMonitor(gradient_layers=None, probe_every_n_train_steps=2, num_samples=2, num_top_examples=4)
         with_monitor = fit(tmp_path / "a", [monitor], logger=CSVLogger(str(tmp_path / "a")))
     without = fit(tmp_path / "b", [], logger=CSVLogger(str(tmp_path / "b")))
     for (name, a), (_, b) in zip(with_monitor.state_dict().items(), without.state_dict().items()):
@@ -145,7 +145,7 @@ class _Unsupported(MLP):
 
 def test_uncountable_layer_raises_at_setup_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"'net.1' \(LayerNorm\)"):
-        _fit(tmp_path, TracInStepsMonitor(), _Unsupported())
+        _fit(tmp_path, TracInStepsMonitor(gradient_layers=None), _Unsupported())
 
 
 # -- DDP ---------------------------------------------------------------------------------------
@@ -202,3 +202,14 @@ def test_two_ddp_processes_equal_one(tmp_path: Path, monkeypatch: pytest.MonkeyP
         torch.testing.assert_close(b["weights"][name], w, rtol=1e-5, atol=1e-6)
     assert bool((a["self_influence"] > 0).all())
     torch.testing.assert_close(b["self_influence"], a["self_influence"], rtol=1e-4, atol=0)
+
+
+def test_mode_steps_of_tracin_monitor_is_this_monitor_and_defaults_to_the_head() -> None:
+    from lightning_xai.callbacks import TracInMonitor
+
+    monitor = TracInMonitor(mode="steps", num_top_examples=4)
+    assert isinstance(monitor, TracInStepsMonitor) and monitor.gradient_layers == "last_linear"
+    with pytest.raises(TypeError, match="projection_dim"):
+        TracInMonitor(mode="steps", projection_dim=8)
+    with pytest.raises(ValueError, match="'checkpoints' or 'steps'"):
+        TracInMonitor(mode="epochs")

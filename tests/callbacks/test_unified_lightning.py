@@ -34,7 +34,7 @@ def test_monitor_under_the_unified_lightning_trainer(tmp_path: Path) -> None:
     trainer.fit(model, datamodule=dm)
     logger.finalize("success")
     acc = read_tensorboard(logger.log_dir)[0]
-    assert "xai/grad_cam/overlays" in acc.Tags()["images"]
+    assert "xai/saliency/grad_cam/overlays" in acc.Tags()["images"]
     assert torch.isfinite(monitor.history()[0][1]).all()
 
 

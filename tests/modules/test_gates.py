@@ -176,9 +176,9 @@ def test_fit_projects_logs_and_round_trips(tmp_path: Path) -> None:
     gate = module.gates.gate.detach()
     assert gate.min() >= 0 and gate.max() <= 1 and not torch.equal(gate, torch.full_like(gate, 0.5))
     accs = read_tensorboard(logger.log_dir)
-    assert sum(len(a.Images("gates/assignment")) for a in accs if "gates/assignment" in a.Tags()["images"]) == 2
+    assert sum(len(a.Images("xai/gates/assignment")) for a in accs if "xai/gates/assignment" in a.Tags()["images"]) == 2
     scalars = {t for a in accs for t in a.Tags()["scalars"]}
-    assert {"gates/density", "gates/l1", "train/sparsity", "train/loss_gated", "train/loss_standard"} <= scalars
+    assert {"xai/gates/density", "xai/gates/l1", "train/sparsity", "train/loss_gated", "train/loss_standard"} <= scalars
     path = tmp_path / "g.ckpt"
     fit.save_checkpoint(path)
     restored = ClassSpecificGateTraining(tiny_cnn(), ClassSpecificGates(8, 3))

@@ -157,7 +157,7 @@ def test_fit_freezes_classifier_logs_and_round_trips(tmp_path: Path) -> None:
     assert all(torch.equal(v, clf_state[k]) for k, v in clf.state_dict().items()), "the classifier changed"
     assert any(not torch.equal(v, before[k]) for k, v in module.masker.state_dict().items()), "the masker did not train"
     accs = read_tensorboard(logger.log_dir)
-    assert sum(len(a.Images("masking/masks")) for a in accs if "masking/masks" in a.Tags()["images"]) == 2
+    assert sum(len(a.Images("xai/masking/masks")) for a in accs if "xai/masking/masks" in a.Tags()["images"]) == 2
     scalars = {t for a in accs for t in a.Tags()["scalars"]}
     assert {"train/preserve", "train/destroy", "train/area", "train/smoothness", "val/loss"} <= scalars
     path = tmp_path / "m.ckpt"

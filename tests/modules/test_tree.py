@@ -242,7 +242,7 @@ def test_fit_keeps_teacher_frozen_logs_tree_and_round_trips(tmp_path: Path) -> N
         assert torch.equal(v, teacher_state[k]), "the teacher changed"
     assert not torch.equal(module.tree.inner.weight, tree_before), "the tree did not train"
     accs = read_tensorboard(logger.log_dir)
-    images = [e for acc in accs if "tree/structure" in acc.Tags()["images"] for e in acc.Images("tree/structure")]
+    images = [e for acc in accs if "xai/tree/structure" in acc.Tags()["images"] for e in acc.Images("xai/tree/structure")]
     assert len(images) == 2
     scalars = {t for acc in accs for t in acc.Tags()["scalars"]}
     assert {"val/fidelity", "val/acc", "val/acc_max_path", "train/balance", "train/classification"} <= scalars
