@@ -51,7 +51,7 @@ def default_chunk_size(sample: Tensor, chunk_size: int | None = None) -> int:
     ``2**18`` (1 MiB; on a CPU the activations of smaller batches stay in cache: measured 1.6x
     faster at 256 than at 2,672 rows of 28x28 for a small CNN), but at least 16 rows.
 
-    Example:
+    Examples:
         >>> default_chunk_size(torch.zeros(1, 1, 28, 28))
         334
     """

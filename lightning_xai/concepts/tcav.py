@@ -323,7 +323,7 @@ class TCAV:
         TypeError: an argument has the wrong type.
         ValueError: an argument is out of range.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> torch.manual_seed(0) and None
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))

@@ -70,7 +70,7 @@ class InfluenceFunction:
         batch_size: Examples per batch for gradients and Hessian-vector products.
         max_exact_dim: Largest parameter count the ``exact`` solver accepts.
 
-    Example:
+    Examples:
         >>> model = nn.Linear(3, 2)
         >>> x, y = torch.randn(20, 3), torch.arange(20) % 2
         >>> InfluenceFunction(solver="exact").scores(model, x, y, x[:2], y[:2]).shape
