@@ -602,7 +602,7 @@ def fragility(
     The differentiable map on that copy is ``attack_map`` (default: :func:`default_attack_map`,
     the explainer's own map for ``Saliency``, ``InputXGradient`` and ``IntegratedGradients``
     (on at most 16 path points), the gradient as a proxy for other explainers). The maps that are *scored* are always the real explainer's maps on the
-    real model. ``attack="random"`` keeps the earlier random search (``candidates`` random-sign
+    real model. ``attack="random"`` is a random search instead (``candidates`` random-sign
     steps per iteration, the best kept).
 
     No library implements this metric, so there is no oracle to compare with: the tests check
