@@ -101,7 +101,7 @@ def smooth(inputs: Tensor, sigma: float) -> Tensor:
     """Differentiable separable Gaussian blur of ``[N, C, H, W]`` maps (radius ``ceil(3 sigma)``,
     edges replicated); ``sigma <= 0`` returns the input.
 
-    Example:
+    Examples:
         >>> smooth(torch.rand(2, 1, 8, 8), 1.0).shape
         torch.Size([2, 1, 8, 8])
     """
@@ -213,7 +213,7 @@ class Occlusion(Explainer):
             ``internal_batch_size``; when called, a window larger than the input or a stride larger than
             its window (before any forward pass).
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
         >>> Occlusion(window=(4, 4), stride=(2, 2))(model, torch.rand(2, 3, 8, 8), 1).shape
         torch.Size([2, 3, 8, 8])
@@ -372,7 +372,7 @@ class RISE(Explainer):
         ValueError: ``n_masks < 1``, ``cell_size < 1``, ``p`` outside ``(0, 1]``, unknown score;
             when called, a cell larger than the image.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
         >>> RISE(n_masks=64, cell_size=2)(model, torch.rand(2, 3, 8, 8)).shape
         torch.Size([2, 1, 8, 8])
@@ -483,7 +483,7 @@ class MeaningfulPerturbation(Explainer):
         internal_batch_size: Inputs per forward pass (default: device-aware bound).
         progress: Show a tqdm progress bar.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
         >>> MeaningfulPerturbation(n_iter=5, mask_scale=2)(model, torch.rand(2, 3, 8, 8)).shape
         torch.Size([2, 1, 8, 8])
@@ -686,7 +686,7 @@ class ExtremalPerturbation(Explainer):
         internal_batch_size: Inputs per forward pass (default: device-aware bound).
         progress: Show a tqdm progress bar.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
         >>> ExtremalPerturbation(areas=[0.2], n_iter=5, step=2, sigma=4)(model, torch.rand(2, 3, 8, 8)).shape
         torch.Size([2, 1, 8, 8])
@@ -831,7 +831,7 @@ class PredictionDifference(Explainer):
         internal_batch_size: Inputs per forward pass (default: device-aware bound).
         progress: Show a tqdm progress bar.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
         >>> PredictionDifference(window=4, stride=2, n_samples=4)(model, torch.rand(2, 3, 8, 8)).shape
         torch.Size([2, 3, 8, 8])
@@ -976,7 +976,7 @@ class PredictionDifference(Explainer):
 class BlurInfiller(nn.Module):
     """In-filler: a Gaussian blur of the input (the mask is ignored).
 
-    Example:
+    Examples:
         >>> BlurInfiller(2.0)(torch.rand(1, 3, 8, 8), torch.ones(1, 1, 8, 8)).shape
         torch.Size([1, 3, 8, 8])
     """
@@ -993,7 +993,7 @@ class LocalMeanInfiller(nn.Module):
     """In-filler: the mean of the *kept* pixels in a ``size x size`` box around each pixel
     (normalised convolution); where no pixel of the box is kept, the image's kept mean.
 
-    Example:
+    Examples:
         >>> LocalMeanInfiller(3)(torch.rand(1, 3, 8, 8), torch.ones(1, 1, 8, 8)).shape
         torch.Size([1, 3, 8, 8])
     """
@@ -1018,7 +1018,7 @@ class ConditionalGaussianInfiller(nn.Module):
     standard-normal ``[C, H, W]`` ``noise`` the explainer draws (shared by every input of a
     batch), or the mean alone without ``noise``.
 
-    Example:
+    Examples:
         >>> ConditionalGaussianInfiller(2.0)(torch.rand(1, 3, 8, 8), torch.ones(1, 1, 8, 8)).shape
         torch.Size([1, 3, 8, 8])
     """
@@ -1079,7 +1079,7 @@ class CounterfactualInfill(Explainer):
         internal_batch_size: Inputs per forward pass (default: device-aware bound).
         progress: Show a tqdm progress bar.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
         >>> CounterfactualInfill("mean", n_iter=5, mask_scale=2)(model, torch.rand(2, 3, 8, 8)).shape
         torch.Size([2, 1, 8, 8])

@@ -125,7 +125,7 @@ def superpixels(images: Tensor, method: str = "slic", **kwargs: Any) -> Tensor:
     Raises:
         ValueError: unknown ``method`` or images not ``[B, C, H, W]``.
 
-    Example:
+    Examples:
         >>> superpixels(torch.rand(2, 3, 16, 16), "slic", n_segments=8).shape
         torch.Size([2, 16, 16])
     """
@@ -186,7 +186,7 @@ def lime_kernel(samples: Tensor, kernel_width: float = 0.25) -> Tensor:
     distance to the all-ones coalition (``1 - sqrt(|z| / K)``; the empty coalition has
     ``d = 1``).
 
-    Example:
+    Examples:
         >>> lime_kernel(torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]]), 0.25)
         tensor([1.0000, 0.1353], dtype=torch.float64)
     """
@@ -510,7 +510,7 @@ class LIME(_LinearSurrogate):
         internal_batch_size: Perturbed inputs per forward pass (default: device-aware bound).
         progress: Show a tqdm progress bar.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4))
         >>> lime = LIME(n_samples=64, segmentation_kwargs={"n_segments": 8})
         >>> lime(model, torch.rand(2, 3, 16, 16), 1).shape
@@ -595,7 +595,7 @@ class KernelSHAP(_LinearSurrogate):
         internal_batch_size: Perturbed inputs per forward pass (default: device-aware bound).
         progress: Show a tqdm progress bar.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4))
         >>> shap = KernelSHAP(n_samples=64, segmentation_kwargs={"n_segments": 8})
         >>> shap(model, torch.rand(2, 3, 16, 16), 1).shape
@@ -667,7 +667,7 @@ def kl_bounds(means: Tensor | np.ndarray, level: Tensor | np.ndarray, iterations
     ``upper >= mean`` with ``KL(mean || bound) <= level`` (bisection, vectorised; float64 NumPy,
     since the arrays are small and the search calls it every round).
 
-    Example:
+    Examples:
         >>> low, up = kl_bounds(torch.tensor([0.5]), torch.tensor([0.1]))
         >>> round(float(low[0]), 3), round(float(up[0]), 3)
         (0.287, 0.713)
@@ -766,7 +766,7 @@ class Anchors(_SuperpixelExplainer):
         internal_batch_size: Perturbed inputs per forward pass (default: device-aware bound).
         progress: Show a tqdm progress bar over the inputs.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4))
         >>> anchors = Anchors(segmentation_kwargs={"n_segments": 8}, max_samples=64)
         >>> anchors(model, torch.rand(2, 3, 16, 16)).shape
@@ -1050,7 +1050,7 @@ class XRAI(Explainer):
         area_threshold: Stop growing at this covered fraction.
         internal_batch_size: Path points per IG pass (``None``: IG's default bound).
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4))
         >>> XRAI(n_steps=4, scales=(50, 100))(model, torch.rand(2, 3, 16, 16), 1).shape
         torch.Size([2, 3, 16, 16])

@@ -71,7 +71,7 @@ class DissectionMonitor(MonitorBase):
         max_overhead: Time budget as a fraction of training time.
         synchronous_logging: Render on the training thread (debugging).
 
-    Example:
+    Examples:
         >>> import torch
         >>> concepts = {"blob": (torch.rand(6, 3, 16, 16), torch.rand(6, 1, 16, 16) > 0.5)}
         >>> DissectionMonitor("features.6", concepts).concept_names

@@ -83,7 +83,7 @@ class PatternEstimator(MonitorBase):
         TypeError: ``layers``, ``reset_each_run`` or ``path`` of the wrong type.
         ValueError: a negative ``initial_batches`` or ``every_n_batches < 1``.
 
-    Example:
+    Examples:
         >>> estimator = PatternEstimator(layers=["features.0", "fc"], path="patterns.pt")
         >>> estimator.layers
         ['features.0', 'fc']

@@ -159,7 +159,7 @@ class MetricsMonitor(_QualityMonitor):
     Raises:
         ValueError: An unknown metric name, or (at ``setup``) a mask metric without masks.
 
-    Example:
+    Examples:
         >>> monitor = MetricsMonitor(["saliency", "grad_cam"], metrics=["deletion_auc", "pointing_game"])
         >>> # pl.Trainer(callbacks=[monitor]).fit(model, datamodule)
     """
@@ -321,7 +321,7 @@ class SanityCheckMonitor(_QualityMonitor):
         max_overhead: Time budget as a fraction of training time.
         synchronous_logging: Render on the training thread (debugging).
 
-    Example:
+    Examples:
         >>> monitor = SanityCheckMonitor(["saliency", "grad_cam", "guided_backprop"], every_n_epochs=2)
     """
 

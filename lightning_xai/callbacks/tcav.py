@@ -151,7 +151,7 @@ class TCAVMonitor(MonitorBase):
             concept examples whose shape the model cannot take, an unknown layer, a class index
             out of range.
 
-    Example:
+    Examples:
         >>> import torch
         >>> monitor = TCAVMonitor({"red": torch.rand(20, 3, 16, 16)}, layers="features.6", target_classes=[0], n_random=4)
         >>> monitor.layers, monitor.target_classes
@@ -605,7 +605,7 @@ def tcav_demo_monitor(
     data the marker's TCAV score for the class rises to 1 while validation accuracy (no markers)
     stalls.
 
-    Example:
+    Examples:
         >>> monitor = tcav_demo_monitor(image_size=16, num_classes=3, num_per_concept=8, n_random=3)
         >>> monitor.concept_names, monitor.target_classes
         (['marker_square', 'square'], [0])

@@ -97,7 +97,7 @@ class TracInMonitor(ProbeMonitor):
             dataset or a DataLoader whose ``collate_fn`` is used); which indices are read still
             comes from the training sampler.
 
-    Example:
+    Examples:
         >>> monitor = TracInMonitor(every_n_epochs=2, top_k=16, save_checkpoints=True)
         >>> # pl.Trainer(callbacks=[monitor]).fit(model, datamodule); monitor.self_influence
     """

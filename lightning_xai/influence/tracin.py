@@ -78,7 +78,7 @@ class TracIn:
         batch_size: Examples per ``vmap`` call (and per batch when reading a ``Dataset``).
         seed: Seed of the random projection.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(4, 3))
         >>> ckpts = [(model.state_dict(), 0.1)]
         >>> x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])

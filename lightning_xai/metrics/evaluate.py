@@ -141,7 +141,7 @@ def per_sample_scores(
     Raises:
         ValueError: Unknown name, or a mask metric without masks.
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         >>> x = torch.rand(2, 1, 4, 4)

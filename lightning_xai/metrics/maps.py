@@ -31,7 +31,7 @@ class _MeanOfSamples(Metric):
 class MapEntropy(_MeanOfSamples):
     """Mean normalised entropy of attribution maps (see :func:`~lightning_xai.metrics.functional.map_entropy`).
 
-    Example:
+    Examples:
         >>> metric = MapEntropy()
         >>> metric.update(torch.ones(2, 1, 4, 4))
         >>> metric.compute()

@@ -153,7 +153,7 @@ class _SeededDraws(Metric):
 class DeletionAUC(_FiniteMean):
     """Mean deletion AUC (see :func:`~lightning_xai.metrics.functional.deletion_auc`); lower is better.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         >>> metric = DeletionAUC(steps=4)
         >>> metric.update(model, torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4))
@@ -184,7 +184,7 @@ class DeletionAUC(_FiniteMean):
 class InsertionAUC(DeletionAUC):
     """Mean insertion AUC (see :func:`~lightning_xai.metrics.functional.insertion_auc`); higher is better.
 
-    Example:
+    Examples:
         >>> metric = InsertionAUC(steps=4)
         >>> metric.update(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4))
         >>> 0 <= float(metric.compute()) <= 1
@@ -322,7 +322,7 @@ class LocalLipschitz(_SeededDraws, _ExplainerMetric):
     """Mean local Lipschitz estimate of ``explainer`` (see
     :func:`~lightning_xai.metrics.functional.local_lipschitz`); lower is better.
 
-    Example:
+    Examples:
         >>> from lightning_xai.attribution import Saliency
         >>> metric = LocalLipschitz(Saliency(), samples=4)
         >>> metric.update(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), torch.rand(2, 1, 4, 4))
@@ -379,7 +379,7 @@ class Fragility(_SeededDraws, _ExplainerMetric):
     :func:`~lightning_xai.metrics.functional.fragility`); higher is better (a robust map). The
     mean centre-of-mass shift is kept too: :meth:`compute_all` returns both.
 
-    Example:
+    Examples:
         >>> from lightning_xai.attribution import Saliency
         >>> metric = Fragility(Saliency(), iterations=2)
         >>> metric.update(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), torch.rand(2, 1, 4, 4))
@@ -438,7 +438,7 @@ class Fragility(_SeededDraws, _ExplainerMetric):
 class PointingGame(_FiniteMean):
     """Pointing-game accuracy (see :func:`~lightning_xai.metrics.functional.pointing_game`).
 
-    Example:
+    Examples:
         >>> mask = torch.zeros(2, 1, 4, 4); mask[..., :2, :2] = 1
         >>> metric = PointingGame()
         >>> metric.update(mask, mask)
@@ -622,7 +622,7 @@ class ROAR(Metric):
     ``compute()`` returns ``{"accuracy": [F], "random_accuracy": [F], "gap": scalar}`` where the
     gap (random minus attribution accuracy, averaged over fractions) is higher for better maps.
 
-    Example:
+    Examples:
         >>> metric = ROAR(fractions=[0.5])
         >>> labels = torch.tensor([0, 1])
         >>> metric.update(torch.tensor([[0, 0]]), torch.tensor([[0, 1]]), labels)
@@ -704,7 +704,7 @@ class InternalConsistency(_ScoreRows):
     gathered over batches and DDP ranks, so the result equals the function on every row at once.
     Standardise metrics of different scales and flip lower-is-better ones before updating.
 
-    Example:
+    Examples:
         >>> metric = InternalConsistency()
         >>> metric.update(torch.tensor([[1.0, 2.0], [2.0, 4.0]]))
         >>> metric.update(torch.tensor([[3.0, 6.0]]))

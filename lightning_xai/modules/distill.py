@@ -65,7 +65,7 @@ class TreeDistillation(pl.LightningModule):
         ValueError: Bad ``mode`` or ``temperature``; a teacher in training mode; no teacher with
             ``mode="soft"``.
 
-    Example:
+    Examples:
         >>> teacher = nn.Linear(4, 3).eval()
         >>> module = TreeDistillation(teacher, SoftDecisionTree(4, 3, depth=2), temperature=2.0)
         >>> module.mode, module.temperature

@@ -39,7 +39,7 @@ class MaskingModelTraining(pl.LightningModule):
         TypeError: Wrong types.
         ValueError: A classifier in training mode, or one whose layer does not match the masker.
 
-    Example:
+    Examples:
         >>> clf = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
         >>> module = MaskingModelTraining(clf.eval(), MaskingModel(4, 2, in_channels=1))
         >>> module.masker.layer_name(module.classifier)

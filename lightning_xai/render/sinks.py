@@ -93,7 +93,7 @@ def use_fast_tensorboard_crc(enable: bool = True) -> bool:
     Returns:
         Whether the fast checksum is in use after the call.
 
-    Example:
+    Examples:
         >>> use_fast_tensorboard_crc(False)
         False
     """
@@ -475,7 +475,7 @@ def sinks_for(loggers: Sequence[Logger]) -> list[Sink]:
     Returns:
         The sinks (empty when there is no real logger).
 
-    Example:
+    Examples:
         >>> from pytorch_lightning.loggers import CSVLogger
         >>> [type(s).__name__ for s in sinks_for([CSVLogger("logs")])]
         ['FileSink']

@@ -40,7 +40,7 @@ class BackgroundWriter:
         synchronous: Run every job immediately on the caller's thread (for debugging, or where
             threads are unwelcome). Errors are still raised as :class:`RenderError`.
 
-    Example:
+    Examples:
         >>> done = []
         >>> writer = BackgroundWriter()
         >>> writer.submit(lambda: done.append(1), name="job")

@@ -45,7 +45,7 @@ def pointing_game(attributions: Tensor, masks: Tensor) -> Tensor:
     Raises:
         ValueError: ``masks`` is None or its shape does not match.
 
-    Example:
+    Examples:
         >>> mask = torch.zeros(1, 1, 4, 4); mask[..., :2, :2] = 1
         >>> pointing_game(mask, mask)
         tensor([1.])
@@ -87,7 +87,7 @@ def mask_aupr(attributions: Tensor, masks: Tensor) -> Tensor:
     Returns:
         ``[B]`` areas in ``[0, 1]`` (NaN for an empty mask).
 
-    Example:
+    Examples:
         >>> mask = torch.zeros(1, 1, 4, 4); mask[..., :2, :2] = 1
         >>> mask_aupr(mask, mask)
         tensor([1.])
@@ -117,7 +117,7 @@ def mask_mass(attributions: Tensor, masks: Tensor) -> Tensor:
     Returns:
         ``[B]`` shares in ``[0, 1]`` (NaN for a map without positive values).
 
-    Example:
+    Examples:
         >>> mask = torch.zeros(1, 1, 2, 2); mask[..., 0, 0] = 1
         >>> mask_mass(torch.tensor([[[[3.0, 1.0], [-5.0, 0.0]]]]), mask)
         tensor([0.7500])

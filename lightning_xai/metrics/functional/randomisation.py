@@ -62,7 +62,7 @@ def randomization_layers(model: nn.Module, order: str = "top_down") -> list[str]
     A layer is a sub-module with ``reset_parameters`` (convolutions, linear layers, norms), as
     quantus ``MPRT``; ``"top_down"`` is the reverse of ``model.named_modules()`` order.
 
-    Example:
+    Examples:
         >>> randomization_layers(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1)))
         ['2', '0']
     """
@@ -125,7 +125,7 @@ def parameter_randomization(
         ValueError: Unknown mode, measure or layer.
         LightningXAIError: The explainer returns NaN or infinity.
 
-    Example:
+    Examples:
         >>> from lightning_xai.attribution import Saliency
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> parameter_randomization(model, torch.rand(3, 1, 4, 4), Saliency()).shape
@@ -194,7 +194,7 @@ def data_randomization(
     Returns:
         ``[B]`` similarities.
 
-    Example:
+    Examples:
         >>> from lightning_xai.attribution import Saliency
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         >>> x = torch.rand(2, 1, 4, 4)
@@ -228,7 +228,7 @@ def shifted_model(model: nn.Module, shift: float) -> nn.Module:
     """A copy of ``model`` whose first convolution/linear layer absorbs ``+shift`` on every input
     value: ``bias' = bias - shift * sum(weight)`` per output channel (exact away from zero padding).
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(3, 2))
         >>> x = torch.rand(4, 3)
         >>> torch.allclose(shifted_model(model, -1.0)(x - 1.0), model(x), atol=1e-6)
@@ -277,7 +277,7 @@ def input_invariance(
     Raises:
         LightningXAIError: The first layer has no bias, or the explainer returns NaN.
 
-    Example:
+    Examples:
         >>> from lightning_xai.attribution import InputXGradient, Saliency
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         >>> x = torch.rand(2, 1, 4, 4)
