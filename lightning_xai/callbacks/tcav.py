@@ -22,7 +22,7 @@ from lightning_xai.concepts.examples import load_examples, sample_examples
 from lightning_xai.concepts.functional import layer_activations
 from lightning_xai.concepts.tcav import check_relative, relative_name
 from lightning_xai.data.probe import select_probe
-from lightning_xai.render.sinks import Sink
+from lightning_xai.sinks import Sink
 
 __all__ = ["TCAVMonitor", "TCAV_FIELDS", "tcav_demo_monitor"]
 

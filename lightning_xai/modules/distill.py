@@ -203,7 +203,7 @@ class TreeDistillation(pl.LightningModule):
 
     @rank_zero_only
     def _render_and_log(self) -> None:
-        from lightning_xai.render.sinks import sinks_for
+        from lightning_xai.sinks import sinks_for
         from lightning_xai.render.tree import render_tree
 
         sinks = sinks_for(self.trainer.loggers)
