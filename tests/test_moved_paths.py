@@ -36,3 +36,11 @@ def test_drawing_does_not_import_the_logging_layer():
     code = "import sys, lightning_xai.render; print('lightning_xai.sinks' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_demo_monitor_left_the_callbacks_and_says_where_it_went():
+    from lightning_xai.demo import tcav_demo_monitor
+
+    assert callable(tcav_demo_monitor)
+    with pytest.raises(ImportError, match=r"lightning_xai\.demo\.tcav_demo_monitor"):
+        from lightning_xai.callbacks.tcav import tcav_demo_monitor  # noqa: F401, F811
