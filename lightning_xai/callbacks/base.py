@@ -40,8 +40,7 @@ from typing_extensions import override
 from lightning_xai._validation import check_float, check_int
 from lightning_xai.attribution.base import OutputType
 from lightning_xai.data.probe import Probe, select_probe
-from lightning_xai.render.sinks import DryRunSink, Sink, check_loggers, sinks_for
-from lightning_xai.render.writer import BackgroundWriter
+from lightning_xai.sinks import BackgroundWriter, DryRunSink, Sink, check_loggers, sinks_for
 
 __all__ = ["RunInfo", "MonitorBase", "ProbeMonitor"]
 

@@ -16,7 +16,7 @@ from lightning_xai.callbacks.base import MonitorBase, RunInfo
 from lightning_xai.concepts import NetworkDissection
 from lightning_xai.concepts.dissection import DissectionResult, merge_top
 from lightning_xai.concepts.functional import layer_activations
-from lightning_xai.render.sinks import Sink
+from lightning_xai.sinks import Sink
 
 __all__ = ["DissectionMonitor"]
 

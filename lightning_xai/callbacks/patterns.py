@@ -22,7 +22,7 @@ from lightning_xai.attribution.propagation.patterns import (
     set_patterns,
 )
 from lightning_xai.callbacks.base import MonitorBase, RunInfo
-from lightning_xai.render.sinks import Sink
+from lightning_xai.sinks import Sink
 
 __all__ = ["PatternEstimator"]
 

@@ -32,7 +32,7 @@ from lightning_xai.modules.prototype import (
     set_stage,
 )
 from lightning_xai.render.prototypes import crop_patches, prototype_gallery, this_looks_like_that
-from lightning_xai.render.sinks import Sink
+from lightning_xai.sinks import Sink
 
 __all__ = ["PrototypeMonitor", "PrototypePush", "PrototypeStages"]
 

@@ -24,9 +24,9 @@ from lightning_xai.callbacks.saliency import ExplainerSpec, SaliencyMonitor
 from lightning_xai.data.probe import Probe
 from lightning_xai.errors import LightningXAIError
 from lightning_xai.metrics.evaluate import METRICS, check_metric_name, per_sample_scores
-from lightning_xai.metrics.functional.randomisation import parameter_randomization, randomization_layers
+from lightning_xai.metrics.functional.randomization import parameter_randomization, randomization_layers
 from lightning_xai.metrics.functional.similarity import check_measure
-from lightning_xai.render.sinks import Sink
+from lightning_xai.sinks import Sink
 
 __all__ = ["MetricsMonitor", "SanityCheckMonitor"]
 

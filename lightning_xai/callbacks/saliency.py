@@ -17,7 +17,7 @@ from lightning_xai.data.probe import Probe
 from lightning_xai.errors import LightningXAIError
 from lightning_xai.render import evolution_strip, reduce_channels, save_png
 from lightning_xai.render.saliency import SaliencyRenderer
-from lightning_xai.render.sinks import Sink
+from lightning_xai.sinks import Sink
 
 __all__ = ["SaliencyMonitor"]
 

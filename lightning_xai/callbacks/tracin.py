@@ -22,7 +22,7 @@ from lightning_xai.influence import LossType, TracIn, selected_parameters
 from lightning_xai.influence.checkpoints import save_tracin_checkpoint
 from lightning_xai.render.images import to_display
 from lightning_xai.render.influence import class_name, proponents_grid, self_influence_grid
-from lightning_xai.render.sinks import Sink
+from lightning_xai.sinks import Sink
 
 __all__ = ["TracInMonitor"]
 

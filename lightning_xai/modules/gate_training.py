@@ -176,7 +176,7 @@ class ClassSpecificGateTraining(pl.LightningModule):
     @rank_zero_only
     def _render_and_log(self) -> None:
         from lightning_xai.render.gates import render_gate_matrix
-        from lightning_xai.render.sinks import sinks_for
+        from lightning_xai.sinks import sinks_for
 
         sinks = sinks_for(self.trainer.loggers)
         if not sinks:

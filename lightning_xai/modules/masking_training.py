@@ -110,7 +110,7 @@ class MaskingModelTraining(pl.LightningModule):
     @rank_zero_only
     def _render_and_log(self) -> None:
         from lightning_xai.render import image_grid, overlay, to_display
-        from lightning_xai.render.sinks import sinks_for
+        from lightning_xai.sinks import sinks_for
 
         sinks = sinks_for(self.trainer.loggers)
         if not sinks or self._render_batch is None:

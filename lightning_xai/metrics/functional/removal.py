@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_xai._validation import check_float, check_int
-from lightning_xai.attribution._sampling import progress_bar
 from lightning_xai.attribution.base import TargetType, model_device, observe
+from lightning_xai.attribution.sampling import progress_bar
 from lightning_xai.metrics.functional._common import (
     check_batch,
     check_maps_like,

@@ -278,7 +278,7 @@ def softplus_twin(model: nn.Module, beta: float = 10.0) -> nn.Module:
         >>> twin[1]
         Softplus(beta=10.0, threshold=20.0)
     """
-    from lightning_xai.metrics.functional.randomisation import model_copy  # a cycle at import time
+    from lightning_xai.metrics.functional.randomization import model_copy  # a cycle at import time
 
     beta = check_float("softplus_beta", beta, 0.0)
     if beta <= 0:

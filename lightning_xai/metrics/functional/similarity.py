@@ -1,6 +1,6 @@
 """Similarity between two sets of maps: Spearman rank, Pearson, SSIM and HOG (Adebayo et al. 2018).
 
-The scores the sanity checks (:mod:`~lightning_xai.metrics.functional.randomisation`) use to
+The scores the sanity checks (:mod:`~lightning_xai.metrics.functional.randomization`) use to
 compare the maps of a trained model with those of a randomised one.
 """
 
