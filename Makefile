@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-fast venv bench clean docs-pictures
+.PHONY: demo test test-fast venv bench clean docs docs-pictures
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(VENV)/.installed-core: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-core
 	$(BIN)/python -m pip install --quiet -e ".[wandb,cli,test]"
+	touch $@
+
+$(VENV)/.installed-docs: pyproject.toml $(VENV)/.installed-core
+	$(BIN)/python -m pip install --quiet -e ".[wandb,cli,docs]"
 	touch $@
 
 venv: $(VENV)/.installed-core
@@ -41,10 +45,16 @@ test-fast: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/bench_attribution.py $(ARGS)
 
+# The documentation site (MkDocs + Material + mkdocstrings): regenerate the monitor-arguments table from the
+# signatures, then build site/ with warnings as errors. `$(BIN)/mkdocs serve` previews it.
+docs: $(VENV)/.installed-docs
+	$(BIN)/python docs/gen_monitor_table.py
+	$(BIN)/mkdocs build --strict
+
 # README pictures come from the current code: this regenerates docs/saliency_evolution.png from the demo.
 docs-pictures: $(VENV)/.installed-core
 	$(BIN)/lightning-xai demo --log-dir demo_logs
 	cp demo_logs/saliency_evolution.png docs/saliency_evolution.png
 
 clean:
-	rm -rf $(VENV) demo_logs lightning_logs .pytest_cache
+	rm -rf $(VENV) demo_logs lightning_logs .pytest_cache site

@@ -201,7 +201,7 @@ def run(workload: str, rounds: int, only: str = "all") -> list[dict[str, Any]]:
 
     # ---- occlusion
     occ = xai.Occlusion(window=(4, 4), stride=(2, 2))
-    chunk = xai._sampling.default_chunk_size(x)
+    chunk = xai.sampling.default_chunk_size(x)
     per_eval = max(1, chunk // batch)
     captum_occ = CaptumOcclusion(model)
     ours = occ(model, x, target)

@@ -2,7 +2,7 @@
 
 Trains the demo's ``ShapesClassifier`` on ``ShapesDataModule(shortcut=True)`` (every training image
 carries its class's coloured corner marker; validation images carry none) with
-:func:`~lightning_xai.callbacks.tcav.tcav_demo_monitor` attached: TCAV scores of the class
+:func:`~lightning_xai.demo.tcav_demo_monitor` attached: TCAV scores of the class
 "square" for two concepts, its marker and its shape, after every optimizer step, with significance. Writes
 ``docs/tcav_shortcut.png``: the marker's score rising to 1 within a few steps while validation accuracy
 stalls, and logs everything to TensorBoard under ``--log-dir``.
@@ -66,9 +66,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     import torch
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from lightning_xai.callbacks.tcav import tcav_demo_monitor
     from lightning_xai.data import ShapesDataModule
-    from lightning_xai.demo import ShapesClassifier
+    from lightning_xai.demo import ShapesClassifier, tcav_demo_monitor
     from lightning_xai.render import save_png
     from lightning_xai.render.plots import tcav_history_plot
 

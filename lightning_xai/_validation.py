@@ -71,7 +71,7 @@ def check_bool(name: str, value: object) -> bool:
     Raises:
         TypeError: ``value`` is not a bool.
 
-    Example:
+    Examples:
         >>> check_bool("abs", True)
         True
     """
@@ -86,7 +86,7 @@ def check_choice(name: str, value: object, choices: tuple[str, ...] | list[str])
     Raises:
         ValueError: ``value`` is not one of ``choices`` (the message lists them and the closest).
 
-    Example:
+    Examples:
         >>> check_choice("kind", "vargrad", ("smoothgrad", "vargrad"))
         'vargrad'
     """

@@ -135,7 +135,7 @@ def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
         # the concept and quality monitors each keep to a share of the training time (skips are logged)
         extra_budget = args.max_overhead if args.max_overhead is not None else 0.02
         if args.tcav:
-            from lightning_xai.callbacks.tcav import tcav_demo_monitor
+            from lightning_xai.demo import tcav_demo_monitor
 
             callbacks.append(
                 tcav_demo_monitor(

@@ -1,13 +1,20 @@
-"""The demo model: a small CNN classifier for :class:`~lightning_xai.data.ShapesDataset`."""
+"""The demo: a small CNN classifier for :class:`~lightning_xai.data.ShapesDataset`, and the TCAV
+monitor of the shortcut demo."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Optional, Union
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ShapesClassifier", "ShapesClassifierMixin"]
+if TYPE_CHECKING:
+    from lightning_xai.callbacks.tcav import TCAVMonitor
+
+__all__ = ["ShapesClassifier", "ShapesClassifierMixin", "tcav_demo_monitor"]
 
 
 class ShapesClassifierMixin:
@@ -68,3 +75,55 @@ class ShapesClassifierMixin:
 
 class ShapesClassifier(ShapesClassifierMixin, pl.LightningModule):
     __doc__ = ShapesClassifierMixin.__doc__
+
+
+def tcav_demo_monitor(
+    image_size: int = 48,
+    num_classes: int = 4,
+    shortcut_class: int = 0,
+    layers: Union[str, Sequence[str]] = "features.6",
+    num_per_concept: int = 50,
+    n_random: int = 10,
+    every_n_epochs: int = 1,
+    every_n_train_steps: Optional[int] = None,
+    seed: int = 0,
+    max_overhead: Optional[float] = None,
+) -> TCAVMonitor:
+    """The ``TCAVMonitor`` for the shortcut demo (:class:`ShapesClassifier` on
+    ``ShapesDataModule(shortcut=True)``): is the class learned from its corner marker or its shape?
+
+    Two concepts for ``shortcut_class``: its marker (``"marker_<shape>"``: the marker on random
+    shapes) and its shape (``"<shape>"``), against random shapes without a marker. On the shortcut
+    data the marker's TCAV score for the class rises to 1 while validation accuracy (no markers)
+    stalls.
+
+    Examples:
+        >>> monitor = tcav_demo_monitor(image_size=16, num_classes=3, num_per_concept=8, n_random=3)
+        >>> monitor.concept_names, monitor.target_classes
+        (['marker_square', 'square'], [0])
+    """
+    from lightning_xai._validation import check_int
+    from lightning_xai.callbacks.tcav import TCAVMonitor
+    from lightning_xai.data import SHAPE_NAMES, concept_sets, random_images
+
+    shape = SHAPE_NAMES[check_int("shortcut_class", shortcut_class, 0, num_classes - 1)]
+    sets = concept_sets(
+        num_per_concept,
+        image_size=image_size,
+        num_classes=num_classes,
+        concepts=[f"marker_{shape}", shape],
+        seed=seed + 100,
+    )
+    pool = random_images(num_per_concept * n_random, image_size=image_size, num_classes=num_classes, seed=seed + 7)
+    return TCAVMonitor(
+        concepts={name: s.images for name, s in sets.items()},
+        layers=layers,
+        target_classes=[shortcut_class],
+        n_random=n_random,
+        random_examples=pool,
+        random_size=num_per_concept,
+        every_n_epochs=every_n_epochs,
+        every_n_train_steps=every_n_train_steps,
+        seed=seed,
+        max_overhead=max_overhead,
+    )

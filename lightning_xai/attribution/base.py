@@ -126,7 +126,7 @@ def select_output(raw: Any, output: OutputType = None) -> Tensor:
             ``output=``), ``output`` has an unsupported type, or the selection is not a tensor.
         ValueError: the index, key or attribute does not exist (the message lists what does).
 
-    Example:
+    Examples:
         >>> raw = {"logits": torch.zeros(2, 3), "features": torch.zeros(2, 8)}
         >>> select_output(raw, "logits").shape
         torch.Size([2, 3])
@@ -230,7 +230,7 @@ def model_dtype(model: nn.Module) -> torch.dtype | None:
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype sums and returned maps use: float32 for float16/bfloat16, else ``dtype``.
 
-    Example:
+    Examples:
         >>> accumulation_dtype(torch.bfloat16), accumulation_dtype(torch.float64)
         (torch.float32, torch.float64)
     """
@@ -284,7 +284,7 @@ def register_own_forward_hook(module: nn.Module, hook: Callable[[nn.Module, Any,
     owner's hook. The guard is one identity check per call (a weak reference: the hook keeps no
     module alive).
 
-    Example:
+    Examples:
         >>> import copy
         >>> seen = []
         >>> layer = nn.Linear(2, 2)
@@ -326,7 +326,7 @@ def observe(model: nn.Module, *, eval_mode: bool = True, output: OutputType = No
     its raw output (a tuple, dict or dataclass) with the selected scores for the whole block, so
     ``model(x)`` returns ``[B, C]`` scores; sub-module names are unchanged.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(4, 2))
         >>> with observe(model) as ctx:
         ...     x = ctx.prepare(torch.randn(3, 4))
@@ -538,7 +538,7 @@ per image of activations kept for the backward pass, so 27 rows stay near 2.3 Gi
 def chunks(total: int, size: int | None) -> Iterator[slice]:
     """Slices ``[start, stop)`` covering ``range(total)`` in pieces of at most ``size``.
 
-    Example:
+    Examples:
         >>> [(s.start, s.stop) for s in chunks(5, 2)]
         [(0, 2), (2, 4), (4, 5)]
     """
@@ -551,7 +551,7 @@ def default_chunk_rows(inputs: Tensor, elements: int = DEFAULT_CHUNK_ELEMENTS) -
     """Rows of ``inputs``' shape per chunk so a chunk holds at most ``elements`` input elements
     (at least 1).
 
-    Example:
+    Examples:
         >>> default_chunk_rows(torch.zeros(8, 3, 224, 224))
         27
     """
@@ -578,7 +578,7 @@ def run_chunked(total: int, size: int, body: Callable[[slice], None], *, method:
         method: Name used in the warning.
         adaptive: Halve the chunk on out-of-memory instead of raising.
 
-    Example:
+    Examples:
         >>> seen = []
         >>> run_chunked(5, 2, lambda rows: seen.append((rows.start, rows.stop)), method="demo", adaptive=False)
         >>> seen
@@ -620,7 +620,7 @@ def run_chunked(total: int, size: int, body: Callable[[slice], None], *, method:
 def value_bounds(inputs: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample ``(min, max - min)`` over every non-batch dimension, each ``[B, 1, ..., 1]``.
 
-    Example:
+    Examples:
         >>> low, spread = value_bounds(torch.tensor([[1.0, 3.0], [0.0, -2.0]]))
         >>> low.flatten().tolist(), spread.flatten().tolist()
         ([1.0, -2.0], [2.0, 2.0])
@@ -710,7 +710,7 @@ class Explainer(ABC):
     **Model outputs.** Every call accepts ``output=`` (:func:`select_output`) for models whose
     forward returns a tuple, dict or dataclass.
 
-    Example:
+    Examples:
         >>> class TwoHeads(nn.Module):
         ...     def __init__(self):
         ...         super().__init__()

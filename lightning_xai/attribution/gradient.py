@@ -210,7 +210,7 @@ def modified_relu(rule: str | ReluRule) -> Iterator[ModifiedReLU]:
         ValueError: ``rule`` is an unknown name.
         TypeError: ``rule`` is neither a name nor a callable.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
         >>> x = torch.randn(2, 3, requires_grad=True)
         >>> with modified_relu("guided") as mode:
@@ -246,7 +246,7 @@ class Saliency(Explainer):
     Raises:
         TypeError: ``abs`` is not a bool.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
         >>> Saliency()(model, torch.rand(2, 3, 2, 2), target=1).shape
         torch.Size([2, 3, 2, 2])
@@ -270,7 +270,7 @@ class InputXGradient(Explainer):
 
     COST: 1 forward + 1 backward pass of the batch.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
         >>> InputXGradient()(model, torch.rand(2, 3, 2, 2), target=0).shape
         torch.Size([2, 3, 2, 2])
@@ -306,7 +306,7 @@ class GuidedBackprop(_ModifiedReluGradient):
 
     COST: 1 forward + 1 backward pass of the batch.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(inplace=True), nn.Linear(8, 3))
         >>> GuidedBackprop()(model, torch.rand(2, 3, 2, 2)).shape
         torch.Size([2, 3, 2, 2])
@@ -324,7 +324,7 @@ class Deconvnet(_ModifiedReluGradient):
 
     COST: 1 forward + 1 backward pass of the batch.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
         >>> Deconvnet()(model, torch.rand(2, 3, 2, 2), target=2).shape
         torch.Size([2, 3, 2, 2])
@@ -388,7 +388,7 @@ class NoiseTunnel(Explainer):
             or an unknown explainer name.
         TypeError: ``explainer`` is neither an :class:`Explainer` nor a str.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 3))
         >>> smooth = NoiseTunnel(Saliency(), kind="smoothgrad", n_samples=8, stdev=0.1)
         >>> smooth(model, torch.rand(2, 3, 2, 2), target=0).shape

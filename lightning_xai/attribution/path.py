@@ -84,7 +84,7 @@ def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         ValueError: unknown ``method`` or too few steps.
 
-    Example:
+    Examples:
         >>> quadrature("riemann_left", 4)[1].tolist()
         [0.0, 0.25, 0.5, 0.75]
     """
@@ -135,7 +135,7 @@ def gaussian_blur(inputs: Tensor, sigma: float, truncate: float = 4.0) -> Tensor
     Raises:
         ValueError: ``inputs`` has no spatial dimension or ``sigma`` is negative.
 
-    Example:
+    Examples:
         >>> gaussian_blur(torch.rand(1, 3, 8, 8), sigma=2.0).shape
         torch.Size([1, 3, 8, 8])
     """
@@ -195,7 +195,7 @@ def make_baseline(
         ValueError: unknown kind, or a tensor / callable result that does not broadcast.
         TypeError: ``spec`` is of an unsupported type, or a callable returned no tensor.
 
-    Example:
+    Examples:
         >>> make_baseline("uniform", torch.rand(2, 3, 4, 4)).shape
         torch.Size([2, 3, 4, 4])
     """
@@ -299,7 +299,7 @@ class IntegratedGradients(Explainer):
         TypeError: an argument of the wrong type (``seed=1.5``, a baseline of an unsupported
             type, ``multiply_by_inputs`` not a bool).
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 3))
         >>> ig = IntegratedGradients(n_steps=16, baseline=["zero", "blur"])
         >>> attributions, delta = ig.with_delta(model, torch.rand(2, 3, 2, 2), target=1)

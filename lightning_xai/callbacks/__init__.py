@@ -8,6 +8,7 @@ from lightning_xai.callbacks.quality import MetricsMonitor, SanityCheckMonitor
 from lightning_xai.callbacks.saliency import SaliencyMonitor
 from lightning_xai.callbacks.tcav import TCAVMonitor
 from lightning_xai.callbacks.tracin import TracInMonitor
+from lightning_xai.callbacks.tracin_steps import TracInStepsMonitor
 
 __all__ = [
     "DissectionMonitor",
@@ -23,4 +24,5 @@ __all__ = [
     "SanityCheckMonitor",
     "TCAVMonitor",
     "TracInMonitor",
+    "TracInStepsMonitor",
 ]

@@ -41,8 +41,7 @@ from typing_extensions import override
 from lightning_xai._validation import check_float, check_int
 from lightning_xai.attribution.base import OutputType
 from lightning_xai.data.probe import Probe, select_probe
-from lightning_xai.render.sinks import DryRunSink, Sink, check_loggers, sinks_for
-from lightning_xai.render.writer import BackgroundWriter
+from lightning_xai.sinks import BackgroundWriter, DryRunSink, Sink, check_loggers, sinks_for
 
 __all__ = ["RunInfo", "MonitorBase", "ProbeMonitor"]
 
@@ -126,8 +125,8 @@ class MonitorBase(Callback):
             background writer (``False``). ``None`` (default) decides at fit start: in the
             background when the model is on an accelerator (the device keeps training while the
             CPU renders), on the training thread when it is on the CPU (there a background thread
-            only competes with training for the cores and the GIL: measured +17% fit time on the
-            2-core CPU demo against +1-4% rendering in line).
+            only competes with training for the cores and the GIL, which costs more than it
+            hides; the measurements are on the docs' results page).
     """
 
     def __init__(

@@ -16,7 +16,7 @@ from lightning_xai.callbacks.base import MonitorBase, RunInfo
 from lightning_xai.concepts import NetworkDissection
 from lightning_xai.concepts.dissection import DissectionResult, merge_top
 from lightning_xai.concepts.functional import layer_activations
-from lightning_xai.render.sinks import Sink
+from lightning_xai.sinks import Sink
 
 __all__ = ["DissectionMonitor"]
 
@@ -71,17 +71,18 @@ class DissectionMonitor(MonitorBase):
         max_overhead: Time budget as a fraction of training time.
         synchronous_logging: Render on the training thread (debugging).
 
-    Example:
+    Examples:
         >>> import torch
         >>> concepts = {"blob": (torch.rand(6, 3, 16, 16), torch.rand(6, 1, 16, 16) > 0.5)}
-        >>> DissectionMonitor("features.6", concepts).concept_names
+        >>> DissectionMonitor(concepts, layer="features.6").concept_names
         ['blob']
     """
 
     def __init__(
         self,
-        layer: str,
         concepts: Mapping[str, Any],
+        *,
+        layer: str,
         quantile: float = 0.005,
         iou_threshold: float = 0.04,
         top_units: int = 4,
@@ -268,8 +269,8 @@ class DissectionMonitor(MonitorBase):
         from lightning_xai.render.plots import detector_count_plot
 
         detectors = result.detectors()
-        scalars = {f"dissection/{self.layer}/interpretable_units": float(result.num_interpretable)}
-        scalars.update({f"dissection/{self.layer}/detectors/{c}": float(v) for c, v in detectors.items()})
+        scalars = {f"xai/dissection/{self.layer}/interpretable_units": float(result.num_interpretable)}
+        scalars.update({f"xai/dissection/{self.layer}/detectors/{c}": float(v) for c, v in detectors.items()})
         images: dict[str, Tensor] = {}
         if history:
             counts: dict[str, list[int]] = {c: [] for c in result.concepts}
@@ -277,7 +278,7 @@ class DissectionMonitor(MonitorBase):
                 past = DissectionResult(self.layer, result.concepts, h["thresholds"], h["iou"], result.iou_threshold)
                 for c, v in past.detectors().items():
                     counts[c].append(v)
-            images[f"dissection/{self.layer}/detectors"] = detector_count_plot(
+            images[f"xai/dissection/{self.layer}/detectors"] = detector_count_plot(
                 [int(h["epoch"]) for h in history], counts, title=f"Detector units at {self.layer}"
             )
         if examples is not None and examples[3]:
@@ -286,7 +287,7 @@ class DissectionMonitor(MonitorBase):
                 [overlay(imgs, masks, signed=False), overlay(imgs, active, signed=False)], dim=1
             ).flatten(0, 1)
             tile_captions = [text for caption in captions for text in ("mask\n" + caption.split("\n")[0], caption)]
-            images[f"dissection/{self.layer}/top_units"] = annotated_grid(
+            images[f"xai/dissection/{self.layer}/top_units"] = annotated_grid(
                 tiles,
                 tile_captions,
                 ncols=4,

@@ -22,7 +22,7 @@ from lightning_xai.attribution.propagation.patterns import (
     set_patterns,
 )
 from lightning_xai.callbacks.base import MonitorBase, RunInfo
-from lightning_xai.render.sinks import Sink
+from lightning_xai.sinks import Sink
 
 __all__ = ["PatternEstimator"]
 
@@ -87,7 +87,7 @@ class PatternEstimator(MonitorBase):
         TypeError: ``layers``, ``reset_each_run`` or ``path`` of the wrong type.
         ValueError: a negative ``initial_batches`` or ``every_n_batches < 1``.
 
-    Example:
+    Examples:
         >>> estimator = PatternEstimator(layers=["features.0", "fc"], path="patterns.pt")
         >>> estimator.layers
         ['features.0', 'fc']

@@ -32,7 +32,7 @@ from lightning_xai.modules.prototype import (
     set_stage,
 )
 from lightning_xai.render.prototypes import crop_patches, prototype_gallery, this_looks_like_that
-from lightning_xai.render.sinks import Sink
+from lightning_xai.sinks import Sink
 
 __all__ = ["PrototypeMonitor", "PrototypePush", "PrototypeStages"]
 
@@ -145,7 +145,7 @@ class PrototypePush(MonitorBase):
             dataset, or a class without training images (when the dataset exposes ``labels`` or
             ``targets``; otherwise at the first push).
 
-    Example:
+    Examples:
         >>> push = PrototypePush(every_n_epochs=10)
     """
 
@@ -226,7 +226,7 @@ class PrototypePush(MonitorBase):
     def plan(self, max_epochs: int, stages: Optional[PrototypeStages] = None) -> tuple[list[int], list[int]]:
         """The epochs a fresh fit of ``max_epochs`` pushes at, and those where a due push is skipped.
 
-        Example:
+        Examples:
             >>> PrototypePush(every_n_epochs=10).plan(100, PrototypeStages(warm_epochs=5, last_layer_epochs=20))
             ([9, 39, 69], [99])
         """
@@ -428,7 +428,7 @@ class PrototypeStages(Callback):
         ValueError: bad arguments; at ``setup``: no PrototypeHead, or DDP without
             ``find_unused_parameters``.
 
-    Example:
+    Examples:
         >>> stages = PrototypeStages(warm_epochs=5, last_layer_epochs=20)
         >>> [stages.stage_at(e, push_epochs=[9]) for e in (4, 9, 10, 29, 30)]
         ['warm', 'joint', 'last_layer', 'last_layer', 'joint']
@@ -547,7 +547,7 @@ class PrototypeMonitor(ProbeMonitor):
         synchronous_logging: Render on the training thread (debugging).
         dataset: Optional view of the training examples to read source images from (see above).
 
-    Example:
+    Examples:
         >>> monitor = PrototypeMonitor(num_samples=4, prototypes_per_image=3)
     """
 

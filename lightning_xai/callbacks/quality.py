@@ -24,9 +24,9 @@ from lightning_xai.callbacks.saliency import ExplainerSpec, SaliencyMonitor
 from lightning_xai.data.probe import Probe
 from lightning_xai.errors import LightningXAIError
 from lightning_xai.metrics.evaluate import METRICS, check_metric_name, per_sample_scores
-from lightning_xai.metrics.functional.randomisation import parameter_randomization, randomization_layers
+from lightning_xai.metrics.functional.randomization import parameter_randomization, randomization_layers
 from lightning_xai.metrics.functional.similarity import check_measure
-from lightning_xai.render.sinks import Sink
+from lightning_xai.sinks import Sink
 
 __all__ = ["MetricsMonitor", "SanityCheckMonitor"]
 
@@ -159,7 +159,7 @@ class MetricsMonitor(_QualityMonitor):
     Raises:
         ValueError: An unknown metric name, or (at ``setup``) a mask metric without masks.
 
-    Example:
+    Examples:
         >>> monitor = MetricsMonitor(["saliency", "grad_cam"], metrics=["deletion_auc", "pointing_game"])
         >>> # pl.Trainer(callbacks=[monitor]).fit(model, datamodule)
     """
@@ -322,7 +322,7 @@ class SanityCheckMonitor(_QualityMonitor):
         max_overhead: Time budget as a fraction of training time.
         synchronous_logging: Render on the training thread (debugging).
 
-    Example:
+    Examples:
         >>> monitor = SanityCheckMonitor(["saliency", "grad_cam", "guided_backprop"], every_n_epochs=2)
     """
 

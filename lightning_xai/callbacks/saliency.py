@@ -17,7 +17,7 @@ from lightning_xai.data.probe import Probe
 from lightning_xai.errors import LightningXAIError
 from lightning_xai.render import evolution_strip, reduce_channels, save_png
 from lightning_xai.render.saliency import SaliencyRenderer
-from lightning_xai.render.sinks import Sink
+from lightning_xai.sinks import Sink
 
 __all__ = ["SaliencyMonitor"]
 
@@ -82,7 +82,7 @@ class SaliencyMonitor(ProbeMonitor):
     drawn as heat strips. Rendering happens on a background thread on rank zero, so training does
     not wait for PNG encoding; it is flushed at the end of fit, at checkpoint saves and on errors.
 
-    Example:
+    Examples:
         >>> from lightning_xai.attribution import GradCAM, IntegratedGradients
         >>> monitor = SaliencyMonitor([GradCAM(), IntegratedGradients(n_steps=16)], num_samples=8)
         >>> # trainer = pl.Trainer(callbacks=[monitor]); trainer.fit(model, datamodule)

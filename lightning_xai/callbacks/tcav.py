@@ -22,9 +22,9 @@ from lightning_xai.concepts.examples import load_examples, sample_examples
 from lightning_xai.concepts.functional import layer_activations
 from lightning_xai.concepts.tcav import check_relative, relative_name
 from lightning_xai.data.probe import select_probe
-from lightning_xai.render.sinks import Sink
+from lightning_xai.sinks import Sink
 
-__all__ = ["TCAVMonitor", "TCAV_FIELDS", "tcav_demo_monitor"]
+__all__ = ["TCAVMonitor", "TCAV_FIELDS"]
 
 TCAV_FIELDS: tuple[str, ...] = (
     "score",
@@ -151,7 +151,7 @@ class TCAVMonitor(MonitorBase):
             concept examples whose shape the model cannot take, an unknown layer, a class index
             out of range.
 
-    Example:
+    Examples:
         >>> import torch
         >>> monitor = TCAVMonitor({"red": torch.rand(20, 3, 16, 16)}, layers="features.6", target_classes=[0], n_random=4)
         >>> monitor.layers, monitor.target_classes
@@ -590,51 +590,10 @@ class TCAVMonitor(MonitorBase):
                 sink.log_embedding(f"xai/tcav/{layer}/cavs", v.reshape(-1, v.shape[-1]), info.step, labels=labels)
 
 
-def tcav_demo_monitor(
-    image_size: int = 48,
-    num_classes: int = 4,
-    shortcut_class: int = 0,
-    layers: Union[str, Sequence[str]] = "features.6",
-    num_per_concept: int = 50,
-    n_random: int = 10,
-    every_n_epochs: int = 1,
-    every_n_train_steps: Optional[int] = None,
-    seed: int = 0,
-    max_overhead: Optional[float] = None,
-) -> TCAVMonitor:
-    """The ``TCAVMonitor`` for the shortcut demo (:class:`~lightning_xai.demo.ShapesClassifier` on
-    ``ShapesDataModule(shortcut=True)``): is the class learned from its corner marker or its shape?
-
-    Two concepts for ``shortcut_class``: its marker (``"marker_<shape>"``: the marker on random
-    shapes) and its shape (``"<shape>"``), against random shapes without a marker. On the shortcut
-    data the marker's TCAV score for the class rises to 1 while validation accuracy (no markers)
-    stalls.
-
-    Example:
-        >>> monitor = tcav_demo_monitor(image_size=16, num_classes=3, num_per_concept=8, n_random=3)
-        >>> monitor.concept_names, monitor.target_classes
-        (['marker_square', 'square'], [0])
-    """
-    from lightning_xai.data import SHAPE_NAMES, concept_sets, random_images
-
-    shape = SHAPE_NAMES[check_int("shortcut_class", shortcut_class, 0, num_classes - 1)]
-    sets = concept_sets(
-        num_per_concept,
-        image_size=image_size,
-        num_classes=num_classes,
-        concepts=[f"marker_{shape}", shape],
-        seed=seed + 100,
-    )
-    pool = random_images(num_per_concept * n_random, image_size=image_size, num_classes=num_classes, seed=seed + 7)
-    return TCAVMonitor(
-        concepts={name: s.images for name, s in sets.items()},
-        layers=layers,
-        target_classes=[shortcut_class],
-        n_random=n_random,
-        random_examples=pool,
-        random_size=num_per_concept,
-        every_n_epochs=every_n_epochs,
-        every_n_train_steps=every_n_train_steps,
-        seed=seed,
-        max_overhead=max_overhead,
-    )
+def __getattr__(name: str) -> Any:
+    if name == "tcav_demo_monitor":  # an ImportError, so that `from ... import` shows this message
+        raise ImportError(
+            "`lightning_xai.callbacks.tcav.tcav_demo_monitor` moved to `lightning_xai.demo.tcav_demo_monitor` "
+            "(demo code is not part of the callbacks)."
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

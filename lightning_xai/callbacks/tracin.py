@@ -31,7 +31,7 @@ from lightning_xai.influence import (
 from lightning_xai.influence.checkpoints import save_tracin_checkpoint
 from lightning_xai.render.images import to_display
 from lightning_xai.render.influence import class_name, proponents_grid, self_influence_grid
-from lightning_xai.render.sinks import Sink
+from lightning_xai.sinks import Sink
 
 __all__ = ["TracInMonitor"]
 
@@ -124,7 +124,7 @@ class TracInMonitor(ProbeMonitor):
             dataset or a DataLoader whose ``collate_fn`` is used); which indices are read still
             comes from the training sampler.
 
-    Example:
+    Examples:
         >>> monitor = TracInMonitor(every_n_epochs=2, num_top_examples=16, save_checkpoints=True)
         >>> # pl.Trainer(callbacks=[monitor]).fit(model, datamodule); monitor.self_influence
     """

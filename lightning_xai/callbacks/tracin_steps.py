@@ -118,7 +118,7 @@ class TracInStepsMonitor(ProbeMonitor):
         max_overhead: Time budget as a fraction of training time (probe steps and logging).
         synchronous_logging: Render on the training thread (see :class:`~lightning_xai.callbacks.base.MonitorBase`).
 
-    Example:
+    Examples:
         >>> monitor = TracInStepsMonitor(num_top_examples=16)
         >>> # pl.Trainer(callbacks=[monitor]).fit(model, dm); monitor.self_influence.topk(16)
     """

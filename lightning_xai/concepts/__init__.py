@@ -7,7 +7,7 @@
 * :class:`NetworkDissection` (Bau et al. 2017): per-unit IoU of thresholded activation maps with
   concept masks.
 
-Example:
+Examples:
     >>> from lightning_xai.concepts import CAV, TCAV, TCAVResult, NetworkDissection
     >>> from lightning_xai.concepts.functional import directional_derivatives, tcav_score
 """

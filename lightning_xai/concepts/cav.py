@@ -271,7 +271,7 @@ class CAV:
         classifier: ``"logistic"`` or ``"svm"``.
         min_accuracy: The accuracy below which the CAV counts as not separating its concept.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
         >>> concept, random = torch.randn(20, 2) + 3.0, torch.randn(20, 2)

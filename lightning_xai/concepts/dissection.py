@@ -50,7 +50,7 @@ class DissectionResult:
         iou: ``[K, C]`` IoU of each unit with each concept.
         iou_threshold: The IoU above which a unit counts as a detector.
 
-    Example:
+    Examples:
         >>> result = DissectionResult("conv", ["a", "b"], torch.zeros(3), torch.tensor([[0.5, 0.1], [0.0, 0.02], [0.1, 0.3]]), 0.04)
         >>> result.best_concept.tolist(), result.num_interpretable, result.detectors()
         ([0, 1, 1], 2, {'a': 1, 'b': 1})
@@ -164,7 +164,7 @@ class NetworkDissection:
         TypeError: an argument has the wrong type.
         ValueError: an argument is out of range.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU())
         >>> with torch.no_grad():

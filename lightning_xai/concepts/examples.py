@@ -109,7 +109,7 @@ def load_examples(
         TypeError: ``source`` has an unsupported type, or its items are not tensors.
         ValueError: ``source`` is empty, a folder holds no images, or the examples disagree in shape.
 
-    Example:
+    Examples:
         >>> load_examples(torch.zeros(5, 3, 8, 8)).shape
         torch.Size([5, 3, 8, 8])
         >>> from torch.utils.data import TensorDataset
@@ -209,7 +209,7 @@ def sample_examples(pool: Tensor | Dataset, k: int, size: int, *, seed: int = 0,
     Raises:
         ValueError: The pool holds fewer than ``size`` examples.
 
-    Example:
+    Examples:
         >>> sets = sample_examples(torch.arange(40.0).view(20, 2), k=3, size=5)
         >>> [tuple(s.shape) for s in sets]
         [(5, 2), (5, 2), (5, 2)]

@@ -7,7 +7,7 @@ path) and reads a layer's *true* output (the hook hands the rest of the network 
 in-place ``ReLU`` after the layer does not change what is recorded; see
 :class:`~lightning_xai.attribution.cam.LayerCapture`).
 
-Example:
+Examples:
     >>> from torch import nn
     >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     >>> derivatives = directional_derivatives(model, torch.randn(5, 4), 1, "0", torch.eye(3))
@@ -235,7 +235,7 @@ def directional_derivatives(
         ValueError: the vector's size does not match the layer, an unknown layer, a class index
             out of range.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
         >>> directional_derivatives(model, torch.randn(4, 3), 0, "0", torch.ones(3)).shape
@@ -275,7 +275,7 @@ def tcav_score(derivatives: Tensor, *, magnitude: bool = False) -> Tensor | floa
     Raises:
         ValueError: ``derivatives`` is empty or has more than two dimensions.
 
-    Example:
+    Examples:
         >>> tcav_score(torch.tensor([1.0, -2.0, 3.0, 0.5]))
         0.75
         >>> round(tcav_score(torch.tensor([1.0, -2.0, 3.0, 0.5]), magnitude=True), 4)
@@ -315,7 +315,7 @@ def tcav_statistic(
     Raises:
         ValueError: an unknown statistic, or a missing ``gradient_norms``/``displacements``.
 
-    Example:
+    Examples:
         >>> d = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
         >>> tcav_statistic(d, "effect", displacements=torch.tensor([2.0, 1.0])).tolist()
         [4.0, -0.75]
@@ -343,7 +343,7 @@ def welch_t_test(a: Tensor, b: Tensor) -> float:
     Raises:
         ValueError: a sample has fewer than two values.
 
-    Example:
+    Examples:
         >>> round(welch_t_test(torch.tensor([0.9, 0.8, 1.0]), torch.tensor([0.5, 0.4, 0.6])), 4)
         0.008
     """
@@ -374,7 +374,7 @@ def prediction_test(a: Tensor, null: Tensor) -> float:
     Raises:
         ValueError: ``null`` has fewer than two values or ``a`` is empty.
 
-    Example:
+    Examples:
         >>> round(prediction_test(torch.tensor([0.9, 0.8, 1.0]), torch.tensor([0.5, 0.4, 0.6])), 4)
         0.0742
     """

@@ -72,7 +72,7 @@ def random_images(
 ) -> Tensor:
     """Images of random shapes without the marker: random counter-examples for TCAV.
 
-    Example:
+    Examples:
         >>> random_images(8, image_size=16).shape
         torch.Size([8, 3, 16, 16])
     """
@@ -103,7 +103,7 @@ def concept_sets(
     Raises:
         ValueError: an unknown concept name (the message lists the known ones).
 
-    Example:
+    Examples:
         >>> sets = concept_sets(6, image_size=16, num_classes=3, concepts=["circle", "red", "marker_square"])
         >>> {k: tuple(v.images.shape) for k, v in sets.items()}
         {'circle': (6, 3, 16, 16), 'red': (6, 3, 16, 16), 'marker_square': (6, 3, 16, 16)}
@@ -152,7 +152,7 @@ def dissection_masks(dataset: ShapesDataset, include_marker: bool = True) -> dic
     """Per-concept masks ``[N, 1, S, S]`` of a whole dataset: each shape (its mask where the image
     shows that shape, empty elsewhere) and, with ``include_marker``, the marker's pixels.
 
-    Example:
+    Examples:
         >>> ds = ShapesDataset(8, image_size=16, num_classes=2, shortcut=True)
         >>> sorted(dissection_masks(ds))
         ['circle', 'marker', 'square']

@@ -43,7 +43,7 @@ class ShapesDataModuleMixin:
         TypeError: An argument has the wrong type.
         ValueError: An argument is out of range.
 
-    Example:
+    Examples:
         >>> from lightning_xai.data import ShapesDataModule
         >>> dm = ShapesDataModule(batch_size=16, num_train=64, num_val=32, shortcut=True)
         >>> dm.setup("fit")

@@ -70,7 +70,7 @@ class Probe:
         TypeError: A field is not a tensor (or ``None``).
         ValueError: The fields disagree on ``N`` or ``masks`` is not ``[N, 1, H, W]``.
 
-    Example:
+    Examples:
         >>> probe = Probe(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))
         >>> restored = Probe.from_state_dict(probe.state_dict())
         >>> len(restored), torch.equal(restored.inputs, probe.inputs)
@@ -351,7 +351,7 @@ def select_probe(
         ValueError: Bad ``num_samples``/``num_classes``, a dict batch without a known inputs
             key (the message lists the keys found), malformed targets or masks, an empty source.
 
-    Example:
+    Examples:
         >>> x, y = torch.rand(100, 3, 8, 8), torch.arange(100) % 4
         >>> probe = select_probe((x, y), num_samples=8, num_classes=4)
         >>> probe.targets.tolist()

@@ -104,7 +104,7 @@ class ShapesDataset(Dataset[tuple[Tensor, Tensor, Tensor]]):
         TypeError: An argument has the wrong type.
         ValueError: An argument is out of range.
 
-    Example:
+    Examples:
         >>> ds = ShapesDataset(num_samples=8, image_size=32, shortcut=True)
         >>> image, label, mask = ds[0]
         >>> image.shape, mask.shape, ds.classes[int(label)] in SHAPE_NAMES

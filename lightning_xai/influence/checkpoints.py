@@ -39,7 +39,7 @@ def load_tracin_checkpoint(model: nn.Module, path: PathLike) -> float:
 
     The signature captum's ``TracInCP(checkpoints_load_func=...)`` expects.
 
-    Example:
+    Examples:
         >>> # TracInCP(model, data, checkpoints=paths, checkpoints_load_func=load_tracin_checkpoint, ...)
     """
     saved = torch.load(path, map_location="cpu", weights_only=True)

@@ -322,7 +322,7 @@ class GhostGradients:
         weight: ``weight(param) -> float``, read when a layer's contribution is added (e.g. the
             learning rate of the param group holding it); default 1.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
         >>> ghost = GhostGradients(model, countable_layers(model))
         >>> with ghost.attached():

@@ -80,7 +80,7 @@ class TracIn:
         output: How to pick the ``[B, C]`` scores the loss reads when the model returns a tuple,
             dict or dataclass (see :func:`~lightning_xai.attribution.base.select_output`).
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(4, 3))
         >>> ckpts = [(model.state_dict(), 0.1)]
         >>> x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
+from lightning_xai.metrics.base import ExplanationMetric
 from lightning_xai.metrics.functional.maps import _map_entropy_update, _map_ssim_update, _mask_share_update
 
 __all__ = ["MapEntropy", "MaskShare", "MapSSIM"]
 
 
-class _MeanOfSamples(Metric):
+class _MeanOfSamples(ExplanationMetric):
     is_differentiable = False
     full_state_update = False
 
@@ -31,12 +31,14 @@ class _MeanOfSamples(Metric):
 class MapEntropy(_MeanOfSamples):
     """Mean normalised entropy of attribution maps (see :func:`~lightning_xai.metrics.functional.map_entropy`).
 
-    Example:
+    Examples:
         >>> metric = MapEntropy()
         >>> metric.update(torch.ones(2, 1, 4, 4))
         >>> metric.compute()
         tensor(1.)
     """
+
+    name = "map_entropy"
 
     higher_is_better = False
 
@@ -48,6 +50,8 @@ class MaskShare(_MeanOfSamples):
     """Mean share of attribution energy inside ground-truth masks (see
     :func:`~lightning_xai.metrics.functional.mask_share`)."""
 
+    name = "mask_share"
+
     higher_is_better = True
 
     def update(self, maps: Tensor, masks: Tensor) -> None:
@@ -56,6 +60,8 @@ class MaskShare(_MeanOfSamples):
 
 class MapSSIM(_MeanOfSamples):
     """Mean SSIM between maps and reference maps (see :func:`~lightning_xai.metrics.functional.map_ssim`)."""
+
+    name = "map_ssim"
 
     higher_is_better = True
 

@@ -65,7 +65,7 @@ class TreeDistillation(pl.LightningModule):
         ValueError: Bad ``mode`` or ``temperature``; a teacher in training mode; no teacher with
             ``mode="soft"``.
 
-    Example:
+    Examples:
         >>> teacher = nn.Linear(4, 3).eval()
         >>> module = TreeDistillation(teacher, SoftDecisionTree(4, 3, depth=2), temperature=2.0)
         >>> module.mode, module.temperature
@@ -203,8 +203,8 @@ class TreeDistillation(pl.LightningModule):
 
     @rank_zero_only
     def _render_and_log(self) -> None:
-        from lightning_xai.render.sinks import sinks_for
         from lightning_xai.render.tree import render_tree
+        from lightning_xai.sinks import sinks_for
 
         sinks = sinks_for(self.trainer.loggers)
         if not sinks or self._render_input is None:

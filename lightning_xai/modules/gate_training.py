@@ -67,7 +67,7 @@ class ClassSpecificGateTraining(pl.LightningModule):
         ValueError: Unknown ``layer`` (the message lists the valid names) or bad numbers (among them
             ``gated_from`` outside ``[0, period)``).
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
         >>> module = ClassSpecificGateTraining(net, ClassSpecificGates(4, 2), warmup_epochs=1)
         >>> [module.uses_gated_path(e) for e in range(5)]
@@ -176,7 +176,7 @@ class ClassSpecificGateTraining(pl.LightningModule):
     @rank_zero_only
     def _render_and_log(self) -> None:
         from lightning_xai.render.gates import render_gate_matrix
-        from lightning_xai.render.sinks import sinks_for
+        from lightning_xai.sinks import sinks_for
 
         sinks = sinks_for(self.trainer.loggers)
         if not sinks:

@@ -53,7 +53,7 @@ class ClassSpecificGates(nn.Module):
         TypeError: An argument has the wrong type.
         ValueError: An argument is out of range.
 
-    Example:
+    Examples:
         >>> gates = ClassSpecificGates(channels=4, num_classes=3)
         >>> features = torch.rand(2, 4, 5, 5)
         >>> gates(features, torch.tensor([0, 2])).shape

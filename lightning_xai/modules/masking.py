@@ -70,7 +70,7 @@ class MaskingModel(nn.Module):
     Raises:
         TypeError, ValueError: Bad arguments.
 
-    Example:
+    Examples:
         >>> masker = MaskingModel(feature_channels=8, num_classes=3, in_channels=1)
         >>> masker(torch.rand(2, 1, 16, 16), torch.rand(2, 8, 4, 4), torch.tensor([0, 2])).shape
         torch.Size([2, 1, 16, 16])
@@ -270,7 +270,7 @@ class MaskingModelExplainer(Explainer):
     Raises:
         TypeError: ``masker`` is not a :class:`MaskingModel` or ``weights`` not a path.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> clf = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
         >>> explainer = MaskingModelExplainer(masker=MaskingModel(4, 2, in_channels=1))

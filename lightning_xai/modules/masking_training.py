@@ -39,7 +39,7 @@ class MaskingModelTraining(pl.LightningModule):
         TypeError: Wrong types.
         ValueError: A classifier in training mode, or one whose layer does not match the masker.
 
-    Example:
+    Examples:
         >>> clf = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
         >>> module = MaskingModelTraining(clf.eval(), MaskingModel(4, 2, in_channels=1))
         >>> module.masker.layer_name(module.classifier)
@@ -110,7 +110,7 @@ class MaskingModelTraining(pl.LightningModule):
     @rank_zero_only
     def _render_and_log(self) -> None:
         from lightning_xai.render import image_grid, overlay, to_display
-        from lightning_xai.render.sinks import sinks_for
+        from lightning_xai.sinks import sinks_for
 
         sinks = sinks_for(self.trainer.loggers)
         if not sinks or self._render_batch is None:

@@ -74,7 +74,7 @@ def patch_boxes(position: Tensor, prototype_shape: Sequence[int], grid: Sequence
     share of the image, rounded outwards. (The paper's pictures box the region where the upsampled
     similarity map exceeds its 95th percentile instead; the similarity maps show that region.)
 
-    Example:
+    Examples:
         >>> patch_boxes(torch.tensor([[1, 2]]), (1, 1), (4, 4), (32, 32)).tolist()
         [[8, 16, 16, 24]]
     """
@@ -123,7 +123,7 @@ class PrototypeHead(nn.Module):
     Raises:
         TypeError / ValueError: bad sizes or coefficients.
 
-    Example:
+    Examples:
         >>> head = PrototypeHead(16, num_classes=3, prototypes_per_class=2, prototype_dim=8)
         >>> logits = head(torch.rand(4, 16, 5, 5))
         >>> logits.shape, head.distances(torch.rand(4, 16, 5, 5)).shape
@@ -369,7 +369,7 @@ class NearestPatches:
         position: ``[P, 2]`` long, its (row, col) on the embedding grid.
         grid: ``(H, W)`` of the embedding grid (``None`` until the first update).
 
-    Example:
+    Examples:
         >>> head = PrototypeHead(4, num_classes=2, prototypes_per_class=1, prototype_dim=3)
         >>> nearest = NearestPatches.empty(head)
         >>> nearest.update(head, torch.rand(2, 4, 3, 3), torch.tensor([0, 1]), torch.tensor([10, 11]))
@@ -481,7 +481,7 @@ def prototype_parameter_groups(
     :class:`~lightning_xai.callbacks.PrototypeStages` callback) then switches stages by setting
     ``requires_grad``: a frozen parameter gets no gradient, so the optimiser skips it.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), PrototypeHead(8, 2, 1, 4))
         >>> groups = prototype_parameter_groups(net)
         >>> [(g["name"], g["lr"], len(g["params"])) for g in groups]
@@ -514,7 +514,7 @@ def set_stage(model: nn.Module, stage: str) -> dict[str, bool]:
     Raises:
         ValueError: unknown stage, or not exactly one PrototypeHead in ``model``.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), PrototypeHead(8, 2, 1, 4))
         >>> set_stage(net, "last_layer")["prototypes"], net[0].weight.requires_grad
         (False, False)

@@ -95,7 +95,7 @@ def find_head(model: nn.Module) -> tuple[str, list[str]]:
     Raises:
         ValueError: no recognisable head, or several at the same depth.
 
-    Example:
+    Examples:
         >>> from torchvision.models import resnet18
         >>> find_head(resnet18(weights=None))
         ('', ['avgpool', 'fc'])
@@ -174,7 +174,7 @@ def swap_head(model: nn.Module, head: nn.Module, at: Union[str, Sequence[str], N
         ValueError: no recognisable head and no ``at``, an unknown name in ``at``, or a head whose
             input width does not match the backbone.
 
-    Example:
+    Examples:
         >>> from torchvision.models import resnet18
         >>> from lightning_xai.modules import PrototypeHead
         >>> net = swap_head(resnet18(weights=None), PrototypeHead(512, num_classes=3, prototypes_per_class=2))

@@ -67,7 +67,7 @@ class SoftDecisionTree(nn.Module):
         TypeError: An argument has the wrong type.
         ValueError: An argument is out of range (the depth message names the largest allowed).
 
-    Example:
+    Examples:
         >>> tree = SoftDecisionTree(in_features=4, num_classes=3, depth=2)
         >>> x = torch.randn(5, 4)
         >>> bool(torch.allclose(tree.predict_proba(x).sum(dim=1), torch.ones(5)))

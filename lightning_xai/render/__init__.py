@@ -1,13 +1,15 @@
-"""Rendering: attribution maps to images and figures, and sinks that write them to loggers.
+"""Rendering: attribution maps to images and figures (pure tensor/numpy/matplotlib, no logger).
 
-:mod:`lightning_xai.render.images` is pure tensor/numpy/matplotlib. :mod:`lightning_xai.render.sinks`
-knows Lightning's loggers (TensorBoard, W&B, any other) and is imported on first access of its
-names here, so ``lightning_xai.render`` itself does not import Lightning.
+Writing the pictures to Lightning's loggers is the logging layer's job: :mod:`lightning_xai.sinks`.
+The sink names once exported here (``Sink``, ``sinks_for``, ...) still resolve, with a
+``DeprecationWarning``, for one release.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+import warnings
+from typing import Any
 
 from lightning_xai.render.images import (
     DEFAULT_SIGNED_CMAP,
@@ -26,18 +28,10 @@ from lightning_xai.render.images import (
 )
 from lightning_xai.render.prototypes import crop_patches, draw_boxes, prototype_gallery, this_looks_like_that
 
-if TYPE_CHECKING:
-    from lightning_xai.render.sinks import FileSink, Sink, TensorBoardSink, WandbSink, check_loggers, sinks_for
-
 __all__ = [
     "DEFAULT_SIGNED_CMAP",
     "DEFAULT_UNSIGNED_CMAP",
-    "FileSink",
-    "Sink",
-    "TensorBoardSink",
-    "WandbSink",
     "annotated_grid",
-    "check_loggers",
     "colormap_lut",
     "evolution_strip",
     "heatmap_to_rgb",
@@ -46,7 +40,6 @@ __all__ = [
     "overlay",
     "reduce_channels",
     "save_png",
-    "sinks_for",
     "to_display",
     "to_uint8_hwc",
     "crop_patches",
@@ -60,9 +53,14 @@ _SINK_NAMES = frozenset({"FileSink", "Sink", "TensorBoardSink", "WandbSink", "ch
 
 def __getattr__(name: str) -> Any:
     if name in _SINK_NAMES:
-        from lightning_xai.render import sinks
-
-        return getattr(sinks, name)
+        # lazy and dynamic: drawing does not import the logging layer
+        warnings.warn(
+            f"`lightning_xai.render.{name}` moved to `lightning_xai.sinks.{name}`; "
+            "the old path goes away in the next release.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module("lightning_xai.sinks"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -27,7 +27,7 @@ def render_gate_matrix(gate: Tensor, class_names: Sequence[str] | None = None, t
     Raises:
         ValueError: ``gate`` is not 2-D or the names do not match its columns.
 
-    Example:
+    Examples:
         >>> render_gate_matrix(torch.rand(8, 3)).shape[0]
         3
     """

@@ -73,7 +73,7 @@ def reduce_channels(attr: Tensor, signed: bool) -> Tensor:
         TypeError: ``attr`` is not a tensor.
         ValueError: ``attr`` is not 4-D.
 
-    Example:
+    Examples:
         >>> reduce_channels(torch.ones(2, 3, 4, 4), signed=True).shape
         torch.Size([2, 1, 4, 4])
     """
@@ -103,7 +103,7 @@ def normalize_maps(maps: Tensor, signed: bool, clip_percentile: float = 100.0) -
         TypeError: ``maps`` is not a tensor.
         ValueError: ``maps`` is not 4-D.
 
-    Example:
+    Examples:
         >>> normalize_maps(torch.tensor([[[[-2.0, 1.0]]]]), signed=True).tolist()
         [[[[-1.0, 0.5]]]]
     """
@@ -170,7 +170,7 @@ def heatmap_to_rgb(maps: Tensor, signed: bool, cmap: str | None = None, normaliz
         TypeError: ``maps`` is not a tensor.
         ValueError: ``maps`` is not ``[B, 1, H, W]`` or ``cmap`` is unknown.
 
-    Example:
+    Examples:
         >>> rgb = heatmap_to_rgb(torch.randn(2, 1, 8, 8), signed=True)
         >>> rgb.shape, bool(rgb.min() >= 0 and rgb.max() <= 1)
         (torch.Size([2, 3, 8, 8]), True)
@@ -248,7 +248,7 @@ def overlay(
         TypeError: ``images`` or ``maps`` is not a tensor.
         ValueError: Bad shapes, batch sizes that differ, or ``alpha`` outside ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> overlay(torch.rand(2, 3, 32, 32), torch.rand(2, 1, 8, 8), signed=False).shape
         torch.Size([2, 3, 32, 32])
     """
@@ -483,7 +483,7 @@ def annotated_grid(
         ValueError: ``images`` is not ``[N, 3, H, W]`` with ``N >= 1``, the number of captions
             differs from ``N``, ``ncols``/``scale`` is not positive, or ``colorbar`` is unknown.
 
-    Example:
+    Examples:
         >>> grid = annotated_grid(torch.rand(2, 3, 32, 32), ["true: circle\\npred: square (0.93)", "b"])
         >>> grid.shape[0]
         3
@@ -520,7 +520,7 @@ def table_image(columns: Sequence[str], rows: Sequence[Sequence[object]], title:
     Raises:
         ValueError: No columns, or a row whose length differs from the columns'.
 
-    Example:
+    Examples:
         >>> table_image(["label", "map"], [["cat", torch.rand(3, 8, 8)], ["dog", torch.rand(3, 8, 8)]]).shape[0]
         3
     """

@@ -55,7 +55,7 @@ def self_influence_grid(
     Returns:
         ``[3, H', W']`` RGB in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> grid = self_influence_grid(torch.rand(3, 1, 8, 8), torch.tensor([1, 2, 3]),
         ...                            torch.tensor([3.0, 2.0, 1.0]), torch.tensor([7, 4, 9]))
         >>> grid.shape[0]

@@ -74,7 +74,7 @@ def tcav_bar_chart(
     Returns:
         A ``[3, H, W]`` image in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> img = tcav_bar_chart(torch.tensor([[0.9, 0.4]]), torch.tensor([[0.05, 0.2]]),
         ...                      torch.tensor([[True, False]]), ["class 0"], ["stripes", "dots"])
         >>> img.shape[0], float(img.min()) >= 0.0
@@ -177,7 +177,7 @@ def tcav_history_plot(
     Returns:
         A ``[3, H, W]`` image in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> tcav_history_plot([0, 1], {"marker": torch.tensor([0.5, 0.9])}).shape[0]
         3
     """
@@ -232,7 +232,7 @@ def tcav_history_plot(
 def detector_count_plot(epochs: Sequence[int], counts: Mapping[str, Sequence[int]], title: str = "Detectors") -> Tensor:
     """Number of detector units per concept over training (Network Dissection).
 
-    Example:
+    Examples:
         >>> detector_count_plot([0, 1], {"circle": [0, 2]}).shape[0]
         3
     """

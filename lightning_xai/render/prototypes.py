@@ -47,7 +47,7 @@ def draw_boxes(images: Tensor, boxes: Tensor, color: Sequence[float] = BOX_COLOR
     Returns:
         ``[N, 3, H, W]`` float RGB in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> out = draw_boxes(torch.zeros(1, 3, 8, 8), torch.tensor([[2, 2, 6, 6]]))
         >>> out[0, :, 2, 2].tolist(), out[0, :, 4, 4].tolist()
         ([1.0, 0.8500000238418579, 0.0], [0.0, 0.0, 0.0])
@@ -80,7 +80,7 @@ def crop_patches(images: Tensor, boxes: Tensor, size: Optional[tuple[int, int]] 
     Returns:
         ``[N, 3, h, w]`` float RGB in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> crop_patches(torch.rand(2, 3, 8, 8), torch.tensor([[0, 0, 4, 4], [2, 2, 8, 8]])).shape
         torch.Size([2, 3, 8, 8])
     """
@@ -130,7 +130,7 @@ def prototype_gallery(
     Returns:
         ``[3, H', W']`` float RGB in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> img = prototype_gallery(torch.rand(2, 3, 8, 8), torch.tensor([[0, 0, 4, 4], [4, 4, 8, 8]]),
         ...                         torch.rand(2, 1, 2, 2), ["proto 0", "proto 1"])
         >>> img.shape[0]
@@ -179,7 +179,7 @@ def this_looks_like_that(
     Returns:
         ``[3, H', W']`` float RGB in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> out = this_looks_like_that(torch.rand(3, 8, 8), torch.rand(2, 1, 2, 2), torch.rand(2, 3, 8, 8),
         ...                            torch.tensor([[0, 0, 4, 4], [4, 4, 8, 8]]), ["a", "b"])
         >>> out.shape[0]

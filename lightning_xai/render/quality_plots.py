@@ -55,7 +55,7 @@ def randomization_plot(
     Returns:
         ``[3, H, W]`` image tensor.
 
-    Example:
+    Examples:
         >>> img = randomization_plot(["fc", "conv2", "conv1"], {"gradient": [0.5, 0.2, 0.1]})
         >>> img.shape[0], float(img.max()) <= 1.0
         (3, True)
@@ -95,7 +95,7 @@ def metric_curve_plot(
 ) -> Tensor:
     """One line per series over ``steps`` (a metric per explainer over training).
 
-    Example:
+    Examples:
         >>> metric_curve_plot([0, 1, 2], {"grad_cam": [0.2, 0.5, 0.7]}, ylabel="pointing game").shape[0]
         3
     """

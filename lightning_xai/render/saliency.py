@@ -31,7 +31,7 @@ def as_image_batch(x: Tensor, min_height: int = 8) -> Tensor:
     Raises:
         ValueError: ``x`` has fewer than 2 or more than 4 dimensions.
 
-    Example:
+    Examples:
         >>> as_image_batch(torch.rand(2, 784)).shape
         torch.Size([2, 1, 98, 784])
     """
@@ -53,7 +53,7 @@ def as_image_batch(x: Tensor, min_height: int = 8) -> Tensor:
 def probe_captions(targets: Optional[Tensor], probs: Tensor, class_names: Optional[Sequence[str]] = None) -> list[str]:
     """``"true: <name>\\npred: <name> (<p>)"`` per probe input.
 
-    Example:
+    Examples:
         >>> probe_captions(torch.tensor([1]), torch.tensor([[0.2, 0.8]]), ["cat", "dog"])
         ['true: dog\\npred: dog (0.80)']
     """
@@ -82,7 +82,7 @@ class EvolutionHistory:
         max_history: Most runs kept (>= 2).
         min_size: Strip frames are upscaled (nearest) to at least this many pixels.
 
-    Example:
+    Examples:
         >>> history = EvolutionHistory(max_history=3)
         >>> for epoch in range(5):
         ...     history.append(epoch, torch.rand(2, 3, 8, 8))

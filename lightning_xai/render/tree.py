@@ -71,7 +71,7 @@ def render_tree(
     Raises:
         ValueError: Inconsistent shapes.
 
-    Example:
+    Examples:
         >>> img = render_tree(torch.randn(3, 16), torch.rand(4, 2).softmax(1), (4, 4), torch.tensor([.1, .6, .2, .1]))
         >>> img.shape[0], float(img.min()) >= 0.0
         (3, True)

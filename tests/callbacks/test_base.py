@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_xai.attribution import GradCAM, Saliency
 from lightning_xai.callbacks import MonitorBase, SaliencyMonitor
-from lightning_xai.render.writer import BackgroundWriter, RenderError
+from lightning_xai.sinks.writer import BackgroundWriter, RenderError
 from tests.callbacks.helpers import (
     FlatMLP,
     TupleOutputClassifier,

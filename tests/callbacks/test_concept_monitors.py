@@ -62,10 +62,10 @@ def test_tensorboard_read_back(tmp_path: Path) -> None:
     assert acc.Scalars("xai/tcav/features.7/circle/triangle/score")[-1].value == pytest.approx(float(last[1, 0, 0, 0]))
     projector = Path(logger.log_dir) / "projector_config.pbtxt"
     assert projector.exists() and "xai/tcav/features.7/cavs" in projector.read_text()
-    counts = [e.value for e in acc.Scalars("dissection/features.8/interpretable_units")]
+    counts = [e.value for e in acc.Scalars("xai/dissection/features.8/interpretable_units")]
     assert len(counts) == 2 and counts[-1] == dissection.history[-1]["iou"].max(1).values.gt(0.04).sum()
-    assert len(acc.Images("dissection/features.8/top_units")) == 2
-    assert len(acc.Images("dissection/features.8/detectors")) == 2
+    assert len(acc.Images("xai/dissection/features.8/top_units")) == 2
+    assert len(acc.Images("xai/dissection/features.8/detectors")) == 2
 
 
 def test_wandb_offline_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

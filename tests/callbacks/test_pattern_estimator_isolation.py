@@ -25,7 +25,7 @@ from lightning_xai.callbacks import (
     TCAVMonitor,
     TracInMonitor,
 )
-from lightning_xai.metrics.functional.randomisation import model_copy
+from lightning_xai.metrics.functional.randomization import model_copy
 from lightning_xai.metrics.functional.robustness import softplus_twin
 from tests.callbacks.concept_helpers import tiny_concepts
 from tests.callbacks.helpers import fit, tiny_model, trainer_kwargs

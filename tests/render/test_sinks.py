@@ -9,7 +9,7 @@ from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.loggers.logger import DummyLogger
 
-from lightning_xai.render.sinks import (
+from lightning_xai.sinks.loggers import (
     FileSink,
     Sink,
     TensorBoardSink,
@@ -194,7 +194,7 @@ def test_fast_tensorboard_crc_is_identical_and_opt_in(monkeypatch: pytest.Monkey
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
     from tensorboard.summary.writer import record_writer
 
-    from lightning_xai.render.sinks import _fast_masked_crc32c, use_fast_tensorboard_crc
+    from lightning_xai.sinks.loggers import _fast_masked_crc32c, use_fast_tensorboard_crc
 
     for size in (0, 1, 7, 100, 4096, 100_003):
         data = os.urandom(size)

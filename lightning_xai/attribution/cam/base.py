@@ -50,7 +50,7 @@ def upsample(maps: Tensor, size: tuple[int, int] | torch.Size, mode: str = "bili
     Raises:
         ValueError: ``maps`` is not 4-D or ``mode`` is unknown.
 
-    Example:
+    Examples:
         >>> upsample(torch.ones(2, 1, 7, 7), (28, 28)).shape
         torch.Size([2, 1, 28, 28])
     """
@@ -77,7 +77,7 @@ def minmax_normalize(maps: Tensor, eps: float = 1e-7) -> Tensor:
     Returns:
         A tensor of ``maps``' shape.
 
-    Example:
+    Examples:
         >>> minmax_normalize(torch.tensor([[[[1.0, 2.0, 3.0]]]]), eps=0.0).flatten().tolist()
         [0.0, 0.5, 1.0]
     """
@@ -134,7 +134,7 @@ def forward_chunk_rows(inputs: Tensor) -> int:
     (CPU): :data:`~lightning_xai.attribution.base.DEFAULT_CHUNK_ELEMENTS` input elements (27
     images at 3 x 224 x 224), at most 1024 rows.
 
-    Example:
+    Examples:
         >>> forward_chunk_rows(torch.zeros(2, 3, 224, 224))
         27
     """

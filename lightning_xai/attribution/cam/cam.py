@@ -52,7 +52,7 @@ class CAM(_LayerCAMBase):
             name, or a model without a GAP + linear head (the message says why and suggests
             :class:`GradCAM`).
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
         ...                       nn.Flatten(), nn.Linear(8, 4))
         >>> CAM()(model, torch.rand(2, 3, 16, 16), target=0).shape  # features -> pool -> linear

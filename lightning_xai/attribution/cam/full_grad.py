@@ -48,7 +48,7 @@ class FullGrad(Explainer):
     Raises:
         ValueError: ``interpolate_mode`` is unknown.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
         ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
         >>> FullGrad()(model, torch.rand(2, 3, 16, 16), target=1).shape

@@ -42,7 +42,7 @@ class GradCAM(_LayerCAMBase):
         ValueError: ``layer`` is empty or ``interpolate_mode`` is unknown; when called or checked, ``layer`` is not a
             layer of the model (the message lists the valid names) or has no spatial output.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
         ...                       nn.Flatten(), nn.Linear(8, 4))
         >>> images = torch.rand(2, 3, 16, 16)

@@ -63,7 +63,7 @@ def global_pool_name(model: nn.Module) -> str | None:
     pool such as densenet's ``F.adaptive_avg_pool2d``, or a non-global pool such as VGG's 7 x 7);
     squeeze-and-excitation pools inside the blocks come before the last conv and are skipped.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
         >>> global_pool_name(model)
         '2'
@@ -83,7 +83,7 @@ def activated_last_conv(model: nn.Module, *, method: str = "explainer") -> str:
     Raises:
         ValueError: the model has no ``nn.Conv2d``.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4, 2))
         >>> activated_last_conv(model)
         '1'
@@ -108,7 +108,7 @@ def pooled_layer(model: nn.Module, *, method: str = "explainer") -> str:
     Raises:
         ValueError: no global pool and no ``nn.Conv2d``.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
         >>> pooled_layer(model)
         '2:input'
@@ -130,7 +130,7 @@ def default_cam_layer(model: nn.Module, inputs: Tensor, *, output: OutputType = 
     module produced it (a functional operation in between) and to :func:`activated_last_conv`
     without a global pool.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
         >>> default_cam_layer(model, torch.rand(1, 3, 8, 8))
         '1'

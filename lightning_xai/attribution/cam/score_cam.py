@@ -55,7 +55,7 @@ class ScoreCAM(_LayerCAMBase):
         ValueError: ``internal_batch_size`` is not a positive int, ``interpolate_mode`` is
             unknown or, when called, ``layer`` is not a layer of the model.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
         ...                       nn.Flatten(), nn.Linear(8, 4))
         >>> images = torch.rand(2, 3, 16, 16)

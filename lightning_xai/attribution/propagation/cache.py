@@ -52,7 +52,7 @@ def weight_cache() -> Iterator[None]:
     Nested blocks share the outermost one's entries; the outermost drops them all on exit, on
     every exit path.
 
-    Example:
+    Examples:
         >>> layer = nn.Linear(3, 2)
         >>> plus = lambda: cached(layer, "w+", [layer.weight], lambda: layer.weight.clamp(min=0))
         >>> with weight_cache():
@@ -119,7 +119,7 @@ def cached(
         compute: Computes the result.
         enabled: ``False``: compute, neither read nor write the cache.
 
-    Example:
+    Examples:
         >>> layer = nn.Linear(3, 2)
         >>> with weight_cache():
         ...     plus = cached(layer, "w+", [layer.weight], lambda: layer.weight.clamp(min=0))
@@ -153,7 +153,7 @@ def clear_cache() -> None:
     """Drop every derived parameter the open scope holds (after writes through ``.data``, which
     the version counters do not see); the scope stays open. Nothing to do outside a scope.
 
-    Example:
+    Examples:
         >>> clear_cache()
     """
     if _SCOPE.store is not None:

@@ -35,7 +35,7 @@ def batchnorm_pairs(model: nn.Module) -> dict[str, str]:
     """``{batchnorm name: name of the conv/linear layer it follows}`` for every BatchNorm that
     can be merged (found statically; see the module docstring).
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU())
         >>> batchnorm_pairs(net)
         {'1': '0'}
@@ -68,7 +68,7 @@ def batchnorm_pairs(model: nn.Module) -> dict[str, str]:
 def batchnorm_affine(bn: _BatchNorm) -> tuple[Tensor, Tensor]:
     """``(scale, shift)``: the per-channel affine map ``y = scale * x + shift`` of an eval-mode BatchNorm.
 
-    Example:
+    Examples:
         >>> scale, shift = batchnorm_affine(nn.BatchNorm2d(3).eval())
         >>> scale.shape
         torch.Size([3])
@@ -89,7 +89,7 @@ def merged_parameters(layer: nn.Module, bn: _BatchNorm) -> tuple[Tensor, Tensor,
     """``(weight', bias', scale, shift)``: ``layer`` with the eval-mode ``bn`` after it folded in,
     and the per-channel affine map ``y = scale * x + shift`` the BatchNorm applies.
 
-    Example:
+    Examples:
         >>> conv, bn = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2).eval()
         >>> w, b, s, t = merged_parameters(conv, bn)
         >>> w.shape, b.shape

@@ -79,7 +79,7 @@ class Composite:
         TypeError: a key is neither a type nor a str, or a value is not a rule.
         ValueError: an unknown rule name.
 
-    Example:
+    Examples:
         >>> composite = Composite({nn.Conv2d: "zplus", "fc": Epsilon(0.1)}, first=Flat())
         >>> composite.rule_for("features.3", nn.Conv2d(2, 2, 3), first=False)
         ZPlus(stabilizer=1e-06)

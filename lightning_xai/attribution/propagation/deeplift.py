@@ -231,7 +231,7 @@ class DeepLift(Explainer):
         ValueError: an unknown baseline name.
         TypeError: a baseline of an unsupported type.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
         >>> DeepLift()(model, torch.rand(2, 4), target=1).shape
         torch.Size([2, 4])

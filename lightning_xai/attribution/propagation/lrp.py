@@ -64,7 +64,7 @@ class LRP(Explainer):
             (``"epsilon_gamma_box"`` without ``low``/``high``); at call time, inputs outside the
             z^B box (the message gives their range).
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
         >>> LRP("epsilon_gamma_box", low=0.0, high=1.0)(model, torch.rand(2, 1, 6, 6), target=0).shape
         torch.Size([2, 1, 6, 6])
@@ -118,7 +118,7 @@ class LRP(Explainer):
         Returns:
             ``(input relevance, {layer: output relevance})``, detached.
 
-        Example:
+        Examples:
             >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
             >>> r, per_layer = LRP("epsilon").relevances(model, torch.rand(1, 4), 0, ["1"])
             >>> sorted(per_layer)
@@ -156,7 +156,7 @@ class DeepTaylor(LRP):
         stabilizer: Added to the rules' denominators.
         cache_weights: As :class:`LRP`.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
         >>> DeepTaylor(low=0.0, high=1.0)(model, torch.rand(2, 1, 6, 6)).shape
         torch.Size([2, 1, 6, 6])

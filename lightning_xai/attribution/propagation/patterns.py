@@ -87,7 +87,7 @@ def merged_batchnorms(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict
     estimated from ``y'``, normalised with the merged weight ``scale * W``, applied without the
     BatchNorm's own backward.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU())
         >>> sorted(merged_batchnorms(net, pattern_layers(net)))
         ['0']
@@ -110,7 +110,7 @@ class PatternStatistics:
     the tensors are only read); :meth:`patterns` turns the sums into patterns with the layer's
     current weights.
 
-    Example:
+    Examples:
         >>> layer = nn.Linear(3, 2)
         >>> stats = PatternStatistics()
         >>> x = torch.randn(64, 3)
@@ -226,7 +226,7 @@ def estimate_patterns(model: nn.Module, batches: Iterable[Tensor], layers: Seque
     A layer a BatchNorm directly follows gets the patterns of the merged layer
     (:func:`merged_batchnorms`).
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
         >>> patterns = estimate_patterns(model, [torch.randn(32, 2) for _ in range(3)])
         >>> sorted(patterns)
@@ -410,7 +410,7 @@ class PatternNet(_PatternMethod):
     Raises:
         TypeError: ``patterns`` or ``two_component`` of the wrong type.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
         >>> patterns = estimate_patterns(model, [torch.randn(64, 2)])
         >>> PatternNet(patterns)(model, torch.randn(3, 2), target=0).shape
@@ -431,7 +431,7 @@ class PatternAttribution(_PatternMethod):
         patterns: As :class:`PatternNet`.
         two_component: As :class:`PatternNet`.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
         >>> patterns = estimate_patterns(model, [torch.randn(64, 2)])
         >>> PatternAttribution(patterns)(model, torch.randn(3, 2), target=1).shape

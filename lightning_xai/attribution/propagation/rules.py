@@ -73,7 +73,7 @@ class LayerView:
         nonnegative: The layer's input is known to have no negative value (a ReLU's output), so
             rules need not check.
 
-    Example:
+    Examples:
         >>> view = LayerView(nn.Linear(3, 2))
         >>> w_plus, b_plus = view.signed(positive=True)
         >>> bool((w_plus >= 0).all())
@@ -240,7 +240,7 @@ class Pass(Rule):
     """Pass-through for activations: ``R_in = R_out``. In signal form this is the ordinary
     gradient of a ReLU (zero where the output is zero, where relevance is zero anyway).
 
-    Example:
+    Examples:
         >>> Pass()
         Pass()
     """
@@ -261,7 +261,7 @@ class Epsilon(Rule):
     Args:
         epsilon: The stabiliser added to the denominator (``>= 0``).
 
-    Example:
+    Examples:
         >>> Epsilon(0.25)
         Epsilon(epsilon=0.25)
     """
@@ -282,7 +282,7 @@ class Norm(Epsilon):
     """Proportional redistribution for parameter-free linear layers (average pooling, sums): the
     epsilon rule with ``epsilon`` used as a stabiliser only (zennit's ``Norm``).
 
-    Example:
+    Examples:
         >>> Norm()
         Norm(epsilon=1e-06)
     """
@@ -311,7 +311,7 @@ class ZPlus(Rule):
     Args:
         stabilizer: Added to the denominator.
 
-    Example:
+    Examples:
         >>> ZPlus()
         ZPlus(stabilizer=1e-06)
     """
@@ -340,7 +340,7 @@ class AlphaBeta(Rule):
     Raises:
         ValueError: ``alpha - beta != 1`` or a negative value.
 
-    Example:
+    Examples:
         >>> AlphaBeta(2.0, 1.0)
         AlphaBeta(alpha=2.0, beta=1.0, stabilizer=1e-06)
     """
@@ -374,7 +374,7 @@ class Gamma(Rule):
         gamma: How much positive (resp. negative) contributions are favoured (``>= 0``).
         stabilizer: Added to the denominators.
 
-    Example:
+    Examples:
         >>> Gamma(0.25)
         Gamma(gamma=0.25, stabilizer=1e-06)
     """
@@ -428,7 +428,7 @@ class Flat(Rule):
     Args:
         stabilizer: Added to the denominator.
 
-    Example:
+    Examples:
         >>> Flat()
         Flat(stabilizer=1e-06)
     """
@@ -462,7 +462,7 @@ class WSquare(Rule):
     Args:
         stabilizer: Added to the denominator.
 
-    Example:
+    Examples:
         >>> WSquare()
         WSquare(stabilizer=1e-06)
     """
@@ -510,7 +510,7 @@ class ZBox(Rule):
         TypeError: a bound is neither a float nor a tensor.
         ValueError: ``low > high`` somewhere; at call time, inputs outside the box.
 
-    Example:
+    Examples:
         >>> ZBox(low=0.0, high=1.0)
         ZBox(low=0.0, high=1.0, stabilizer=1e-06)
     """

@@ -9,9 +9,9 @@ from lightning_xai.metrics.functional.faithfulness import (
     pixel_flipping,
     region_perturbation,
 )
-from lightning_xai.metrics.functional.localisation import mask_aupr, mask_mass, pointing_game
+from lightning_xai.metrics.functional.localization import mask_aupr, mask_mass, pointing_game
 from lightning_xai.metrics.functional.maps import map_entropy, map_ssim, mask_share
-from lightning_xai.metrics.functional.randomisation import (
+from lightning_xai.metrics.functional.randomization import (
     data_randomization,
     input_invariance,
     parameter_randomization,

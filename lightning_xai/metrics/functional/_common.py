@@ -221,7 +221,7 @@ def inverse_order(order: Tensor) -> Tensor:
     """``[B, P]`` position of each feature in the per-row ordering ``order`` (``[B, P]`` indices,
     e.g. a sort's): the inverse permutation of every row.
 
-    Example:
+    Examples:
         >>> inverse_order(torch.tensor([[2, 0, 1]]))
         tensor([[1, 2, 0]])
     """

@@ -101,7 +101,7 @@ def _curve(
 def curve_auc(curve: Tensor) -> Tensor:
     """Trapezoidal area under ``[B, S]`` curves sampled evenly over ``[0, 1]`` (``[B]``).
 
-    Example:
+    Examples:
         >>> curve_auc(torch.tensor([[1.0, 0.5, 0.0]]))
         tensor([0.5000])
     """
@@ -180,7 +180,7 @@ def deletion_auc(
         ValueError: Shapes do not match, ``steps`` < 1, a bad ``baseline``.
         LightningXAIError: ``attributions`` hold NaN or infinity.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         >>> x = torch.rand(3, 1, 4, 4)
         >>> deletion_auc(model, x, torch.rand(3, 1, 4, 4), steps=4).shape
@@ -222,7 +222,7 @@ def insertion_auc(
     Returns:
         ``[B]`` areas.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         >>> insertion_auc(model, torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4), steps=4).shape
         torch.Size([2])
@@ -274,7 +274,7 @@ def pixel_flipping(
         ``[B, ceil(P / features_in_step)]`` curves (``P`` = pixels of a map). Their normalised
         area is :func:`curve_auc` (what :class:`~lightning_xai.metrics.PixelFlipping` reports).
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         >>> pixel_flipping(model, torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4), features_in_step=4).shape
         torch.Size([2, 4])
@@ -345,7 +345,7 @@ def region_perturbation(
     Returns:
         ``[B, min(regions, #squares)]`` score drops; higher (for MoRF) is more faithful.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         >>> region_perturbation(model, torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4), patch_size=2).shape
         torch.Size([2, 4])
@@ -425,7 +425,7 @@ def faithfulness_correlation(
     Returns:
         ``[B]`` correlations in ``[-1, 1]`` (NaN where the score never changes).
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         >>> x = torch.rand(2, 1, 4, 4)
         >>> faithfulness_correlation(model, x, torch.rand(2, 1, 4, 4), runs=5, subset_size=4).shape
@@ -517,7 +517,7 @@ def infidelity(
     Returns:
         ``[B]`` non-negative errors.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 1))
         >>> x = torch.rand(2, 1, 2, 2)
         >>> # a linear model's gradient explains every perturbation exactly

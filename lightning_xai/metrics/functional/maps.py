@@ -44,7 +44,7 @@ def map_entropy(maps: Tensor) -> Tensor:
     Returns:
         Scalar tensor in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> map_entropy(torch.ones(2, 1, 4, 4))
         tensor(1.)
     """

@@ -34,7 +34,7 @@ def krippendorff_alpha(ratings: Tensor, level: str = "interval") -> Tensor:
     Raises:
         ValueError: ``ratings`` is not 2-D or ``level`` is unknown.
 
-    Example:
+    Examples:
         >>> krippendorff_alpha(torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]))
         tensor(1., dtype=torch.float64)
     """
@@ -92,7 +92,7 @@ def metric_reliability(scores: Tensor) -> Tensor:
     Returns:
         Scalar alpha.
 
-    Example:
+    Examples:
         >>> scores = torch.tensor([[0.1, 0.5, 0.9], [0.2, 0.4, 0.8], [0.0, 0.6, 0.7]])
         >>> metric_reliability(scores)
         tensor(1., dtype=torch.float64)
@@ -113,7 +113,7 @@ def internal_consistency(scores: Tensor) -> Tensor:
 
     Standardise metrics of different scales (and flip lower-is-better ones) first.
 
-    Example:
+    Examples:
         >>> internal_consistency(torch.tensor([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0]]))
         tensor(0.8889, dtype=torch.float64)
     """

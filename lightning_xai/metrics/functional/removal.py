@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_xai._validation import check_float, check_int
-from lightning_xai.attribution._sampling import progress_bar
 from lightning_xai.attribution.base import TargetType, model_device, observe
+from lightning_xai.attribution.sampling import progress_bar
 from lightning_xai.metrics.functional._common import (
     check_batch,
     check_maps_like,
@@ -54,7 +54,7 @@ def removal_masks(attributions: Tensor, fractions: Sequence[float], order: str =
     ``"morf"``: the top-attributed pixels (channels summed); ``"lerf"``: the least attributed;
     ``"random"``: a random ranking from a generator seeded with ``seed``.
 
-    Example:
+    Examples:
         >>> m = removal_masks(torch.arange(4.0).view(1, 1, 2, 2), [0.5])
         >>> m[0, 0, 0]
         tensor([[False, False],
@@ -115,7 +115,7 @@ def linear_imputation(
     Returns:
         The filled ``[N, C, H, W]`` images, in the dtype of ``inputs``.
 
-    Example:
+    Examples:
         >>> x = torch.ones(1, 1, 4, 4); r = torch.zeros(1, 1, 4, 4, dtype=torch.bool); r[..., 1:3, 1:3] = True
         >>> torch.allclose(linear_imputation(x.masked_fill(r, 0.0), r), x)
         True
@@ -244,7 +244,7 @@ def road(
     Returns:
         ``[B, F]`` scores.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         >>> road(model, torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4), fractions=[0.25, 0.5]).shape
         torch.Size([2, 2])
@@ -401,7 +401,7 @@ def roar(
         ValueError: mismatched shapes, a fraction outside ``(0, 1)`` or a bad ``fill``.
         LightningXAIError: NaN or infinite maps.
 
-    Example:
+    Examples:
         >>> def fit(images, labels):  # a stand-in that does not train
         ...     return nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         >>> x, y = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 0, 1, 0, 1])

@@ -132,7 +132,7 @@ def local_lipschitz(
     Raises:
         LightningXAIError: The explainer returns NaN or infinity.
 
-    Example:
+    Examples:
         >>> from lightning_xai.attribution import Saliency
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         >>> # a linear model's (absolute) gradient does not depend on the input
@@ -185,7 +185,7 @@ def max_sensitivity(
     Returns:
         ``[B]`` sensitivities (NaN where ``E(x)`` is all zero).
 
-    Example:
+    Examples:
         >>> from lightning_xai.attribution import Saliency
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         >>> max_sensitivity(model, torch.rand(2, 1, 4, 4), Saliency(), samples=4)
@@ -225,7 +225,7 @@ def center_of_mass(maps: Tensor) -> Tensor:
     """``[B, 2]`` (row, column) centre of mass of ``|map|`` (channels summed); the image centre
     for an all-zero map.
 
-    Example:
+    Examples:
         >>> m = torch.zeros(1, 1, 3, 3); m[0, 0, 2, 0] = 1
         >>> center_of_mass(m)
         tensor([[2., 0.]])
@@ -273,12 +273,12 @@ def softplus_twin(model: nn.Module, beta: float = 10.0) -> nn.Module:
     not touched. Functional ReLUs are replaced while the copy runs under the fragility attack's
     softplus mode.
 
-    Example:
+    Examples:
         >>> twin = softplus_twin(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
         >>> twin[1]
         Softplus(beta=10.0, threshold=20.0)
     """
-    from lightning_xai.metrics.functional.randomisation import model_copy  # a cycle at import time
+    from lightning_xai.metrics.functional.randomization import model_copy  # a cycle at import time
 
     beta = check_float("softplus_beta", beta, 0.0)
     if beta <= 0:
@@ -366,7 +366,7 @@ def default_attack_map(explainer: object, ig_steps: int = 16) -> AttackMapFn:
     :class:`~lightning_xai.attribution.Saliency`, a proxy otherwise: pass ``attack_map`` to
     :func:`fragility` for a better one).
 
-    Example:
+    Examples:
         >>> from lightning_xai.attribution import InputXGradient
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
         >>> x = torch.rand(3, 1, 2, 2, requires_grad=True)
@@ -602,7 +602,7 @@ def fragility(
     The differentiable map on that copy is ``attack_map`` (default: :func:`default_attack_map`,
     the explainer's own map for ``Saliency``, ``InputXGradient`` and ``IntegratedGradients``
     (on at most 16 path points), the gradient as a proxy for other explainers). The maps that are *scored* are always the real explainer's maps on the
-    real model. ``attack="random"`` keeps the earlier random search (``candidates`` random-sign
+    real model. ``attack="random"`` is a random search instead (``candidates`` random-sign
     steps per iteration, the best kept).
 
     No library implements this metric, so there is no oracle to compare with: the tests check
@@ -641,7 +641,7 @@ def fragility(
         LightningXAIError: The explainer returns NaN or infinity, or a ReLU of the model cannot be
             replaced by softplus (TorchScript, ``torch.ops.aten.relu``).
 
-    Example:
+    Examples:
         >>> from lightning_xai.attribution import Saliency
         >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         >>> # a linear model's gradient map cannot move

@@ -1,6 +1,6 @@
 """Similarity between two sets of maps: Spearman rank, Pearson, SSIM and HOG (Adebayo et al. 2018).
 
-The scores the sanity checks (:mod:`~lightning_xai.metrics.functional.randomisation`) use to
+The scores the sanity checks (:mod:`~lightning_xai.metrics.functional.randomization`) use to
 compare the maps of a trained model with those of a randomised one.
 """
 
@@ -98,7 +98,7 @@ def map_similarity(maps: Tensor, reference: Tensor, measure: str = "spearman") -
         ValueError: Shapes differ, or an unknown ``measure``.
         LightningXAIError: A map holds NaN or infinity.
 
-    Example:
+    Examples:
         >>> a = torch.rand(2, 1, 8, 8)
         >>> torch.allclose(map_similarity(a, 2 * a + 1, "spearman"), torch.ones(2))
         True
