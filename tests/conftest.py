@@ -42,6 +42,8 @@ _MARKS: dict[str, tuple[str, ...]] = {
     "tests/callbacks/test_pattern_estimator_ddp.py": ("ddp", "slow", "numerics"),
     "tests/callbacks/test_prototypes.py": ("numerics",),
     "tests/callbacks/test_prototypes.py::test_ddp_spawn_push_reduces_over_ranks": ("ddp", "slow"),
+    "tests/callbacks/test_tracin_steps.py::test_two_ddp_processes_equal_one": ("ddp", "slow", "numerics"),
+    "tests/test_cli.py::test_console_script_prints_a_config_error_alone": ("slow",),  # a subprocess: 10 s
 }
 
 
