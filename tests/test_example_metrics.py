@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.helpers.examples import load_example
-
-pytestmark = pytest.mark.slow
 
 
 def test_metrics_sanity_example_writes_the_readme_figures(tmp_path: Path) -> None:

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.helpers.examples import load_example
-
-pytestmark = pytest.mark.slow
 
 
 def test_prototype_example_runs_and_writes_pictures(tmp_path: Path) -> None:

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.helpers.examples import load_example
-
-pytestmark = pytest.mark.slow
 
 
 def test_roar_digits_example_writes_the_curve(tmp_path: Path) -> None:

@@ -8,8 +8,6 @@ import pytest
 
 from tests.helpers.examples import load_example
 
-pytestmark = pytest.mark.slow
-
 
 def test_explain_digits_writes_the_method_grid(tmp_path: Path) -> None:
     out = load_example("explain_digits").main(["--epochs", "2", "--num-images", "2", "--out", str(tmp_path / "d.png")])

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.examples import load_example
+
+pytestmark = pytest.mark.slow  # 7-14 s on a shared 2-core machine
 
 
 def test_tcav_shortcut_example_writes_the_picture(tmp_path: Path) -> None:
