@@ -42,6 +42,10 @@ _MARKS: dict[str, tuple[str, ...]] = {
     "tests/callbacks/test_pattern_estimator_ddp.py": ("ddp", "slow", "numerics"),
     "tests/callbacks/test_prototypes.py": ("numerics",),
     "tests/callbacks/test_prototypes.py::test_ddp_spawn_push_reduces_over_ranks": ("ddp", "slow"),
+    "tests/callbacks/test_tracin_steps.py::test_two_ddp_processes_equal_one": ("ddp", "slow", "numerics"),
+    "tests/test_cli.py::test_console_script_prints_a_config_error_alone": ("slow",),  # a subprocess: 10 s
+    "tests/concepts/test_tcav.py::test_demo_marker_and_shape_are_told_apart": ("slow",),  # 58 s
+    "tests/concepts/test_tcav.py::test_whole_pipeline_agrees_with_captum_within_noise": ("slow",),  # 9-10 s each
 }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lightning_xai.cli import lightning_cli, main, run_demo
-from tests.callbacks.helpers import read_tensorboard
+from tests.helpers.logs import read_tensorboard
 
 CONFIG = """
 seed_everything: 0
@@ -91,7 +91,7 @@ def test_lightning_cli_takes_any_lightning_module(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(
         CONFIG.format(root=tmp_path)
-        .replace("lightning_xai.demo.ShapesClassifier", "tests.callbacks.helpers.PlainCNN")
+        .replace("lightning_xai.demo.ShapesClassifier", "tests.helpers.lightning_modules.PlainCNN")
         .replace("    width: 4\n", "")
         .replace("layer: features.7", "layer: body.0")
     )

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.slow
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "metrics_sanity.py"
+from tests.helpers.examples import load_example
 
 
 def test_metrics_sanity_example_writes_the_readme_figures(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("metrics_sanity", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("metrics_sanity")
     summary = module.main([
         "--epochs", "2", "--num-train", "128", "--image-size", "16", "--probe", "4",
         "--log-dir", str(tmp_path / "logs"), "--docs", str(tmp_path / "docs"),

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.slow
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "prototypes_shapes.py"
+from tests.helpers.examples import load_example
 
 
 def test_prototype_example_runs_and_writes_pictures(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("prototypes_shapes", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("prototypes_shapes")
     argv = [
         "--num-train",
         "96",

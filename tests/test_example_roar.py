@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.slow
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "roar_digits.py"
+from tests.helpers.examples import load_example
 
 
 def test_roar_digits_example_writes_the_curve(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("roar_digits", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("roar_digits")
     summary = module.main([
         "--epochs", "3", "--fractions", "0.3", "0.7", "--fills", "background", "mean",
         "--num-train", "400", "--docs", str(tmp_path / "docs"),

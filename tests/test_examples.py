@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers.examples import load_example
 
 
 def test_explain_digits_writes_the_method_grid(tmp_path: Path) -> None:
-    out = _load("explain_digits").main(["--epochs", "2", "--num-images", "2", "--out", str(tmp_path / "d.png")])
+    out = load_example("explain_digits").main(["--epochs", "2", "--num-images", "2", "--out", str(tmp_path / "d.png")])
     assert out.stat().st_size > 5000
 
 
 def test_monitor_example_falls_back_to_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    module = _load("monitor_fashion_mnist")
+    module = load_example("monitor_fashion_mnist")
     monkeypatch.setattr(module, "FASHION_DIR", tmp_path / "absent")
     module.main(["--epochs", "1", "--limit", "256", "--log-dir", str(tmp_path / "logs")])
     assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))

@@ -54,9 +54,8 @@ from lightning_xai.attribution import (
 )
 from lightning_xai.attribution.base import _REGISTRY
 from lightning_xai.modules import MaskingModelExplainer
-from tests.helpers.models import make
+from tests.helpers.models import contract_masker, make
 from tests.helpers.patterns import pattern_file
-from tests.modules.helpers import contract_masker
 
 EXPLAINERS = {
     "saliency": lambda: Saliency(),

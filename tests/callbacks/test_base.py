@@ -15,15 +15,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_xai.attribution import GradCAM, Saliency
 from lightning_xai.callbacks import MonitorBase, SaliencyMonitor
 from lightning_xai.sinks.writer import BackgroundWriter, RenderError
-from tests.callbacks.helpers import (
-    FlatMLP,
-    TupleOutputClassifier,
-    fit,
-    read_tensorboard,
-    tiny_datamodule,
-    tiny_model,
-    trainer_kwargs,
-)
+from tests.helpers.data import tiny_datamodule
+from tests.helpers.lightning_modules import FlatMLP, TupleOutputClassifier, tiny_model
+from tests.helpers.logs import read_tensorboard
+from tests.helpers.training import fit, trainer_kwargs
 
 
 # -- background writer ---------------------------------------------------------------------------

@@ -13,8 +13,11 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
 from lightning_xai.callbacks import DissectionMonitor, TCAVMonitor
 from lightning_xai.concepts import TCAV, NetworkDissection
-from tests.callbacks.concept_helpers import RecordingDissectionMonitor, RecordingTCAVMonitor, tiny_concepts
-from tests.callbacks.helpers import fit, read_tensorboard, tiny_model
+from tests.helpers.callbacks import RecordingDissectionMonitor, RecordingTCAVMonitor
+from tests.helpers.data import tiny_concepts
+from tests.helpers.lightning_modules import tiny_model
+from tests.helpers.logs import read_tensorboard
+from tests.helpers.training import fit
 
 LAYERS = ["features.7", "features.8"]
 

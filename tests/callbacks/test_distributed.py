@@ -10,7 +10,10 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from lightning_xai.attribution import GradCAM
 from lightning_xai.data.probe import Probe
-from tests.callbacks.helpers import RecordingSaliencyMonitor, fit, read_tensorboard, tiny_model
+from tests.helpers.callbacks import RecordingSaliencyMonitor
+from tests.helpers.lightning_modules import tiny_model
+from tests.helpers.logs import read_tensorboard
+from tests.helpers.training import fit
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow, pytest.mark.numerics]
 

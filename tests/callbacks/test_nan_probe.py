@@ -18,7 +18,8 @@ from lightning_xai.attribution import GradCAM, IntegratedGradients, Saliency
 from lightning_xai.attribution.base import ExplainContext, Explainer
 from lightning_xai.callbacks import MetricsMonitor, SaliencyMonitor, SanityCheckMonitor
 from lightning_xai.data import ShapesDataset
-from tests.callbacks.helpers import fit, read_tensorboard
+from tests.helpers.logs import read_tensorboard
+from tests.helpers.training import fit
 
 
 class LastRowNaN(Explainer):

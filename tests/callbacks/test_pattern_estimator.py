@@ -16,7 +16,8 @@ from lightning_xai.attribution import LRP, PatternAttribution, PatternNet, Salie
 from lightning_xai.attribution.propagation import get_patterns
 from lightning_xai.callbacks import PatternEstimator
 from tests.attribution.test_patterns import FILTER, SIGNAL, toy_data
-from tests.callbacks.helpers import fit, read_tensorboard, trainer_kwargs
+from tests.helpers.logs import read_tensorboard
+from tests.helpers.training import fit, trainer_kwargs
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -109,7 +110,8 @@ def test_hooks_removed_when_training_fails(tmp_path: Path) -> None:
             raise RuntimeError("boom")
 
     estimator = PatternEstimator()
-    from tests.callbacks.helpers import tiny_datamodule, tiny_model
+    from tests.helpers.data import tiny_datamodule
+    from tests.helpers.lightning_modules import tiny_model
 
     model = tiny_model()
     trainer = pl.Trainer(

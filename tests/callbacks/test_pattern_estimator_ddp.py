@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_xai.attribution.propagation import estimate_patterns
 from lightning_xai.callbacks import PatternEstimator
-from tests.callbacks.helpers import trainer_kwargs
+from tests.helpers.training import trainer_kwargs
 
 NUM_SAMPLES, BATCH = 32, 4  # divisible by 2 ranks x batch: both ranks together see every sample once
 

@@ -27,8 +27,9 @@ from lightning_xai.callbacks import (
 )
 from lightning_xai.metrics.functional.randomization import model_copy
 from lightning_xai.metrics.functional.robustness import softplus_twin
-from tests.callbacks.concept_helpers import tiny_concepts
-from tests.callbacks.helpers import fit, tiny_model, trainer_kwargs
+from tests.helpers.data import tiny_concepts
+from tests.helpers.lightning_modules import tiny_model
+from tests.helpers.training import fit, trainer_kwargs
 
 NUM_TRAIN, BATCH = 64, 16  # tiny_datamodule's defaults: 4 training batches per epoch
 

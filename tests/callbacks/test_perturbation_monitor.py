@@ -9,7 +9,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from lightning_xai.attribution import RISE, ExtremalPerturbation, KernelSHAP, Occlusion
 from lightning_xai.callbacks import SaliencyMonitor
-from tests.callbacks.helpers import fit, read_tensorboard
+from tests.helpers.logs import read_tensorboard
+from tests.helpers.training import fit
 
 
 def _weights(tmp_path: Path, callbacks: list) -> tuple[dict[str, torch.Tensor], str]:

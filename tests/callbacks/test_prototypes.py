@@ -14,8 +14,11 @@ from torch.utils.data import DataLoader
 
 from lightning_xai.callbacks import PrototypeMonitor, PrototypePush, PrototypeStages
 from lightning_xai.modules import patch_boxes
-from tests.callbacks.helpers import read_tensorboard, tiny_datamodule, tiny_model, trainer_kwargs
-from tests.callbacks.proto_helpers import BatchLog, LabelledImages, ProtoShapes, PushRecorder, StateSnapshots
+from tests.helpers.callbacks import BatchLog, PushRecorder, StateSnapshots
+from tests.helpers.data import LabelledImages, tiny_datamodule
+from tests.helpers.lightning_modules import ProtoShapes, tiny_model
+from tests.helpers.logs import read_tensorboard
+from tests.helpers.training import trainer_kwargs
 
 
 def fit_proto(tmp_path: Path, callbacks: list, seed: int = 0, **overrides) -> tuple[ProtoShapes, pl.Trainer]:

@@ -9,7 +9,11 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from lightning_xai.attribution import GradCAM, IntegratedGradients, Saliency
 from lightning_xai.callbacks import SaliencyMonitor
-from tests.callbacks.helpers import NaNExplainer, fit, read_tensorboard, tiny_datamodule, tiny_model, trainer_kwargs
+from tests.helpers.data import tiny_datamodule
+from tests.helpers.explainers import NaNExplainer
+from tests.helpers.lightning_modules import tiny_model
+from tests.helpers.logs import read_tensorboard
+from tests.helpers.training import fit, trainer_kwargs
 
 
 def _monitor(**kwargs) -> SaliencyMonitor:

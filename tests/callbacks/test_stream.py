@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Su
 
 from lightning_xai.callbacks import MonitorBase, PrototypePush, TracInMonitor
 from lightning_xai.callbacks.base import _own_share, _reader_kwargs, _sampler_indices
-from tests.callbacks.helpers import FlatMLP, trainer_kwargs
-from tests.callbacks.proto_helpers import LabelledImages, ProtoShapes
+from tests.helpers.data import LabelledImages
+from tests.helpers.lightning_modules import FlatMLP, ProtoShapes
+from tests.helpers.training import trainer_kwargs
 
 
 class _Recorder(MonitorBase):

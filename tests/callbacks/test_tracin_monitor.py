@@ -13,7 +13,11 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from lightning_xai.callbacks import TracInMonitor
 from lightning_xai.data.probe import Probe
 from lightning_xai.influence import TracIn, load_tracin_checkpoint, tracin_checkpoints
-from tests.callbacks.helpers import RecordingTracInMonitor, fit, read_tensorboard, tiny_datamodule, tiny_model
+from tests.helpers.callbacks import RecordingTracInMonitor
+from tests.helpers.data import tiny_datamodule
+from tests.helpers.lightning_modules import tiny_model
+from tests.helpers.logs import read_tensorboard
+from tests.helpers.training import fit
 
 
 def _train_tensors(**dm_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +126,7 @@ def test_checkpoint_round_trip_keeps_the_sums(tmp_path: Path) -> None:
     assert resumed.state_key == monitor.state_key
     import pytorch_lightning as pl
 
-    from tests.callbacks.helpers import trainer_kwargs
+    from tests.helpers.training import trainer_kwargs
 
     trainer = pl.Trainer(
         callbacks=[resumed],

@@ -18,7 +18,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, IterableDataset, Sampler, TensorDataset
 
 from lightning_xai.callbacks.tracin_steps import TracInStepsMonitor
-from tests.callbacks.helpers import fit, trainer_kwargs
+from tests.helpers.training import fit, trainer_kwargs
 
 N, BATCH, LR = 36, 8, 0.2
 

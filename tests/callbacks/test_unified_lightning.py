@@ -11,7 +11,7 @@ L = pytest.importorskip("lightning.pytorch")
 
 from lightning_xai.attribution import GradCAM  # noqa: E402
 from lightning_xai.callbacks import SaliencyMonitor  # noqa: E402
-from tests.callbacks.helpers import read_tensorboard  # noqa: E402
+from tests.helpers.logs import read_tensorboard  # noqa: E402
 
 
 def test_monitor_under_the_unified_lightning_trainer(tmp_path: Path) -> None:

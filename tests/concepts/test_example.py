@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tcav_shortcut.py"
+import pytest
+
+from tests.helpers.examples import load_example
+
+pytestmark = pytest.mark.slow  # 7-14 s on a shared 2-core machine
 
 
 def test_tcav_shortcut_example_writes_the_picture(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("tcav_shortcut", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("tcav_shortcut")
     out = tmp_path / "t.png"
     result = module.main(
         [

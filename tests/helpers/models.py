@@ -1,10 +1,15 @@
-"""Small models the test-suite shares. Importable (not defined inside tests) so ddp_spawn can pickle them."""
+"""Plain ``nn.Module`` models the test-suite shares: CNNs for the explainers (``make``), a trained
+shapes model for the metrics, teachers for tree distillation, hand-built models for the masking
+model. Importable (not defined inside tests) so ddp_spawn can pickle them."""
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 
 class SmallCNN(nn.Module):
@@ -131,3 +136,109 @@ def make(name: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
 
 
 MODEL_NAMES = ["small", "resnet18", "vgg"]
+
+
+class ShapesNet(nn.Module):
+    """A small CNN for 3x16x16 shapes: conv-relu x3, max-pool, linear on the flattened features."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.fc = nn.Linear(16 * 8 * 8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).flatten(1))
+
+
+@functools.lru_cache(maxsize=1)
+def trained_shapes_model() -> tuple[nn.Module, Any]:
+    """ShapesNet trained (seeded, a few seconds on one core) on 384 two-class shapes of 16 px; with a
+    test set. Cached: one training per process."""
+    from lightning_xai.data.shapes import ShapesDataset
+
+    torch.manual_seed(0)
+    train = ShapesDataset(num_samples=384, image_size=16, num_classes=2, noise=0.02, seed=1)
+    test = ShapesDataset(num_samples=64, image_size=16, num_classes=2, noise=0.02, seed=2)
+    model = ShapesNet(train.num_classes)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(8):
+        perm = torch.randperm(len(train), generator=gen)
+        for i in range(0, len(train), 64):
+            idx = perm[i : i + 64]
+            loss = nn.functional.cross_entropy(model(train.images[idx]), train.labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval(), test
+
+
+def tiny_cnn(num_classes: int = 3, width: int = 4) -> nn.Module:
+    """A seeded SmallCNN on 3-channel images (seeds the global RNG with 0)."""
+    torch.manual_seed(0)
+    return SmallCNN(in_channels=3, num_classes=num_classes, width=width)
+
+
+class TinyTeacher(nn.Module):
+    """A fixed linear classifier on 1x4x4 images (16 features, 3 classes)."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x.flatten(1))
+
+
+class SoftmaxTeacher(TinyTeacher):
+    """Returns probabilities instead of logits (a bad teacher)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x).softmax(dim=1)
+
+
+class TupleTeacher(TinyTeacher):
+    """Returns a tuple (a bad teacher)."""
+
+    def forward(self, x: Tensor) -> Any:
+        return super().forward(x), x
+
+
+def checkerboard() -> Tensor:
+    """A 4x4 +-1 checkerboard."""
+    i = torch.arange(4)
+    return ((i[:, None] + i[None, :]) % 2 * 2 - 1).float()
+
+
+class QuadrantClassifier(nn.Module):
+    """Hand-built: class 1's logit is 10 * the mean over the top-left 4x4 quadrant of an 8x8 image of
+    ``x * checkerboard`` (a +-1 pattern), class 0's its negative. Nothing else of the image matters, and a
+    blur (the masking model's "removed" pixels) erases the evidence. The conv is the identity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+        self.register_buffer("board", checkerboard())
+
+    def forward(self, x: Tensor) -> Tensor:
+        score = 10.0 * (self.conv(x)[:, 0, :4, :4] * self.board).mean(dim=(1, 2))
+        return torch.stack([-score, score], dim=1)
+
+
+def contract_masker(in_channels: int = 1, feature_channels: int = 16, num_classes: int = 10) -> Any:
+    """A seeded, untrained masking model for the contract suite (without touching the global RNG)."""
+    from lightning_xai.modules import MaskingModel
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return MaskingModel(feature_channels, num_classes, in_channels=in_channels, hidden=4)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.examples import load_example
 
 
 def test_mislabel_example_writes_its_curve(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("tracin_mislabels", ROOT / "examples" / "tracin_mislabels.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
+    module = load_example("tracin_mislabels")
     out = tmp_path / "curve.png"
     curves = module.main(
         ["--epochs", "2", "--every", "1", "--seeds", "1", "--out", str(out), "--logdir", str(tmp_path)]

@@ -27,7 +27,7 @@ from lightning_xai.metrics.functional.robustness import (
     softplus_twin,
     topk_mask,
 )
-from tests.metrics.helpers import trained_shapes_model
+from tests.helpers.models import trained_shapes_model
 
 EPS = 8 / 255
 

@@ -1,38 +1,15 @@
-"""The map metrics: each Metric class equals its pure function over several updates, also under DDP."""
+"""The map metrics: each Metric class equals its pure function over several updates (under DDP:
+tests/metrics/test_ddp.py)."""
 
 from __future__ import annotations
 
-import os
-import socket
-from collections.abc import Callable
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from torch import Tensor
 
 from lightning_xai.metrics import MapEntropy, MapSSIM, MaskShare
 from lightning_xai.metrics.functional import map_entropy, map_ssim, mask_share
-
-
-def _batches(seed: int = 0, n_batches: int = 3) -> list[tuple[Tensor, Tensor, Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for k in range(n_batches):
-        b = 2 + k  # unequal batch sizes: the metric must weight samples, not batches
-        maps = torch.rand(b, 1, 12, 12, generator=g) ** 3
-        masks = (torch.rand(b, 1, 12, 12, generator=g) > 0.7).float()
-        ref = maps + 0.3 * torch.rand(b, 1, 12, 12, generator=g)
-        out.append((maps, masks, ref))
-    return out
-
-
-CASES: list[tuple[type, Callable[..., Tensor], Callable[[tuple[Tensor, Tensor, Tensor]], tuple[Tensor, ...]]]] = [
-    (MapEntropy, map_entropy, lambda t: (t[0],)),
-    (MaskShare, mask_share, lambda t: (t[0], t[1])),
-    (MapSSIM, map_ssim, lambda t: (t[0], t[2])),
-]
+from tests.helpers.metrics import MAP_CASES as CASES
+from tests.helpers.metrics import map_batches as _batches
 
 
 @pytest.mark.parametrize(("cls", "fn", "args"), CASES, ids=[c[0].__name__ for c in CASES])
@@ -73,36 +50,3 @@ def test_metrics_reject_bad_shapes() -> None:
         MaskShare().update(torch.rand(2, 1, 4, 4), torch.rand(2, 1, 5, 5))
     with pytest.raises(ValueError, match="equal shape"):
         MapSSIM().update(torch.rand(2, 1, 8, 8), torch.rand(1, 1, 8, 8))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        batches = _batches()
-        results = {}
-        for cls, _, args in CASES:
-            metric = cls()
-            for k, batch in enumerate(batches):
-                if k % world == rank:  # each rank sees a different share of the batches
-                    metric.update(*args(batch))
-            results[cls.__name__] = metric.compute()
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def test_metrics_sync_across_two_ddp_processes(tmp_path) -> None:
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
-    batches = _batches()
-    for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-        for cls, fn, args in CASES:
-            whole = tuple(torch.cat(parts) for parts in zip(*(args(b) for b in batches)))
-            assert torch.allclose(got[cls.__name__].double(), fn(*whole).double(), atol=1e-6), cls.__name__

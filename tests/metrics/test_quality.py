@@ -28,7 +28,7 @@ from lightning_xai.metrics import (
     PointingGame,
 )
 from lightning_xai.metrics import functional as MF
-from tests.metrics.helpers import trained_shapes_model
+from tests.helpers.models import trained_shapes_model
 
 
 def _linear() -> nn.Module:

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers.examples import load_example
 
 
 def test_soft_tree_digits(tmp_path: Path) -> None:
-    summary = _load("soft_tree_digits").main(
+    summary = load_example("soft_tree_digits").main(
         [
             "--depth",
             "2",
@@ -36,7 +28,7 @@ def test_soft_tree_digits(tmp_path: Path) -> None:
 
 
 def test_gates_shapes(tmp_path: Path) -> None:
-    summary = _load("gates_shapes").main(
+    summary = load_example("gates_shapes").main(
         [
             "--epochs",
             "1",
@@ -57,7 +49,7 @@ def test_gates_shapes(tmp_path: Path) -> None:
 
 
 def test_masking_shapes(tmp_path: Path) -> None:
-    summary = _load("masking_shapes").main(
+    summary = load_example("masking_shapes").main(
         [
             "--epochs",
             "1",

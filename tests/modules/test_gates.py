@@ -14,7 +14,10 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from lightning_xai.modules import ClassSpecificGates, ClassSpecificGateTraining
 from lightning_xai.render.gates import render_gate_matrix
-from tests.modules.helpers import read_tensorboard, tiny_cnn, tiny_rgb_loader, trainer
+from tests.helpers.data import tiny_rgb_loader
+from tests.helpers.logs import read_tensorboard
+from tests.helpers.models import tiny_cnn
+from tests.helpers.training import trainer
 
 
 def _gates() -> ClassSpecificGates:

@@ -15,7 +15,10 @@ from torch.utils.data import DataLoader
 from lightning_xai.attribution import get_explainer
 from lightning_xai.attribution.path import gaussian_blur
 from lightning_xai.modules import MaskingModel, MaskingModelExplainer, MaskingModelTraining
-from tests.modules.helpers import QuadrantClassifier, checkerboard, read_tensorboard, tiny_cnn, tiny_rgb_loader, trainer
+from tests.helpers.data import tiny_rgb_loader
+from tests.helpers.logs import read_tensorboard
+from tests.helpers.models import QuadrantClassifier, checkerboard, tiny_cnn
+from tests.helpers.training import trainer
 
 
 def _clf() -> nn.Module:
@@ -181,9 +184,9 @@ def test_fit_under_ddp_spawn(tmp_path: Path) -> None:
 
 def test_saliency_monitor_logs_the_masking_model(tmp_path: Path) -> None:
     from lightning_xai.callbacks import SaliencyMonitor
-    from tests.callbacks.helpers import fit
+    from tests.helpers.training import fit
 
-    masker = MaskingModel(8, 3, in_channels=3, hidden=4)  # matches tests.callbacks.helpers.tiny_model(3)
+    masker = MaskingModel(8, 3, in_channels=3, hidden=4)  # matches tests.helpers.lightning_modules.tiny_model(3)
     logger = TensorBoardLogger(str(tmp_path), name="monitor")
     monitor = SaliencyMonitor(explainers=[MaskingModelExplainer(masker)], num_samples=3, synchronous_logging=True)
     fit(tmp_path, [monitor], logger=logger, max_epochs=1)

@@ -12,14 +12,10 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from lightning_xai.modules import MAX_TREE_DEPTH, SoftDecisionTree, TreeDistillation
 from lightning_xai.render.tree import render_tree
-from tests.modules.helpers import (
-    SoftmaxTeacher,
-    TinyTeacher,
-    TupleTeacher,
-    read_tensorboard,
-    tiny_image_loader,
-    trainer,
-)
+from tests.helpers.data import tiny_image_loader
+from tests.helpers.logs import read_tensorboard
+from tests.helpers.models import SoftmaxTeacher, TinyTeacher, TupleTeacher
+from tests.helpers.training import trainer
 
 
 def _literal_paths(tree: SoftDecisionTree, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
