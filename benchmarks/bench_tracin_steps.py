@@ -79,13 +79,13 @@ def _workload(name: str, steps: int) -> tuple[nn.Module, TensorDataset, int]:
     return net, TensorDataset(x, torch.randint(0, classes, (n,), generator=gen)), batch
 
 
-def _fit(name: str, steps: int, monitor: bool, device: str) -> float:
+def _fit(name: str, steps: int, monitor: bool, device: str, layers: object = "last_linear") -> float:
     torch.manual_seed(0)
     net, data, batch = _workload(name, steps)
     timer = Timer()
     callbacks: list[pl.Callback] = [timer]
     if monitor:
-        callbacks.insert(0, TracInStepsMonitor(num_samples=4))
+        callbacks.insert(0, TracInStepsMonitor(num_samples=4, gradient_layers=layers))
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = pl.Trainer(
@@ -110,17 +110,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workloads", nargs="*", default=["demo_cnn", "resnet18_64"])
+    parser.add_argument(
+        "--layers", nargs="*", default=["last_linear", "all"], help="gradient_layers settings to measure ('all': None)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"device={args.device} threads={args.threads} steps={args.steps} repeats={args.repeats}")
     for name in args.workloads:
         _fit(name, 2, True, args.device)  # warm-up (imports, allocator)
-        base, with_monitor = [], []
-        for _ in range(args.repeats):
-            base.append(_fit(name, args.steps, False, args.device))
-            with_monitor.append(_fit(name, args.steps, True, args.device))
-        b, m = statistics.median(base), statistics.median(with_monitor)
-        print(f"{name:12s} without {b:7.2f}s  with TracInStepsMonitor {m:7.2f}s  ratio {m / b:.3f} (overhead {100 * (m / b - 1):+.1f}%)")
+        for spec in args.layers:
+            layers = None if spec == "all" else spec
+            base, with_monitor = [], []
+            for _ in range(args.repeats):  # interleaved: the pair shares the machine's state
+                base.append(_fit(name, args.steps, False, args.device))
+                with_monitor.append(_fit(name, args.steps, True, args.device, layers))
+            b, m = statistics.median(base), statistics.median(with_monitor)
+            print(
+                f"{name:12s} gradient_layers={spec:12s} without {b:7.2f}s  with {m:7.2f}s  "
+                f"ratio {m / b:.3f} (overhead {100 * (m / b - 1):+.1f}%)"
+            )
 
 
 if __name__ == "__main__":

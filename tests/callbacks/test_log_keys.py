@@ -22,9 +22,10 @@ from lightning_xai.callbacks import (
     TCAVMonitor,
     TracInMonitor,
 )
-from tests.callbacks.concept_helpers import tiny_concepts
-from tests.callbacks.helpers import fit, read_tensorboard
 from tests.callbacks.test_prototypes import fit_proto
+from tests.helpers.data import tiny_concepts
+from tests.helpers.logs import read_tensorboard
+from tests.helpers.training import fit
 
 pytestmark = pytest.mark.slow
 
