@@ -111,7 +111,7 @@ class TCAVMonitor(MonitorBase):
     The history of every run is kept in ``state_dict`` (a resumed run continues its curves).
     Training is never perturbed (every computation runs inside
     :func:`~lightning_xai.attribution.observe`). The concept, random and input sets stay on the
-    CPU and go to the device batch by batch; only ``num_inputs`` inputs of each *scored* class are
+    CPU and go to the device batch by batch; only ``num_samples`` inputs of each *scored* class are
     kept. Under DDP rank zero fits the CAVs and broadcasts them; the target classes are split over
     the ranks and the rows gathered.
 
@@ -126,9 +126,9 @@ class TCAVMonitor(MonitorBase):
         random_examples: Pool of random counter-examples (tensor, ``Dataset``) or a list of
             ``n_random`` sets; default the training dataset (sets drawn once with ``seed``).
         random_size: Examples per random set (default: the largest concept set).
-        inputs: The class inputs: a tuple ``(inputs, targets)`` of tensors, a ``Dataset`` or a
-            ``DataLoader``; default the validation dataloader (the training one without it).
-        num_inputs: Inputs per target class (chosen once at ``setup``, class-balanced).
+        probe: The class inputs scored: a tuple ``(inputs, targets)`` of tensors, a ``Dataset`` or
+            a ``DataLoader``; default the validation dataloader (the training one without it).
+        num_samples: Inputs per target class (chosen once at ``setup``, class-balanced).
         class_names: Names for the class indices in the logs (default ``class_<k>``, or the
             datamodule's ``classes``).
         relative: ``(positive, negative)`` pairs of concept names to score as relative CAVs.
@@ -161,6 +161,7 @@ class TCAVMonitor(MonitorBase):
     def __init__(
         self,
         concepts: Mapping[str, Any],
+        *,
         layers: Union[str, Sequence[str]],
         target_classes: Union[int, Sequence[int]],
         n_random: int = 10,
@@ -169,8 +170,8 @@ class TCAVMonitor(MonitorBase):
         alpha: float = 0.05,
         random_examples: Any = None,
         random_size: Optional[int] = None,
-        inputs: Any = None,
-        num_inputs: int = 50,
+        probe: Any = None,
+        num_samples: int = 50,
         class_names: Optional[Sequence[str]] = None,
         relative: Optional[Sequence[Sequence[str]]] = None,
         classifier: str = "logistic",
@@ -221,10 +222,10 @@ class TCAVMonitor(MonitorBase):
         self.relative = check_relative(relative, list(concepts))
         self.layers = list(self.tcav.layers)
         self.target_classes = _classes_arg(target_classes)
-        self.num_inputs = check_int("num_inputs", num_inputs, 2)
+        self.num_samples = check_int("num_samples", num_samples, 2)
         self.class_names = None if class_names is None else [str(c) for c in class_names]
         self.random_examples = random_examples
-        self.user_inputs = inputs
+        self.user_inputs = probe
         self.seed = seed
         self.log_embeddings = bool(log_embeddings)
         self.history: list[dict[str, Any]] = []
@@ -338,7 +339,7 @@ class TCAVMonitor(MonitorBase):
         source = self.user_inputs if self.user_inputs is not None else self._source(trainer, train=False)
         if source is None:
             raise ValueError(
-                f"{name}: found no validation or training dataloader for the class inputs; pass `inputs=(x, y)`."
+                f"{name}: found no validation or training dataloader for the class inputs; pass `probe=(x, y)`."
             )
         scored = list(self.target_classes)
         if isinstance(source, (tuple, list)) and len(source) >= 2 and all(isinstance(t, Tensor) for t in source[:2]):
@@ -351,13 +352,13 @@ class TCAVMonitor(MonitorBase):
                 )
             filtered = _scored_batches(source, scored)
         probe = select_probe(
-            filtered, num_samples=self.num_inputs * len(scored), num_classes=len(scored), seed=self.seed
+            filtered, num_samples=self.num_samples * len(scored), num_classes=len(scored), seed=self.seed
         )
         if probe.targets is None:
-            raise ValueError(f"{name}: the class inputs need targets; pass `inputs=(x, y)`.")
+            raise ValueError(f"{name}: the class inputs need targets; pass `probe=(x, y)`.")
         self._inputs = {}
         for i, k in enumerate(scored):
-            chosen = probe.inputs[probe.targets == i][: self.num_inputs]
+            chosen = probe.inputs[probe.targets == i][: self.num_samples]
             if chosen.shape[0] < 2:
                 raise ValueError(f"{name}: found {chosen.shape[0]} inputs of target class {k}; at least 2 are needed.")
             self._inputs[k] = chosen.detach().cpu()

@@ -249,7 +249,7 @@ def test_tcav_monitor_reads_tuple_outputs_with_output_index(tmp_path: Path) -> N
         target_classes=[0],
         n_random=2,
         random_examples=pool,
-        num_inputs=6,
+        num_samples=6,
         output=0,
         synchronous_logging=True,
     )

@@ -25,7 +25,7 @@ LAYERS = ["features.7", "features.8"]
 def _tcav(**kwargs) -> TCAVMonitor:
     sets = tiny_concepts()
     defaults = dict(
-        concepts={k: v.images for k, v in sets.items()}, layers=LAYERS, target_classes=[0, 2], n_random=3, num_inputs=6
+        concepts={k: v.images for k, v in sets.items()}, layers=LAYERS, target_classes=[0, 2], n_random=3, num_samples=6
     )
     defaults.update(kwargs)
     return TCAVMonitor(**defaults)
@@ -133,7 +133,7 @@ def test_ddp_spawn_two_processes_equal_one(tmp_path: Path) -> None:
     sets = tiny_concepts()
     concepts = {k: v.images for k, v in sets.items()}
     tcav = RecordingTCAVMonitor(
-        str(tcav_file), concepts=concepts, layers=LAYERS, target_classes=[0, 1, 2], n_random=3, num_inputs=6
+        str(tcav_file), concepts=concepts, layers=LAYERS, target_classes=[0, 1, 2], n_random=3, num_samples=6
     )
     dis_sets = tiny_concepts(6, ("circle", "red"))
     dissection = RecordingDissectionMonitor(str(dis_file), layer="features.8", concepts=dis_sets, quantile=0.02)
@@ -213,7 +213,7 @@ def test_inputs_only_for_scored_classes_and_sets_stay_on_cpu(tmp_path: Path) -> 
     class-0 inputs a class-balanced probe over every class would hold are never selected."""
     x = torch.rand(60, 3, 16, 16)
     y = torch.arange(60) % 3
-    monitor = _tcav(target_classes=[2], inputs=(x, y), num_inputs=5, layers=["features.8"])
+    monitor = _tcav(target_classes=[2], probe=(x, y), num_samples=5, layers=["features.8"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit(tmp_path, [monitor], logger=TensorBoardLogger(str(tmp_path)), max_epochs=1)

@@ -44,5 +44,7 @@ def test_ddp_spawn_shards_gathers_and_logs_once(tmp_path: Path) -> None:
         for tag in acc.Tags()["images"]:
             counts[tag] = counts.get(tag, 0) + len(acc.Images(tag))
     assert counts["xai/saliency/grad_cam/overlays"] == 1
-    assert sorted(t for t in counts if "evolution" in t) == [f"xai/saliency/grad_cam/evolution/{i:02d}" for i in range(5)]
+    assert sorted(t for t in counts if "evolution" in t) == [
+        f"xai/saliency/grad_cam/evolution/{i:02d}" for i in range(5)
+    ]
     assert all(v == 1 for v in counts.values()), counts

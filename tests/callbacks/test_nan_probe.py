@@ -76,7 +76,11 @@ def test_one_nan_probe_skips_only_itself(tmp_path: Path) -> None:
         assert len(entropy) == 2 and all(math.isfinite(v) for v in entropy)
         assert len(_scalars(accs, f"xai/saliency/{name}/ssim_prev")) == 1
         assert (
-            sum(len(a.Images(f"xai/saliency/{name}/overlays")) for a in accs if f"xai/saliency/{name}/overlays" in a.Tags()["images"])
+            sum(
+                len(a.Images(f"xai/saliency/{name}/overlays"))
+                for a in accs
+                if f"xai/saliency/{name}/overlays" in a.Tags()["images"]
+            )
             == 2
         )
         frames = saliency.history(name)[-1][1]  # [N, 3, H, W] overlays of the last run

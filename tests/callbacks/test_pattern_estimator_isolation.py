@@ -84,7 +84,7 @@ def _monitors() -> list[pl.Callback]:
         MetricsMonitor(["saliency"], metrics=["deletion_auc"], num_samples=3),
         SanityCheckMonitor(["saliency"], num_samples=3),
         TracInMonitor(num_samples=3),
-        TCAVMonitor(concepts=concepts, layers=["features.8"], target_classes=[0], n_random=2, num_inputs=4),
+        TCAVMonitor(concepts=concepts, layers=["features.8"], target_classes=[0], n_random=2, num_samples=4),
     ]
 
 

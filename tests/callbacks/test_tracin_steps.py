@@ -62,7 +62,9 @@ def _replay(epochs: int, probe: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.9**t)
     data = _data()
     # the DataLoader draws its base seed from the same generator before the sampler's: iterate one
-    indices = DataLoader(TensorDataset(torch.arange(N)), batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(3))
+    indices = DataLoader(
+        TensorDataset(torch.arange(N)), batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(3)
+    )
     self_inf, scores = torch.zeros(N, dtype=torch.float64), torch.zeros(len(probe[0]), N, dtype=torch.float64)
 
     def one(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -112,7 +114,9 @@ def test_equals_explicit_per_example_sum_over_the_steps(tmp_path: Path) -> None:
 def test_training_is_bitwise_identical_with_and_without(tmp_path: Path) -> None:
     """Demo CNN (conv, BN, in-place ReLU, dropout, Adam), shuffled data, probe steps every 2 steps."""
     with pytest.warns(UserWarning, match="not plain SGD"):
-        monitor = TracInStepsMonitor(gradient_layers=None, probe_every_n_train_steps=2, num_samples=2, num_top_examples=4)
+        monitor = TracInStepsMonitor(
+            gradient_layers=None, probe_every_n_train_steps=2, num_samples=2, num_top_examples=4
+        )
         with_monitor = fit(tmp_path / "a", [monitor], logger=CSVLogger(str(tmp_path / "a")))
     without = fit(tmp_path / "b", [], logger=CSVLogger(str(tmp_path / "b")))
     for (name, a), (_, b) in zip(with_monitor.state_dict().items(), without.state_dict().items()):
