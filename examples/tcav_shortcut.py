@@ -9,7 +9,7 @@ stalls, and logs everything to TensorBoard under ``--log-dir``.
 
 Usage (from the repository root; about 70 s of CPU time, one run of the monitor per optimizer step)::
 
-    .venv/bin/python examples/tcav_shortcut.py [--epochs 3] [--every-n-steps 1] [--out docs/tcav_shortcut.png]
+    .venv/bin/python examples/tcav_shortcut.py [--epochs 3] [--every-n-train-steps 1] [--out docs/tcav_shortcut.png]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--num-train", type=int, default=512)
-    parser.add_argument("--every-n-steps", type=int, default=1)
+    parser.add_argument("--every-n-train-steps", type=int, default=1)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--n-random", type=int, default=10)

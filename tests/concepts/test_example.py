@@ -24,7 +24,7 @@ def test_tcav_shortcut_example_writes_the_picture(tmp_path: Path) -> None:
             "16",
             "--n-random",
             "2",
-            "--every-n-steps",
+            "--every-n-train-steps",
             "1",
             "--log-dir",
             str(tmp_path / "logs"),
