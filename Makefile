@@ -55,6 +55,7 @@ docs: $(VENV)/.installed-docs
 docs-pictures: $(VENV)/.installed-core
 	$(BIN)/lightning-xai demo --log-dir demo_logs
 	cp demo_logs/saliency_evolution.png docs/saliency_evolution.png
+	$(BIN)/python docs/gen_pictures.py demo_logs
 
 clean:
 	rm -rf $(VENV) demo_logs lightning_logs .pytest_cache site

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from lightning_xai.metrics.functional.maps import map_entropy, map_ssim, mask_share
-from lightning_xai.render.images import annotated_grid, normalize_maps, overlay, to_display
+from lightning_xai.render.images import MIN_TILE_PX, annotated_grid, normalize_maps, overlay, to_display
 
 __all__ = ["as_image_batch", "probe_captions", "EvolutionHistory", "SaliencyRenderer"]
 
@@ -92,7 +92,7 @@ class EvolutionHistory:
         3
     """
 
-    def __init__(self, max_history: int = 16, min_size: int = 48) -> None:
+    def __init__(self, max_history: int = 16, min_size: int = MIN_TILE_PX) -> None:
         if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 2:
             raise ValueError(f"Expected argument `max_history` to be an int >= 2, but got {max_history!r}.")
         self.max_history = max_history
