@@ -8,6 +8,13 @@ from typing import Literal, Optional, overload
 __all__ = ["check_bool", "check_choice", "check_float", "check_int"]
 
 
+def _bound(low: object, high: object, both: str) -> str:
+    """How a range message states the bounds: ``both`` when both are set, else the one that is."""
+    if low is not None and high is not None:
+        return both
+    return f">= {low}" if low is not None else f"<= {high}"
+
+
 @overload
 def check_int(
     name: str, value: object, low: Optional[int] = ..., high: Optional[int] = ..., *, allow_none: Literal[False] = ...
@@ -32,13 +39,7 @@ def check_int(
         kind = "an int or None" if allow_none else "an int"
         raise TypeError(f"Expected argument `{name}` to be {kind}, but got {value!r} of type {type(value).__name__}.")
     if (low is not None and value < low) or (high is not None and value > high):
-        bound = (
-            f"in [{low}, {high}]"
-            if low is not None and high is not None
-            else f">= {low}"
-            if low is not None
-            else f"<= {high}"
-        )
+        bound = _bound(low, high, f"in [{low}, {high}]")
         raise ValueError(f"Expected argument `{name}` to be an int {bound}, but got {value}.")
     return value
 
@@ -54,13 +55,7 @@ def check_float(name: str, value: object, low: Optional[float] = None, high: Opt
         raise TypeError(f"Expected argument `{name}` to be a float, but got {value!r} of type {type(value).__name__}.")
     value = float(value)
     if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
-        bound = (
-            f"in the [{low}, {high}] range"
-            if low is not None and high is not None
-            else f">= {low}"
-            if low is not None
-            else f"<= {high}"
-        )
+        bound = _bound(low, high, f"in the [{low}, {high}] range")
         raise ValueError(f"Expected argument `{name}` to be a finite float {bound}, but got {value}.")
     return value
 

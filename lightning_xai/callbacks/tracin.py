@@ -11,13 +11,13 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
-from torch.utils.data._utils.collate import default_collate
 from typing_extensions import override
 
 from lightning_xai._validation import check_int
 from lightning_xai.attribution.base import OutputType
+from lightning_xai.callbacks import _tracin
 from lightning_xai.callbacks.base import ProbeMonitor, RunInfo, _training_loader
-from lightning_xai.data.probe import Probe, as_targets, split_batch
+from lightning_xai.data.probe import Probe, split_batch
 from lightning_xai.errors import LightningXAIError
 from lightning_xai.influence import (
     LAST_LINEAR,
@@ -29,13 +29,9 @@ from lightning_xai.influence import (
     selected_parameters,
 )
 from lightning_xai.influence.checkpoints import save_tracin_checkpoint
-from lightning_xai.render.images import to_display
-from lightning_xai.render.influence import class_name, proponents_grid, self_influence_grid
 from lightning_xai.sinks import Sink
 
 __all__ = ["TracInMonitor"]
-
-_MAX_INFLUENCERS = 8
 
 
 def _rankable(self_influence: Tensor, scores: Tensor) -> Tensor:
@@ -304,11 +300,7 @@ class TracInMonitor(ProbeMonitor):
     def _examples(self, trainer: pl.Trainer, indices: Tensor) -> tuple[Tensor, Tensor]:
         """Training images and labels at ``indices`` (CPU) from the scored view, read with the RNG untouched."""
         dataset, loader = self._dataset(trainer)
-        collate = getattr(loader, "collate_fn", None) or default_collate
-        with torch.random.fork_rng(devices=[]):
-            batch = collate([dataset[int(i)] for i in indices])
-        x, y, _ = split_batch(batch)
-        return torch.as_tensor(x).detach().cpu().float(), as_targets(y, len(indices))
+        return _tracin.read_examples(dataset, loader, indices)
 
     # -- computation ---------------------------------------------------------------------------
     @override
@@ -424,14 +416,13 @@ class TracInMonitor(ProbeMonitor):
         keep = _rankable(self_influence, scores).nonzero().flatten()
         self_influence, scores, index_map = self_influence[keep], scores[:, keep], index_map[keep]
         top = self_influence.float().topk(min(self.num_top_examples, self_influence.numel()))
-        k = min(self.num_top_examples, _MAX_INFLUENCERS, scores.shape[1])
+        k = min(self.num_top_examples, _tracin.MAX_INFLUENCERS, scores.shape[1])
         pro = scores.float().topk(k, dim=1)
         opp = scores.float().topk(k, dim=1, largest=False)
         pro_indices, opp_indices, top_indices = index_map[pro.indices], index_map[opp.indices], index_map[top.indices]
         wanted = torch.cat([top_indices, pro_indices.flatten(), opp_indices.flatten()])
         images, labels = self._examples(trainer, wanted)
-        t, p = top_indices.numel(), pro_indices.numel()
-        shape = (scores.shape[0], k)
+        t = top_indices.numel()
         return {
             "top_indices": top_indices,
             "top_scores": top.values,
@@ -439,12 +430,9 @@ class TracInMonitor(ProbeMonitor):
             "top_labels": labels[:t],
             "pro_indices": pro_indices,
             "pro_scores": pro.values,
-            "pro_images": images[t : t + p].reshape(*shape, *images.shape[1:]),
-            "pro_labels": labels[t : t + p].reshape(shape),
             "opp_indices": opp_indices,
             "opp_scores": opp.values,
-            "opp_images": images[t + p :].reshape(*shape, *images.shape[1:]),
-            "opp_labels": labels[t + p :].reshape(shape),
+            **_tracin.influencer_images(images, labels, t, (scores.shape[0], k)),
             "self_influence": self_influence.float(),
             "learning_rate": torch.tensor(lr),
             "checkpoints": torch.tensor(len(self.checkpoints)),
@@ -474,44 +462,9 @@ class TracInMonitor(ProbeMonitor):
     # -- rendering (rank zero, background thread) ----------------------------------------------
     @override
     def render(self, sinks: Sequence[Sink], info: RunInfo, probe: Probe, results: dict[str, Tensor]) -> None:
-        names = self.class_names
-        grid = self_influence_grid(
-            results["top_images"],
-            results["top_labels"],
-            results["top_scores"],
-            results["top_indices"],
-            class_names=names,
-        )
-        pictures = {"xai/tracin/self_influence_top": grid}
         assert probe.targets is not None
-        for i in range(len(probe)):
-            pictures[f"xai/tracin/proponents/{i:02d}"] = proponents_grid(
-                probe.inputs[i],
-                int(probe.targets[i]),
-                results["pro_images"][i],
-                results["pro_labels"][i],
-                results["pro_scores"][i],
-                results["opp_images"][i],
-                results["opp_labels"][i],
-                results["opp_scores"][i],
-                class_names=names,
-                title=f"probe {i}: proponents (top) and opponents (bottom)",
-            )
-        rows = [
-            [rank, int(index), class_name(int(label), names), float(score), to_display(image[None])[0]]
-            for rank, (index, label, score, image) in enumerate(
-                zip(results["top_indices"], results["top_labels"], results["top_scores"], results["top_images"])
-            )
-        ]
         scalars = {
             "xai/tracin/learning_rate": float(results["learning_rate"]),
             "xai/tracin/checkpoints": float(results["checkpoints"]),
         }
-        for sink in sinks:
-            for tag, picture in pictures.items():
-                sink.log_image(tag, picture, info.step)
-            sink.log_histogram("xai/tracin/self_influence", results["self_influence"], info.step)
-            sink.log_scalars(scalars, info.step)
-            sink.log_table(
-                "xai/tracin/top_self_influence", ["rank", "index", "label", "self_influence", "image"], rows, info.step
-            )
+        _tracin.render(sinks, info, probe, results, self.class_names, title_suffix="", scalars=scalars)

@@ -12,24 +12,20 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from torch.utils.data._utils.collate import default_collate
 from typing_extensions import override
 
 from lightning_xai._validation import check_choice, check_int
 from lightning_xai.attribution.base import OutputType, observe
+from lightning_xai.callbacks import _tracin
 from lightning_xai.callbacks.base import ProbeMonitor, RunInfo, _batch_size, _first_loader
-from lightning_xai.data.probe import Probe, as_targets, split_batch
+from lightning_xai.data.probe import Probe
 from lightning_xai.errors import LightningXAIError
 from lightning_xai.influence import LAST_LINEAR, GradientLayers, check_gradient_layers, resolve_gradient_layers
 from lightning_xai.influence._common import LossType, PerExampleGradients, model_state, resolve_loss
 from lightning_xai.influence.ghost import GhostGradients, countable_layers
-from lightning_xai.render.images import to_display
-from lightning_xai.render.influence import class_name, proponents_grid, self_influence_grid
-from lightning_xai.render.sinks import Sink
+from lightning_xai.sinks import Sink
 
 __all__ = ["TracInStepsMonitor"]
-
-_MAX_INFLUENCERS = 8
 
 
 class _IndexRecorder:
@@ -514,12 +510,7 @@ class TracInStepsMonitor(ProbeMonitor):
     def _examples(self, indices: Tensor) -> tuple[Tensor, Tensor]:
         loader = self._loader
         assert loader is not None
-        dataset = loader.dataset
-        collate = getattr(loader, "collate_fn", None) or default_collate
-        with torch.random.fork_rng(devices=[]):
-            batch = collate([dataset[int(i)] for i in indices])
-        x, y, _ = split_batch(batch)
-        return torch.as_tensor(x).detach().cpu().float(), as_targets(y, len(indices))
+        return _tracin.read_examples(loader.dataset, loader, indices)
 
     def _picture_data(self, trainer: pl.Trainer) -> dict[str, Tensor]:
         assert self.self_influence is not None and self.probe_scores is not None
@@ -527,7 +518,7 @@ class TracInStepsMonitor(ProbeMonitor):
         wanted = [top.indices]
         results: dict[str, Tensor] = {"top_indices": top.indices, "top_scores": top.values}
         scores = self.probe_scores
-        k = min(self.num_top_examples, _MAX_INFLUENCERS, scores.shape[1])
+        k = min(self.num_top_examples, _tracin.MAX_INFLUENCERS, scores.shape[1])
         with_probes = self.probe_every_n_train_steps is not None and scores.numel() > 0 and bool(scores.abs().sum() > 0)
         if with_probes:
             pro, opp = scores.float().topk(k, dim=1), scores.float().topk(k, dim=1, largest=False)
@@ -546,55 +537,13 @@ class TracInStepsMonitor(ProbeMonitor):
         t = top.indices.numel()
         results.update(top_images=images[:t], top_labels=labels[:t])
         if with_probes:
-            p = results["pro_indices"].numel()
-            shape = (scores.shape[0], k)
-            results.update(
-                pro_images=images[t : t + p].reshape(*shape, *images.shape[1:]),
-                pro_labels=labels[t : t + p].reshape(shape),
-                opp_images=images[t + p :].reshape(*shape, *images.shape[1:]),
-                opp_labels=labels[t + p :].reshape(shape),
-            )
+            results.update(_tracin.influencer_images(images, labels, t, (scores.shape[0], k)))
         results.update(self_influence=self.self_influence.float().clone(), steps=torch.tensor(self.steps))
         return results
 
     @override
     def render(self, sinks: Sequence[Sink], info: RunInfo, probe: Probe, results: dict[str, Tensor]) -> None:
-        names = self.class_names
-        pictures: dict[str, Tensor] = {}
-        if "top_images" in results:
-            pictures["xai/tracin/self_influence_top"] = self_influence_grid(
-                results["top_images"],
-                results["top_labels"],
-                results["top_scores"],
-                results["top_indices"],
-                class_names=names,
-            )
-        if "pro_images" in results and probe is not None and probe.targets is not None:
-            for i in range(len(probe)):
-                pictures[f"xai/tracin/proponents/{i:02d}"] = proponents_grid(
-                    probe.inputs[i],
-                    int(probe.targets[i]),
-                    results["pro_images"][i],
-                    results["pro_labels"][i],
-                    results["pro_scores"][i],
-                    results["opp_images"][i],
-                    results["opp_labels"][i],
-                    results["opp_scores"][i],
-                    class_names=names,
-                    title=f"probe {i}: proponents (top) and opponents (bottom), at the training steps",
-                )
-        images = results.get("top_images")
-        rows = [
-            [rank, int(index), class_name(int(label), names), float(score)]
-            + ([to_display(images[rank][None])[0]] if images is not None else [])
-            for rank, (index, label, score) in enumerate(
-                zip(results["top_indices"], results["top_labels"], results["top_scores"])
-            )
-        ]
-        columns = ["rank", "index", "label", "self_influence"] + (["image"] if images is not None else [])
-        for sink in sinks:
-            for tag, picture in pictures.items():
-                sink.log_image(tag, picture, info.step)
-            sink.log_histogram("xai/tracin/self_influence", results["self_influence"], info.step)
-            sink.log_scalars({"xai/tracin/steps": float(results["steps"])}, info.step)
-            sink.log_table("xai/tracin/top_self_influence", columns, rows, info.step)
+        scalars = {"xai/tracin/steps": float(results["steps"])}
+        _tracin.render(
+            sinks, info, probe, results, self.class_names, title_suffix=", at the training steps", scalars=scalars
+        )

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, ClassVar
+
 from torch import Tensor
 
 from lightning_xai.metrics.base import _FiniteMean
@@ -22,7 +25,28 @@ __all__ = [
 ]
 
 
-class PointingGame(_FiniteMean):
+def _on_masks(fn: Callable[[Tensor, Tensor], Tensor]) -> Any:
+    """The ``per_sample`` function of a mask metric: ``fn(maps, masks)``, other arguments ignored."""
+
+    def per_sample(model, inputs, maps, target, masks, explainer, **kwargs):  # noqa: ANN001, ANN202, ARG001
+        """``[B]`` values for :data:`~lightning_xai.metrics.evaluate.METRICS`."""
+        return fn(maps, masks)
+
+    return staticmethod(per_sample)
+
+
+class _MaskScore(_FiniteMean):
+    """Mean of a per-sample score of maps against ground-truth masks: ``update(attributions, masks)``."""
+
+    higher_is_better = True
+    needs_masks = True
+    _update_fn: ClassVar[Callable[[Tensor, Tensor], Tensor]]
+
+    def update(self, attributions: Tensor, masks: Tensor) -> None:
+        self._accumulate(type(self)._update_fn(attributions, masks))
+
+
+class PointingGame(_MaskScore):
     """Pointing-game accuracy (see :func:`~lightning_xai.metrics.functional.pointing_game`).
 
     Examples:
@@ -35,51 +59,21 @@ class PointingGame(_FiniteMean):
     """
 
     name = "pointing_game"
-    needs_masks = True
-
-    @staticmethod
-    def per_sample(model, inputs, maps, target, masks, explainer, **kwargs):  # noqa: ANN001, ANN205, ARG004
-        """``[B]`` values for :data:`~lightning_xai.metrics.evaluate.METRICS`."""
-        return pointing_game(maps, masks)
-
-    higher_is_better = True
-    needs_masks = True
-
-    def update(self, attributions: Tensor, masks: Tensor) -> None:
-        self._accumulate(_pointing_game_update(attributions, masks))
+    per_sample = _on_masks(pointing_game)
+    _update_fn = staticmethod(_pointing_game_update)
 
 
-class MaskAUPR(_FiniteMean):
+class MaskAUPR(_MaskScore):
     """Mean AUPR of maps against masks (see :func:`~lightning_xai.metrics.functional.mask_aupr`)."""
 
     name = "mask_aupr"
-    needs_masks = True
-
-    @staticmethod
-    def per_sample(model, inputs, maps, target, masks, explainer, **kwargs):  # noqa: ANN001, ANN205, ARG004
-        """``[B]`` values for :data:`~lightning_xai.metrics.evaluate.METRICS`."""
-        return mask_aupr(maps, masks)
-
-    higher_is_better = True
-    needs_masks = True
-
-    def update(self, attributions: Tensor, masks: Tensor) -> None:
-        self._accumulate(_mask_aupr_update(attributions, masks))
+    per_sample = _on_masks(mask_aupr)
+    _update_fn = staticmethod(_mask_aupr_update)
 
 
-class MaskMass(_FiniteMean):
+class MaskMass(_MaskScore):
     """Mean positive attribution mass inside masks (see :func:`~lightning_xai.metrics.functional.mask_mass`)."""
 
     name = "mask_mass"
-    needs_masks = True
-
-    @staticmethod
-    def per_sample(model, inputs, maps, target, masks, explainer, **kwargs):  # noqa: ANN001, ANN205, ARG004
-        """``[B]`` values for :data:`~lightning_xai.metrics.evaluate.METRICS`."""
-        return mask_mass(maps, masks)
-
-    higher_is_better = True
-    needs_masks = True
-
-    def update(self, attributions: Tensor, masks: Tensor) -> None:
-        self._accumulate(_mask_mass_update(attributions, masks))
+    per_sample = _on_masks(mask_mass)
+    _update_fn = staticmethod(_mask_mass_update)

@@ -7,10 +7,7 @@ The sink names once exported here (``Sink``, ``sinks_for``, ...) still resolve, 
 
 from __future__ import annotations
 
-import importlib
-import warnings
-from typing import Any
-
+from lightning_xai._deprecation import forward_names
 from lightning_xai.render.images import (
     DEFAULT_SIGNED_CMAP,
     DEFAULT_UNSIGNED_CMAP,
@@ -49,19 +46,8 @@ __all__ = [
 ]
 
 _SINK_NAMES = frozenset({"FileSink", "Sink", "TensorBoardSink", "WandbSink", "check_loggers", "sinks_for"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _SINK_NAMES:
-        # lazy and dynamic: drawing does not import the logging layer
-        warnings.warn(
-            f"`lightning_xai.render.{name}` moved to `lightning_xai.sinks.{name}`; "
-            "the old path goes away in the next release.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(importlib.import_module("lightning_xai.sinks"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# lazy: drawing does not import the logging layer
+__getattr__ = forward_names(__name__, "lightning_xai.sinks", names=_SINK_NAMES)
 
 
 from lightning_xai.render.influence import class_name, proponents_grid, self_influence_grid  # noqa: E402

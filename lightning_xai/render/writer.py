@@ -6,23 +6,6 @@ lazy (on first access) so that drawing (``render``) does not import the logging 
 
 from __future__ import annotations
 
-import importlib
-import warnings
-from typing import Any
+from lightning_xai._deprecation import forward_names
 
-_NEW_HOME = "lightning_xai.sinks.writer"
-
-
-def __getattr__(name: str) -> Any:
-    if name.startswith("__"):
-        raise AttributeError(name)
-    target = importlib.import_module(_NEW_HOME)
-    if not hasattr(target, name):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(
-        f"`lightning_xai.render.writer.{name}` moved to `{_NEW_HOME}.{name}` (also `lightning_xai.sinks`); "
-        "the old path goes away in the next release.",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(target, name)
+__getattr__ = forward_names(__name__, "lightning_xai.sinks.writer", also="lightning_xai.sinks")

@@ -225,7 +225,7 @@ def test_blur_pyramid_and_its_interpolation_by_hand() -> None:
     assert pyramid.shape == (2, 3, 3, 9, 9)
     torch.testing.assert_close(pyramid[:, 2], x)  # the last level is the input (sigma 0)
     # level 1 has sigma 1: taps -4..4 weighted exp(-i^2 / 2), normalised, zero padding, separable
-    taps = torch.exp(-torch.arange(-4.0, 5.0) ** 2 / (2 * (1 + 1.1920929e-07 / math.sqrt(2)) ** 2))
+    taps = torch.exp(-(torch.arange(-4.0, 5.0) ** 2) / (2 * (1 + 1.1920929e-07 / math.sqrt(2)) ** 2))
     taps = taps / taps.sum()
     padded = F.pad(x, (4, 4, 4, 4))
     by_hand = torch.zeros_like(x)
@@ -275,7 +275,9 @@ def test_extremal_matches_torchray(variant: str) -> None:
     pyramid, ref_pyramid = blur_pyramid(x[:1]), tr.Perturbation(x[:1])  # 8 levels, blur up to 20
     torch.testing.assert_close(pyramid[0], ref_pyramid.pyramid)
     cropped = ours_gen.generate(params)[0]
-    torch.testing.assert_close(apply_pyramid(pyramid, cropped, torch.zeros(3, dtype=torch.long)), ref_pyramid.apply(cropped))
+    torch.testing.assert_close(
+        apply_pyramid(pyramid, cropped, torch.zeros(3, dtype=torch.long)), ref_pyramid.apply(cropped)
+    )
     # the whole optimisation: same init (ones), SGD with momentum, area schedule, jitter, 30 steps
     ours = ExtremalPerturbation(variant=variant, n_iter=30, **kwargs).masks(model, x, torch.tensor(targets))
     for i, target in enumerate(targets):
@@ -405,3 +407,20 @@ def test_counterfactual_infill_finds_the_shape(infiller: str) -> None:
         BrightShape(), data.images, 0
     )
     assert torch.equal(drop, same)
+
+
+@pytest.mark.parametrize(
+    ("explainer", "message"),
+    [
+        (
+            MeaningfulPerturbation(n_iter=1, mask_scale=9),
+            "MeaningfulPerturbation: mask_scale 9 is larger than the image",
+        ),
+        (CounterfactualInfill(n_iter=1, mask_scale=9), "CounterfactualInfill: mask_scale 9 is larger than the image"),
+        (ExtremalPerturbation(areas=[0.1], n_iter=1, step=9), "ExtremalPerturbation: step 9 is larger than the image"),
+    ],
+)
+def test_a_mask_cell_larger_than_the_image_is_refused(explainer, message):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+    with pytest.raises(ValueError, match=message + r" \(8, 8\)"):
+        explainer(model, torch.rand(1, 3, 8, 8), 0)

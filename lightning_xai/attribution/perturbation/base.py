@@ -26,9 +26,15 @@ def _check_bool(name: str, value: Any) -> bool:
     return value
 
 
-def _check_image(inputs: Tensor, method: str) -> None:
+def _check_image(inputs: Tensor, method: str, cell: tuple[str, int] | None = None) -> tuple[int, int]:
+    """``(H, W)`` of ``[B, C, H, W]`` images; raises ``ValueError`` for another rank or, with
+    ``cell = (argument name, side)``, when the side exceeds the image's longer side."""
     if inputs.ndim != 4:
         raise ValueError(f"{method}: expected images [B, C, H, W], but got shape {tuple(inputs.shape)}.")
+    size = (inputs.shape[-2], inputs.shape[-1])
+    if cell is not None and cell[1] > max(size):
+        raise ValueError(f"{method}: {cell[0]} {cell[1]} is larger than the image {size}.")
+    return size
 
 
 def smooth(inputs: Tensor, sigma: float) -> Tensor:

@@ -121,10 +121,7 @@ class CounterfactualInfill(Explainer):
 
     def _attribute(self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext) -> Tensor:
         x = inputs.detach()
-        _check_image(x, "CounterfactualInfill")
-        size = (x.shape[-2], x.shape[-1])
-        if self.mask_scale > max(size):
-            raise ValueError(f"CounterfactualInfill: mask_scale {self.mask_scale} is larger than the image {size}.")
+        size = _check_image(x, "CounterfactualInfill", ("mask_scale", self.mask_scale))
         infiller = INFILLERS[self.infiller]() if isinstance(self.infiller, str) else self.infiller
         shipped = isinstance(infiller, tuple(INFILLERS.values()))
         with observe(infiller) as _:

@@ -234,10 +234,7 @@ class ExtremalPerturbation(Explainer):
 
     def _masks(self, model: nn.Module, inputs: Tensor, target: TargetType) -> Tensor:
         x = inputs.detach()
-        _check_image(x, "ExtremalPerturbation")
-        size = (x.shape[-2], x.shape[-1])
-        if self.step > max(size):
-            raise ValueError(f"ExtremalPerturbation: step {self.step} is larger than the image {size}.")
+        size = _check_image(x, "ExtremalPerturbation", ("step", self.step))
         _, resolved = _resolve(model, x, target)
         batch, n_areas = x.shape[0], len(self.areas)
         pyramid = blur_pyramid(x, self.num_levels, self.max_blur)

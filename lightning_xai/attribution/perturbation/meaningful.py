@@ -88,10 +88,7 @@ class MeaningfulPerturbation(Explainer):
 
     def _attribute(self, model: nn.Module, inputs: Tensor, target: TargetType, ctx: ExplainContext) -> Tensor:
         x = inputs.detach()
-        _check_image(x, "MeaningfulPerturbation")
-        size = (x.shape[-2], x.shape[-1])
-        if self.mask_scale > max(size):
-            raise ValueError(f"MeaningfulPerturbation: mask_scale {self.mask_scale} is larger than the image {size}.")
+        size = _check_image(x, "MeaningfulPerturbation", ("mask_scale", self.mask_scale))
         _, resolved = _resolve(model, x, target)
         sigma = self.blur_sigma if self.blur_sigma is not None else max(size) / 10
         blurred = smooth(x, sigma)
