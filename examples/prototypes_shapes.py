@@ -159,9 +159,9 @@ def save_pictures(log_dir: Path, docs: Path) -> list[Path]:
         acc = EventAccumulator(str(events), size_guidance={"images": 0})
         acc.Reload()
         wanted = {
-            "prototypes/gallery": "prototypes_gallery.png",
-            "prototypes/this_looks_like_that/0": "prototypes_this_looks_like_that_0.png",
-            "prototypes/this_looks_like_that/2": "prototypes_this_looks_like_that_2.png",
+            "xai/prototypes/gallery": "prototypes_gallery.png",
+            "xai/prototypes/this_looks_like_that/0": "prototypes_this_looks_like_that_0.png",
+            "xai/prototypes/this_looks_like_that/2": "prototypes_this_looks_like_that_2.png",
         }
         for tag, name in wanted.items():
             if tag in acc.Tags()["images"]:
