@@ -210,7 +210,15 @@ def test_relative_cavs_have_the_known_answer(data):
     concepts = {"red": red, "green": green, "noise_a": background(30, 51), "noise_b": background(30, 52)}
     pairs = [("red", "green"), ("green", "red"), ("noise_a", "noise_b")]
     result = _quiet(TCAV(LAYER, n_random=10), model, data["inputs"], 0, concepts, background(400, 2), relative=pairs)
-    assert result.concepts == ["red", "green", "noise_a", "noise_b", "red-vs-green", "green-vs-red", "noise_a-vs-noise_b"]
+    assert result.concepts == [
+        "red",
+        "green",
+        "noise_a",
+        "noise_b",
+        "red-vs-green",
+        "green-vs-red",
+        "noise_a-vs-noise_b",
+    ]
     rg, gr, noise = result["red-vs-green"], result["green-vs-red"], result["noise_a-vs-noise_b"]
     assert bool(rg.significant) and float(rg.score) > 0 and float(rg.accuracy) > 0.9
     assert bool(gr.significant) and float(gr.score) < 0
@@ -221,8 +229,12 @@ def test_relative_cavs_have_the_known_answer(data):
 def test_one_result_type_for_one_or_many(data, model):
     one = _quiet(TCAV(LAYER, n_random=3), model, data["inputs"], 0, data["concept"], data["pool"])
     many = _quiet(
-        TCAV([LAYER, "features.3"], n_random=3), model, data["inputs"], 0,
-        {"concept": data["concept"], "noise": background(30, 5)}, data["pool"],
+        TCAV([LAYER, "features.3"], n_random=3),
+        model,
+        data["inputs"],
+        0,
+        {"concept": data["concept"], "noise": background(30, 5)},
+        data["pool"],
     )
     assert type(one) is type(many) is TCAVResult
     assert one.score.shape == (1, 1) and many.score.shape == (2, 2) and many.scores.shape == (2, 2, 3)
@@ -252,12 +264,20 @@ def test_demo_marker_and_shape_are_told_apart():
     dm = ShapesDataModule(batch_size=64, num_train=512, num_val=128, image_size=32, shortcut=True, seed=0)
     net = ShapesClassifier(num_classes=4, width=16, lr=3e-3)
     trainer = pl.Trainer(
-        max_epochs=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", deterministic=True,
+        max_epochs=6,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        deterministic=True,
     )
     _quiet(trainer.fit, net, dm)
     net.eval()
-    sets = {k: v.images for k, v in concept_sets(30, image_size=32, num_classes=4, concepts=["marker_square", "square"]).items()}
+    sets = {
+        k: v.images
+        for k, v in concept_sets(30, image_size=32, num_classes=4, concepts=["marker_square", "square"]).items()
+    }
     pool = random_images(300, image_size=32, num_classes=4, seed=7)
     inputs = torch.stack([x for x, y, *_ in dm.val_set if int(y) == 0][:30])
     layer = "features.8"
@@ -266,8 +286,10 @@ def test_demo_marker_and_shape_are_told_apart():
     with torch.no_grad():
         rise = {k: float(net(v).softmax(1)[:, 0].mean() - net(pool).softmax(1)[:, 0].mean()) for k, v in sets.items()}
     marker, shape = result["marker_square"], result["square"]
-    print(f"demo: effect marker {float(marker.score):.3f} (p={float(marker.p_value):.2g}), shape {float(shape.score):.3f} "
-          f"(p={float(shape.p_value):.2g}); sign counts {sign.sign_count.flatten().tolist()}; p(square) rise {rise}")
+    print(
+        f"demo: effect marker {float(marker.score):.3f} (p={float(marker.p_value):.2g}), shape {float(shape.score):.3f} "
+        f"(p={float(shape.p_value):.2g}); sign counts {sign.sign_count.flatten().tolist()}; p(square) rise {rise}"
+    )
     assert not bool(sign.significant.any())  # the old panel: neither significant, both at or near 1
     assert bool(shape.significant) and not bool(marker.significant)
     gap = float(shape.score - marker.score)
@@ -276,8 +298,13 @@ def test_demo_marker_and_shape_are_told_apart():
 
 
 def test_several_concepts_and_layers_share_passes_and_bonferroni(data, model):
-    calls = {"n": 0}
-    handle = model.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    calls = {"n": 0, "examples": 0}
+
+    def count(_module, args):
+        calls["n"] += 1
+        calls["examples"] += args[0].shape[0]
+
+    handle = model.register_forward_pre_hook(count)
     try:
         tcav = TCAV([LAYER, "features.3"], n_random=3, batch_size=None)
         with warnings.catch_warnings():
@@ -285,7 +312,10 @@ def test_several_concepts_and_layers_share_passes_and_bonferroni(data, model):
             result = tcav(model, data["inputs"], 0, {"red": data["concept"], "noise": background(30, 5)}, data["pool"])
     finally:
         handle.remove()
-    assert calls["n"] == 2  # one forward for all examples, one forward(+backward) for the inputs
+    # every example runs once for both layers: one pass for the concepts, one per random set (streamed),
+    # one forward(+backward) for the inputs
+    assert calls["n"] == 1 + 3 + 1
+    assert calls["examples"] == data["concept"].shape[0] + 30 + 3 * data["concept"].shape[0] + data["inputs"].shape[0]
     assert result.concepts == ["red", "noise"] and result.layers == [LAYER, "features.3"]
     assert result.num_tests == 4
     torch.testing.assert_close(result.p_value, (4 * result.p_value_raw).clamp(max=1.0))
@@ -391,7 +421,7 @@ def test_too_few_examples(model, data):
 def test_shapes_that_do_not_fit(model, data):
     with pytest.raises(ValueError, match=r"different shapes.*'red': \(3, 8, 8\)"):
         TCAV(LAYER, n_random=2).fit(model, {"red": torch.rand(8, 3, 8, 8)}, data["pool"])
-    with pytest.raises(ValueError, match=r"cannot run on the concept and random examples of shape \[.*, 1, 16, 16\]"):
+    with pytest.raises(ValueError, match=r"cannot run on the concept examples of shape \[.*, 1, 16, 16\]"):
         TCAV(LAYER, n_random=2).fit(model, torch.rand(8, 1, 16, 16), torch.rand(40, 1, 16, 16))
     cavs = TCAV(LAYER, n_random=2).fit(model, data["concept"], data["pool"])
     with pytest.raises(ValueError, match=r"inputs have shape \[3, 8, 8\] per example"):
