@@ -399,7 +399,7 @@ class TCAV:
 
     # -- CAVs ---------------------------------------------------------------------------------
     def random_sources(self, random_sets: RandomSource, size: int) -> list[ExampleSource]:
-        """The ``n_random`` random sets, unread: the first ``n_random`` of a list, or ``Subset``\ s
+        """The ``n_random`` random sets, unread: the first ``n_random`` of a list, or ``Subset`` objects
         (tensor slices for a tensor pool) drawn from a pool with ``seed`` (disjoint when the pool
         holds ``n_random * size`` examples). Nothing of a ``Dataset`` pool is read here.
 
