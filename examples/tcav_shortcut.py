@@ -3,9 +3,9 @@
 Trains the demo's ``ShapesClassifier`` on ``ShapesDataModule(shortcut=True)`` (every training image
 carries its class's coloured corner marker; validation images carry none) with
 :func:`~lightning_xai.callbacks.tcav.tcav_demo_monitor` attached: TCAV scores of the class
-"square" for two concepts, its marker and its shape, after every optimizer step, with significance. Writes
-``docs/tcav_shortcut.png``: the marker's score rising to 1 within a few steps while validation accuracy
-stalls, and logs everything to TensorBoard under ``--log-dir``.
+"square" for its marker, its shape and the relative CAV marker-vs-shape, after every optimizer step, with
+significance (the default ``"effect"`` statistic and ``"prediction"`` test). Writes
+``docs/tcav_shortcut.png`` and logs everything to TensorBoard under ``--log-dir``.
 
 Usage (from the repository root; about 70 s of CPU time, one run of the monitor per optimizer step)::
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     steps = [int(h["step"]) for h in monitor.history]
     curves, significant = {}, {}
     for c, concept in enumerate(monitor.concept_names):
-        label = f"TCAV({concept} -> square)"
+        label = f"{concept} -> square"
         curves[label] = torch.stack([h["results"][0, c, 0, 0] for h in monitor.history])
         significant[label] = torch.stack([h["results"][0, c, 0, 3] > 0 for h in monitor.history])
     random_scores = torch.stack([h["results"][0, 0, 0, 9 + args.n_random :] for h in monitor.history]).float()
@@ -114,10 +114,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         steps,
         curves,
         significant,
-        extra={"val accuracy (no marker)": (accuracy.epochs, accuracy.val)},
-        title="Class 'square': TCAV of its corner marker and of its shape",
+        title="Class 'square': TCAV ('effect') of its corner marker, its shape, and marker vs shape",
         band=(mean - sd, mean + sd),
         xlabel="training step",
+        ylabel="score change along CAV",
     )
     out = save_png(image, args.out)
     result = {

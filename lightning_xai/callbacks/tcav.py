@@ -601,14 +601,18 @@ def tcav_demo_monitor(
     ``ShapesDataModule(shortcut=True)``): is the class learned from its corner marker or its shape?
 
     Two concepts for ``shortcut_class``: its marker (``"marker_<shape>"``: the marker on random
-    shapes) and its shape (``"<shape>"``), against random shapes without a marker. On the shortcut
-    data the marker's TCAV score for the class rises to 1 while validation accuracy (no markers)
-    stalls.
+    shapes) and its shape (``"<shape>"``), against random shapes without a marker, and the
+    relative CAV ``"marker_<shape>-vs-<shape>"`` (marker against shape directly), with the
+    default ``"effect"`` statistic. Measured over the demo's 6 epochs (48 px, 12,288 shortcut
+    images, class 0 = square, ``features.6``): the marker's effect 1.0-2.3 (p <= 0.044 every
+    epoch), the shape's 2.1-3.0 (p <= 3e-4), marker-vs-shape -1.4 to -1.8 (p <= 0.03): the
+    marker drives the class though validation images carry none, and the square's shape
+    more. The paper's sign count is 1.0 for both concepts at every epoch.
 
     Example:
         >>> monitor = tcav_demo_monitor(image_size=16, num_classes=3, num_per_concept=8, n_random=3)
         >>> monitor.concept_names, monitor.target_classes
-        (['marker_square', 'square'], [0])
+        (['marker_square', 'square', 'marker_square-vs-square'], [0])
     """
     from lightning_xai.data import SHAPE_NAMES, concept_sets, random_images
 
@@ -625,6 +629,7 @@ def tcav_demo_monitor(
         concepts={name: s.images for name, s in sets.items()},
         layers=layers,
         target_classes=[shortcut_class],
+        relative=[(f"marker_{shape}", shape)],
         n_random=n_random,
         random_examples=pool,
         random_size=num_per_concept,

@@ -209,11 +209,14 @@ def _gram(x: Tensor) -> Tensor:
 
 
 def _combine(coef: Tensor, x: Tensor) -> Tensor:
-    """``[k, D]`` float64 ``sum_i coef_ki x_ki`` over chunks of columns."""
-    k, n, d = x.shape
-    out = torch.empty(k, d, dtype=torch.float64, device=x.device)
+    """float64 ``sum_i coef_ki x_ki`` over chunks of columns: ``coef [k, N]``, ``x [k, N, D]`` give
+    ``[k, D]``; ``coef [1, K, N]``, ``x [1, N, D]`` give ``[1, K, D]`` (one set of rows for all)."""
+    d = x.shape[-1]
+    out = torch.empty(*coef.shape[:-1], d, dtype=torch.float64, device=x.device)
+    c = coef.unsqueeze(1) if coef.ndim == 2 else coef
     for j in range(0, d, _D_CHUNK):
-        out[:, j : j + _D_CHUNK] = torch.bmm(coef.unsqueeze(1), x[:, :, j : j + _D_CHUNK].double()).squeeze(1)
+        part = torch.bmm(c, x[:, :, j : j + _D_CHUNK].double())
+        out[..., j : j + _D_CHUNK] = part.squeeze(1) if coef.ndim == 2 else part
     return out
 
 
@@ -221,7 +224,21 @@ def _solve_dual(
     x: Tensor, y: Tensor, w: Tensor, classifier: str, reg: float, max_iter: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Newton's method on the representer coefficients, per-problem Gram matrices."""
-    gram = _gram(x)  # [k, N, N]
+    coef, mean_coef, bias_part, decision = _dual_from_gram(_gram(x), y, w, classifier, reg, max_iter)
+    normal = _combine(coef, x)
+    bias = bias_part - (normal * _combine(mean_coef, x)).sum(1)
+    return normal, bias, decision
+
+
+def _dual_from_gram(
+    gram: Tensor, y: Tensor, w: Tensor, classifier: str, reg: float, max_iter: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The dual solve on ``[k, N, N]`` float64 Gram matrices (overwritten).
+
+    Returns:
+        ``(coef, mean_coef, bias_part, decision)``: ``normal = sum_i coef_i x_i``, the weighted
+        mean ``mu = sum_i mean_coef_i x_i``, ``bias = bias_part - normal . mu``; ``decision [k, N]``.
+    """
     total = w.sum(1, keepdim=True).clamp(min=1e-12)  # [k, 1]
     # centre and scale in the Gram matrix: x' = (x - mu) / s, mu = sum_i w_i x_i / W
     gw = torch.bmm(gram, w.unsqueeze(-1)).squeeze(-1) / total  # [k, N]: x_j . mu
@@ -233,10 +250,7 @@ def _solve_dual(
     decision = torch.bmm(kernel, alpha.unsqueeze(-1)).squeeze(-1)
     # normal = sum_i alpha_i (x_i - mu) / s^2, bias = sum_i alpha_i - normal . mu
     coef = alpha / scale2 - (alpha.sum(1, keepdim=True) / scale2) * (w / total)  # [k, N]
-    normal = _combine(coef, x)
-    mean = _combine(w / total, x)
-    bias = alpha.sum(1) - (normal * mean).sum(1)
-    return normal, bias, decision
+    return coef, w / total, alpha.sum(1), decision
 
 
 def _solve_primal(
@@ -380,6 +394,12 @@ def fit_cavs(
         test[i, pos_te.to(device)] = 1.0
         test[i, p + neg_te.to(device)] = 1.0
     chosen = choose_solver(n, d, solver)
+    m = acts.shape[0]
+    if chosen == "dual" and 8 * (m * m + m * min(d, _D_CHUNK)) <= CHUNK_BYTES:
+        # few rows in all: one Gram matrix shared by every problem (rows shared between problems
+        # are multiplied once), solved in chunks of problems
+        normal, bias, decision = _fit_shared_gram(acts, rows, labels, train, classifier, regularization, max_iter)
+        return _unit_cavs(normal, bias, decision, labels, train, test, acts.dtype)
     step = max(1, min(_chunk_size(n, d, chosen), CHUNK_BYTES // max(1, n * d * acts.element_size())))
     parts = []
     for start in range(0, k, step):
@@ -396,11 +416,49 @@ def fit_cavs(
             )
         )
     normal, bias, decision = (torch.cat(p) for p in zip(*parts))
+    return _unit_cavs(normal, bias, decision, labels, train, test, acts.dtype)
+
+
+def _unit_cavs(
+    normal: Tensor, bias: Tensor, decision: Tensor, labels: Tensor, train: Tensor, test: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Unit normals, their biases and the held-out accuracies (training accuracy without a test split)."""
     evaluate = torch.where(test.sum(1, keepdim=True) == 0, train, test).double()
     correct = ((decision > 0) == labels.bool()).double() * evaluate
     acc = (correct.sum(1) / evaluate.sum(1).clamp(min=1.0)).float()
     norm = normal.norm(dim=1).clamp(min=torch.finfo(normal.dtype).tiny)
-    return (normal / norm.unsqueeze(1)).to(acts.dtype), (bias / norm).to(acts.dtype), acc
+    return (normal / norm.unsqueeze(1)).to(dtype), (bias / norm).to(dtype), acc
+
+
+def _fit_shared_gram(
+    acts: Tensor, rows: Tensor, labels: Tensor, train: Tensor, classifier: str, regularization: float, max_iter: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The dual solver with one ``[M, M]`` float64 Gram matrix of all rows (for small ``M`` only)."""
+    classifier = check_classifier(classifier)
+    reg = max(float(regularization), 1e-8)
+    with torch.inference_mode(False), torch.no_grad():
+        a = acts.detach().clone() if acts.is_inference() else acts.detach()
+        full = _gram(a.unsqueeze(0))[0]  # [M, M]
+        k, n = rows.shape
+        w = train.detach().double()
+        y = labels.detach().double() * 2.0 - 1.0
+        step = _chunk_size(n, 0, "dual")
+        coefs, means, biases, decisions = [], [], [], []
+        for start in range(0, k, step):
+            r = rows[start : start + step]
+            gram = full[r.unsqueeze(2), r.unsqueeze(1)]  # [k, N, N]
+            coef, mean_coef, bias_part, decision = _dual_from_gram(
+                gram, y[start : start + step], w[start : start + step], classifier, reg, max_iter
+            )
+            coefs.append(
+                torch.zeros(r.shape[0], a.shape[0], dtype=torch.float64, device=a.device).scatter_add_(1, r, coef)
+            )
+            means.append(torch.zeros_like(coefs[-1]).scatter_add_(1, r, mean_coef))
+            biases.append(bias_part)
+            decisions.append(decision)
+        normal = _combine(torch.cat(coefs).unsqueeze(0), a.unsqueeze(0))  # [1, K, M] x [1, M, D]
+        mean = _combine(torch.cat(means).unsqueeze(0), a.unsqueeze(0))
+    return normal[0], torch.cat(biases) - (normal[0] * mean[0]).sum(1), torch.cat(decisions)
 
 
 @dataclass(eq=False)

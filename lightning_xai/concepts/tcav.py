@@ -36,10 +36,11 @@ The test (``test=``) compares the concept's ``n_random`` statistics with the nul
 A Bonferroni correction over the concept x layer tests of one call decides
 :attr:`TCAVResult.significant`. An insignificant result is reported as such, never dropped.
 
-Cost: one forward pass over all concept and random examples for all layers (in batches of
-``batch_size``), and one forward plus one backward pass over the inputs for all concepts, layers
-and CAVs together; every CAV of a layer is trained in batched Newton problems on the model's
-device (see :func:`~lightning_xai.concepts.cav.fit_cavs` for their memory).
+Cost: one forward pass over every concept and random example for all layers (in batches of
+``batch_size``; the random sets are read and forwarded one at a time), and one forward plus one
+backward pass over the inputs for all concepts, layers and CAVs together. Memory: the concepts'
+and at most three random sets' activations at once, plus one chunk of CAV problems (see
+:func:`~lightning_xai.concepts.cav.fit_linear`): independent of ``n_random``.
 """
 
 from __future__ import annotations

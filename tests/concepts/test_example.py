@@ -33,8 +33,9 @@ def test_tcav_shortcut_example_writes_the_picture(tmp_path: Path) -> None:
     )
     assert out.stat().st_size > 5000
     assert len(result["steps"]) == 2 and set(result["tcav"]) == {
-        "TCAV(marker_square -> square)",
-        "TCAV(square -> square)",
+        "marker_square -> square",
+        "square -> square",
+        "marker_square-vs-square -> square",
     }
 
 
