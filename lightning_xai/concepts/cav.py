@@ -328,7 +328,11 @@ def _newton(gram: Tensor, y: Tensor, c: Tensor, classifier: str, reg: float, max
         h = c * d2  # d2 loss / d f2 (y^2 = 1)
         # Newton step: (K D K + reg K) delta = -K (u + reg alpha)  <=  (D K + reg I) delta = -(u + reg alpha)
         system = h.unsqueeze(-1) * gram + reg * eye
-        delta = torch.linalg.solve(system, -(u + reg * alpha))
+        # one solve per problem: batched torch.linalg.solve fails on some of these systems with 2+
+        # CPU threads (MKL: "Parameter 6 was incorrect on entry to DLASWP"; torch 2.14, seen on
+        # Fashion-MNIST CAVs), while each 2-D solve succeeds
+        rhs = -(u + reg * alpha)
+        delta = torch.stack([torch.linalg.solve(system[i], rhs[i]) for i in range(k)])
         # grad . delta (the directional derivative) for the Armijo condition
         slope = (torch.bmm(gram, (u + reg * alpha).unsqueeze(-1)).squeeze(-1) * delta).sum(-1)
         trial = alpha.unsqueeze(0) + steps.view(-1, 1, 1) * delta.unsqueeze(0)  # [S, K, N]
