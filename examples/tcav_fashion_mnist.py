@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         epochs,
         curves,
         significant,
-        title=f"Fashion-MNIST, small CNN at {LAYER}: TCAV ('effect') over training",
+        title=f"Fashion-MNIST, CNN at {LAYER}, TCAV effect",
         ylabel="score change along CAV",
     )
     out = save_png(image, args.out)
