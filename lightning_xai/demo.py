@@ -89,18 +89,18 @@ def tcav_demo_monitor(
     seed: int = 0,
     max_overhead: Optional[float] = None,
 ) -> TCAVMonitor:
-    """The ``TCAVMonitor`` for the shortcut demo (:class:`ShapesClassifier` on
+    """The ``TCAVMonitor`` for the shortcut demo (:class:`~lightning_xai.demo.ShapesClassifier` on
     ``ShapesDataModule(shortcut=True)``): is the class learned from its corner marker or its shape?
 
     Two concepts for ``shortcut_class``: its marker (``"marker_<shape>"``: the marker on random
-    shapes) and its shape (``"<shape>"``), against random shapes without a marker. On the shortcut
-    data the marker's TCAV score for the class rises to 1 while validation accuracy (no markers)
-    stalls.
+    shapes) and its shape (``"<shape>"``), against random shapes without a marker, and the
+    relative CAV ``"marker_<shape>-vs-<shape>"`` (marker against shape directly), with the
+    default ``"effect"`` statistic (measured values: the docs' results page).
 
     Examples:
         >>> monitor = tcav_demo_monitor(image_size=16, num_classes=3, num_per_concept=8, n_random=3)
         >>> monitor.concept_names, monitor.target_classes
-        (['marker_square', 'square'], [0])
+        (['marker_square', 'square', 'marker_square-vs-square'], [0])
     """
     from lightning_xai._validation import check_int
     from lightning_xai.callbacks.tcav import TCAVMonitor
@@ -119,6 +119,7 @@ def tcav_demo_monitor(
         concepts={name: s.images for name, s in sets.items()},
         layers=layers,
         target_classes=[shortcut_class],
+        relative=[(f"marker_{shape}", shape)],
         n_random=n_random,
         random_examples=pool,
         random_size=num_per_concept,

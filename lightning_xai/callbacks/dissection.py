@@ -14,7 +14,7 @@ from typing_extensions import override
 from lightning_xai._validation import check_int
 from lightning_xai.callbacks.base import MonitorBase, RunInfo
 from lightning_xai.concepts import NetworkDissection
-from lightning_xai.concepts.dissection import DissectionResult, merge_top
+from lightning_xai.concepts.dissection import DissectionResult, OwnedMasks, merge_top
 from lightning_xai.concepts.functional import layer_activations
 from lightning_xai.sinks import Sink
 
@@ -54,6 +54,8 @@ class DissectionMonitor(MonitorBase):
       concept: the concept mask (left) and the unit's thresholded map (right), captioned with
       the IoU.
 
+    The images stay on the CPU and go to the device a batch at a time; each image keeps only its
+    own concept's mask (:class:`~lightning_xai.concepts.dissection.OwnedMasks`, ``[N, H, W]``).
     The history (per-unit IoUs of every run) is kept in ``state_dict``. Under DDP the images are
     split over the ranks; the top-value buffers are merged and the pixel counts summed, which
     gives exactly the single-process result. Training is never perturbed.
@@ -111,15 +113,10 @@ class DissectionMonitor(MonitorBase):
         if len(set(shapes.values())) > 1:
             raise ValueError(f"Expected every concept's images and masks to have one shape, but got {shapes}.")
         self.concept_names = list(pairs)
-        self._images = torch.cat([i for i, _ in pairs.values()])
-        n = self._images.shape[0]
-        self._masks = torch.zeros(n, len(pairs), *self._images.shape[-2:], dtype=torch.bool)
-        self._owner = torch.zeros(n, dtype=torch.long)  # which concept set each image came from
-        start = 0
-        for c, (images, masks) in enumerate(pairs.values()):
-            self._masks[start : start + images.shape[0], c] = masks[:, 0]
-            self._owner[start : start + images.shape[0]] = c
-            start += images.shape[0]
+        self._images = torch.cat([i for i, _ in pairs.values()])  # on the CPU; batches go to the device
+        owner = torch.cat([torch.full((i.shape[0],), c, dtype=torch.long) for c, (i, _) in enumerate(pairs.values())])
+        self._masks = OwnedMasks(torch.cat([m[:, 0] for _, m in pairs.values()]), owner, len(pairs))
+        self._owner = owner  # which concept set each image came from
         self.top_units = check_int("top_units", top_units, 0)
         self.history: list[dict[str, Any]] = []
 
@@ -154,12 +151,8 @@ class DissectionMonitor(MonitorBase):
                 f"{type(self).__name__}: layer {self.layer!r} returns shape {tuple(act.shape)}; dissection needs [B, K, h, w] maps."
             )
 
-    @override
-    def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._images = self.to_model(trainer, pl_module, self._images)
-
     def _dissect(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, images: Tensor, masks: Tensor
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, images: Tensor, masks: OwnedMasks
     ) -> DissectionResult:
         n = images.shape[0]
         world = trainer.world_size
@@ -218,8 +211,7 @@ class DissectionMonitor(MonitorBase):
         unit_index = torch.tensor(units, device=up.device)
         maps = up[torch.arange(len(units), device=up.device), unit_index]
         active = maps >= result.thresholds.to(maps.device)[unit_index].view(-1, 1, 1)
-        owners = self._owner[index]
-        masks = self._masks[index, owners]
+        masks = self._masks.masks[index]
         return images.float().cpu(), masks.unsqueeze(1).float(), active.unsqueeze(1).float().cpu(), captions
 
     @override
@@ -251,7 +243,7 @@ class DissectionMonitor(MonitorBase):
 
     def _tiny(self, pl_module: pl.LightningModule, rows: Tensor) -> tuple[Tensor, Tensor]:
         images = self._images[rows.to(self._images.device)]
-        masks = self._masks[rows]
+        masks = OwnedMasks(self._masks.masks[rows], self._owner[rows], self._masks.num_concepts)
         thresholds = self.dissection.thresholds(pl_module, images)
         inter, unit_area, concept_area = self.dissection.counts(pl_module, images, masks, thresholds)
         return thresholds.cpu(), self.dissection.iou(inter, unit_area, concept_area).cpu()

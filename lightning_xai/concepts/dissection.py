@@ -16,7 +16,9 @@ threshold without holding all activations: memory ``K * m`` (``K * N * h * w * q
 the full activations at the paper's ``quantile=0.005``). Buffers of several processes merge the
 same way (:func:`merge_top_values`), so a sharded run gives the single-process threshold.
 
-Cost: two forward passes over the images (one for the thresholds, one for the IoUs).
+Cost: two forward passes over the images (one for the thresholds, one for the IoUs). Memory:
+the images stay where they are (a batch at a time on the model's device), the masks may be one
+per image (:class:`OwnedMasks`), and the pixel counts are integer sums over chunks of units.
 """
 
 from __future__ import annotations
@@ -36,7 +38,14 @@ from lightning_xai.attribution.capture import LayerCapture
 from lightning_xai.concepts.examples import _inputs_of
 from lightning_xai.errors import LightningXAIError
 
-__all__ = ["NetworkDissection", "DissectionResult", "merge_top", "merge_top_values", "as_concept_masks"]
+__all__ = [
+    "NetworkDissection",
+    "DissectionResult",
+    "OwnedMasks",
+    "merge_top",
+    "merge_top_values",
+    "as_concept_masks",
+]
 
 
 @dataclass(eq=False)
@@ -149,6 +158,59 @@ def as_concept_masks(
     return masks != 0, names
 
 
+COUNT_CHUNK_BYTES = 64 * 2**20
+"""Upsampled float maps held at once by :meth:`NetworkDissection.counts` (units are chunked to fit)."""
+
+
+@dataclass(eq=False)
+class OwnedMasks:
+    """Concept masks of a Broden-style probe set in which every image belongs to one concept set:
+    ``masks[i]`` is image ``i``'s mask for concept ``owner[i]``, and the image is background for
+    every other concept. ``C`` times smaller than the dense ``[N, C, H, W]`` form.
+
+    Attributes:
+        masks: ``[N, H, W]`` bool.
+        owner: ``[N]`` concept index of each image.
+        num_concepts: ``C``.
+    """
+
+    masks: Tensor
+    owner: Tensor
+    num_concepts: int
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+    def dense(self) -> Tensor:
+        """The ``[N, C, H, W]`` bool form (for small sets and tests)."""
+        out = torch.zeros(self.masks.shape[0], self.num_concepts, *self.masks.shape[1:], dtype=torch.bool)
+        out[torch.arange(self.masks.shape[0]), self.owner] = self.masks.cpu()
+        return out
+
+
+def _mask_size(masks: Tensor | OwnedMasks) -> tuple[int, int]:
+    shape = masks.masks.shape if isinstance(masks, OwnedMasks) else masks.shape
+    return int(shape[-2]), int(shape[-1])
+
+
+def _concept_groups(
+    masks: Tensor | OwnedMasks, rows: Tensor, device: torch.device
+) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """``(concept, positions in the batch, [b_c, H, W] bool masks)`` for every concept with an
+    image in the batch ``rows`` (dense masks: every concept with a nonzero mask there)."""
+    if isinstance(masks, OwnedMasks):
+        owner = masks.owner[rows.to(masks.owner.device)].cpu()
+        for c in torch.unique(owner).tolist():
+            sel = (owner == c).nonzero().flatten()
+            yield int(c), sel.to(device), masks.masks[rows[sel].to(masks.masks.device)].to(device)
+        return
+    batch = masks[rows.to(masks.device)]
+    present = batch.flatten(2).any(2).any(0).nonzero().flatten().tolist()
+    everyone = torch.arange(rows.numel(), device=device)
+    for c in present:
+        yield int(c), everyone, batch[:, c].to(device)
+
+
 class NetworkDissection:
     """Network Dissection of one convolutional layer (Bau et al. 2017).
 
@@ -218,7 +280,7 @@ class NetworkDissection:
                         x = images[rows.to(images.device)]
                     else:
                         x = torch.stack([_inputs_of(images[int(i)], f"item {int(i)}") for i in rows]).float()
-                    x = x.to(ctx.device)
+                    x = x.to(device=ctx.device, dtype=ctx.dtype if ctx.dtype is not None else x.dtype)
                     try:
                         model(x)
                     except RuntimeError as err:
@@ -291,38 +353,54 @@ class NetworkDissection:
         self,
         model: nn.Module,
         images: Tensor | Dataset,
-        masks: Tensor,
+        masks: Tensor | OwnedMasks,
         thresholds: Tensor,
         *,
         indices: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Pixel counts for the IoUs: ``(intersection [K, C], |M_k| [K], |L_c| [C])`` summed over
-        images (sums over processes add up).
+        images (sums over processes add up), as float32 tensors holding exact integer counts.
+
+        Batch by batch, units in chunks (at most :data:`COUNT_CHUNK_BYTES` of upsampled maps at
+        once): each chunk's maps are upsampled, thresholded into a bool mask and intersected with
+        the masks of the concepts present in the batch by an integer count; no float
+        ``[b, K, H * W]`` temporary is formed. Images stay where they are and move to the model's
+        device a batch at a time.
 
         Args:
             model: The model.
             images: ``[N, ...]`` images or a ``Dataset``.
-            masks: ``[N, C, H, W]`` bool concept masks aligned with ``images``.
+            masks: ``[N, C, H, W]`` bool concept masks aligned with ``images``, or
+                :class:`OwnedMasks` (one mask per image, for the concept that owns it).
             thresholds: ``[K]`` from :meth:`thresholds`.
             indices: Only these rows (a shard).
         """
         inter = unit_area = concept_area = None
         for part, act in self._maps(model, images, indices):
             rows = torch.arange(part.start, part.stop) if indices is None else indices[part].cpu()
-            mask = masks[rows.to(masks.device)].to(act.device)
-            up = F.interpolate(act, size=mask.shape[-2:], mode="bilinear", align_corners=False)
-            active = (up >= thresholds.to(act.device).view(1, -1, 1, 1)).flatten(2).float()  # [b, K, P]
-            concept = mask.flatten(2).float()  # [b, C, P]
-            batch_inter = torch.einsum("bkp,bcp->kc", active, concept)
+            groups = list(_concept_groups(masks, rows, act.device))
+            b, k = act.shape[:2]
+            size = groups[0][2].shape[-2:] if groups else _mask_size(masks)
             if inter is None:
-                inter, unit_area, concept_area = batch_inter, active.sum((0, 2)), concept.sum((0, 2))
-            else:
-                inter += batch_inter
-                unit_area += active.sum((0, 2))
-                concept_area += concept.sum((0, 2))
-        if inter is None:
+                num_concepts = masks.num_concepts if isinstance(masks, OwnedMasks) else masks.shape[1]
+                inter = torch.zeros(k, num_concepts, dtype=torch.long, device=act.device)
+                unit_area = torch.zeros(k, dtype=torch.long, device=act.device)
+                concept_area = torch.zeros(num_concepts, dtype=torch.long, device=act.device)
+            pixels = size[0] * size[1]
+            step = max(1, COUNT_CHUNK_BYTES // max(1, 4 * b * pixels))
+            for start in range(0, k, step):
+                units = slice(start, min(k, start + step))
+                up = F.interpolate(act[:, units], size=size, mode="bilinear", align_corners=False)
+                active = up >= thresholds[units].to(act.device).view(1, -1, 1, 1)  # [b, kc, H, W] bool
+                del up
+                unit_area[units] += active.sum((0, 2, 3))
+                for c, sel, mask in groups:
+                    inter[units, c] += (active[sel] & mask.unsqueeze(1)).sum((0, 2, 3))
+            for c, _, mask in groups:
+                concept_area[c] += mask.sum()
+        if inter is None or unit_area is None or concept_area is None:
             raise ValueError("NetworkDissection: expected at least one image, but got none.")
-        return inter, unit_area, concept_area  # type: ignore[return-value]
+        return inter.float(), unit_area.float(), concept_area.float()
 
     @staticmethod
     def iou(intersection: Tensor, unit_area: Tensor, concept_area: Tensor) -> Tensor:

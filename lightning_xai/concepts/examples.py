@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_xai._validation import check_int
 from lightning_xai.data.probe import INPUT_KEYS
 
-__all__ = ["ExampleSource", "IMAGE_EXTENSIONS", "load_examples", "sample_examples", "example_count"]
+__all__ = ["ExampleSource", "IMAGE_EXTENSIONS", "load_examples", "sample_examples", "sample_indices", "example_count"]
 
 ExampleSource = Union[Tensor, Dataset, DataLoader, Iterable[Any], str, "os.PathLike[str]"]
 """A set of examples: a ``[N, ...]`` tensor, a ``Dataset``, a ``DataLoader`` (or other iterable of
@@ -190,6 +190,29 @@ def example_count(source: ExampleSource) -> int | None:
     return None
 
 
+def sample_indices(pool: Tensor | Dataset, k: int, size: int, *, seed: int = 0, name: str = "random") -> list[Tensor]:
+    """The indices :func:`sample_examples` reads: ``k`` seeded draws of ``size`` indices into ``pool``.
+
+    Raises:
+        TypeError: ``pool`` is not a tensor or a map-style ``Dataset``.
+        ValueError: The pool holds fewer than ``size`` examples.
+    """
+    k = check_int("k", k, 1)
+    size = check_int("size", size, 1)
+    n = example_count(pool)  # type: ignore[arg-type]
+    if n is None:
+        raise TypeError(
+            f"Expected the pool of {name!r} examples to be a tensor or a map-style Dataset, but got {type(pool).__name__}."
+        )
+    if n < size:
+        raise ValueError(f"The pool of {name!r} examples holds {n} examples; {size} are needed per set.")
+    gen = torch.Generator().manual_seed(seed)
+    if n >= k * size:
+        order = torch.randperm(n, generator=gen)
+        return [order[i * size : (i + 1) * size] for i in range(k)]
+    return [torch.randperm(n, generator=gen)[:size] for _ in range(k)]
+
+
 def sample_examples(pool: Tensor | Dataset, k: int, size: int, *, seed: int = 0, name: str = "random") -> list[Tensor]:
     """``k`` random sets of ``size`` examples each, drawn from ``pool`` with a seeded generator.
 
@@ -214,21 +237,7 @@ def sample_examples(pool: Tensor | Dataset, k: int, size: int, *, seed: int = 0,
         >>> [tuple(s.shape) for s in sets]
         [(5, 2), (5, 2), (5, 2)]
     """
-    k = check_int("k", k, 1)
-    size = check_int("size", size, 1)
-    n = example_count(pool)  # type: ignore[arg-type]
-    if n is None:
-        raise TypeError(
-            f"Expected the pool of {name!r} examples to be a tensor or a map-style Dataset, but got {type(pool).__name__}."
-        )
-    if n < size:
-        raise ValueError(f"The pool of {name!r} examples holds {n} examples; {size} are needed per set.")
-    gen = torch.Generator().manual_seed(seed)
-    if n >= k * size:
-        order = torch.randperm(n, generator=gen)
-        picks = [order[i * size : (i + 1) * size] for i in range(k)]
-    else:
-        picks = [torch.randperm(n, generator=gen)[:size] for _ in range(k)]
+    picks = sample_indices(pool, k, size, seed=seed, name=name)
     if isinstance(pool, Tensor):
         return [pool[p.to(pool.device)].detach() for p in picks]
     return [_stack([_inputs_of(pool[int(i)], f"item {int(i)} of {name!r}") for i in p], name).float() for p in picks]

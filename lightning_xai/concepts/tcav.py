@@ -36,10 +36,11 @@ The test (``test=``) compares the concept's ``n_random`` statistics with the nul
 A Bonferroni correction over the concept x layer tests of one call decides
 :attr:`TCAVResult.significant`. An insignificant result is reported as such, never dropped.
 
-Cost: one forward pass over all concept and random examples for all layers (in batches of
-``batch_size``), and one forward plus one backward pass over the inputs for all concepts, layers
-and CAVs together; every CAV of a layer is trained in batched Newton problems on the model's
-device (see :func:`~lightning_xai.concepts.cav.fit_cavs` for their memory).
+Cost: one forward pass over every concept and random example for all layers (in batches of
+``batch_size``; the random sets are read and forwarded one at a time), and one forward plus one
+backward pass over the inputs for all concepts, layers and CAVs together. Memory: the concepts'
+and at most three random sets' activations at once, plus one chunk of CAV problems (see
+:func:`~lightning_xai.concepts.cav.fit_linear`): independent of ``n_random``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from typing import Union
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_xai._validation import check_float, check_int
 from lightning_xai.attribution.base import OutputType, TargetType, check_output, get_layer
@@ -63,7 +64,7 @@ from lightning_xai.concepts.cav import (
     split_indices,
     warn_near_chance,
 )
-from lightning_xai.concepts.examples import ExampleSource, load_examples, sample_examples
+from lightning_xai.concepts.examples import ExampleSource, _inputs_of, example_count, load_examples, sample_indices
 from lightning_xai.concepts.functional import (
     layer_activations,
     layer_gradients,
@@ -245,6 +246,15 @@ class FittedCAVs:
         return float(self.accuracies[layer][self.concepts.index(concept)].mean())
 
 
+def _example_shape(source: ExampleSource) -> tuple[int, ...] | None:
+    """The shape of one example of ``source`` from at most one item, or ``None`` if that needs reading more."""
+    if isinstance(source, Tensor):
+        return tuple(source.shape[1:])
+    if isinstance(source, Dataset) and hasattr(source, "__len__") and len(source) > 0:  # type: ignore[arg-type]
+        return tuple(_inputs_of(source[0], "item 0").shape)
+    return None
+
+
 def _as_concepts(concepts: ExampleSource | Mapping[str, ExampleSource]) -> dict[str, ExampleSource]:
     if isinstance(concepts, Mapping):
         if not concepts:
@@ -388,26 +398,39 @@ class TCAV:
             get_layer(model, name, method="TCAV")
 
     # -- CAVs ---------------------------------------------------------------------------------
-    def random_sets(self, random_sets: RandomSource, size: int) -> list[Tensor]:
-        """The ``n_random`` random sets: the first ``n_random`` of a list, or drawn from a pool.
+    def random_sources(self, random_sets: RandomSource, size: int) -> list[ExampleSource]:
+        """The ``n_random`` random sets, unread: the first ``n_random`` of a list, or ``Subset`` objects
+        (tensor slices for a tensor pool) drawn from a pool with ``seed`` (disjoint when the pool
+        holds ``n_random * size`` examples). Nothing of a ``Dataset`` pool is read here.
 
         Raises:
-            ValueError: a list with fewer than ``n_random`` sets, or a set that is too small.
+            ValueError: a list with fewer than ``n_random`` sets, or a pool smaller than a set.
+            TypeError: an unsupported type.
         """
         if isinstance(random_sets, (list, tuple)):
             if len(random_sets) < self.n_random:
                 raise ValueError(
                     f"TCAV: expected at least n_random={self.n_random} random sets, but got {len(random_sets)}."
                 )
-            sets = [load_examples(s, name=f"random {i}") for i, s in enumerate(random_sets[: self.n_random])]
-        else:
-            pool = random_sets.dataset if isinstance(random_sets, DataLoader) else random_sets
-            if not isinstance(pool, (Tensor, Dataset)):
-                raise TypeError(
-                    "TCAV: expected `random_sets` to be a list of example sets, a tensor, a Dataset or a DataLoader, "
-                    f"but got {type(random_sets).__name__}."
-                )
-            sets = sample_examples(pool, self.n_random, self.random_size or size, seed=self.seed, name="random")
+            return list(random_sets[: self.n_random])
+        pool = random_sets.dataset if isinstance(random_sets, DataLoader) else random_sets
+        if not isinstance(pool, (Tensor, Dataset)):
+            raise TypeError(
+                "TCAV: expected `random_sets` to be a list of example sets, a tensor, a Dataset or a DataLoader, "
+                f"but got {type(random_sets).__name__}."
+            )
+        picks = sample_indices(pool, self.n_random, self.random_size or size, seed=self.seed, name="random")
+        if isinstance(pool, Tensor):
+            return [pool[p.to(pool.device)].detach() for p in picks]
+        return [Subset(pool, p.tolist()) for p in picks]
+
+    def random_sets(self, random_sets: RandomSource, size: int) -> list[Tensor]:
+        """The ``n_random`` random sets, read (see :meth:`random_sources`).
+
+        Raises:
+            ValueError: a list with fewer than ``n_random`` sets, or a set that is too small.
+        """
+        sets = [load_examples(s, name=f"random {i}") for i, s in enumerate(self.random_sources(random_sets, size))]
         for i, s in enumerate(sets):
             check_set_size(s.shape[0], f"random {i}", "TCAV")
         return sets
@@ -420,11 +443,15 @@ class TCAV:
         relative: Pairs | None = None,
     ) -> FittedCAVs:
         """Train every CAV: each concept against each random set, each relative pair ``n_random``
-        times (on different train splits), and random against random, at every layer, from one
-        forward pass over all the examples.
+        times (on different train splits), and random against random, at every layer.
 
-        The examples stay where they are (the CPU for folders and datasets); they are moved to
-        the model's device batch by batch.
+        Streams the random sets: they are read one at a time (a ``Dataset`` pool item by item),
+        their activations at every layer come from one forward pass (batches of ``batch_size``
+        moved to the model's device), and every CAV that needs them is trained before the next
+        set is read. At most the concepts' and three random sets' activations are held at once,
+        whatever ``n_random``; each CAV problem is solved by
+        :func:`~lightning_xai.concepts.cav.fit_cavs` (memory of one problem, never
+        ``total examples^2``).
 
         Args:
             model: The model.
@@ -449,55 +476,120 @@ class TCAV:
         sets = {name: load_examples(source, name=name) for name, source in named.items()}
         for name, examples in sets.items():
             check_set_size(examples.shape[0], name, "TCAV")
-        randoms = self.random_sets(random_sets, max(s.shape[0] for s in sets.values()))
+        sources = self.random_sources(random_sets, max(s.shape[0] for s in sets.values()))
         shapes = {name: tuple(s.shape[1:]) for name, s in sets.items()}
-        shapes.update({f"random {i}": tuple(s.shape[1:]) for i, s in enumerate(randoms)})
+        for i, source in enumerate(sources):  # checked before any forward pass, where one item tells
+            shape = _example_shape(source)
+            if shape is not None:
+                shapes[f"random {i}"] = shape
         if len(set(shapes.values())) > 1:
             raise ValueError(f"TCAV: the example sets have different shapes: {shapes}.")
-        all_sets = [*sets.values(), *randoms]
-        acts = layer_activations(
-            model,
-            torch.cat([s.cpu() for s in all_sets]),
-            self.layers,
-            batch_size=self.batch_size,
-            method="TCAV",
-            what="the concept and random examples",
-        )
-        gen = torch.Generator().manual_seed(self.seed)
-        splits = [split_indices(s.shape[0], self.test_fraction, gen) for s in all_sets]
-        bounds = torch.tensor([0] + [s.shape[0] for s in all_sets]).cumsum(0).tolist()
-        index = {name: i for i, name in enumerate(sets)}
+        example_shape = next(iter(shapes.values()))
         c, n = len(sets), self.n_random
-        pairs_index = [(i, c + r) for i in range(c) for r in range(n)]
-        pair_splits = [(splits[p], splits[q]) for p, q in pairs_index]
-        for a, b in pairs:  # relative runs: the same two sets, a fresh seeded split per run
-            for _ in range(n):
-                pairs_index.append((index[a], index[b]))
-                pair_splits.append(
-                    tuple(split_indices(all_sets[i].shape[0], self.test_fraction, gen) for i in (index[a], index[b]))
+
+        def activations(examples: Tensor, what: str) -> dict[str, Tensor]:
+            return layer_activations(model, examples, self.layers, batch_size=self.batch_size, method="TCAV", what=what)
+
+        def read_random(i: int) -> Tensor:
+            examples = load_examples(sources[i], name=f"random {i}")
+            check_set_size(examples.shape[0], f"random {i}", "TCAV")
+            if tuple(examples.shape[1:]) != example_shape:
+                raise ValueError(
+                    f"TCAV: the example sets have different shapes: random set {i} has {list(examples.shape[1:])}, "
+                    f"the concepts {list(example_shape)}."
                 )
-        pairs_index += [(c + (r + 1) % n, c + r) for r in range(n)]
-        pair_splits += [(splits[c + (r + 1) % n], splits[c + r]) for r in range(n)]
+            return examples
+
+        # splits in a fixed order: concepts, random sets, then the relative runs
+        sizes = [s.shape[0] for s in sets.values()]
+        randoms: dict[int, Tensor] = {}
+        for i, source in enumerate(sources):
+            count = example_count(source) if not isinstance(source, (list, tuple)) else None
+            if count is None:  # unknown without reading (an iterable, a folder): read it now
+                randoms[i] = read_random(i)
+                count = randoms[i].shape[0]
+            sizes.append(count)
+        gen = torch.Generator().manual_seed(self.seed)
+        splits = [split_indices(size, self.test_fraction, gen) for size in sizes]
+        index = {name: i for i, name in enumerate(sets)}
+        relative_splits = [
+            [tuple(split_indices(sizes[i], self.test_fraction, gen) for i in (index[a], index[b])) for _ in range(n)]
+            for a, b in pairs
+        ]
         rows_total = c + len(pairs) + 1
-        vectors, displacements, accuracies = {}, {}, {}
-        for layer in self.layers:
-            a = acts[layer]
-            rows = torch.arange(bounds[-1], device=a.device)
-            parts = [rows[bounds[i] : bounds[i + 1]] for i in range(len(all_sets))]
+        vectors: dict[str, Tensor] = {}
+        displacements = {layer: torch.zeros(rows_total, n) for layer in self.layers}
+        accuracies = {layer: torch.zeros(rows_total, n) for layer in self.layers}
+
+        concept_acts = activations(torch.cat([s.cpu() for s in sets.values()]), "the concept examples")
+        bounds = torch.tensor([0, *sizes[:c]]).cumsum(0).tolist()
+
+        def fit(
+            layer: str, blocks: list[Tensor], pairs_index: list[tuple[int, int]], pair_splits: list, where: list
+        ) -> None:
+            """Fit the CAVs of ``pairs_index`` (indices into ``blocks``) at ``layer``, store them at ``where``."""
+            offsets = torch.tensor([0, *[b.shape[0] for b in blocks]]).cumsum(0).tolist()
+            a = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+            rows = torch.arange(offsets[-1], device=a.device)
+            parts = [rows[offsets[i] : offsets[i + 1]] for i in range(len(blocks))]
             v, _, acc = fit_cavs(
                 a,
                 [(parts[p], parts[q]) for p, q in pairs_index],
-                list(pair_splits),
+                pair_splits,
                 classifier=self.classifier,
                 regularization=self.regularization,
             )
-            means = torch.stack([a[parts[i]].double().mean(0) for i in range(len(all_sets))])  # [S, D]
+            means = torch.stack([b.double().mean(0) for b in blocks])  # [S, D]
             pos = torch.tensor([p for p, _ in pairs_index], device=a.device)
             neg = torch.tensor([q for _, q in pairs_index], device=a.device)
-            disp = (v.double() * (means[pos] - means[neg])).sum(1)
-            vectors[layer] = v.view(rows_total, n, -1)
-            displacements[layer] = disp.view(rows_total, n).float().cpu()
-            accuracies[layer] = acc.view(rows_total, n).cpu()
+            disp = (v.double() * (means[pos] - means[neg])).sum(1).float().cpu()
+            if layer not in vectors:
+                vectors[layer] = torch.zeros(rows_total, n, v.shape[1], dtype=v.dtype, device=v.device)
+            for j, (row, run) in enumerate(where):
+                vectors[layer][row, run] = v[j]
+                displacements[layer][row, run] = disp[j]
+                accuracies[layer][row, run] = acc[j].cpu()
+
+        for layer in self.layers:
+            blocks = [concept_acts[layer][bounds[i] : bounds[i + 1]] for i in range(c)]
+            if not pairs:
+                continue
+            pi, ps, where = [], [], []
+            for r_i, (a, b) in enumerate(pairs):  # relative runs: the same two sets, a fresh split per run
+                for run in range(n):
+                    pi.append((index[a], index[b]))
+                    ps.append(relative_splits[r_i][run])
+                    where.append((c + r_i, run))
+            fit(layer, blocks, pi, ps, where)
+
+        first: dict[str, Tensor] | None = None
+        previous: dict[str, Tensor] | None = None
+        for r in range(n):  # one random set at a time; the first and the previous are kept
+            current = activations(randoms.pop(r) if r in randoms else read_random(r), f"random set {r}")
+            for layer in self.layers:
+                blocks = [concept_acts[layer][bounds[i] : bounds[i + 1]] for i in range(c)]
+                pi = [(i, c) for i in range(c)]
+                ps = [(splits[i], splits[c + r]) for i in range(c)]
+                where = [(i, r) for i in range(c)]
+                blocks.append(current[layer])
+                if previous is not None:  # random set r against random set r - 1: null run r - 1
+                    blocks.append(previous[layer])
+                    pi.append((c, c + 1))
+                    ps.append((splits[c + r], splits[c + r - 1]))
+                    where.append((rows_total - 1, r - 1))
+                fit(layer, blocks, pi, ps, where)
+            if first is None:
+                first = current
+            previous = current
+        assert first is not None and previous is not None
+        for layer in self.layers:  # random set 0 against the last one: null run n - 1
+            fit(
+                layer,
+                [first[layer], previous[layer]],
+                [(0, 1)],
+                [(splits[c], splits[c + n - 1])],
+                [(rows_total - 1, n - 1)],
+            )
         fitted = FittedCAVs(
             concepts=[*sets, *(relative_name(a, b) for a, b in pairs)],
             layers=list(self.layers),
@@ -508,7 +600,7 @@ class TCAV:
             relative=pairs,
             classifier=self.classifier,
             min_accuracy=self.min_accuracy,
-            example_shape=tuple(all_sets[0].shape[1:]),
+            example_shape=tuple(example_shape),
         )
         for name in fitted.concepts:
             for layer in self.layers:

@@ -1,5 +1,6 @@
-"""CAV: the batched Newton solver against a literal scipy minimisation of the same objective, the
-sign convention, determinism, example sources."""
+"""CAV: the batched dual (Newton) and primal (L-BFGS) solvers against a literal scipy minimisation
+of the same objective and against each other, bounded memory for many random sets, the sign
+convention, determinism, example sources."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from lightning_xai.concepts.cav import fit_linear
 from tests.helpers.concept_models import DetectorNet, background, with_patches
 
 
+@pytest.mark.parametrize("solver", ["dual", "primal"])
 @pytest.mark.parametrize("classifier", ["logistic", "svm"])
-def test_fit_linear_matches_scipy_on_the_same_objective(classifier):
+def test_fit_linear_matches_scipy_on_the_same_objective(classifier, solver):
     from scipy.optimize import minimize
 
     gen = torch.Generator().manual_seed(0)
@@ -24,7 +26,7 @@ def test_fit_linear_matches_scipy_on_the_same_objective(classifier):
     x = x + y.unsqueeze(-1) * 0.8
     w = torch.ones(k, n, dtype=torch.float64)
     w[:, -4:] = 0.0  # held out / padding
-    normal, bias = fit_linear(x, y, w, classifier=classifier, regularization=reg)
+    normal, bias = fit_linear(x, y, w, classifier=classifier, regularization=reg, solver=solver)
     for i in range(k):
         xi, yi, wi = x[i].numpy(), y[i].numpy() * 2 - 1, w[i].numpy()
         mean = (xi * wi[:, None]).sum(0) / wi.sum()
@@ -89,3 +91,66 @@ def test_example_errors(tmp_path):
         sample_examples(torch.rand(5, 2), 2, 6)
     sets = sample_examples(torch.arange(20.0).view(10, 2), 2, 5)
     assert not set(sets[0][:, 0].tolist()) & set(sets[1][:, 0].tolist())  # disjoint when the pool allows
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("classifier", ["logistic", "svm"])
+def test_primal_and_dual_solutions_agree(classifier, dtype):
+    gen = torch.Generator().manual_seed(1)
+    k, n, d = 4, 40, 12
+    x = (torch.randn(k, n, d, generator=gen, dtype=torch.float64) * 2 + 0.5).to(dtype)
+    y = (torch.rand(k, n, generator=gen) > 0.4).double()
+    x = x + (y.unsqueeze(-1) * 0.7).to(dtype)
+    w = torch.ones(k, n, dtype=torch.float64)
+    w[1, -6:] = 0.0
+    from lightning_xai.concepts.cav import solve_linear
+
+    dual = solve_linear(x, y, w, classifier=classifier, regularization=0.02, solver="dual")
+    primal = solve_linear(x, y, w, classifier=classifier, regularization=0.02, solver="primal")
+    # both solve in float64 from the same inputs: they differ by the solvers' stopping tolerances
+    # (gradient 1e-11 over a Hessian >= reg: 5e-10 in the scaled weights), far below float32 rounding
+    for a, b in zip(dual, primal):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(dual[0], solve_linear(x, y, w, regularization=0.2, solver="dual")[0], atol=1e-3)
+
+
+class _ShapeLog(__import__("torch").utils._python_dispatch.TorchDispatchMode):
+    """Records the shape of every tensor an aten op returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+        return out
+
+
+def _square_at_least(shapes, m):
+    return [s for s in shapes if sum(dim >= m for dim in s) >= 2]
+
+
+def test_many_random_sets_never_allocate_an_m_by_m_matrix():
+    import warnings
+
+    from lightning_xai.concepts import TCAV
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    n_random, size = 30, 20
+    concept = torch.randn(size, 6) + 1.0
+    pool = torch.randn(n_random * size, 6)
+    m = size + n_random * size  # 620 examples at a 16-wide layer: problems of N = 40 > D, the primal path
+    with _ShapeLog() as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = TCAV("1", n_random=n_random)(model, torch.randn(8, 6), 0, {"c": concept}, pool)
+    assert result.scores.shape == (1, 1, n_random)
+    assert not _square_at_least(log.shapes, m)
+    # the detector sees the [M, M] Gram matrix of the former solver
+    acts = torch.randn(m, 16)
+    with _ShapeLog() as broken:
+        _ = acts.double() @ acts.double().T
+    assert _square_at_least(broken.shapes, m)

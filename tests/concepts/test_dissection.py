@@ -87,3 +87,50 @@ def test_bad_input(patched):
     flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
     with pytest.raises(LightningXAIError, match=r"\[B, K, h, w\]"):
         NetworkDissection("1")(flat, images, {"red": masks})
+
+
+def _counts_before(dis, model, images, masks, thresholds):
+    """The former ``counts``: dense float [b, K, H*W] and [b, C, H*W] per batch, one einsum."""
+    inter = unit_area = concept_area = None
+    for part, act in dis._maps(model, images):
+        mask = masks[part]
+        up = F.interpolate(act, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+        active = (up >= thresholds.view(1, -1, 1, 1)).flatten(2).float()
+        concept = mask.flatten(2).float()
+        batch = torch.einsum("bkp,bcp->kc", active, concept)
+        if inter is None:
+            inter, unit_area, concept_area = batch, active.sum((0, 2)), concept.sum((0, 2))
+        else:
+            inter, unit_area, concept_area = (
+                inter + batch,
+                unit_area + active.sum((0, 2)),
+                concept_area + concept.sum((0, 2)),
+            )
+    return inter, unit_area, concept_area
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 4096])
+def test_streamed_counts_equal_the_former_dense_counts(chunk_bytes, monkeypatch):
+    from lightning_xai.concepts import dissection as module
+    from lightning_xai.concepts.dissection import OwnedMasks
+
+    if chunk_bytes is not None:  # force several chunks of units per batch
+        monkeypatch.setattr(module, "COUNT_CHUNK_BYTES", chunk_bytes)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, stride=2, padding=1), torch.nn.ReLU())
+    images = torch.rand(24, 3, 12, 12)
+    owner = torch.arange(24) % 3
+    own = torch.rand(24, 12, 12) > 0.6
+    owned = OwnedMasks(own, owner, 3)
+    dense = owned.dense()
+    assert dense.sum() == own.sum() and dense[torch.arange(24), owner].equal(own)
+    dis = NetworkDissection("1", quantile=0.05, batch_size=5)
+    thresholds = dis.thresholds(model, images)
+    expected = _counts_before(dis, model, images, dense, thresholds)
+    for masks in (dense, owned):
+        got = dis.counts(model, images, masks, thresholds)
+        for a, b in zip(got, expected):  # integer counts below 2^24: exact in float32 on both sides
+            assert torch.equal(a, b)
+    old = NetworkDissection.iou(*expected)
+    assert torch.equal(dis(model, images, dense, names=["a", "b", "c"]).iou, old)
+    assert old.max() > 0  # a non-trivial case

@@ -304,8 +304,13 @@ def test_demo_marker_and_shape_are_told_apart():
 
 
 def test_several_concepts_and_layers_share_passes_and_bonferroni(data, model):
-    calls = {"n": 0}
-    handle = model.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    calls = {"n": 0, "examples": 0}
+
+    def count(_module, args):
+        calls["n"] += 1
+        calls["examples"] += args[0].shape[0]
+
+    handle = model.register_forward_pre_hook(count)
     try:
         tcav = TCAV([LAYER, "features.3"], n_random=3, batch_size=None)
         with warnings.catch_warnings():
@@ -313,7 +318,10 @@ def test_several_concepts_and_layers_share_passes_and_bonferroni(data, model):
             result = tcav(model, data["inputs"], 0, {"red": data["concept"], "noise": background(30, 5)}, data["pool"])
     finally:
         handle.remove()
-    assert calls["n"] == 2  # one forward for all examples, one forward(+backward) for the inputs
+    # every example runs once for both layers: one pass for the concepts, one per random set (streamed),
+    # one forward(+backward) for the inputs
+    assert calls["n"] == 1 + 3 + 1
+    assert calls["examples"] == data["concept"].shape[0] + 30 + 3 * data["concept"].shape[0] + data["inputs"].shape[0]
     assert result.concepts == ["red", "noise"] and result.layers == [LAYER, "features.3"]
     assert result.num_tests == 4
     torch.testing.assert_close(result.p_value, (4 * result.p_value_raw).clamp(max=1.0))
@@ -419,7 +427,7 @@ def test_too_few_examples(model, data):
 def test_shapes_that_do_not_fit(model, data):
     with pytest.raises(ValueError, match=r"different shapes.*'red': \(3, 8, 8\)"):
         TCAV(LAYER, n_random=2).fit(model, {"red": torch.rand(8, 3, 8, 8)}, data["pool"])
-    with pytest.raises(ValueError, match=r"cannot run on the concept and random examples of shape \[.*, 1, 16, 16\]"):
+    with pytest.raises(ValueError, match=r"cannot run on the concept examples of shape \[.*, 1, 16, 16\]"):
         TCAV(LAYER, n_random=2).fit(model, torch.rand(8, 1, 16, 16), torch.rand(40, 1, 16, 16))
     cavs = TCAV(LAYER, n_random=2).fit(model, data["concept"], data["pool"])
     with pytest.raises(ValueError, match=r"inputs have shape \[3, 8, 8\] per example"):
