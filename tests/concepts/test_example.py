@@ -41,11 +41,7 @@ def test_tcav_shortcut_example_writes_the_picture(tmp_path: Path) -> None:
 
 
 def _fashion_example():
-    path = Path(__file__).resolve().parents[2] / "examples" / "tcav_fashion_mnist.py"
-    spec = importlib.util.spec_from_file_location("tcav_fashion_mnist", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("tcav_fashion_mnist")
 
 
 def test_fashion_example_reads_idx_and_builds_concepts_from_real_digits(tmp_path: Path) -> None:
