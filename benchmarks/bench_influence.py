@@ -28,6 +28,17 @@ on 2,048 shapes images (32x32, no validation) without and with ``TracInMonitor``
 every epoch: the whole training set streamed, per-example gradients, pictures logged to
 TensorBoard); the extra time per checkpoint is given in training epochs.
 
+Projection memory (rows ``r18_*``, ``--proj-k``, default 128): torchvision ``resnet18(weights=None,
+num_classes=10)`` (random init, no download), every parameter (D = 11.2M), 16 random 3x32x32 images
+in batches of 8, one checkpoint:
+
+* ``r18_dense_gaussian``: what ``projection_dim`` built before, a dense ``D x k`` Gaussian
+  (``torch.randn(D, k) / sqrt(k)``), alone; at ``--dense-k`` (default ``--proj-k``), linear in k.
+* ``r18_sketch``: the count sketch that replaces it: hashes for all D parameters, then one batch of
+  8 per-example gradients (drawn before the measurement) projected.
+* ``r18_exact`` / ``r18_projected``: ``TracIn(batch_size=8).self_influence`` without and with
+  ``projection_dim=k`` (per-example gradients included: their ``8 x D`` floats dominate).
+
 Usage (from the repository root)::
 
     .venv/bin/python benchmarks/bench_influence.py [--n 1024] [--repeats 3] [--json PATH]
@@ -52,6 +63,7 @@ if str(ROOT) not in sys.path:
 
 ROWS = ["unit", "ours", "captum_per_example", "captum_batched", "ours_last_layer", "captum_fast", "ours_projected"]
 FIT_ROWS = ["fit_plain", "fit_tracin", "fit_tracin_fc"]
+PROJ_ROWS = ["r18_dense_gaussian", "r18_sketch", "r18_exact", "r18_projected"]
 FIT_EPOCHS = 3
 SLOW_ROWS = {"captum_per_example"}
 LABELS = {
@@ -62,6 +74,10 @@ LABELS = {
     "ours_last_layer": "ours: TracIn(layers=['fc']), last-layer form",
     "captum_fast": "captum TracInCPFast (last layer)",
     "ours_projected": "ours: TracIn(projection_dim=128)",
+    "r18_dense_gaussian": "resnet18: dense D x k Gaussian (the old projection), alone",
+    "r18_sketch": "resnet18: count sketch built + one batch of 8 projected",
+    "r18_exact": "resnet18: TracIn self-influence, 16 images, exact",
+    "r18_projected": "resnet18: TracIn self-influence, 16 images, projection_dim=k",
     "fit_plain": "fit without the monitor",
     "fit_tracin": "fit with TracInMonitor (all parameters)",
     "fit_tracin_fc": "fit with TracInMonitor(gradient_layers=['fc'])",
@@ -137,6 +153,47 @@ def fit_worker(row: str, out: Path) -> None:
         seconds = time.perf_counter() - start
     out.write_text(json.dumps({"row": row, "seconds": seconds, "peak_mb": _peak_mb()}))
     torch.save(torch.zeros(1), out.with_suffix(".pt"))
+
+
+def projection_worker(row: str, k: int, dense_k: int, out: Path) -> None:
+    """resnet18 (random init): the projection's peak memory and time, old dense Gaussian vs sketch."""
+    import math
+
+    import torch
+    import torchvision
+
+    torch.set_num_threads(1)
+    from lightning_xai.influence import TracIn
+    from lightning_xai.influence._projection import GradientSketch
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    names = [n for n, _ in model.named_parameters()]
+    d = sum(p.numel() for p in model.parameters())
+    x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    checkpoint = [(model.state_dict(), 0.1)]
+    grads = torch.randn(8, d) if row == "r18_sketch" else None
+    if row in ("r18_exact", "r18_projected"):  # warm-up on 2 examples: torch.func's first use is not timed
+        TracIn(batch_size=8, projection_dim=k if row == "r18_projected" else None).self_influence(
+            model, checkpoint, x[:2], y[:2]
+        )
+    before = _rss_mb()
+    start = time.perf_counter()
+    if row == "r18_dense_gaussian":
+        gen = torch.Generator().manual_seed(0)
+        matrix = torch.randn(d, dense_k, generator=gen) / math.sqrt(dense_k)
+        result = matrix[:1, :1].clone()
+        del matrix
+    elif row == "r18_sketch":
+        sketch = GradientSketch(model, names, k, seed=0, device=torch.device("cpu"))
+        result = sketch.flat(grads)
+    else:
+        tracin = TracIn(batch_size=8, projection_dim=k if row == "r18_projected" else None)
+        result = tracin.self_influence(model, checkpoint, x, y)
+    seconds = time.perf_counter() - start
+    peak = _peak_mb() - before
+    torch.save(result, out.with_suffix(".pt"))
+    out.write_text(json.dumps({"row": row, "seconds": seconds, "peak_mb": max(peak, 0.0), "d": d, "k": k, "dense_k": dense_k}))
 
 
 def worker(row: str, root: Path, out: Path) -> None:
@@ -216,8 +273,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rows", default=",".join(ROWS + FIT_ROWS))
+    parser.add_argument("--rows", default=",".join(ROWS + FIT_ROWS + PROJ_ROWS))
     parser.add_argument("--json", default=None)
+    parser.add_argument("--proj-k", type=int, default=128, help="projection_dim of the resnet18 rows")
+    parser.add_argument("--dense-k", type=int, default=None, help="k of the dense Gaussian row (default --proj-k)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -225,6 +284,8 @@ def main() -> None:
     if args.worker:
         if args.worker in FIT_ROWS:
             fit_worker(args.worker, Path(args.out))
+        elif args.worker in PROJ_ROWS:
+            projection_worker(args.worker, args.proj_k, args.dense_k or args.proj_k, Path(args.out))
         else:
             worker(args.worker, Path(args.root), Path(args.out))
         return
@@ -246,6 +307,7 @@ def main() -> None:
                 out = root / f"{row}_{rep}.json"
                 env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
                 cmd = [sys.executable, __file__, "--worker", row, "--root", str(root), "--out", str(out)]
+                cmd += ["--proj-k", str(args.proj_k), "--dense-k", str(args.dense_k or args.proj_k)]
                 subprocess.run(cmd, check=True, env=env)
                 results[row].append(json.loads(out.read_text()))
                 outputs[row] = torch.load(out.with_suffix(".pt"), weights_only=True)
@@ -255,7 +317,8 @@ def main() -> None:
     mem = {r: max(s["peak_mb"] for s in results[r]) for r in rows}
     unit = med.get("unit")
     fit_rows = [r for r in rows if r in FIT_ROWS]
-    rows = [r for r in rows if r not in FIT_ROWS]
+    proj_rows = [r for r in rows if r in PROJ_ROWS]
+    rows = [r for r in rows if r not in FIT_ROWS and r not in PROJ_ROWS]
     print(
         f"\nTracIn self-influence, {args.n} examples x 3 checkpoints, SmallCNN(1, 10) on 16x16, batch 64, "
         f"1 thread, median of {args.repeats} runs"
@@ -302,6 +365,27 @@ def main() -> None:
             t = statistics.median(s["seconds"] for s in results[r])
             monitor[r] = (t - plain) / FIT_EPOCHS / epoch
             print(f"{LABELS[r]:48s} {t:8.2f} {monitor[r]:36.2f}")
+    projection = {}
+    if proj_rows:
+        info = results[proj_rows[0]][0]
+        print(
+            f"\nProjection memory: resnet18 (random init, D = {info['d']:,}), k = {info['k']}, 1 thread, "
+            f"median time / max peak RSS increase of {args.repeats} runs"
+        )
+        print(f"{'row':68s} {'seconds':>8s} {'peak MB':>8s}")
+        for r in proj_rows:
+            label = LABELS[r] + (f" (k={info['dense_k']})" if r == "r18_dense_gaussian" else "")
+            print(f"{label:68s} {med[r]:8.2f} {mem[r]:8.1f}")
+            projection[r] = {"seconds": med[r], "peak_mb": mem[r]}
+        if "r18_dense_gaussian" in proj_rows:
+            scaled = mem["r18_dense_gaussian"] * info["k"] / info["dense_k"]
+            print(f"dense Gaussian peak at k={info['k']} (linear in k): {scaled:.0f} MB "
+                  f"(the matrix alone: {info['d'] * info['k'] * 4 / 2**20:.0f} MB)")
+            projection["dense_gaussian_peak_mb_at_k"] = scaled
+        if "r18_exact" in outputs and "r18_projected" in outputs:
+            r = float(torch.corrcoef(torch.stack([outputs["r18_exact"], outputs["r18_projected"]]))[0, 1])
+            projection["correlation"] = r
+            print(f"correlation of projected with exact resnet18 self-influence (16 images): {r:.4f}")
     if args.json:
         Path(args.json).write_text(
             json.dumps(
@@ -312,6 +396,7 @@ def main() -> None:
                     "ratios": ratios,
                     "checks": checks,
                     "monitor_epochs_per_checkpoint": monitor,
+                    "projection": projection,
                 },
                 indent=1,
             )

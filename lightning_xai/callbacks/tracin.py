@@ -78,8 +78,9 @@ class TracInMonitor(ProbeMonitor):
     captum's ``TracInCP`` (``checkpoints_load_func=load_tracin_checkpoint``) read.
 
     The accumulated sums are part of the callback's ``state_dict``, so a resumed fit continues
-    them. Under DDP every rank computes its share of the training set; the sums are gathered, so
-    every rank holds the full result and rank zero logs it.
+    them. Under DDP every rank computes its share of the training set; the sums (and a count of
+    the ranks that streamed each index, which keeps ``NaN`` where none did) are combined with one
+    ``all_reduce``, so every rank holds the full result and rank zero logs it.
 
     Rankings and pictures skip indices never streamed; a streamed example whose score is not
     finite (a NaN image, say) is left out of them too, with a warning naming its dataset index.
@@ -305,7 +306,7 @@ class TracInMonitor(ProbeMonitor):
     # -- computation ---------------------------------------------------------------------------
     @override
     def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: Probe) -> dict[str, Tensor]:
-        """One checkpoint over this rank's share of the training set, gathered: ``{"self_influence":
+        """One checkpoint over this rank's share of the training set, summed over ranks: ``{"self_influence":
         [N], "scores": [len(probe), N]}`` contributions at the current weights (not per-probe rows:
         this monitor runs its own :meth:`run`)."""
         lr, _ = self._learning_rate(trainer, pl_module)
@@ -315,7 +316,7 @@ class TracInMonitor(ProbeMonitor):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: Probe, lr: float, limit: Optional[int]
     ) -> dict[str, Tensor]:
         """This checkpoint's ``self_influence`` ``[N]`` and ``scores`` ``[len(probe), N]`` (``NaN`` where
-        not streamed) and the ``seen`` mask ``[N]`` of the streamed indices (gathered over ranks)."""
+        not streamed) and the ``seen`` mask ``[N]`` of the streamed indices (reduced over ranks)."""
         dataset, _ = self._dataset(trainer)
         n = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else 0
         device = pl_module.device
@@ -342,10 +343,12 @@ class TracInMonitor(ProbeMonitor):
         except LightningXAIError as err:
             raise LightningXAIError(f"TracInMonitor at epoch {trainer.current_epoch}: {err}") from err
         if trainer.world_size > 1 and limit is None:
-            # each example was read by exactly one rank: the sum over ranks places every row exactly
-            own_self = trainer.strategy.all_gather(own_self).reshape(-1, n).sum(0)
-            own_scores = trainer.strategy.all_gather(own_scores).reshape(-1, len(probe), n).sum(0)
-            seen = trainer.strategy.all_gather(seen).reshape(-1, n).amax(0)
+            # one all_reduce (sum) of [2 + P, N] float64 -- each rank sends and receives its size,
+            # where an all_gather moved world_size times that. Each example was read by one rank, so
+            # the sums place every entry exactly; the count row says which indices some rank streamed.
+            packed = torch.cat([own_self[None], seen.to(torch.float64)[None], own_scores])
+            packed = trainer.strategy.reduce(packed, reduce_op="sum")
+            own_self, seen, own_scores = packed[0], packed[1] > 0, packed[2:]
         mask = seen.bool().cpu()
         nan = float("nan")
         return {

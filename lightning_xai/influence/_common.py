@@ -9,7 +9,6 @@ is applied through ``torch.func.functional_call``.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from lightning_xai._validation import check_float
 from lightning_xai.attribution.base import ExplainContext, get_layer
 from lightning_xai.data.probe import split_batch
 from lightning_xai.errors import LightningXAIError
+from lightning_xai.influence._projection import GradientSketch
 
 __all__ = [
     "Checkpoint",
@@ -463,9 +463,13 @@ class PerExampleGradients:
     last-layer form is used instead: one batched forward, one backward to the layer's output, and
     the gradient kept as (output gradient, input activation) factors.
 
-    A random projection (``projection_dim``) maps every gradient ``g`` to ``g @ P`` with a fixed
-    Gaussian ``P`` of shape ``[D, projection_dim]`` scaled by ``1/sqrt(projection_dim)``, drawn on
-    the CPU from ``seed`` (the same matrix for training and test examples, on any device).
+    A random projection (``projection_dim``) maps every gradient to ``projection_dim`` numbers with
+    the seeded :class:`~lightning_xai.influence._projection.GradientSketch` (a count sketch;
+    TensorSketch on ``nn.Linear`` layers, so the factored path projects the two factors and never
+    forms their outer product). Its dot products are unbiased estimates of the exact ones; it keeps
+    4 bytes per parameter, never a ``D x projection_dim`` matrix, and is the same for training and
+    test examples, on any device. Per-example gradient memory is ``batch_size x D`` (generic
+    path) or ``batch_size x (out + in)`` (factored path), whatever the data size.
     """
 
     def __init__(
@@ -492,11 +496,10 @@ class PerExampleGradients:
                 own = [f"{layer}.weight"] + ([f"{layer}.bias"] if module.bias is not None else [])
                 if names == own:
                     self.linear = module
-        self.projection: Tensor | None = None
+        self.layer = layer
+        self.projection: GradientSketch | None = None
         if projection_dim is not None:
-            gen = torch.Generator().manual_seed(seed)
-            matrix = torch.randn(self.dim, projection_dim, generator=gen, dtype=torch.float32)
-            self.projection = (matrix / math.sqrt(projection_dim)).to(device=ctx.device, dtype=params[names[0]].dtype)
+            self.projection = GradientSketch(model, names, projection_dim, seed, ctx.device)
         self._vmapped = vmap(grad(self._one_loss), in_dims=(None, None, 0, 0))
 
     # -- generic path ---------------------------------------------------------------------------
@@ -504,10 +507,14 @@ class PerExampleGradients:
         out = functional_call(self.model, (params, rest), (x.unsqueeze(0),))
         return self.loss_fn(out, y.unsqueeze(0)).sum()
 
-    def _dense(self, state: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+    def _grads(self, state: dict[str, Tensor], x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """``{name: [B, *shape]}`` per-example gradients of the batch (``vmap(grad)``)."""
         params = {n: state[n] for n in self.names}
         rest = {k: v for k, v in state.items() if k not in params}
-        grads = self._vmapped(params, rest, x, y)
+        return self._vmapped(params, rest, x, y)
+
+    def _dense(self, state: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        grads = self._grads(state, x, y)
         return torch.cat([grads[n].reshape(x.shape[0], -1) for n in self.names], dim=1)
 
     # -- last-layer path ------------------------------------------------------------------------
@@ -550,17 +557,16 @@ class PerExampleGradients:
                     return self._project(GradientFeatures(dense=delta))
                 if self.projection is None:
                     return GradientFeatures(delta=delta, act=act)
-                outer = torch.einsum("bo,bi->boi", delta, act)
-                parts = [outer[:, :, : self.linear.in_features].flatten(1)]
-                if self.linear.bias is not None:
-                    parts.append(outer[:, :, -1])
-                return self._project(GradientFeatures(dense=torch.cat(parts, dim=1)))
-        return self._project(GradientFeatures(dense=self._dense(state, x, y)))
+                assert self.layer is not None
+                return GradientFeatures(dense=self.projection.factored(self.layer, self.linear, delta, act))
+        if self.projection is not None:  # sketched parameter by parameter: no [B, D] concatenation
+            return GradientFeatures(dense=self.projection.blocks(self._grads(state, x, y)))
+        return GradientFeatures(dense=self._dense(state, x, y))
 
     def _project(self, feats: GradientFeatures) -> GradientFeatures:
         if self.projection is None:
             return feats
-        return GradientFeatures(dense=feats.flat() @ self.projection)
+        return GradientFeatures(dense=self.projection.flat(feats.flat()))
 
     # -- checks ---------------------------------------------------------------------------------
     def check_batch(

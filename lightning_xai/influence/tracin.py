@@ -71,10 +71,10 @@ class TracIn:
             [B]`` returning one (unreduced) loss per example.
         layers: ``None`` for every parameter that requires grad, or dotted module names whose
             parameters (all of them, recursively) count.
-        projection_dim: Project every gradient to this many dimensions with a fixed Gaussian
-            random matrix (``seed``), the same for training and test examples: scores become
-            Johnson-Lindenstrauss estimates of the exact ones; costs ``D x projection_dim``
-            floats for the matrix.
+        projection_dim: Project every gradient to this many dimensions with a seeded count
+            sketch (TensorSketch on ``nn.Linear`` layers, whose factors are projected separately),
+            the same for training and test examples: scores become unbiased estimates of the
+            exact ones; keeps 4 bytes per parameter, never a ``D x projection_dim`` matrix.
         batch_size: Examples per ``vmap`` call (and per batch when reading a ``Dataset``).
         seed: Seed of the random projection.
         output: How to pick the ``[B, C]`` scores the loss reads when the model returns a tuple,
