@@ -140,7 +140,7 @@ def tcav_bar_chart(
         pad = 0.08 * max(high - low, 1e-12)
         ax.set_ylim(min(low, 0.0) - pad, max(high, 0.0) + pad)
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{title}  (grey hatched: not significant)", fontsize=9)
+    ax.set_title(f"{title}\n(grey hatched: not significant)", fontsize=9)
     if k:
         ax.legend(fontsize=7, loc="upper right", ncol=min(k, 3))
     fig.tight_layout()
@@ -222,7 +222,7 @@ def tcav_history_plot(
         ax.axhline(0.0, color="#888888", lw=0.8, ls="--")
     ax.set_ylabel(ylabel)
     ax.set_xlabel(xlabel)
-    ax.set_title(f"{title}  (hollow: not significant)", fontsize=9)
+    ax.set_title(f"{title}\n(hollow: not significant)", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
