@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--num-train", type=int, default=12000)
     parser.add_argument("--concept-size", type=int, default=100)
     parser.add_argument("--n-random", type=int, default=10)
-    parser.add_argument("--num-inputs", type=int, default=100)
+    parser.add_argument("--num-samples", type=int, default=100)
     parser.add_argument("--synthetic", type=int, default=0, help="use N synthetic images instead (tests)")
     parser.add_argument("--log-dir", default="tcav_fashion_logs")
     parser.add_argument("--out", default=str(ROOT / "docs" / "tcav_fashion_mnist.png"))
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         n_random=args.n_random,
         random_examples=pool,
         random_size=args.concept_size,
-        num_inputs=args.num_inputs,
+        num_samples=args.num_samples,
         class_names=CLASSES,
         relative=relative,
         seed=args.seed,

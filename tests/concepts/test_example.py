@@ -94,7 +94,7 @@ def test_fashion_example_runs_on_synthetic_data(tmp_path: Path) -> None:
             "12",
             "--n-random",
             "2",
-            "--num-inputs",
+            "--num-samples",
             "6",
             "--log-dir",
             str(tmp_path / "logs"),
