@@ -201,7 +201,7 @@ def compare(self_influence: Tensor, loss: Tensor, flipped: Tensor, seed: int) ->
 def run_seed(x: Tensor, y_clean: Tensor, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Fit with and without the monitor on one seed's flips; rankings, memorisation, timing."""
     y, flipped = flip_labels(y_clean, seed)
-    monitor = TracInMonitor(mode="steps", num_top_examples=args.top_examples)
+    monitor = TracInMonitor(mode="steps", num_top_examples=args.top_examples, every_n_epochs=args.log_every)
     model, seconds_with = fit(x, y, seed, args, monitor, args.epochs, args.lr, "monitor")
     assert monitor.self_influence is not None
     loss, pred = final_loss(model, x, y)
@@ -325,6 +325,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser.add_argument("--subset-epochs", type=int, default=60, help="epochs of the subset fits (to memorise)")
     parser.add_argument("--subset-lr", type=float, default=0.2)
     parser.add_argument("--no-baseline", action="store_true", help="skip the fit without the monitor (no overhead)")
+    parser.add_argument("--log-every", type=int, default=1, help="the monitor logs its pictures every n epochs")
     parser.add_argument("--top-examples", type=int, default=24, help="images in the picture")
     parser.add_argument("--picture", default=None, help="PNG of the top self-influence examples of the first seed")
     parser.add_argument("--json", default=None, help="write the numbers here")
