@@ -52,8 +52,8 @@ import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
 from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from lightning_xai.callbacks import TracInMonitor  # noqa: E402
@@ -271,9 +271,7 @@ def summarise(results: list[dict[str, Any]]) -> str:
     lines = ["| ranking | flips in top 10% | flips in top 20% |", "|---|---|---|"]
     for name in RANKINGS:
         lines.append(
-            f"| {name} | "
-            + " | ".join(cell([r["found"][name][i] for r in results]) for i in range(len(TOPS)))
-            + " |"
+            f"| {name} | " + " | ".join(cell([r["found"][name][i] for r in results]) for i in range(len(TOPS))) + " |"
         )
     lines.append("")
     lines.append(f"flips memorised: {cell([r['memorised'] for r in results])}; ")
@@ -330,7 +328,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     parser.add_argument("--picture", default=None, help="PNG of the top self-influence examples of the first seed")
     parser.add_argument("--json", default=None, help="write the numbers here")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--logdir", default=None, help="TensorBoard logs (the monitor's pictures; default: a temporary folder)")
+    parser.add_argument(
+        "--logdir", default=None, help="TensorBoard logs (the monitor's pictures; default: a temporary folder)"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         args.logdir = args.logdir or tmp
