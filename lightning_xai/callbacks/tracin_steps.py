@@ -88,8 +88,9 @@ class TracInStepsMonitor(ProbeMonitor):
     (proponents: highest, opponents: lowest). Cost on such a step: one per-example-gradient pass
     over the probe set (``torch.func``) plus about ``num_samples`` inner products per example and
     layer (see :class:`~lightning_xai.influence.ghost.GhostGradients`); with ``max_overhead`` these
-    probe steps are skipped while over budget. Self-influence is always accumulated (its cost,
-    inside the backward, is not counted in the budget).
+    probe steps are skipped while over budget. Self-influence is always accumulated (skipping steps
+    would bias the sums); its cost, the hooks inside the backward and the accumulation after it,
+    counts against the budget like everything else the monitor does on the training thread.
 
     Logged at the end of every ``every_n_epochs``-th epoch, on rank zero: ``xai/tracin/self_influence_top``
     (the ``num_top_examples`` highest self-influence training images: mislabel candidates),
@@ -413,6 +414,13 @@ class TracInStepsMonitor(ProbeMonitor):
         ghost = self._ghost
         if ghost is None or not ghost.active or self._indices is None:
             return
+        self._spent += ghost.seconds  # the norms computed inside this backward count against max_overhead
+        ghost.seconds = 0.0
+        with self.timed():
+            self._accumulate(ghost)
+
+    def _accumulate(self, ghost: GhostGradients) -> None:
+        """Add this step's norms (and probe inner products) to the local sums."""
         norms = ghost.finish()
         n = self._indices.numel()
         if norms.numel() == 0:

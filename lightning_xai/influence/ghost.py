@@ -27,6 +27,7 @@ gradient is the sum over the calls). No Lightning import.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional
 
@@ -344,6 +345,8 @@ class GhostGradients:
         self.scale = 1.0
         self.sq_norms: Optional[Tensor] = None
         self.dots: Optional[Tensor] = None
+        self.seconds = 0.0
+        """Wall time spent inside the hooks so far (the norms' computation during the backward)."""
         self._probe: Optional[dict[str, dict[str, Tensor]]] = None
         self._calls: dict[str, list[list]] = {}  # name -> [[input, grad or None, batch_stats], ...]
         self._handles: list = []
@@ -386,9 +389,11 @@ class GhostGradients:
             calls.append(record)
 
             def grad_hook(grad: Tensor) -> None:
+                start = time.perf_counter()
                 record[1] = grad.detach()
                 if all(c[1] is not None for c in calls):
                     self._add(name)
+                self.seconds += time.perf_counter() - start
 
             output.register_hook(grad_hook)
 

@@ -217,3 +217,29 @@ def test_mode_steps_of_tracin_monitor_is_this_monitor_and_defaults_to_the_head()
         TracInMonitor(mode="steps", projection_dim=8)
     with pytest.raises(ValueError, match="'checkpoints' or 'steps'"):
         TracInMonitor(mode="epochs")
+
+
+class _SpentAtTrainStart(pl.Callback):
+    """Listed after the monitor: its budget spent by the time training starts (the fit-start work)."""
+
+    def __init__(self, monitor: TracInStepsMonitor) -> None:
+        self.monitor = monitor
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.at_start = self.monitor._spent
+
+
+def test_the_backward_hooks_count_against_the_budget(tmp_path: Path) -> None:
+    # no run is due (every_n_epochs > max_epochs) and no probes: what the budget gains after the
+    # start is the hooks' and the accumulation's time, which must count (max_overhead sees it)
+    monitor = TracInStepsMonitor(gradient_layers=None, every_n_epochs=100)
+    spy = _SpentAtTrainStart(monitor)
+    trainer = pl.Trainer(
+        **trainer_kwargs(tmp_path, max_epochs=1, logger=CSVLogger(str(tmp_path)), limit_val_batches=0),
+        callbacks=[monitor, spy],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(DDPMLP(batch_size=4))
+    assert monitor.steps > 0 and monitor._spent > spy.at_start
+    assert monitor._ghost is None or monitor._ghost.seconds == 0.0  # every hook second was handed over
