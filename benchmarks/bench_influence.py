@@ -130,7 +130,7 @@ def fit_worker(row: str, out: Path) -> None:
 
     callbacks = []
     if row == "fit_tracin":
-        callbacks = [TracInMonitor(num_samples=4, num_top_examples=16)]
+        callbacks = [TracInMonitor(gradient_layers=None, num_samples=4, num_top_examples=16)]
     elif row == "fit_tracin_fc":
         callbacks = [TracInMonitor(num_samples=4, num_top_examples=16, gradient_layers=["fc"])]
     pl.seed_everything(0, verbose=False)
@@ -193,7 +193,9 @@ def projection_worker(row: str, k: int, dense_k: int, out: Path) -> None:
     seconds = time.perf_counter() - start
     peak = _peak_mb() - before
     torch.save(result, out.with_suffix(".pt"))
-    out.write_text(json.dumps({"row": row, "seconds": seconds, "peak_mb": max(peak, 0.0), "d": d, "k": k, "dense_k": dense_k}))
+    out.write_text(
+        json.dumps({"row": row, "seconds": seconds, "peak_mb": max(peak, 0.0), "d": d, "k": k, "dense_k": dense_k})
+    )
 
 
 def worker(row: str, root: Path, out: Path) -> None:
@@ -379,8 +381,10 @@ def main() -> None:
             projection[r] = {"seconds": med[r], "peak_mb": mem[r]}
         if "r18_dense_gaussian" in proj_rows:
             scaled = mem["r18_dense_gaussian"] * info["k"] / info["dense_k"]
-            print(f"dense Gaussian peak at k={info['k']} (linear in k): {scaled:.0f} MB "
-                  f"(the matrix alone: {info['d'] * info['k'] * 4 / 2**20:.0f} MB)")
+            print(
+                f"dense Gaussian peak at k={info['k']} (linear in k): {scaled:.0f} MB "
+                f"(the matrix alone: {info['d'] * info['k'] * 4 / 2**20:.0f} MB)"
+            )
             projection["dense_gaussian_peak_mb_at_k"] = scaled
         if "r18_exact" in outputs and "r18_projected" in outputs:
             r = float(torch.corrcoef(torch.stack([outputs["r18_exact"], outputs["r18_projected"]]))[0, 1])

@@ -95,7 +95,9 @@ def train(
     pl.seed_everything(seed, verbose=False)
     model = NoisyDigits(lr)
     loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    monitor = TracInMonitor(every_n_epochs=every, num_samples=4, num_top_examples=16, batch_size=256)
+    monitor = TracInMonitor(
+        every_n_epochs=every, gradient_layers=None, num_samples=4, num_top_examples=16, batch_size=256
+    )
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
