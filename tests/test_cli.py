@@ -177,7 +177,9 @@ def test_cli_keeps_a_user_modules_own_defaults(tmp_path: Path, capsys: pytest.Ca
     assert printed["model"]["init_args"] == {"num_classes": 2, "lr": 0.125, "hidden": 3}
     assert printed["data"]["init_args"] == {"batch_size": 6, "num_classes": 2, "size": 24}
 
-    cli = lightning_cli(["fit", "--config", str(config), "--model.init_args.lr", "0.5"])  # a real tiny fit
+    cli = lightning_cli(  # a real tiny fit; its saved config goes to tmp_path, not the working directory
+        ["fit", "--config", str(config), "--model.init_args.lr", "0.5", "--trainer.default_root_dir", str(tmp_path)]
+    )
     assert type(cli.model).__name__ == "UserCNN" and cli.trainer.current_epoch == 1
     assert (cli.model.head.out_features, cli.model.hparams.lr, cli.model.hparams.hidden) == (2, 0.5, 3)
     assert (cli.datamodule.batch_size, cli.datamodule.num_classes) == (6, 2)
