@@ -108,6 +108,7 @@ def shortcut_evidence(
     Raises:
         ValueError: ``maps`` is not ``[N, 1, H, W]`` or ``targets`` is not ``[N]``.
     """
+    import numpy
     from sklearn.cluster import KMeans
 
     if maps.ndim != 4 or maps.shape[1] != 1:
@@ -131,7 +132,7 @@ def shortcut_evidence(
             continue
         other = dist[targets != c]
         points = dist[idx].numpy()
-        k = min(num_clusters, idx.numel())
+        k = min(num_clusters, len(numpy.unique(points, axis=0)))  # identical maps make one cluster
         labels = torch.as_tensor(KMeans(n_clusters=k, n_init=4, random_state=seed).fit(points).labels_)
         best: Optional[dict[str, Any]] = None
         clusters = sorted(range(k), key=lambda j: -int((labels == j).sum()))
