@@ -520,10 +520,11 @@ class ShortcutAlarm(ProbeMonitor):
         maps = torch.nan_to_num(maps.float().abs(), nan=0.0, posinf=0.0)
         if maps.shape[-2:] != size:
             maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-        max_members = 7
+        groups = [("shortcut cluster", ev["members"]), ("other cluster", ev.get("contrast", []))]
+        max_members = min(7, max(len(m) for _, m in groups))
         rows: list[Tensor] = []
         captions: list[str] = []
-        for label, members in (("shortcut cluster", ev["members"]), ("other cluster", ev.get("contrast", []))):
+        for label, members in groups:
             if not members:
                 continue
             shown = members[:max_members]
@@ -533,7 +534,5 @@ class ShortcutAlarm(ProbeMonitor):
             blank = torch.ones(max_members - len(shown), 3, *size)
             rows.append(torch.cat([*tiles, blank]))
             captions += [f"{label}\nmean of {len(members)}"] + [f"probe {i}" for i in shown] + [""] * len(blank)
-        title = (
-            f"{alarm['class']}: epoch {alarm['epoch']}, {alarm['explainer']}, shortcut score {alarm['score']:.2f}"
-        )
+        title = f"{alarm['class']}: epoch {alarm['epoch']}, {alarm['explainer']}, shortcut score {alarm['score']:.2f}"
         return annotated_grid(torch.cat(rows), captions, ncols=max_members + 1, title=title, colorbar="unsigned")
