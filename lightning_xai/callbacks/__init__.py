@@ -6,6 +6,7 @@ from lightning_xai.callbacks.patterns import PatternEstimator
 from lightning_xai.callbacks.prototypes import PrototypeMonitor, PrototypePush, PrototypeStages
 from lightning_xai.callbacks.quality import MetricsMonitor, SanityCheckMonitor
 from lightning_xai.callbacks.saliency import SaliencyMonitor
+from lightning_xai.callbacks.shortcut import ShortcutAlarm
 from lightning_xai.callbacks.tcav import TCAVMonitor
 from lightning_xai.callbacks.tracin import TracInMonitor
 from lightning_xai.callbacks.tracin_steps import TracInStepsMonitor
@@ -22,6 +23,7 @@ __all__ = [
     "RunInfo",
     "SaliencyMonitor",
     "SanityCheckMonitor",
+    "ShortcutAlarm",
     "TCAVMonitor",
     "TracInMonitor",
     "TracInStepsMonitor",

@@ -19,6 +19,7 @@ from lightning_xai.callbacks import (
     PrototypePush,
     SaliencyMonitor,
     SanityCheckMonitor,
+    ShortcutAlarm,
     TCAVMonitor,
     TracInMonitor,
 )
@@ -29,7 +30,7 @@ from tests.helpers.training import fit
 
 pytestmark = pytest.mark.slow
 
-GROUPS = {"saliency", "metrics", "sanity", "tcav", "dissection", "tracin", "prototypes", "patterns"}
+GROUPS = {"saliency", "metrics", "sanity", "tcav", "dissection", "tracin", "prototypes", "patterns", "shortcut"}
 TAG = re.compile(r"^xai/([a-z_]+)/[a-z0-9_./<>-]+$")
 
 
@@ -75,6 +76,7 @@ def test_every_monitor_logs_under_xai(tmp_path: Path) -> None:
         TracInMonitor(num_samples=2, num_top_examples=4),
         PatternEstimator(initial_batches=0),
         SaliencyMonitor(["saliency"], num_samples=2, max_overhead=1e-9),  # over budget: skipped_runs
+        ShortcutAlarm(num_samples=6, patience=1, threshold=1e-6, min_cluster_size=1),  # alarms: scalars and picture
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
