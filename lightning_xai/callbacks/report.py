@@ -239,7 +239,8 @@ def build_report(
             continue
         group = _group(tag)
         parent, _, leaf = tag.rpartition("/")
-        key = (group, tag) if group == "training" or not parent.count("/") else (group, parent)
+        # xai/<group>/<name>/<leaf>: one plot per <name>; a training metric or xai/<group>/<leaf>: its own plot
+        key = (group, tag) if group == "training" or parent.count("/") < 2 else (group, parent)
         by_parent[key][leaf if key[1] != tag else tag] = logs.scalars[tag]
     for (group, name), series in by_parent.items():
         sec = section(group)
