@@ -148,18 +148,18 @@ def _plot(title: str, series: dict[str, list[tuple[int, float]]]) -> str:
     """A small PNG line plot (matplotlib, Agg) of ``series`` over the training step, as a data URI."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(3.4, 2.3), dpi=80)
+    fig = Figure(figsize=(4.4, 2.3), dpi=80)
     ax = fig.add_subplot()
     for label, points in series.items():
         xs = [s for s, _ in points]
         ys = [v for _, v in points]
         ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, linewidth=1.2, label=label)
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title if len(title) <= 48 else "..." + title[-45:], fontsize=8)
     ax.set_xlabel("step", fontsize=7)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
-    if len(series) > 1:
-        ax.legend(fontsize=6, frameon=False)
+    if len(series) > 1:  # beside the axes, so it hides no curve
+        ax.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
@@ -247,7 +247,8 @@ def build_report(
         if len(sec["plots"]) >= max_plots_per_section:
             sec["omitted_plots"] += 1
             continue
-        sec["plots"].append({"title": name, "uri": _plot(name, series)})
+        short = name.removeprefix(f"xai/{group}/") if group != "training" else name
+        sec["plots"].append({"title": name, "uri": _plot(short or name, series)})
 
     captions = {t.removesuffix("/caption"): text for t, text in logs.texts.items() if t.endswith("/caption")}
     for tag in sorted(logs.images):
@@ -336,8 +337,9 @@ class XAIReport(Callback):
         for logger in trainer.loggers:
             logger.save()
         tensorboard = self._tensorboard(trainer)
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask
         if not trainer.is_global_zero or tensorboard is None:
             return
         tensorboard.experiment.flush()
-        path = self.path or Path(trainer.log_dir or tensorboard.log_dir) / "xai_report.html"
+        path = self.path or Path(log_dir or tensorboard.log_dir) / "xai_report.html"
         self.report_path = build_report(tensorboard.log_dir, path, title=self.title)

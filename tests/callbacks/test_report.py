@@ -136,3 +136,24 @@ def test_errors(tmp_path: Path) -> None:
         XAIReport(path=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="TensorBoardLogger"):
         fit(tmp_path, [XAIReport()], logger=CSVLogger(str(tmp_path)), max_epochs=1)
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_ddp_spawn_writes_one_report_with_the_monitors_section(tmp_path: Path) -> None:
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(
+            tmp_path,
+            [SaliencyMonitor(["grad_cam"], num_samples=4), XAIReport()],
+            logger=logger,
+            max_epochs=1,
+            strategy="ddp_spawn",
+            devices=2,
+        )
+    reports = sorted(tmp_path.rglob("*.html"))
+    # one page (rank zero), in the run's directory (the parent's logger would name a new version: not asked)
+    assert len(reports) == 1 and reports[0].name == "xai_report.html", reports
+    assert list(reports[0].parent.glob("events.out.tfevents.*"))
+    assert "xai-saliency" in parse(reports[0]).sections
