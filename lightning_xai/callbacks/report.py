@@ -81,7 +81,9 @@ def read_event_files(log_dir: str | Path) -> RunLogs:
     dirs = sorted({f.parent for f in files})
     if len(dirs) > 1:
         listed = ", ".join(str(d) for d in dirs[:5])
-        raise ValueError(f"Expected the event files of one run under {str(log_dir)!r}, but found {len(dirs)} runs: {listed}.")
+        raise ValueError(
+            f"Expected the event files of one run under {str(log_dir)!r}, but found {len(dirs)} runs: {listed}."
+        )
     logs = RunLogs()
     scalars: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
     images: dict[str, tuple[int, float, bytes]] = {}
