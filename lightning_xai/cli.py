@@ -1,4 +1,7 @@
-"""Command line: ``lightning-xai demo`` and ``lightning-xai fit|validate ...`` (LightningCLI).
+"""Command line: ``lightning-xai demo``, ``lightning-xai report`` and ``lightning-xai fit|validate ...`` (LightningCLI).
+
+``lightning-xai report LOG_DIR -o report.html`` builds the end-of-fit HTML report
+(:class:`~lightning_xai.callbacks.XAIReport`'s page) afterwards from a run's TensorBoard event files.
 
 ``lightning-xai demo`` trains the small demo CNN on the generated shapes data with the monitors
 attached and writes TensorBoard (or W&B) logs. ``lightning-xai fit --config config.yaml`` is
@@ -26,7 +29,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["CLIConfigError", "main", "run_demo", "lightning_cli"]
+__all__ = ["CLIConfigError", "main", "run_demo", "run_report", "lightning_cli"]
 
 
 def _demo_parser() -> argparse.ArgumentParser:
@@ -215,6 +218,28 @@ def run_demo(argv: Sequence[str] | None = None) -> dict[str, object]:
     return result
 
 
+def run_report(argv: Sequence[str] | None = None) -> Path:
+    """``lightning-xai report LOG_DIR [-o FILE]``: write a run's HTML report from its TensorBoard event files.
+
+    The page is the one :class:`~lightning_xai.callbacks.XAIReport` writes at the end of fit from the
+    same logs (:func:`~lightning_xai.callbacks.report.build_report`). Returns the path written.
+    """
+    parser = argparse.ArgumentParser(
+        prog="lightning-xai report",
+        description="Build the self-contained HTML report of a run from its TensorBoard event files.",
+    )
+    parser.add_argument("log_dir", help="the run's TensorBoard directory (e.g. demo_logs/shapes/version_0)")
+    parser.add_argument("-o", "--output", default=None, help="the HTML file (default: LOG_DIR/xai_report.html)")
+    parser.add_argument("--title", default=None, help="the page title")
+    args = parser.parse_args(argv)
+    from lightning_xai.callbacks.report import build_report
+
+    output = Path(args.output) if args.output else Path(args.log_dir) / "xai_report.html"
+    path = build_report(args.log_dir, output, title=args.title)
+    print(f"Report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return path
+
+
 class CLIConfigError(ValueError):
     """A configuration the CLI could not instantiate; the message is the root cause's, on one line."""
 
@@ -322,11 +347,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(
             "usage: lightning-xai demo [options]    train the demo with monitors, log to TensorBoard/W&B\n"
+            "       lightning-xai report LOG_DIR [-o FILE]  the HTML report of a run, from its TensorBoard logs\n"
             "       lightning-xai fit|validate ...  LightningCLI over the demo model/data (see --help of each)"
         )
         return 0
     if argv[0] == "demo":
         run_demo(argv[1:])
+        return 0
+    if argv[0] == "report":
+        try:
+            run_report(argv[1:])
+        except (FileNotFoundError, ValueError) as err:
+            print(f"lightning-xai report: error: {err}", file=sys.stderr)
+            return 2
         return 0
     try:
         lightning_cli(None if from_sys_argv else argv)  # None: Lightning reads sys.argv itself, as its own entry does

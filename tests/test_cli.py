@@ -150,7 +150,8 @@ def test_demo_logs_and_tensorboard_server_lists_them(tmp_path: Path) -> None:
 
 def test_main_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
-    assert "lightning-xai demo" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "lightning-xai demo" in out and "lightning-xai report" in out
 
 
 USER_CONFIG = """

@@ -5,6 +5,7 @@ from lightning_xai.callbacks.dissection import DissectionMonitor
 from lightning_xai.callbacks.patterns import PatternEstimator
 from lightning_xai.callbacks.prototypes import PrototypeMonitor, PrototypePush, PrototypeStages
 from lightning_xai.callbacks.quality import MetricsMonitor, SanityCheckMonitor
+from lightning_xai.callbacks.report import XAIReport
 from lightning_xai.callbacks.saliency import SaliencyMonitor
 from lightning_xai.callbacks.shortcut import ShortcutAlarm
 from lightning_xai.callbacks.tcav import TCAVMonitor
@@ -27,4 +28,5 @@ __all__ = [
     "TCAVMonitor",
     "TracInMonitor",
     "TracInStepsMonitor",
+    "XAIReport",
 ]
